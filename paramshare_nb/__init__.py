@@ -1,0 +1,28 @@
+"""paramshare_nb: equivariant layers through parameter sharing, on Numba.
+
+Groups act on a layer's inputs and outputs; tying patterns (the dense and
+sparse designs of Ravanbakhsh, Schneider & Póczos, ICML 2017) make a layer
+equivariant to them; the library proves equivariance and uniqueness, runs the
+tied multiply on CPU and GPU, and trains models without a framework.
+
+This module re-exports the public face; it never imports ``numba.cuda``.
+"""
+
+from . import config, groups, perm
+from .actions import Action, product, regular, tensor_power
+from .equivariance import equivariance_error, is_equivariant
+from .groups import (closure, contains, is_regular, is_semiregular, is_transitive, orbits,
+                     order, stabilizer)
+from .patterns import (Pattern, bias_pattern, dense_pattern, load_pattern, save_pattern,
+                       sparse_pattern)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "config", "groups", "perm",
+    "Action", "product", "regular", "tensor_power",
+    "closure", "contains", "is_regular", "is_semiregular", "is_transitive", "orbits", "order",
+    "stabilizer",
+    "Pattern", "bias_pattern", "dense_pattern", "load_pattern", "save_pattern", "sparse_pattern",
+    "is_equivariant", "equivariance_error",
+]

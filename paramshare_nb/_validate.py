@@ -1,0 +1,106 @@
+"""Input checks shared by the public wrappers.
+
+Every check raises ``TypeError`` (wrong kind of object or dtype) or
+``ValueError`` (right kind, wrong content) with a message that names the
+argument, says what was wrong and how to fix it.  Checks return a fresh,
+C-contiguous array of a fixed dtype so that jitted kernels compile for one
+signature only and never alias the caller's data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+INDEX = np.int64
+
+
+def as_int_array(obj, name: str, ndim: int | None = None) -> np.ndarray:
+    """Return ``obj`` as a fresh C-contiguous int64 array, refusing non-integers."""
+    try:
+        arr = np.asarray(obj)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"{name} is ragged ({exc}); give equal-length rows") from None
+    if arr.dtype == object:
+        raise ValueError(f"{name} is ragged or holds non-numbers; give an integer array")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        if arr.size == 0 and arr.dtype == np.float64:
+            arr = arr.astype(INDEX)  # np.asarray([]) is float64: an empty list is fine
+        else:
+            raise TypeError(
+                f"{name} must hold integers, got dtype {arr.dtype}; "
+                f"convert with .astype(int) if the values are whole numbers"
+            )
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    return np.array(arr, dtype=INDEX, order="C", copy=True)
+
+
+def _check_rows_are_perms(arr: np.ndarray, name: str) -> None:
+    k, n = arr.shape
+    if k == 0 or n == 0:
+        return
+    bad = (arr < 0) | (arr >= n)
+    if bad.any():
+        g, i = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{name}[{g}] is not a permutation of 0..{n - 1}: entry {i} is {arr[g, i]}, "
+            f"out of range"
+        )
+    counts = np.zeros((k, n), dtype=INDEX)
+    np.add.at(counts, (np.repeat(np.arange(k), n), arr.ravel()), 1)
+    missing = counts == 0
+    if missing.any():
+        g, v = np.argwhere(missing)[0]
+        dup = int(np.flatnonzero(counts[g] > 1)[0])
+        raise ValueError(
+            f"{name}[{g}] is not a permutation of 0..{n - 1}: {dup} appears more than once "
+            f"and {v} never"
+        )
+
+
+def as_perm(p, name: str = "p", n: int | None = None) -> np.ndarray:
+    """Validate one permutation (1-D) and return it as int64."""
+    arr = as_int_array(p, name, ndim=1)
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"{name} has length {arr.shape[0]}, expected {n}")
+    _check_rows_are_perms(arr[None, :], name)
+    return arr
+
+
+def as_gens(gens, name: str = "gens", n: int | None = None) -> np.ndarray:
+    """Validate generators: a ``(k, n)`` array whose rows are permutations.
+
+    A single 1-D permutation is accepted as one generator.  ``n`` is required
+    when ``gens`` is empty (``k == 0``) and cannot tell the degree itself.
+    """
+    arr = as_int_array(gens, name)
+    if arr.ndim == 1 and arr.size > 0:
+        arr = arr[None, :]
+    if arr.ndim == 1:  # empty list
+        if n is None:
+            raise ValueError(f"{name} is empty; give a (0, n) array to say the degree n")
+        arr = np.zeros((0, n), dtype=INDEX)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a (k, n) array of permutations, got shape {arr.shape}")
+    if n is not None and arr.shape[1] != n:
+        raise ValueError(f"{name} act on {arr.shape[1]} points, expected {n}")
+    _check_rows_are_perms(arr, name)
+    return arr
+
+
+def as_point(i, n: int, name: str = "i") -> int:
+    """Validate a point index of ``range(n)``; negative indices are refused."""
+    if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(i).__name__}")
+    if not 0 <= i < n:
+        raise ValueError(f"{name}={i} is out of range for {n} points (0..{n - 1})")
+    return int(i)
+
+
+def as_positive_int(v, name: str, minimum: int = 1) -> int:
+    """Validate an integer size parameter (``>= minimum``)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return int(v)

@@ -1,0 +1,348 @@
+"""One group acting on a layer's inputs and outputs at once.
+
+An :class:`Action` is a list of generator pairs ``(gens_in[k], gens_out[k])``;
+the group ``G_{N,M}`` is the subgroup of ``Sym(N) x Sym(M)`` they generate.
+Internally it is one permutation group on ``N + M`` points (inputs first,
+outputs shifted by ``N``), so every algorithm of :mod:`paramshare_nb.groups`
+applies to it unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import cached_property
+
+import numpy as np
+
+from . import groups
+from ._kernels.groups_cpu import _closure, _orbits, _pair_orbits
+from ._schreier import StabChain
+from ._validate import INDEX, as_gens, as_positive_int
+
+__all__ = ["Action", "product", "tensor_power", "regular"]
+
+
+def _frozen(arr: np.ndarray) -> np.ndarray:
+    arr.setflags(write=False)
+    return arr
+
+
+class Action:
+    """A group acting on the inputs ``N`` and outputs ``M`` of a layer.
+
+    Parameters
+    ----------
+    gens_in : array_like of int, shape (k, N)
+        Input permutations.
+    gens_out : array_like of int, shape (k, M)
+        Output permutations; row ``k`` acts together with ``gens_in[k]``.
+    n_in, n_out : int, optional
+        Sizes, needed only when there are no generators (``k = 0``).
+
+    Examples
+    --------
+    >>> import paramshare_nb as ps
+    >>> act = ps.Action.same(ps.groups.symmetric(4))
+    >>> act.order(), act.pair_orbits().max() + 1
+    (24, 2)
+    """
+
+    def __init__(self, gens_in, gens_out, n_in: int | None = None, n_out: int | None = None):
+        n_in = None if n_in is None else as_positive_int(n_in, "n_in", minimum=0)
+        n_out = None if n_out is None else as_positive_int(n_out, "n_out", minimum=0)
+        gin = as_gens(gens_in, "gens_in", n=n_in)
+        gout = as_gens(gens_out, "gens_out", n=n_out)
+        if gin.shape[0] != gout.shape[0]:
+            raise ValueError(
+                f"gens_in has {gin.shape[0]} generators but gens_out has {gout.shape[0]}; "
+                f"give one output permutation per input permutation (the k-th belong together)"
+            )
+        self.gens_in = _frozen(gin)
+        self.gens_out = _frozen(gout)
+
+    # -- constructors ----------------------------------------------------------
+    @classmethod
+    def same(cls, gens, n: int | None = None) -> Action:
+        """Outputs transform exactly like inputs (``M == N``).
+
+        Parameters
+        ----------
+        gens : array_like of int, shape (k, n)
+            Generators.
+        n : int, optional
+            Number of points, needed only when ``gens`` is empty.
+
+        Returns
+        -------
+        Action
+        """
+        g = as_gens(gens, "gens", n=n)
+        return cls(g, g, n_in=g.shape[1], n_out=g.shape[1])
+
+    @classmethod
+    def invariant(cls, gens, n: int | None = None) -> Action:
+        """One output that every group element fixes (an invariant layer).
+
+        Parameters
+        ----------
+        gens : array_like of int, shape (k, n)
+            Input generators.
+        n : int, optional
+            Number of inputs, needed only when ``gens`` is empty.
+
+        Returns
+        -------
+        Action
+        """
+        g = as_gens(gens, "gens", n=n)
+        return cls(g, np.zeros((g.shape[0], 1), dtype=INDEX), n_in=g.shape[1], n_out=1)
+
+    # -- sizes -----------------------------------------------------------------
+    @property
+    def n_in(self) -> int:
+        """Number of inputs ``N``."""
+        return int(self.gens_in.shape[1])
+
+    @property
+    def n_out(self) -> int:
+        """Number of outputs ``M``."""
+        return int(self.gens_out.shape[1])
+
+    @property
+    def n_gens(self) -> int:
+        """Number of generator pairs."""
+        return int(self.gens_in.shape[0])
+
+    @cached_property
+    def joint(self) -> np.ndarray:
+        """Generators on ``N + M`` points: inputs first, outputs shifted by ``N``."""
+        return _frozen(np.concatenate([self.gens_in, self.gens_out + self.n_in], axis=1))
+
+    @cached_property
+    def _chain(self) -> StabChain:
+        return StabChain(self.joint)
+
+    # -- group queries -----------------------------------------------------------
+    def order(self) -> int:
+        """Order of ``G_{N,M}``, the group the pairs generate (exact int)."""
+        return self._chain.order()
+
+    def order_in(self) -> int:
+        """Order of ``G_N``, the group the input permutations generate."""
+        return StabChain(self.gens_in).order()
+
+    def order_out(self) -> int:
+        """Order of ``G_M``, the group the output permutations generate."""
+        return StabChain(self.gens_out).order()
+
+    def contains(self, g_in, g_out) -> bool:
+        """Whether the pair ``(g_in, g_out)`` belongs to ``G_{N,M}``.
+
+        Parameters
+        ----------
+        g_in : array_like of int, shape (N,)
+        g_out : array_like of int, shape (M,)
+
+        Returns
+        -------
+        bool
+        """
+        pair = np.concatenate([np.asarray(g_in), np.asarray(g_out) + self.n_in])
+        return groups.contains(self.joint, pair)
+
+    def closure(self, max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All elements of ``G_{N,M}`` as pairs.
+
+        Parameters
+        ----------
+        max_bytes : int, optional
+            Memory bound (default ``config.max_bytes``).
+
+        Returns
+        -------
+        elems_in : numpy.ndarray
+            ``(|G|, N)``; row ``j`` pairs with ``elems_out[j]``.
+        elems_out : numpy.ndarray
+            ``(|G|, M)``.
+        """
+        size = self.order()
+        groups._check_closure_memory(size, self.n_in + self.n_out, max_bytes)
+        elems = _closure(self.joint, size)
+        return elems[:, : self.n_in], elems[:, self.n_in:] - self.n_in
+
+    def random_elements(self, size: int, rng=None) -> tuple[np.ndarray, np.ndarray]:
+        """Uniformly random elements of ``G_{N,M}`` as pairs.
+
+        Parameters
+        ----------
+        size : int
+            How many.
+        rng : int or numpy.random.Generator, optional
+
+        Returns
+        -------
+        elems_in, elems_out : numpy.ndarray
+            ``(size, N)`` and ``(size, M)``.
+        """
+        size = as_positive_int(size, "size", minimum=0)
+        rng = np.random.default_rng(rng)
+        elems = np.array([self._chain.random_element(rng) for _ in range(size)], dtype=INDEX)
+        elems = elems.reshape(size, self.n_in + self.n_out)
+        return elems[:, : self.n_in], elems[:, self.n_in:] - self.n_in
+
+    def orbits_in(self) -> np.ndarray:
+        """Orbit id of each input (canonical numbering)."""
+        return _orbits(self.gens_in)
+
+    def orbits_out(self) -> np.ndarray:
+        """Orbit id of each output (canonical numbering)."""
+        return _orbits(self.gens_out)
+
+    def pair_orbits(self) -> np.ndarray:
+        """Orbit id of every pair ``(m, n)``: an ``(M, N)`` array.
+
+        Ids are numbered by first appearance in row-major order.  Computed
+        by union-find on ``M * N`` points, never by enumerating the group.
+        """
+        return _pair_orbits(self.gens_in, self.gens_out).reshape(self.n_out, self.n_in)
+
+    def is_free_in(self) -> bool:
+        """Whether ``G_{N,M}`` acts freely on the inputs (every input orbit has ``|G|`` points)."""
+        return bool(np.all(np.bincount(self.orbits_in(), minlength=1) == self.order())) or (
+            self.n_in == 0
+        )
+
+    def is_free_out(self) -> bool:
+        """Whether ``G_{N,M}`` acts freely on the outputs."""
+        return bool(np.all(np.bincount(self.orbits_out(), minlength=1) == self.order())) or (
+            self.n_out == 0
+        )
+
+    # -- report ------------------------------------------------------------------
+    def describe(self, warn: bool = True) -> str:
+        """A short report on the action.
+
+        Gives ``|G_{N,M}|``, ``|G_N|``, ``|G_M|``, orbit counts and sizes, and
+        whether each side is free and faithful.  When ``|G_{N,M}| > |G_N|``
+        the outputs are not a function of the inputs' permutation (the pairs
+        generate more than the input group): a warning says so.
+
+        Parameters
+        ----------
+        warn : bool, optional
+            Issue the warning above (default ``True``).
+
+        Returns
+        -------
+        str
+        """
+        g, g_in, g_out = self.order(), self.order_in(), self.order_out()
+        lines = [f"Action of G_{{N,M}} of order {g} on N={self.n_in} inputs and "
+                 f"M={self.n_out} outputs ({self.n_gens} generator pairs)"]
+        for side, size, labels, free in (
+            ("inputs ", g_in, self.orbits_in(), self.is_free_in()),
+            ("outputs", g_out, self.orbits_out(), self.is_free_out()),
+        ):
+            sizes = np.bincount(labels) if labels.size else np.zeros(0, dtype=INDEX)
+            shown = ", ".join(map(str, sizes[:8])) + (", ..." if sizes.size > 8 else "")
+            lines.append(
+                f"  {side}: |G| = {size}, {sizes.size} orbit(s) of size {shown}; "
+                f"{'free' if free else 'not free'}, "
+                f"{'faithful' if size == g else f'not faithful (kernel of order {g // size})'}"
+            )
+        if g > g_in:
+            msg = (f"the generator pairs generate a group of order {g}, larger than the "
+                   f"input group (order {g_in}): the output permutation is not a function of "
+                   f"the input permutation; check that the pairs belong together")
+            lines.append("  warning: " + msg)
+            if warn:
+                warnings.warn(msg, stacklevel=2)
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Action(n_in={self.n_in}, n_out={self.n_out}, n_gens={self.n_gens})"
+
+
+def product(act1: Action, act2: Action) -> Action:
+    """Direct product ``G1 x G2`` acting on ``N1 x N2`` and ``M1 x M2``.
+
+    Index sets are row-major: input ``(i1, i2)`` is ``i1 * N2 + i2``.
+
+    Parameters
+    ----------
+    act1, act2 : Action
+
+    Returns
+    -------
+    Action
+        Generators of ``act1`` acting on the first factor, then those of
+        ``act2`` on the second.
+    """
+    for name, a in (("act1", act1), ("act2", act2)):
+        if not isinstance(a, Action):
+            raise TypeError(f"{name} must be an Action, got {type(a).__name__}")
+
+    def lift(gens1, gens2):
+        n1, n2 = gens1.shape[1], gens2.shape[1]
+        i1 = np.arange(n1, dtype=INDEX)[:, None]
+        i2 = np.arange(n2, dtype=INDEX)[None, :]
+        first = [(g[i1] * n2 + i2).ravel() for g in gens1]
+        second = [(i1 * n2 + g[i2]).ravel() for g in gens2]
+        return np.array(first + second, dtype=INDEX).reshape(-1, n1 * n2)
+
+    return Action(
+        lift(act1.gens_in, act2.gens_in), lift(act1.gens_out, act2.gens_out),
+        n_in=act1.n_in * act2.n_in, n_out=act1.n_out * act2.n_out,
+    )
+
+
+def tensor_power(gens, k: int) -> np.ndarray:
+    """The action on ``k``-tensors: ``g`` moves every index of ``(i_1, ..., i_k)``.
+
+    Parameters
+    ----------
+    gens : array_like of int, shape (g, n)
+        Generators on ``n`` points.
+    k : int
+        Tensor order (``>= 1``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(g, n**k)`` generators on row-major multi-indices.
+    """
+    gens = as_gens(gens, "gens")
+    k = as_positive_int(k, "k")
+    n = gens.shape[1]
+    out = np.zeros((gens.shape[0], 1), dtype=INDEX)
+    for _ in range(k):
+        out = (out[:, :, None] * n + gens[:, None, :]).reshape(gens.shape[0], -1)
+    return out
+
+
+def regular(gens, max_bytes: int | None = None) -> np.ndarray:
+    """The group acting on its own elements by left multiplication.
+
+    Element ``j`` is row ``j`` of :func:`paramshare_nb.closure` (row 0 is
+    the identity); generator ``s`` sends element ``h`` to ``s * h``.
+
+    Parameters
+    ----------
+    gens : array_like of int, shape (k, n)
+        Generators.
+    max_bytes : int, optional
+        Memory bound for listing the elements.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(k, |G|)`` generators of the regular action.
+    """
+    gens = as_gens(gens, "gens")
+    elems = groups.closure(gens, max_bytes=max_bytes)
+    where = {row.tobytes(): j for j, row in enumerate(elems)}
+    out = np.empty((gens.shape[0], elems.shape[0]), dtype=INDEX)
+    for g, s in enumerate(gens):
+        moved = s[elems]  # row j is s * elems[j]
+        out[g] = [where[row.tobytes()] for row in moved]
+    return out

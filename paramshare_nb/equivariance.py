@@ -1,0 +1,130 @@
+"""Checks that a pattern, a matrix or any function is equivariant.
+
+:func:`is_equivariant` is exact (on generators, section 2 of THEORY.md);
+:func:`equivariance_error` is numeric, on uniformly random group elements.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .actions import Action
+from .patterns import Pattern, _as_action
+
+__all__ = ["is_equivariant", "equivariance_error"]
+
+
+def _edge_keys(rows, cols, params, n, p):
+    # One int per coloured edge; exact while M * N * P fits in int64.
+    return (rows * n + cols) * p + params
+
+
+def is_equivariant(pattern_or_matrix, action, atol: float = 0.0) -> bool:
+    """Exact check that ``W[g_out[m], g_in[n]] == W[m, n]`` for every generator.
+
+    Parameters
+    ----------
+    pattern_or_matrix : Pattern or array_like, shape (M, N, ...)
+        A tying pattern (its coloured edges must map onto themselves,
+        multi-edges and zeros included) or a weight matrix (trailing axes,
+        e.g. channels, are compared as blocks).
+    action : Action
+    atol : float, optional
+        Tolerance for matrices (default exact).
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import paramshare_nb as ps
+    >>> act = ps.Action.same(ps.groups.dihedral(6))
+    >>> ps.is_equivariant(ps.dense_pattern(act), act)
+    True
+    """
+    act = _as_action(action)
+    if isinstance(pattern_or_matrix, Pattern):
+        pat = pattern_or_matrix
+        _check_shape(pat.shape, act)
+        m, n = pat.shape
+        p = max(pat.n_params, 1)
+        if m * n * p >= 2**62:
+            raise ValueError("pattern too large for the exact check (M * N * P >= 2**62)")
+        keys = _edge_keys(pat.rows, pat.cols, pat.params, n, p)
+        keys.sort()
+        for gin, gout in zip(act.gens_in, act.gens_out):
+            moved = _edge_keys(gout[pat.rows], gin[pat.cols], pat.params, n, p)
+            moved.sort()
+            if not np.array_equal(moved, keys):
+                return False
+        return True
+    w = np.asarray(pattern_or_matrix)
+    if w.ndim < 2:
+        raise ValueError(f"a matrix must have at least 2 dimensions (M, N), got shape {w.shape}")
+    _check_shape(w.shape[:2], act)
+    for gin, gout in zip(act.gens_in, act.gens_out):
+        moved = w[gout][:, gin]
+        ok = np.array_equal(moved, w) if atol == 0 else np.allclose(moved, w, rtol=0, atol=atol)
+        if not ok:
+            return False
+    return True
+
+
+def _check_shape(shape, act: Action) -> None:
+    if tuple(shape) != (act.n_out, act.n_in):
+        raise ValueError(f"pattern/matrix has shape {tuple(shape)} but the action acts on "
+                         f"M={act.n_out} outputs and N={act.n_in} inputs: expected "
+                         f"({act.n_out}, {act.n_in})")
+
+
+def _move(p, x, axis):
+    """``out[p[i]] = x[i]`` along ``axis`` (the action of THEORY.md section 1)."""
+    return np.take(x, np.argsort(p), axis=axis)
+
+
+def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None,
+                       n_samples: int = 8, rng=None) -> float:
+    """Largest ``|f(g . x) - g . f(x)|`` over random group elements ``g``.
+
+    Parameters
+    ----------
+    f : callable
+        Maps an array like ``x`` to an array whose ``out_axis`` has ``M``
+        entries.
+    action : Action
+    x : array_like
+        Input with ``N`` entries along ``axis``.
+    axis : int, optional
+        Axis of ``x`` that the inputs index (default last; use ``-2`` for
+        ``(batch, N, channels)`` data).
+    out_axis : int, optional
+        Axis of ``f(x)`` that the outputs index (default ``axis``).
+    n_samples : int, optional
+        Number of uniformly random group elements (from the stabilizer
+        chain) to try.
+    rng : int or numpy.random.Generator, optional
+
+    Returns
+    -------
+    float
+        The maximum absolute difference (0 for an exactly equivariant ``f``).
+    """
+    act = _as_action(action)
+    if not callable(f):
+        raise TypeError("f must be callable")
+    x = np.asarray(x)
+    out_axis = axis if out_axis is None else out_axis
+    if x.ndim == 0 or x.shape[axis] != act.n_in:
+        raise ValueError(f"x must have {act.n_in} entries along axis {axis}, got shape {x.shape}")
+    y = np.asarray(f(x))
+    if y.ndim == 0 or y.shape[out_axis] != act.n_out:
+        raise ValueError(f"f(x) must have {act.n_out} entries along axis {out_axis}, "
+                         f"got shape {y.shape}")
+    g_in, g_out = act.random_elements(n_samples, rng)
+    worst = 0.0
+    for gi, go in zip(g_in, g_out):
+        lhs = np.asarray(f(_move(gi, x, axis)))
+        rhs = _move(go, y, out_axis)
+        worst = max(worst, float(np.max(np.abs(lhs - rhs), initial=0.0)))
+    return worst
