@@ -1,0 +1,80 @@
+"""Command line: ``python -m paramshare_nb {info,demo,explain}``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _info(args) -> int:
+    import numba
+    import numpy as np
+    import scipy
+
+    from . import __version__, config
+
+    print(f"paramshare_nb {__version__}")
+    print(f"python        {sys.version.split()[0]}")
+    print(f"numpy         {np.__version__}")
+    print(f"scipy         {scipy.__version__}")
+    print(f"numba         {numba.__version__} ({numba.config.NUMBA_NUM_THREADS} threads, "
+          f"layer {numba.threading_layer() if _threads_started() else 'not started'})")
+    print(f"cpu cores     {os.cpu_count()}")
+    print(f"max_bytes     {config.max_bytes}")
+    print(f"cuda          {_cuda_status()}")
+    return 0
+
+
+def _threads_started() -> bool:
+    import numba
+
+    try:
+        numba.threading_layer()
+    except ValueError:
+        return False
+    return True
+
+
+def _cuda_status() -> str:
+    try:
+        from numba import cuda
+    except ImportError:
+        return "not installed (pip install 'paramshare_nb[cuda]')"
+    try:
+        if cuda.is_available():
+            dev = cuda.get_current_device()
+            name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
+            return f"usable: {name}"
+    except Exception as exc:  # a broken driver must not break `info`
+        return f"not usable ({exc})"
+    return "installed, no usable GPU"
+
+
+def main(argv=None) -> int:
+    """Entry point of ``python -m paramshare_nb``."""
+    parser = argparse.ArgumentParser(prog="python -m paramshare_nb",
+                                     description="Equivariant layers through parameter sharing.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, threads, whether CUDA is usable")
+    demo = sub.add_parser("demo", help="train an invariant network on real digits")
+    try:
+        from .demo import add_arguments
+    except ImportError:
+        add_arguments = None
+    if add_arguments is not None:
+        add_arguments(demo)
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return _info(args)
+    if args.command == "demo":
+        if add_arguments is None:
+            parser.error("the demo is not available in this build")
+        from .demo import run
+
+        return run(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
