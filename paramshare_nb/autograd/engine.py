@@ -1,0 +1,143 @@
+"""Reverse-mode sweep: iterative topological sort and gradient accumulation.
+
+The sort is an explicit-stack post-order walk, so graphs of any depth
+backpropagate without touching Python's recursion limit.  Gradients flowing
+into a node are summed in a table keyed by the node (HIPS autograd's
+``outgrads``): a tensor used several times gets the sum of its uses, and
+intermediate tensors are never mutated.  Only leaves that require a gradient
+receive ``.grad`` (accumulated with ``+=`` across calls, as parameters need).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .function import device_of, no_grad
+
+__all__ = ["backward", "toposort"]
+
+
+def toposort(root) -> list:
+    """Nodes reachable from ``root`` that require gradients, inputs first.
+
+    Parameters
+    ----------
+    root : Tensor
+
+    Returns
+    -------
+    list of Tensor
+        Every node appears after all of its parents; ``root`` is last.
+    """
+    order, seen = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        ctx = node._ctx
+        if ctx is not None:
+            for parent in ctx.parents:
+                if parent.requires_grad and id(parent) not in seen:
+                    stack.append((parent, False))
+    return order
+
+
+def _ones_like(data):
+    if device_of(data) == "cuda":
+        from numba import cuda
+
+        return cuda.to_device(np.ones(data.shape, dtype=data.dtype))
+    return np.ones(data.shape, dtype=data.dtype)
+
+
+def _accumulate(table, node, grad, op_name):
+    if tuple(grad.shape) != tuple(node.shape):
+        raise RuntimeError(f"backward of {op_name}: gradient of shape {tuple(grad.shape)} for an "
+                           f"input of shape {tuple(node.shape)} (a bug in that op)")
+    key = id(node)
+    old = table.get(key)
+    if old is None:
+        table[key] = grad
+    else:
+        table[key] = _add(old, grad, op_name)
+
+
+def _add(a, b, op_name):
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return a + b
+    from .. import ops  # the backend-aware add lives with the kernels
+
+    add = getattr(ops, "add", None)
+    if add is None:
+        raise RuntimeError(f"backward of {op_name}: accumulating gradients of CUDA arrays needs "
+                           f"paramshare_nb.ops.add, which this build lacks")
+    return add(a, b)
+
+
+def backward(root, grad=None) -> None:
+    """Backpropagate from ``root``, filling ``.grad`` of the leaves.
+
+    Parameters
+    ----------
+    root : Tensor
+        The output to differentiate; it must require a gradient.
+    grad : array_like, optional
+        Gradient of some scalar with respect to ``root`` (same shape).
+        Required unless ``root`` has exactly one element.
+
+    Raises
+    ------
+    RuntimeError
+        When ``root`` does not require a gradient, or is not a scalar and no
+        ``grad`` is given.
+    """
+    if not root.requires_grad:
+        raise RuntimeError("backward: this tensor does not require a gradient (no input had "
+                           "requires_grad=True, or it was computed under no_grad())")
+    if grad is None:
+        if root.size != 1:
+            raise RuntimeError(f"backward: the tensor has shape {root.shape}, not a scalar; pass "
+                               f"grad= (an array of that shape) or reduce it first, e.g. .sum()")
+        grad = _ones_like(root.data)
+    else:
+        from .tensor import Tensor
+
+        if isinstance(grad, Tensor):
+            grad = grad.data
+        if device_of(grad) == "cpu":
+            grad = np.asarray(grad, dtype=root.dtype)
+        if tuple(grad.shape) != tuple(root.shape):
+            raise ValueError(f"backward: grad has shape {tuple(grad.shape)}, the tensor "
+                             f"{tuple(root.shape)}")
+    order = toposort(root)
+    table = {id(root): grad}
+    with no_grad():
+        for node in reversed(order):
+            g = table.pop(id(node), None)
+            if g is None:
+                continue
+            ctx = node._ctx
+            if ctx is None:
+                if node.requires_grad:
+                    if node.grad is None:
+                        node.grad = g.copy() if isinstance(g, np.ndarray) else g
+                    else:
+                        node.grad = _add(node.grad, g, "leaf")
+                continue
+            grads = type(ctx).backward(ctx, g)
+            if not isinstance(grads, tuple):
+                grads = (grads,)
+            op = type(ctx).name()
+            if len(grads) != len(ctx.parents):
+                raise RuntimeError(f"backward of {op} returned {len(grads)} gradients for "
+                                   f"{len(ctx.parents)} inputs")
+            for parent, pg in zip(ctx.parents, grads):
+                if pg is None or not parent.requires_grad:
+                    continue
+                _accumulate(table, parent, pg, op)

@@ -1,0 +1,167 @@
+"""The ``Function`` base class (forward, backward, saved values) and ``no_grad``.
+
+A primitive is a subclass of :class:`Function` with two static methods,
+``forward(ctx, *arrays, **options) -> array`` and
+``backward(ctx, grad) -> tuple of arrays``; the instance doubles as the
+context that carries saved values from one to the other (early tinygrad).
+:meth:`Function.apply` records a graph node only when recording is on and some
+input requires a gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+__all__ = ["Function", "no_grad", "enable_grad", "is_grad_enabled"]
+
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    """Whether operations are being recorded for backpropagation (per thread)."""
+    return getattr(_state, "enabled", True)
+
+
+@contextlib.contextmanager
+def _set_grad(enabled: bool):
+    old = is_grad_enabled()
+    _state.enabled = enabled
+    try:
+        yield
+    finally:
+        _state.enabled = old
+
+
+def no_grad():
+    """Context manager that turns graph recording off.
+
+    Inside ``with no_grad():`` results never require gradients and no graph is
+    kept: use it for evaluation and for optimizer updates.
+
+    Examples
+    --------
+    >>> import numpy as np, paramshare_nb as ps
+    >>> w = ps.Tensor(np.ones(3), requires_grad=True)
+    >>> with ps.no_grad():
+    ...     y = (w * 2.0).sum()
+    >>> y.requires_grad
+    False
+    """
+    return _set_grad(False)
+
+
+def enable_grad():
+    """Context manager that turns graph recording back on (inside ``no_grad``)."""
+    return _set_grad(True)
+
+
+def is_cuda_array(a) -> bool:
+    """Whether ``a`` is a CUDA device array (has ``__cuda_array_interface__``)."""
+    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+
+
+def device_of(a) -> str:
+    """``"cuda"`` for a device array, ``"cpu"`` otherwise."""
+    return "cuda" if is_cuda_array(a) else "cpu"
+
+
+class Function:
+    """Base class of differentiable primitives; an instance is the context.
+
+    Subclasses define
+
+    ``forward(ctx, *arrays, **options) -> array``
+        Compute the result from plain arrays (numpy or device arrays); store
+        what backward needs with :meth:`save_for_backward` or as attributes
+        of ``ctx``.
+    ``backward(ctx, grad) -> tuple``
+        Given the gradient of the output, return one gradient per tensor
+        input (``None`` for inputs that need none), each of the input's shape.
+
+    Attributes
+    ----------
+    parents : tuple of Tensor
+        The inputs (set only when a graph node is recorded).
+    needs_input_grad : tuple of bool
+        Which inputs require a gradient.
+    saved_tensors : tuple
+        Arrays saved by :meth:`save_for_backward`.
+    """
+
+    #: Whether all floating-point inputs must share one dtype.
+    same_dtype = True
+
+    def __init__(self):
+        self.parents = ()
+        self.needs_input_grad = ()
+        self.saved_tensors = ()
+
+    def save_for_backward(self, *arrays) -> None:
+        """Keep arrays for :meth:`backward`."""
+        self.saved_tensors = arrays
+
+    @staticmethod
+    def forward(ctx, *arrays, **options):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def name(cls) -> str:
+        """The op's name, as errors print it."""
+        return cls.__name__.lstrip("_").lower()
+
+    @classmethod
+    def apply(cls, *inputs, **options):
+        """Run the op on tensors and record a graph node if needed.
+
+        Parameters
+        ----------
+        *inputs : Tensor
+            The differentiable inputs.
+        **options
+            Non-differentiable arguments passed to ``forward``.
+
+        Returns
+        -------
+        Tensor
+        """
+        from .tensor import Tensor
+
+        for i, t in enumerate(inputs):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{cls.name()}: input {i} must be a Tensor, got "
+                                f"{type(t).__name__}")
+        _check_inputs(cls, inputs)
+        ctx = cls()
+        ctx.needs_input_grad = tuple(t.requires_grad for t in inputs)
+        data = cls.forward(ctx, *(t.data for t in inputs), **options)
+        record = is_grad_enabled() and any(ctx.needs_input_grad)
+        out = Tensor(data, requires_grad=record, _copy=False)
+        if record:
+            ctx.parents = inputs
+            out._ctx = ctx
+        else:
+            ctx.saved_tensors = ()
+        return out
+
+
+def _check_inputs(cls, inputs) -> None:
+    if len(inputs) < 2:
+        return
+    devices = {t.device for t in inputs}
+    if len(devices) > 1:
+        desc = ", ".join(f"{t.device}" for t in inputs)
+        raise RuntimeError(f"{cls.name()}: inputs are on different devices ({desc}); move them "
+                           f"to one device first (Tensor.to('cpu') or .to('cuda'))")
+    if cls.same_dtype:
+        floats = {np.dtype(t.dtype) for t in inputs if np.issubdtype(t.dtype, np.floating)}
+        if len(floats) > 1:
+            desc = ", ".join(str(t.dtype) for t in inputs)
+            raise TypeError(f"{cls.name()}: inputs mix dtypes ({desc}); convert one side, e.g. "
+                            f"x.astype(np.float32), or the model with model.astype(...)")

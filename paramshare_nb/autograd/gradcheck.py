@@ -1,0 +1,98 @@
+"""Vector–Jacobian check of a backward pass against finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .function import no_grad
+
+__all__ = ["gradcheck"]
+
+
+def gradcheck(f, *inputs, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-9,
+              n_checks: int = 2, rng=None, raise_exception: bool = True) -> bool:
+    """Check the gradients of ``f`` at ``inputs`` by finite differences.
+
+    For random directions ``v`` (one per input) and a random output covector
+    ``u``, the central difference ``<u, (f(x + eps v) - f(x - eps v)) / 2eps>``
+    must equal ``sum_i <grad_i, v_i>`` where ``grad_i`` is what
+    :meth:`Tensor.backward` gives for ``f(x)`` with output gradient ``u``
+    (the test of HIPS autograd's ``check_vjp``).
+
+    Parameters
+    ----------
+    f : callable
+        Maps the input tensors to one output tensor.
+    *inputs : Tensor
+        float64 tensors; those with ``requires_grad=True`` are checked.
+    eps : float, optional
+        Finite-difference step.
+    rtol, atol : float, optional
+        Tolerance on the two scalars: ``|fd - vjp| <= atol + rtol * scale``
+        with ``scale = |u| |J v|``-like magnitude ``max(|fd|, |vjp|, |u||v|)``.
+    n_checks : int, optional
+        Number of random ``(u, v)`` pairs.
+    rng : int or numpy.random.Generator, optional
+    raise_exception : bool, optional
+        Raise ``AssertionError`` on failure (default) instead of returning False.
+
+    Returns
+    -------
+    bool
+        True when every check passes.
+
+    Raises
+    ------
+    TypeError
+        When an input is not a float64 tensor (float32 differences are too
+        coarse for a meaningful check).
+    """
+    from .tensor import Tensor
+
+    rng = np.random.default_rng(rng)
+    checked = []
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"gradcheck: input {i} must be a Tensor")
+        if t.requires_grad:
+            if t.dtype != np.float64:
+                raise TypeError(f"gradcheck: input {i} has dtype {t.dtype}; use float64 "
+                                f"(Tensor(x.astype(np.float64), requires_grad=True))")
+            checked.append(t)
+    if not checked:
+        raise ValueError("gradcheck: no input has requires_grad=True")
+
+    def value():
+        with no_grad():
+            return np.array(f(*inputs).numpy(), dtype=np.float64)
+
+    for _ in range(n_checks):
+        for t in checked:
+            t.grad = None
+        out = f(*inputs)
+        u = rng.standard_normal(out.shape)
+        out.backward(u)
+        vs = [rng.standard_normal(t.shape) for t in checked]
+        vjp = sum(float(np.sum(np.asarray(t.grad if t.grad is not None else 0.0) * v))
+                  for t, v in zip(checked, vs))
+        originals = [t.data.copy() for t in checked]
+        try:
+            for t, x0, v in zip(checked, originals, vs):
+                t.data = x0 + eps * v
+            plus = value()
+            for t, x0, v in zip(checked, originals, vs):
+                t.data = x0 - eps * v
+            minus = value()
+        finally:
+            for t, x0 in zip(checked, originals):
+                t.data = x0
+        fd = float(np.sum(u * (plus - minus))) / (2 * eps)
+        scale = max(abs(fd), abs(vjp), 1.0)
+        if not abs(fd - vjp) <= atol + rtol * scale:
+            if raise_exception:
+                raise AssertionError(f"gradcheck failed: finite differences give {fd!r}, "
+                                     f"backward gives {vjp!r} (difference {abs(fd - vjp):.3g})")
+            return False
+        for t in checked:
+            t.grad = None
+    return True

@@ -1,0 +1,534 @@
+"""The differentiable primitives: each a short :class:`Function`.
+
+Elementwise and shape primitives compute with numpy; :class:`TiedMatmul`
+dispatches through :mod:`paramshare_nb.ops`, so it runs on whatever backend
+the data lives on (numpy on the CPU, CUDA device arrays on the GPU).  The
+other primitives refuse device arrays with a message naming the op.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from .function import Function, is_cuda_array
+
+__all__ = [
+    "unbroadcast",
+    "Add", "Sub", "Mul", "Div", "Neg", "Pow", "MatMul",
+    "Sum", "Mean", "Max", "Reshape", "Transpose", "Concat", "GetItem",
+    "Exp", "Log", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU",
+    "Softmax", "LogSoftmax", "SegmentReduce", "TiedMatmul",
+]
+
+
+def unbroadcast(grad: np.ndarray, shape) -> np.ndarray:
+    """Sum ``grad`` down to ``shape``, undoing numpy broadcasting.
+
+    Parameters
+    ----------
+    grad : numpy.ndarray
+        Gradient with the broadcast (output) shape.
+    shape : tuple of int
+        Shape of the input that was broadcast.
+
+    Returns
+    -------
+    numpy.ndarray
+        Of shape ``shape``.
+    """
+    shape = tuple(shape)
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+def _host(op: str, *arrays) -> None:
+    for a in arrays:
+        if is_cuda_array(a):
+            raise RuntimeError(f"{op}: this primitive runs on numpy (CPU) arrays only; on CUDA "
+                               f"only the tied multiply is implemented so far. Move the data "
+                               f"with Tensor.to('cpu')")
+
+
+# -- arithmetic ---------------------------------------------------------------------------
+class Add(Function):
+    """``a + b`` with broadcasting."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _host("add", a, b)
+        ctx.shapes = (a.shape, b.shape)
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        return unbroadcast(g, ctx.shapes[0]), unbroadcast(g, ctx.shapes[1])
+
+
+class Sub(Function):
+    """``a - b`` with broadcasting."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _host("sub", a, b)
+        ctx.shapes = (a.shape, b.shape)
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        return unbroadcast(g, ctx.shapes[0]), unbroadcast(-g, ctx.shapes[1])
+
+
+class Mul(Function):
+    """``a * b`` with broadcasting."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _host("mul", a, b)
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        ga = unbroadcast(g * b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(g * a, b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    """``a / b`` with broadcasting."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _host("div", a, b)
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        ga = unbroadcast(g / b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(-g * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Neg(Function):
+    """``-a``."""
+
+    @staticmethod
+    def forward(ctx, a):
+        _host("neg", a)
+        return -a
+
+    @staticmethod
+    def backward(ctx, g):
+        return (-g,)
+
+
+class Pow(Function):
+    """``a ** p`` for a constant exponent ``p``."""
+
+    @staticmethod
+    def forward(ctx, a, p):
+        _host("pow", a)
+        ctx.save_for_backward(a)
+        ctx.p = p
+        return a ** a.dtype.type(p)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        p = a.dtype.type(ctx.p)
+        return (g * p * a ** (p - 1),)
+
+
+class MatMul(Function):
+    """``a @ b`` for arrays of two or more dimensions (batch dims broadcast)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _host("matmul", a, b)
+        if a.ndim < 2 or b.ndim < 2:
+            raise ValueError(f"matmul: operands need at least 2 dimensions, got shapes {a.shape} "
+                             f"and {b.shape}; reshape 1-D operands first")
+        if a.shape[-1] != b.shape[-2]:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align "
+                             f"({a.shape[-1]} != {b.shape[-2]})")
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        ga = unbroadcast(g @ np.swapaxes(b, -1, -2), a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(np.swapaxes(a, -1, -2) @ g, b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+# -- reductions ---------------------------------------------------------------------------
+def _norm_axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (int, np.integer)):
+        axis = (int(axis),)
+    out = []
+    for ax in axis:
+        if not -ndim <= ax < ndim:
+            raise ValueError(f"axis {ax} is out of range for an array of {ndim} dimensions")
+        out.append(ax % ndim)
+    return tuple(sorted(set(out)))
+
+
+def _expand(g, shape, axes, keepdims):
+    if not keepdims:
+        for ax in axes:
+            g = np.expand_dims(g, ax)
+    return np.broadcast_to(g, shape)
+
+
+class Sum(Function):
+    """Sum over ``axis`` (``None``: all)."""
+
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        _host("sum", a)
+        ctx.shape, ctx.axes, ctx.keepdims = a.shape, _norm_axes(axis, a.ndim), keepdims
+        return np.asarray(a.sum(axis=ctx.axes, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, g):
+        return (np.ascontiguousarray(_expand(g, ctx.shape, ctx.axes, ctx.keepdims)),)
+
+
+class Mean(Function):
+    """Mean over ``axis`` (``None``: all)."""
+
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        _host("mean", a)
+        ctx.shape, ctx.axes, ctx.keepdims = a.shape, _norm_axes(axis, a.ndim), keepdims
+        ctx.count = int(np.prod([a.shape[ax] for ax in ctx.axes]))
+        return np.asarray(a.mean(axis=ctx.axes, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g / g.dtype.type(ctx.count)
+        return (np.ascontiguousarray(_expand(g, ctx.shape, ctx.axes, ctx.keepdims)),)
+
+
+class Max(Function):
+    """Maximum over ``axis``; ties share the gradient equally."""
+
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        _host("max", a)
+        axes = _norm_axes(axis, a.ndim)
+        out = a.max(axis=axes, keepdims=True)
+        mask = (a == out)
+        ctx.mask = mask / mask.sum(axis=axes, keepdims=True).astype(a.dtype)
+        ctx.kept_shape = out.shape
+        return np.asarray(out if keepdims else out.reshape(
+            [s for i, s in enumerate(a.shape) if i not in axes]))
+
+    @staticmethod
+    def backward(ctx, g):
+        return (ctx.mask * g.reshape(ctx.kept_shape),)
+
+
+# -- shapes -------------------------------------------------------------------------------
+class Reshape(Function):
+    """Reshape (a copy-free view where numpy allows)."""
+
+    @staticmethod
+    def forward(ctx, a, shape):
+        _host("reshape", a)
+        ctx.shape = a.shape
+        try:
+            return a.reshape(shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot reshape an array of shape {a.shape} into "
+                             f"{tuple(shape)}") from None
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g.reshape(ctx.shape),)
+
+
+class Transpose(Function):
+    """Permute axes (``None``: reverse them)."""
+
+    @staticmethod
+    def forward(ctx, a, axes=None):
+        _host("transpose", a)
+        axes = tuple(range(a.ndim))[::-1] if axes is None else tuple(int(x) for x in axes)
+        if sorted(ax % a.ndim for ax in axes) != list(range(a.ndim)):
+            raise ValueError(f"transpose: axes {axes} are not a permutation of "
+                             f"0..{a.ndim - 1}")
+        ctx.inv = tuple(np.argsort([ax % a.ndim for ax in axes]))
+        return np.transpose(a, axes)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (np.transpose(g, ctx.inv),)
+
+
+class Concat(Function):
+    """Join tensors along ``axis``."""
+
+    @staticmethod
+    def forward(ctx, *arrays, axis=0):
+        _host("concat", *arrays)
+        ctx.axis = axis
+        ctx.sizes = [a.shape[axis] for a in arrays]
+        try:
+            return np.concatenate(arrays, axis=axis)
+        except ValueError as exc:
+            shapes = ", ".join(str(a.shape) for a in arrays)
+            raise ValueError(f"concat: cannot join shapes {shapes} along axis {axis} "
+                             f"({exc})") from None
+
+    @staticmethod
+    def backward(ctx, g):
+        splits = np.cumsum(ctx.sizes)[:-1]
+        return tuple(np.split(g, splits, axis=ctx.axis))
+
+
+class GetItem(Function):
+    """Indexing ``a[index]`` (basic or fancy); repeated indices sum their gradients."""
+
+    @staticmethod
+    def forward(ctx, a, index):
+        _host("getitem", a)
+        ctx.shape, ctx.dtype, ctx.index = a.shape, a.dtype, index
+        return np.asarray(a[index])
+
+    @staticmethod
+    def backward(ctx, g):
+        out = np.zeros(ctx.shape, dtype=g.dtype)
+        np.add.at(out, ctx.index, g)
+        return (out,)
+
+
+# -- elementwise --------------------------------------------------------------------------
+class Exp(Function):
+    """``exp(a)``."""
+
+    @staticmethod
+    def forward(ctx, a):
+        _host("exp", a)
+        out = np.exp(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g * ctx.saved_tensors[0],)
+
+
+class Log(Function):
+    """Natural logarithm."""
+
+    @staticmethod
+    def forward(ctx, a):
+        _host("log", a)
+        ctx.save_for_backward(a)
+        return np.log(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g / ctx.saved_tensors[0],)
+
+
+class ReLU(Function):
+    """``max(a, 0)``."""
+
+    @staticmethod
+    def forward(ctx, a):
+        _host("relu", a)
+        ctx.mask = a > 0
+        return np.where(ctx.mask, a, a.dtype.type(0))
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g * ctx.mask,)
+
+
+class LeakyReLU(Function):
+    """``a`` where positive, ``slope * a`` elsewhere."""
+
+    @staticmethod
+    def forward(ctx, a, slope=0.01):
+        _host("leaky_relu", a)
+        ctx.mask = a > 0
+        ctx.slope = a.dtype.type(slope)
+        return np.where(ctx.mask, a, a * ctx.slope)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (np.where(ctx.mask, g, g * ctx.slope),)
+
+
+class Tanh(Function):
+    """Hyperbolic tangent."""
+
+    @staticmethod
+    def forward(ctx, a):
+        _host("tanh", a)
+        out = np.tanh(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (t,) = ctx.saved_tensors
+        return (g * (1 - t * t),)
+
+
+def _sigmoid(a):
+    # stable for large |a|, dtype-preserving
+    e = np.exp(-np.abs(a))
+    one = a.dtype.type(1)
+    return np.where(a >= 0, one / (one + e), e / (one + e))
+
+
+class Sigmoid(Function):
+    """Logistic function ``1 / (1 + exp(-a))``."""
+
+    @staticmethod
+    def forward(ctx, a):
+        _host("sigmoid", a)
+        out = _sigmoid(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (s,) = ctx.saved_tensors
+        return (g * s * (1 - s),)
+
+
+class GELU(Function):
+    """Gaussian error linear unit (exact, erf form): ``a * Phi(a)``."""
+
+    @staticmethod
+    def forward(ctx, a):
+        _host("gelu", a)
+        ctx.save_for_backward(a)
+        half = a.dtype.type(0.5)
+        return (half * a * (1 + special.erf(a / a.dtype.type(np.sqrt(2))))).astype(a.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        cdf = 0.5 * (1 + special.erf(a / np.sqrt(2)))
+        pdf = np.exp(-0.5 * a * a) / np.sqrt(2 * np.pi)
+        return ((g * (cdf + a * pdf)).astype(g.dtype),)
+
+
+class Softmax(Function):
+    """Softmax along ``axis`` (max-shifted for stability)."""
+
+    @staticmethod
+    def forward(ctx, a, axis=-1):
+        _host("softmax", a)
+        e = np.exp(a - a.max(axis=axis, keepdims=True))
+        out = e / e.sum(axis=axis, keepdims=True)
+        ctx.save_for_backward(out)
+        ctx.axis = axis
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (s,) = ctx.saved_tensors
+        return (s * (g - (g * s).sum(axis=ctx.axis, keepdims=True)),)
+
+
+class LogSoftmax(Function):
+    """Log of the softmax along ``axis``, computed stably."""
+
+    @staticmethod
+    def forward(ctx, a, axis=-1):
+        _host("log_softmax", a)
+        shifted = a - a.max(axis=axis, keepdims=True)
+        out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        ctx.save_for_backward(out)
+        ctx.axis = axis
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (ls,) = ctx.saved_tensors
+        return (g - np.exp(ls) * g.sum(axis=ctx.axis, keepdims=True),)
+
+
+class SegmentReduce(Function):
+    """Reduce axis 1 of ``(batch, n, ...)`` over segments given by labels.
+
+    ``labels`` (``n`` ints in ``0..n_segments-1``, every segment non-empty)
+    group the entries; the result is ``(batch, n_segments, ...)`` holding
+    their sum, mean or max (ties share the gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, a, labels, n_segments, reduce="sum"):
+        _host("segment_reduce", a)
+        order = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels, minlength=n_segments)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        sorted_a = np.take(a, order, axis=1)
+        ctx.labels, ctx.reduce, ctx.shape = labels, reduce, a.shape
+        if reduce == "max":
+            out = np.maximum.reduceat(sorted_a, starts, axis=1)
+            mask = a == np.take(out, labels, axis=1)
+            ties = np.add.reduceat(np.take(mask, order, axis=1).astype(a.dtype), starts, axis=1)
+            ctx.weight = mask / np.take(ties, labels, axis=1)
+            return out
+        out = np.add.reduceat(sorted_a, starts, axis=1)
+        if reduce == "mean":
+            scale = (1 / counts).astype(a.dtype).reshape((1, -1) + (1,) * (a.ndim - 2))
+            out = out * scale
+            ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.reduce == "mean":
+            g = g * ctx.scale
+        ga = np.take(g, ctx.labels, axis=1)
+        if ctx.reduce == "max":
+            ga = ga * ctx.weight
+        return (ga,)
+
+
+# -- the tied multiply --------------------------------------------------------------------
+class TiedMatmul(Function):
+    """``y = tied_matmul(x, theta, pattern)`` with backward by ``tied_matmul_grad``.
+
+    Both directions go through :mod:`paramshare_nb.ops`, which picks the CPU
+    or CUDA kernels from where the arrays live.
+    """
+
+    @staticmethod
+    def forward(ctx, x, theta, pattern):
+        from .. import ops
+
+        ctx.pattern = pattern
+        ctx.save_for_backward(x, theta)
+        return ops.tied_matmul(x, theta, pattern)
+
+    @staticmethod
+    def backward(ctx, g):
+        from .. import ops
+
+        x, theta = ctx.saved_tensors
+        dx, dtheta = ops.tied_matmul_grad(g, x, theta, ctx.pattern)
+        return (dx if ctx.needs_input_grad[0] else None,
+                dtheta if ctx.needs_input_grad[1] else None)
