@@ -9,8 +9,10 @@ This module re-exports the public face; it never imports ``numba.cuda``.
 """
 
 from . import config, groups, perm
+from . import plot  # matplotlib is imported only when a plot is drawn
 from .actions import Action, product, regular, tensor_power
 from .equivariance import equivariance_error, is_equivariant
+from .ops import materialize, tied_matmul, tied_matmul_grad
 from .groups import (closure, contains, is_regular, is_semiregular, is_transitive, orbits,
                      order, stabilizer)
 from .patterns import (Pattern, bias_pattern, dense_pattern, load_pattern, save_pattern,
@@ -19,10 +21,11 @@ from .patterns import (Pattern, bias_pattern, dense_pattern, load_pattern, save_
 __version__ = "0.1.0"
 
 __all__ = [
-    "config", "groups", "perm",
+    "config", "groups", "perm", "plot",
     "Action", "product", "regular", "tensor_power",
     "closure", "contains", "is_regular", "is_semiregular", "is_transitive", "orbits", "order",
     "stabilizer",
     "Pattern", "bias_pattern", "dense_pattern", "load_pattern", "save_pattern", "sparse_pattern",
     "is_equivariant", "equivariance_error",
+    "materialize", "tied_matmul", "tied_matmul_grad",
 ]
