@@ -18,36 +18,46 @@ import numpy as np
 
 
 class _Level:
-    """One level of the chain: base point, generators fixing earlier points, transversal."""
+    """One level of the chain: base point, generators fixing earlier points, transversal.
 
-    __slots__ = ("point", "gens", "pos", "reps", "inv_reps")
+    The orbit and its representatives only ever grow, and existing
+    representatives never change: a Schreier generator verified once stays
+    verified (the subgroup below only grows), so :meth:`StabChain._check_level`
+    re-examines only new (point, generator) pairs.
+    """
+
+    __slots__ = ("point", "gens", "pos", "orbit", "reps", "inv_reps", "_built", "checked")
 
     def __init__(self, point: int, n: int):
         self.point = point
         self.gens: list[np.ndarray] = []
         self.pos = np.full(n, -1, dtype=np.int64)  # point -> row of reps, or -1
+        self.pos[point] = 0
+        self.orbit = [point]
         self.reps = np.arange(n, dtype=np.int64)[None, :]
         self.inv_reps = self.reps
-        self.pos[point] = 0
+        self._built = (1, 0)  # (orbit rows, generators) already expanded
+        self.checked = (0, 0)  # (rows, generators) whose Schreier generators sift
 
     def rebuild(self) -> None:
-        """Orbit of the base point under ``gens``, breadth-first, with representatives."""
-        n = self.pos.shape[0]
-        self.pos[:] = -1
-        self.pos[self.point] = 0
-        reps = [np.arange(n, dtype=np.int64)]
-        orbit = [self.point]
+        """Extend the orbit of the base point breadth-first with any new generators."""
+        old_rows, old_gens = self._built
+        reps = list(self.reps)
         head = 0
-        while head < len(orbit):
-            b = orbit[head]
+        while head < len(self.orbit):
+            b = self.orbit[head]
             u = reps[head]
-            for s in self.gens:
+            for s in self.gens[old_gens:] if head < old_rows else self.gens:
                 c = int(s[b])
                 if self.pos[c] < 0:
-                    self.pos[c] = len(orbit)
-                    orbit.append(c)
+                    self.pos[c] = len(self.orbit)
+                    self.orbit.append(c)
                     reps.append(s[u])
             head += 1
+        self._built = (len(self.orbit), len(self.gens))
+        if len(reps) == self.reps.shape[0]:
+            return
+        n = self.pos.shape[0]
         self.reps = np.array(reps)
         inv = np.empty_like(self.reps)
         rows = np.arange(len(reps))[:, None]
@@ -121,10 +131,13 @@ class StabChain:
 
     def _check_level(self, depth: int):
         level = self.levels[depth]
+        done_rows, done_gens = level.checked
         for row in range(level.orbit_size):
             u = level.reps[row]
-            b = int(u[level.point])
-            for s in list(level.gens):
+            b = level.orbit[row]
+            for g, s in enumerate(level.gens):
+                if row < done_rows and g < done_gens:
+                    continue
                 sb = int(s[b])
                 h = level.inv_reps[level.pos[sb]][s[u]]
                 residue, reached = self.sift(h, depth + 1)
@@ -139,6 +152,7 @@ class StabChain:
                     for d in range(depth + 1, min(top, len(self.levels) - 1) + 1):
                         self.levels[d].rebuild()
                     return min(top, len(self.levels) - 1)
+        level.checked = (level.orbit_size, len(level.gens))
         return None
 
     # -- queries -------------------------------------------------------------

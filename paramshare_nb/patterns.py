@@ -272,7 +272,9 @@ def dense_pattern(action) -> Pattern:
     m, n = act.n_out, act.n_in
     _check_bytes(m * n * 8 * 4, "dense_pattern")
     labels = _pair_orbits(act.gens_in, act.gens_out)
-    return _pattern_from_labels(m, n, labels, int(labels.max()) + 1 if labels.size else 0)
+    rows = np.repeat(np.arange(m, dtype=INDEX), n)
+    cols = np.tile(np.arange(n, dtype=INDEX), m)
+    return Pattern._from_sorted(m, n, rows, cols, labels, int(labels.max(initial=-1)) + 1)
 
 
 def _generating_pairs(act: Action, generators) -> tuple[np.ndarray, np.ndarray]:

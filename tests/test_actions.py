@@ -1,0 +1,124 @@
+import warnings
+
+import numpy as np
+import pytest
+from reference import brute_closure, brute_pair_orbits, burnside_pair_count, labels_to_partition
+
+import paramshare_nb as ps
+from paramshare_nb import groups, perm
+
+
+def figure1_usual():
+    """D5 as usually described on a 4x5 image: commuting shift and flip (order 10)."""
+    img = np.arange(20).reshape(4, 5)
+    # np.argsort of a transformed index image: pixel -> where the transform puts it
+    shift = np.argsort(np.roll(img, 1, axis=1).ravel())  # every row one column right
+    flip = np.argsort(img[::-1].ravel())
+    out_shift = (np.arange(5) + 1) % 5
+    return ps.Action([shift, flip], [out_shift, np.arange(5)])
+
+
+def figure1_genuine():
+    """The genuine D5 reading of THEORY.md section 3."""
+    img = np.arange(20).reshape(4, 5)
+    rot_img = img.copy()
+    rot_img[:2] = np.roll(img[:2], 1, axis=1)
+    rot_img[2:] = np.roll(img[2:], -1, axis=1)
+    rot = np.argsort(rot_img.ravel())
+    refl = np.argsort(img[::-1].ravel())
+    d5 = groups.dihedral(5)
+    return ps.Action([rot, refl], d5)
+
+
+def test_figure1_readings():
+    usual = figure1_usual()
+    assert usual.order() == 10 and usual.is_free_in()
+    assert ps.dense_pattern(usual).n_params == 10
+    genuine = figure1_genuine()
+    assert genuine.order() == 10
+    assert genuine.is_free_in() and not genuine.is_free_out()
+    assert genuine.order_out() == 10  # faithful on the outputs
+    assert ps.dense_pattern(genuine).n_params == 10
+
+
+def test_inconsistent_pairs_are_reported():
+    # D5 on the genuine image paired with plain shifts on 5 outputs: order 50
+    genuine = figure1_genuine()
+    bad = ps.Action(genuine.gens_in, [np.roll(np.arange(5), 1), np.arange(5)])
+    with pytest.warns(UserWarning, match="not a function"):
+        text = bad.describe()
+    assert bad.order() == 50 and bad.order_in() == 10
+    assert "order 50" in text
+
+
+def test_describe_reports_sizes():
+    act = ps.Action.invariant(groups.cyclic(5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = act.describe()
+    assert "order 5" in text and "N=5" in text and "M=1" in text
+    assert "not faithful (kernel of order 5)" in text
+
+
+@pytest.mark.parametrize("act", [
+    ps.Action.same(groups.dihedral(5)),
+    ps.Action.same(groups.alternating(4)),
+    ps.Action(groups.symmetric(3), ps.tensor_power(groups.symmetric(3), 2)),
+    ps.Action.invariant(groups.square_symmetries(3)),
+    ps.product(ps.Action.same(groups.cyclic(3)), ps.Action.same(groups.symmetric(2))),
+], ids=["D5", "A4", "S3_1to2", "square3_inv", "C3xS2"])
+def test_pair_orbits_against_brute_force(act):
+    ein, eout = act.closure()
+    assert len(ein) == act.order()
+    ref = brute_pair_orbits(ein, eout, act.n_out, act.n_in)
+    assert labels_to_partition(act.pair_orbits()) == labels_to_partition(ref)
+    assert act.pair_orbits().max() + 1 == burnside_pair_count(ein, eout)
+
+
+def test_closure_pairs_match_brute_force():
+    act = ps.Action(groups.dihedral(4), groups.cyclic(2).repeat(2, axis=0))
+    ein, eout = act.closure()
+    joint = {tuple(a.tolist()) + tuple((b + 4).tolist()) for a, b in zip(ein, eout)}
+    assert joint == brute_closure(act.joint, 6)
+
+
+def test_product_and_tensor_power():
+    a = ps.product(ps.Action.same(groups.cyclic(3)), ps.Action.same(groups.cyclic(4)))
+    assert a.n_in == 12 and a.order() == 12 and ps.is_regular(a.gens_in)
+    t = ps.tensor_power(groups.symmetric(3), 2)
+    assert t.shape == (2, 9)
+    # (i, j) -> (g i, g j) row-major
+    g = groups.symmetric(3)[1]
+    for i in range(3):
+        for j in range(3):
+            assert t[1, i * 3 + j] == g[i] * 3 + g[j]
+
+
+def test_regular_action():
+    reg = ps.regular(groups.dihedral(5))
+    assert reg.shape == (2, 10)
+    assert ps.is_regular(reg) and ps.order(reg) == 10
+    elems = ps.closure(groups.dihedral(5))
+    # generator s sends element h to s*h
+    s = groups.dihedral(5)[0]
+    for j, h in enumerate(elems):
+        assert np.array_equal(elems[reg[0, j]], s[h])
+
+
+def test_random_elements_are_members():
+    act = ps.Action.same(groups.dihedral(7))
+    gi, go = act.random_elements(5, rng=0)
+    for a, b in zip(gi, go):
+        assert act.contains(a, b)
+    assert not act.contains(perm.from_cycles("(0 1)", 7), perm.from_cycles("(0 1)", 7))
+
+
+def test_bad_actions():
+    with pytest.raises(ValueError, match="one output permutation per input"):
+        ps.Action(groups.dihedral(5), groups.cyclic(5))
+    with pytest.raises(ValueError, match=r"gens_out\[0\]"):
+        ps.Action([[1, 0]], [[0, 0]])
+    with pytest.raises(TypeError):
+        ps.product(ps.Action.same(groups.cyclic(2)), groups.cyclic(2))
+    with pytest.raises(ValueError):
+        ps.tensor_power(groups.cyclic(3), 0)

@@ -1,0 +1,172 @@
+import math
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import brute_closure, brute_orbits, labels_to_partition, sympy_group
+from sympy.combinatorics import Permutation
+
+import paramshare_nb as ps
+from paramshare_nb import groups, perm
+
+ZOO = {
+    "trivial5": groups.trivial(5),
+    "cyclic7": groups.cyclic(7),
+    "dihedral6": groups.dihedral(6),
+    "dihedral1": groups.dihedral(1),
+    "dihedral2": groups.dihedral(2),
+    "symmetric1": groups.symmetric(1),
+    "symmetric2": groups.symmetric(2),
+    "symmetric5": groups.symmetric(5),
+    "alternating4": groups.alternating(4),
+    "alternating5": groups.alternating(5),
+    "alternating6": groups.alternating(6),
+    "grid3x4": groups.grid_translations((3, 4)),
+    "grid2x2x3": groups.grid_translations((2, 2, 3)),
+    "square4": groups.square_symmetries(4),
+    "square3rot": groups.square_symmetries(3, rotations_only=True),
+    "two_orbits": np.array([perm.from_cycles("(0 1 2)(3 4)", 6)]),
+}
+
+EXPECTED_ORDER = {
+    "trivial5": 1, "cyclic7": 7, "dihedral6": 12, "dihedral1": 1, "dihedral2": 2,
+    "symmetric1": 1, "symmetric2": 2, "symmetric5": 120, "alternating4": 12, "alternating5": 60,
+    "alternating6": 360, "grid3x4": 12, "grid2x2x3": 12, "square4": 8, "square3rot": 4,
+    "two_orbits": 6,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_against_sympy(name):
+    gens = ZOO[name]
+    n = gens.shape[1]
+    ref = sympy_group(gens, n)
+    assert ps.order(gens, n=n) == ref.order() == EXPECTED_ORDER[name]
+    assert labels_to_partition(ps.orbits(gens, n=n)) == {frozenset(o) for o in ref.orbits()}
+    elems = ps.closure(gens, n=n)
+    assert {tuple(r) for r in elems.tolist()} == brute_closure(gens, n)
+    assert elems[0].tolist() == list(range(n))
+    assert ps.is_transitive(gens, n=n) == ref.is_transitive()
+    # semi-regular <=> every orbit has |G| points
+    assert ps.is_semiregular(gens, n=n) == all(len(o) == ref.order() for o in ref.orbits())
+
+
+def test_closure_is_deterministic_bfs():
+    a = ps.closure(groups.dihedral(5))
+    b = ps.closure(groups.dihedral(5))
+    np.testing.assert_array_equal(a, b)
+    assert len({r.tobytes() for r in a}) == 10
+
+
+def test_canonical_orbit_numbering():
+    gens = [perm.from_cycles("(1 3)(2 4)", 5)]
+    assert ps.orbits(gens).tolist() == [0, 1, 2, 1, 2]
+    assert ps.groups.orbit_sizes(gens).tolist() == [1, 2, 2]
+
+
+def test_regular_and_semiregular():
+    assert ps.is_regular(groups.cyclic(6))
+    assert not ps.is_regular(groups.dihedral(6))
+    assert ps.is_semiregular(groups.grid_translations((2, 3)))
+    assert not ps.is_semiregular(groups.symmetric(3))
+
+
+def test_stabilizer_and_membership():
+    s5 = groups.symmetric(5)
+    st_ = ps.stabilizer(s5, 3)
+    assert ps.order(st_) == 24
+    assert np.all(st_[:, 3] == 3)
+    assert ps.contains(groups.alternating(5), perm.from_cycles("(0 1 2)", 5))
+    assert not ps.contains(groups.alternating(5), perm.from_cycles("(0 1)", 5))
+    assert ps.stabilizer(groups.cyclic(5), 0).shape == (0, 5)
+
+
+def _rubik():
+    cyc = ["(1,3,8,6)(2,5,7,4)(9,33,25,17)(10,34,26,18)(11,35,27,19)",
+           "(9,11,16,14)(10,13,15,12)(1,17,41,40)(4,20,44,37)(6,22,46,35)",
+           "(17,19,24,22)(18,21,23,20)(6,25,43,16)(7,28,42,13)(8,30,41,11)",
+           "(25,27,32,30)(26,29,31,28)(3,38,43,19)(5,36,45,21)(8,33,48,24)",
+           "(33,35,40,38)(34,37,39,36)(3,9,46,32)(2,12,47,29)(1,14,48,27)",
+           "(41,43,48,46)(42,45,47,44)(14,22,30,38)(15,23,31,39)(16,24,32,40)"]
+    shifted = [re.sub(r"\d+", lambda m: str(int(m.group()) - 1), c) for c in cyc]
+    return np.array([perm.from_cycles(c, 48) for c in shifted])
+
+
+def test_rubik_order_without_enumeration():
+    assert ps.order(_rubik()) == 43252003274489856000
+
+
+def test_large_symmetric_order_is_exact():
+    assert ps.order(groups.symmetric(30)) == math.factorial(30)
+
+
+def test_closure_memory_guard():
+    with pytest.raises(MemoryError, match=r"order 3628800"):
+        ps.closure(groups.symmetric(10), max_bytes=1 << 20)
+
+
+def test_random_element_in_group():
+    g = groups.alternating(6)
+    for h in groups.random_element(g, size=10, rng=1):
+        assert ps.contains(g, h)
+
+
+def test_square_symmetries_match_numpy():
+    h = 4
+    img = np.arange(h * h).reshape(h, h)
+    rot, flip = groups.square_symmetries(h)
+    np.testing.assert_array_equal(perm.apply(rot, img.ravel()).reshape(h, h), np.rot90(img))
+    np.testing.assert_array_equal(perm.apply(flip, img.ravel()).reshape(h, h), np.fliplr(img))
+
+
+def test_grid_translation_moves_one_step():
+    (g,) = groups.grid_translations(5)
+    assert g.tolist() == [1, 2, 3, 4, 0]
+    g0, g1 = groups.grid_translations((2, 3))
+    img = np.arange(6).reshape(2, 3)
+    np.testing.assert_array_equal(perm.apply(g1, img.ravel()).reshape(2, 3),
+                                  np.roll(img, 1, axis=1))
+    np.testing.assert_array_equal(perm.apply(g0, img.ravel()).reshape(2, 3),
+                                  np.roll(img, 1, axis=0))
+
+
+gen_sets = st.integers(2, 7).flatmap(
+    lambda n: st.lists(st.permutations(list(range(n))), min_size=1, max_size=3))
+
+
+@given(gen_sets)
+@settings(max_examples=40, deadline=None)
+def test_random_generator_sets_against_sympy(gens):
+    gens = np.array(gens)
+    n = gens.shape[1]
+    ref = sympy_group(gens, n)
+    assert ps.order(gens) == ref.order()
+    assert labels_to_partition(ps.orbits(gens)) == brute_orbits(gens, n)
+    elems = ps.closure(gens)
+    assert len(elems) == ref.order()
+    assert all(ref.contains(Permutation(list(map(int, r)))) for r in elems[:20])
+    outsider = perm.random(n, rng=len(elems))
+    assert ps.contains(gens, outsider) == ref.contains(Permutation(list(map(int, outsider))))
+    i = n - 1
+    assert ps.order(ps.stabilizer(gens, i), n=n) == ref.stabilizer(i).order()
+
+
+@pytest.mark.parametrize("call", [
+    lambda: ps.orbits([[0, 1], [1, 1]]),
+    lambda: ps.order([[0.0, 1.0]]),
+    lambda: ps.stabilizer(groups.cyclic(3), 3),
+    lambda: ps.stabilizer(groups.cyclic(3), -1),
+    lambda: ps.orbits([]),
+    lambda: groups.grid_translations(()),
+    lambda: groups.cyclic(0),
+])
+def test_bad_input_is_refused(call):
+    with pytest.raises((ValueError, TypeError)):
+        call()
+
+
+def test_error_names_the_generator():
+    with pytest.raises(ValueError, match=r"gens\[1\]"):
+        ps.order([[1, 0, 2], [0, 0, 2]])

@@ -1,0 +1,193 @@
+import numpy as np
+import pytest
+
+import paramshare_nb as ps
+from paramshare_nb import groups, perm
+
+
+def deep_sets(n):
+    return ps.Action.same(groups.symmetric(n))
+
+
+@pytest.mark.parametrize("act, count", [
+    (deep_sets(6), 2),
+    (ps.Action.same(groups.cyclic(7)), 7),
+    (ps.Action.same(ps.tensor_power(groups.symmetric(4), 2)), 15),
+    (ps.Action.same(ps.tensor_power(groups.symmetric(5), 2)), 15),
+    (ps.Action(groups.symmetric(5), ps.tensor_power(groups.symmetric(5), 2)), 5),
+    (ps.Action.invariant(ps.tensor_power(groups.symmetric(5), 2)), 2),
+    (ps.Action.same(ps.regular(groups.dihedral(5))), 10),
+], ids=["deepsets", "cyclic", "S4_2to2", "S5_2to2", "S5_1to2", "S5_2to0", "regD5"])
+def test_dense_parameter_counts(act, count):
+    pat = ps.dense_pattern(act)
+    assert pat.n_params == count
+    assert pat.nnz == act.n_in * act.n_out
+    assert ps.is_equivariant(pat, act)
+
+
+def test_dense_ids_first_appearance_row_major():
+    idx = ps.dense_pattern(deep_sets(3)).index()
+    assert idx.tolist() == [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
+    flat = idx.ravel()
+    first = [int(flat[np.argmax(flat == p)]) for p in range(flat.max() + 1)]
+    assert first == sorted(first)
+
+
+def test_circulant_from_cyclic():
+    idx = ps.dense_pattern(ps.Action.same(groups.cyclic(5))).index()
+    for m in range(5):
+        for n in range(5):
+            assert idx[m, n] == idx[(m + 1) % 5, (n + 1) % 5]
+
+
+def test_dense_is_maximal(rng):
+    """A random G-equivariant matrix (group average) is constant on each dense class."""
+    act = ps.Action(groups.dihedral(4), ps.tensor_power(groups.dihedral(4), 1))
+    ein, eout = act.closure()
+    w = rng.standard_normal((act.n_out, act.n_in))
+    avg = np.mean([w[np.argsort(go)][:, np.argsort(gi)] for gi, go in zip(ein, eout)], axis=0)
+    assert ps.is_equivariant(avg, act, atol=1e-12)
+    idx = ps.dense_pattern(act).index()
+    for p in range(idx.max() + 1):
+        vals = avg[idx == p]
+        np.testing.assert_allclose(vals, vals[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("gens", [groups.cyclic(6), ps.regular(groups.dihedral(5)),
+                                  groups.grid_translations((3, 4))])
+def test_sparse_counts_for_free_actions(gens):
+    act = ps.Action.same(gens)
+    n_orbits = ps.orbits(gens).max() + 1
+    a_plus = 1 + len(gens)
+    pat = ps.sparse_pattern(act)
+    assert pat.n_params == n_orbits * n_orbits * a_plus
+    assert ps.is_equivariant(pat, act)
+    # each input feeds q * |A+| outputs
+    assert np.all(np.bincount(pat.cols) == n_orbits * a_plus)
+
+
+def test_sparse_warns_when_not_free():
+    act = ps.Action.same(groups.dihedral(5))
+    with pytest.warns(UserWarning, match="not free"):
+        pat = ps.sparse_pattern(act)
+    assert ps.is_equivariant(pat, act)
+
+
+def test_sparse_with_custom_generators():
+    reg = ps.regular(groups.cyclic(6))
+    act = ps.Action.same(reg)
+    two = ps.Action.same(np.stack([reg[0], ps.perm.compose(reg[0], reg[0])]))
+    pat = ps.sparse_pattern(act, generators=two)
+    assert pat.n_params == 3
+    with pytest.raises(ValueError, match="subgroup"):
+        sq = ps.perm.compose(reg[0], reg[0])
+        ps.sparse_pattern(act, generators=(sq[None], sq[None]))
+    with pytest.raises(ValueError, match="not an element"):
+        ps.sparse_pattern(act, generators=(perm.from_cycles("(0 1)", 6)[None],
+                                           perm.from_cycles("(0 1)", 6)[None]))
+
+
+def test_bias_pattern():
+    act = ps.Action(groups.cyclic(4), np.array([perm.from_cycles("(0 1)", 3)]))
+    b = ps.bias_pattern(act)
+    assert b.shape == (3, 1) and b.n_params == 2
+    np.testing.assert_array_equal(b.materialize(np.array([1.0, 2.0]))[:, 0], [1, 1, 2])
+
+
+@pytest.mark.parametrize("design", ["dense", "sparse"])
+def test_layer_is_numerically_equivariant_with_channels(design, rng):
+    act = ps.Action.same(ps.regular(groups.dihedral(3)))
+    pat = ps.dense_pattern(act) if design == "dense" else ps.sparse_pattern(act)
+    theta = rng.standard_normal((pat.n_params, 3, 2))
+    w = pat.materialize(theta)  # (M, C_out, N, C_in)
+
+    def layer(x):  # x (B, N, C_in) -> (B, M, C_out)
+        return np.tanh(np.einsum("mcnd,bnd->bmc", w, x))
+
+    x = rng.standard_normal((4, act.n_in, 2))
+    assert ps.equivariance_error(layer, act, x, axis=1, rng=0) < 1e-12
+    # and a non-equivariant layer is caught
+    w_bad = w + rng.standard_normal(w.shape)
+    bad = ps.equivariance_error(lambda x: np.einsum("mcnd,bnd->bmc", w_bad, x), act, x, axis=1,
+                                rng=0)
+    assert bad > 1e-3
+
+
+def test_materialize_and_multi_edges():
+    pat = ps.Pattern((2, 2), [0, 0, 1], [0, 0, 1], [0, 1, 1])
+    assert pat.has_multi_edges
+    np.testing.assert_array_equal(pat.materialize(np.array([1.0, 10.0])), [[11, 0], [0, 10]])
+    with pytest.raises(ValueError, match="multi-edges"):
+        pat.index()
+    assert pat.indptr.tolist() == [0, 2, 3]
+    t = pat.transpose()
+    np.testing.assert_array_equal(t.materialize(np.array([1.0, 10.0])),
+                                  pat.materialize(np.array([1.0, 10.0])).T)
+
+
+def test_pattern_is_equivariant_detects_breakage():
+    act = deep_sets(4)
+    pat = ps.dense_pattern(act)
+    idx = pat.index()
+    idx[0, 1] = 0
+    assert not ps.is_equivariant(ps.Pattern.from_index(idx), act)
+    with pytest.raises(ValueError, match=r"expected \(5, 5\)"):
+        ps.is_equivariant(pat, deep_sets(5))
+
+
+def test_save_load_round_trip(tmp_path):
+    pat = ps.sparse_pattern(ps.Action.same(groups.cyclic(5)))
+    path = tmp_path / "p.npz"
+    ps.save_pattern(path, pat)
+    back = ps.load_pattern(path)
+    assert back == pat and back.fingerprint() == pat.fingerprint()
+
+
+def test_hostile_files_are_refused(tmp_path):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="not a readable"):
+        ps.load_pattern(garbage)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, format=np.array("paramshare_nb.pattern/1"), shape=np.array([2, 2]),
+             n_params=np.array(1), rows=np.array([0], dtype=object), cols=np.array([0]),
+             params=np.array([0]))
+    with pytest.raises(ValueError):
+        ps.load_pattern(pickled)
+    out_of_range = tmp_path / "oor.npz"
+    np.savez(out_of_range, format=np.array("paramshare_nb.pattern/1"), shape=np.array([2, 2]),
+             n_params=np.array(1), rows=np.array([5]), cols=np.array([0]), params=np.array([0]))
+    with pytest.raises(ValueError, match="invalid pattern"):
+        ps.load_pattern(out_of_range)
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.arange(3))
+    with pytest.raises(ValueError, match="not a paramshare_nb pattern"):
+        ps.load_pattern(other)
+
+
+@pytest.mark.parametrize("args, exc", [
+    (((2, 2), [0], [0], [0, 1]), ValueError),
+    (((2, 2), [2], [0], [0]), ValueError),
+    (((2, 2), [0], [0], [3], 2), ValueError),
+    (((2, 2), [0.5], [0], [0]), TypeError),
+    (((2,), [0], [0], [0]), ValueError),
+])
+def test_bad_patterns(args, exc):
+    with pytest.raises(exc):
+        ps.Pattern(*args)
+
+
+def test_materialize_validates_theta():
+    pat = ps.dense_pattern(deep_sets(3))
+    with pytest.raises(ValueError, match=r"\(2,\)"):
+        pat.materialize(np.ones(3))
+    with pytest.raises(TypeError, match="float"):
+        pat.materialize(np.ones(2, dtype=int))
+    with pytest.raises(TypeError, match="Action"):
+        ps.dense_pattern(groups.symmetric(3))
+
+
+def test_memory_guard_on_materialize():
+    pat = ps.dense_pattern(deep_sets(4))
+    with ps.config.override(max_bytes=64), pytest.raises(MemoryError, match="max_bytes"):
+        pat.materialize(np.ones(2))

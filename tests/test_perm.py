@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paramshare_nb import perm
+
+perms = st.integers(1, 9).flatmap(lambda n: st.permutations(list(range(n))))
+
+
+@given(perms, st.data())
+@settings(max_examples=60, deadline=None)
+def test_compose_inverse_and_left_action(p, data):
+    p = np.array(p)
+    q = np.array(data.draw(st.permutations(list(range(p.size)))))
+    pq = perm.compose(p, q)
+    assert [int(pq[i]) for i in range(p.size)] == [int(p[q[i]]) for i in range(p.size)]
+    assert perm.is_identity(perm.compose(p, perm.inverse(p)))
+    x = np.arange(p.size) * 10.0
+    # left action: p . (q . x) == (p q) . x
+    np.testing.assert_array_equal(perm.apply(p, perm.apply(q, x)), perm.apply(pq, x))
+    moved = perm.apply(p, x)
+    for i in range(p.size):
+        assert moved[p[i]] == x[i]
+
+
+@given(perms)
+@settings(max_examples=60, deadline=None)
+def test_cycles_round_trip(p):
+    p = np.array(p)
+    text = perm.to_cycles(p)
+    np.testing.assert_array_equal(perm.from_cycles(text, p.size), p)
+
+
+def test_cycle_examples():
+    assert perm.from_cycles("(0 1 2)(3 4)", 5).tolist() == [1, 2, 0, 4, 3]
+    assert perm.from_cycles("(0,1)", 3).tolist() == [1, 0, 2]
+    assert perm.from_cycles([[0, 1, 2]], 3).tolist() == [1, 2, 0]
+    assert perm.from_cycles("()", 3).tolist() == [0, 1, 2]
+    assert perm.to_cycles([0, 1, 2]) == "()"
+    assert perm.to_cycles([1, 0, 2], singletons=True) == "(0 1)(2)"
+    # cycles that share points compose right to left, like permutations
+    assert perm.from_cycles("(0 1)(1 2)", 3).tolist() == perm.compose(
+        perm.from_cycles("(0 1)", 3), perm.from_cycles("(1 2)", 3)).tolist()
+
+
+def test_apply_axis_and_order():
+    p = perm.from_cycles("(0 1 2)", 3)
+    x = np.arange(6).reshape(3, 2)
+    np.testing.assert_array_equal(perm.apply(p, x, axis=0), x[perm.inverse(p)])
+    assert perm.order_of(perm.from_cycles("(0 1)(2 3 4)", 5)) == 6
+
+
+def test_random_is_permutation():
+    ps_ = perm.random(7, size=5, rng=0)
+    assert ps_.shape == (5, 7)
+    assert all(sorted(r) == list(range(7)) for r in ps_.tolist())
+    np.testing.assert_array_equal(perm.random(7, rng=3), perm.random(7, rng=3))
+
+
+@pytest.mark.parametrize("bad, exc, words", [
+    ([0, 0, 1], ValueError, "more than once"),
+    ([0, 3, 1], ValueError, "out of range"),
+    ([-1, 0, 1], ValueError, "out of range"),
+    ([0.0, 1.0, 2.0], TypeError, "integers"),
+    ([True, False], TypeError, "integers"),
+    ([[0, 1], [0]], ValueError, "ragged"),
+])
+def test_bad_permutations(bad, exc, words):
+    with pytest.raises(exc, match=words):
+        perm.inverse(bad)
+
+
+def test_bad_cycles():
+    with pytest.raises(ValueError, match="repeats"):
+        perm.from_cycles("(0 1 0)", 3)
+    with pytest.raises(ValueError, match="out of range"):
+        perm.from_cycles("(0 5)", 3)
+    with pytest.raises(ValueError, match="parse"):
+        perm.from_cycles("0 1", 3)
+    with pytest.raises(ValueError, match="length"):
+        perm.compose([1, 0], [0, 1, 2])
