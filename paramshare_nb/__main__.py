@@ -64,6 +64,13 @@ def main(argv=None) -> int:
         add_arguments = None
     if add_arguments is not None:
         add_arguments(demo)
+    from . import _cli_explain
+
+    explain = sub.add_parser(
+        "explain", help="explain the dense and sparse designs of a named group",
+        description="Build a group action from a short spec (e.g. dihedral:5, square:8, "
+                    "grid:4x5) and explain its dense and sparse tying patterns.")
+    _cli_explain.add_arguments(explain)
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info(args)
@@ -73,6 +80,11 @@ def main(argv=None) -> int:
         from .demo import run
 
         return run(args)
+    if args.command == "explain":
+        try:
+            return _cli_explain.run(args)
+        except _cli_explain.SpecError as exc:
+            parser.error(f"explain {args.spec}: {exc}")
     return 2
 
 

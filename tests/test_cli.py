@@ -1,0 +1,104 @@
+"""``python -m paramshare_nb``: commands exit 0 and print what they promise."""
+
+import subprocess
+import sys
+
+import pytest
+
+import paramshare_nb as ps
+from paramshare_nb.__main__ import main
+from paramshare_nb._cli_explain import SpecError, build_action, parse_spec
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_info(capsys):
+    code, out, _ = _run(capsys, "info")
+    assert code == 0
+    for word in ("paramshare_nb", "numpy", "numba", "cuda"):
+        assert word in out
+
+
+def test_explain_dihedral(capsys):
+    code, out, _ = _run(capsys, "explain", "dihedral:5")
+    assert code == 0
+    assert "order 10" in out
+    assert "dense design" in out and "sparse design" in out
+    assert "n_params=3" in out  # D5 on 5 points: 3 orbits of pairs
+
+
+def test_explain_square_sparse_only(capsys):
+    code, out, _ = _run(capsys, "explain", "square:4", "--design", "sparse")
+    assert code == 0
+    assert "sparse design" in out and "dense design" not in out
+    assert "not free" in out  # D4 fixes the diagonal pixels: the note says so
+
+
+@pytest.mark.parametrize("spec, n, order", [
+    ("cyclic:6", 6, 6), ("deepsets:4", 4, 24), ("alternating:4", 4, 12),
+    ("rotations:3", 9, 4), ("grid:3x4", 12, 12), ("regular:dihedral:3", 6, 6),
+    ("symmetric:1", 1, 1),
+])
+def test_parse_spec(spec, n, order):
+    _, gens = parse_spec(spec)
+    assert gens.shape[1] == n
+    assert ps.order(gens) == order if gens.shape[0] else order == 1
+
+
+def test_build_action_invariant():
+    desc, act = build_action("cyclic:5", out="invariant")
+    assert (act.n_in, act.n_out) == (5, 1)
+    assert "invariant" in desc
+    assert ps.dense_pattern(act).n_params == 1
+
+
+def test_explain_invariant_regular(capsys):
+    code, out, _ = _run(capsys, "explain", "regular:cyclic:4", "--out", "invariant")
+    assert code == 0
+    assert "M=1 outputs" in out
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("bogus:3", "unknown group spec"), ("dihedral", "unknown group spec"),
+    ("dihedral:x", "whole number"), ("cyclic:0", ">= 1"), ("grid:4x", "whole number"),
+    ("square:100", "more than"), ("grid:2x2x2x2", "1 to 3 axes"),
+])
+def test_bad_specs(capsys, spec, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", spec])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and spec in err
+
+
+def test_parse_spec_errors_are_value_errors():
+    with pytest.raises(ValueError, match="unknown group spec"):
+        parse_spec("nope:1")
+    assert issubclass(SpecError, ValueError)
+    with pytest.raises(TypeError, match="str"):
+        parse_spec(5)
+    with pytest.raises(ValueError, match="out must be"):
+        build_action("cyclic:3", out="other")
+
+
+def test_module_entry_point_runs():
+    proc = subprocess.run([sys.executable, "-m", "paramshare_nb", "explain", "cyclic:4"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "dense design" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "paramshare_nb", "explain", "nope:1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown group spec" in proc.stderr
+
+
+def test_help_lists_all_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("info", "demo", "explain"):
+        assert cmd in out
