@@ -13,6 +13,7 @@ from . import plot  # matplotlib is imported only when a plot is drawn
 from .actions import Action, product, regular, tensor_power
 from .equivariance import equivariance_error, is_equivariant
 from .ops import materialize, tied_matmul, tied_matmul_grad
+from .ops import materialize, tied_matmul, tied_matmul_grad
 from .groups import (closure, contains, is_regular, is_semiregular, is_transitive, orbits,
                      order, stabilizer)
 from .patterns import (Pattern, bias_pattern, dense_pattern, load_pattern, save_pattern,

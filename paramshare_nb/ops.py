@@ -1,0 +1,321 @@
+"""The tied multiply: ``y = W(theta) x`` without ever needing ``W``.
+
+Public, numpy-style wrappers.  They validate every argument (errors name the
+argument and the expected shape), resolve the dtype once (float32 stays
+float32, float64 stays float64, mixed floats follow numpy's promotion,
+integers are refused), copy inputs only when the layout or dtype requires it
+(inputs are never modified), reshape to canonical 3-D arrays and hand them to
+:mod:`paramshare_nb._dispatch`, which picks the backend and the strategy.
+
+Shapes, with ``pattern.shape == (M, N)`` and ``P == pattern.n_params``:
+
+====================  ======================  =========================
+theta                 x                       y = tied_matmul(x, ...)
+====================  ======================  =========================
+``(P,)``              ``(..., N)``            ``(..., M)``
+``(P, C_out, C_in)``  ``(..., N, C_in)``      ``(..., M, C_out)``
+====================  ======================  =========================
+
+``y[..., m, :] = sum_n sum_{p on (m, n)} theta[p] @ x[..., n, :]``: entries
+with several parameters (multi-edges) sum them, structural zeros cost
+nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _dispatch
+from .patterns import Pattern
+
+__all__ = ["tied_matmul", "tied_matmul_grad", "materialize", "METHODS"]
+
+#: Strategies accepted by ``method=`` (``"auto"`` lets the cost model choose).
+METHODS = _dispatch.METHODS
+
+
+# ---------------------------------------------------------------------------
+# validation helpers
+# ---------------------------------------------------------------------------
+
+def _check_pattern(pattern) -> Pattern:
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a paramshare_nb.Pattern, got {type(pattern).__name__}; "
+                        f"build one with ps.dense_pattern(action) or ps.Pattern(shape, rows, "
+                        f"cols, params)")
+    return pattern
+
+
+def _check_method(method) -> str:
+    if method is None:
+        return "auto"
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def _as_float(obj, name: str) -> np.ndarray:
+    """``obj`` as an ndarray (no copy yet), refusing non-float dtypes."""
+    try:
+        arr = np.asarray(obj)
+    except ValueError as exc:
+        raise ValueError(f"{name} is ragged ({exc}); give a rectangular float array") from None
+    if arr.dtype.kind != "f" or arr.dtype.itemsize > 8:
+        hint = ".astype(np.float32)" if arr.dtype.kind in "biu" else ".astype(np.float64)"
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {arr.dtype}; "
+                        f"convert with {hint}")
+    return arr
+
+
+def _result_dtype(*arrays) -> np.dtype:
+    dt = np.result_type(*arrays)
+    return np.dtype(np.float32) if dt.itemsize < 4 else dt  # float16 computes in float32
+
+
+def _canonical(arr: np.ndarray, dtype, shape) -> np.ndarray:
+    """C-contiguous, writeable, ``dtype``, reshaped: one kernel signature per dtype.
+
+    Copies only when needed; kernels never write their inputs.
+    """
+    if arr.dtype != dtype or not arr.flags.c_contiguous or not arr.flags.writeable:
+        arr = np.array(arr, dtype=dtype, order="C", copy=True)
+    return arr.reshape(shape)
+
+
+def _theta_layout(theta: np.ndarray, pattern: Pattern):
+    """``(scalar, C_out, C_in)`` from ``theta``'s shape, or a ValueError."""
+    p = pattern.n_params
+    if theta.ndim == 1 and theta.shape[0] == p:
+        return True, 1, 1
+    if theta.ndim == 3 and theta.shape[0] == p:
+        return False, int(theta.shape[1]), int(theta.shape[2])
+    raise ValueError(f"theta must have shape ({p},) or ({p}, C_out, C_in) for a pattern with "
+                     f"n_params = {p}, got {theta.shape}")
+
+
+def _x_layout(x: np.ndarray, pattern: Pattern, scalar: bool, c_in: int, name: str = "x"):
+    """Leading batch shape of ``x``, or a ValueError naming the expected shape."""
+    n = pattern.shape[1]
+    if scalar:
+        if x.ndim < 1 or x.shape[-1] != n:
+            raise ValueError(f"{name} must have shape (..., N) = (..., {n}) for scalar theta "
+                             f"and a pattern of shape {pattern.shape}, got {x.shape}")
+        return x.shape[:-1]
+    if x.ndim < 2 or x.shape[-2:] != (n, c_in):
+        raise ValueError(f"{name} must have shape (..., N, C_in) = (..., {n}, {c_in}) for theta "
+                         f"of shape (P, C_out, C_in) and a pattern of shape {pattern.shape}, "
+                         f"got {x.shape}")
+    return x.shape[:-2]
+
+
+def _out_shape(lead, pattern: Pattern, scalar: bool, c_out: int):
+    m = pattern.shape[0]
+    return tuple(lead) + ((m,) if scalar else (m, c_out))
+
+
+def _cuda_like(*objs) -> bool:
+    return any(hasattr(o, "__cuda_array_interface__") for o in objs)
+
+
+def _check_backend(backend, *objs) -> str:
+    if backend is None:
+        return "cuda" if _cuda_like(*objs) else "cpu"
+    if backend not in ("cpu", "cuda"):
+        raise ValueError(f"backend must be None, 'cpu' or 'cuda', got {backend!r}")
+    return backend
+
+
+# ---------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------
+
+def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
+    """The tied multiply ``y = W(theta) x`` over any leading batch dimensions.
+
+    Parameters
+    ----------
+    x : array_like of float, shape (..., N) or (..., N, C_in)
+        Inputs; ``(..., N)`` with scalar ``theta``, ``(..., N, C_in)`` with
+        channel ``theta``.  Any number of leading batch dimensions (also
+        none, also empty).  numpy inputs run on the CPU; CUDA arrays (numba
+        device arrays, or anything with ``__cuda_array_interface__``) run on
+        the GPU and the result stays there.
+    theta : array_like of float, shape (P,) or (P, C_out, C_in)
+        One scalar or one ``C_out x C_in`` matrix per parameter,
+        ``P == pattern.n_params``.
+    pattern : Pattern
+        The tying pattern, shape ``(M, N)``.
+    out : numpy.ndarray, optional
+        Where to write the result: shape ``(..., M)`` or ``(..., M, C_out)``,
+        the result dtype, writeable.  Any layout; when it is not C-contiguous
+        or overlaps an input the result goes through a temporary.
+    method : str, optional
+        Force a strategy (one of :data:`METHODS`); ``"auto"`` (default) lets
+        the cost model choose.  Every strategy gives the same result up to
+        floating-point reassociation.
+    backend : {None, "cpu", "cuda"}, optional
+        ``None`` (default) picks ``"cuda"`` for CUDA arrays, else ``"cpu"``.
+
+    Returns
+    -------
+    ndarray
+        ``(..., M)`` or ``(..., M, C_out)``; dtype ``numpy.result_type(x,
+        theta)`` (float32 stays float32).  ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        Non-float inputs, ``pattern`` not a :class:`Pattern`, ``out`` of the
+        wrong type or dtype.
+    ValueError
+        Shape or channel mismatch with the pattern; wrong ``out`` shape.
+    MemoryError
+        ``method="materialize"`` on a pattern whose ``W`` exceeds
+        ``config.max_bytes``.
+    RuntimeError
+        CUDA asked for where it is not usable.
+
+    Examples
+    --------
+    >>> import numpy as np, paramshare_nb as ps
+    >>> pat = ps.dense_pattern(ps.Action.same(ps.groups.symmetric(3)))
+    >>> ps.tied_matmul(np.array([1.0, 2.0, 3.0]), np.array([1.0, 10.0]), pat)
+    array([51., 42., 33.])
+    """
+    pattern = _check_pattern(pattern)
+    method = _check_method(method)
+    if _check_backend(backend, x, theta, out) == "cuda":
+        return _dispatch.cuda_tied_matmul(x, theta, pattern, out=out, method=method)
+    x = _as_float(x, "x")
+    theta = _as_float(theta, "theta")
+    scalar, c_out, c_in = _theta_layout(theta, pattern)
+    lead = _x_layout(x, pattern, scalar, c_in)
+    dtype = _result_dtype(x, theta)
+    m, n = pattern.shape
+    b = math.prod(lead)
+    shape = _out_shape(lead, pattern, scalar, c_out)
+    y = _prepare_out(out, shape, dtype)
+    xc = _canonical(x, dtype, (b, n, c_in))
+    tc = _canonical(theta, dtype, (pattern.n_params, c_out, c_in))
+    if y.size:
+        direct = out is None or (out.flags.c_contiguous
+                                 and not np.may_share_memory(out, x)
+                                 and not np.may_share_memory(out, theta))
+        target = y if direct else np.empty(shape, dtype)
+        _dispatch.forward(xc, tc, pattern, target.reshape(b, m, c_out), method)
+        if target is not y:
+            y[...] = target
+    return y
+
+
+def _prepare_out(out, shape, dtype):
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray for CPU inputs, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"out must have shape {shape}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"out must have dtype {dtype} (the result dtype), got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only; give a writeable array")
+    return out
+
+
+def tied_matmul_grad(dy, x, theta, pattern, *, method="auto", backend=None):
+    """Gradients of ``tied_matmul(x, theta, pattern)`` against an upstream ``dy``.
+
+    Parameters
+    ----------
+    dy : array_like of float, shape (..., M) or (..., M, C_out)
+        Gradient of the loss with respect to the output ``y``.
+    x : array_like of float, shape (..., N) or (..., N, C_in)
+        The forward inputs (same leading batch shape as ``dy``).
+    theta : array_like of float, shape (P,) or (P, C_out, C_in)
+        The forward parameters.
+    pattern : Pattern
+        The tying pattern, shape ``(M, N)``.
+    method : str, optional
+        Force a strategy (one of :data:`METHODS`) for both gradients;
+        ``"auto"`` (default) lets the cost model choose.
+    backend : {None, "cpu", "cuda"}, optional
+        As in :func:`tied_matmul`.
+
+    Returns
+    -------
+    dx : ndarray
+        Shape of ``x``: ``dx[..., n, :] = sum_m W[m, n]^T dy[..., m, :]``,
+        the transposed multiply.
+    dtheta : ndarray
+        Shape of ``theta``: ``dtheta[p] = sum over every entry (m, n) that
+        holds ``p`` and every batch element of dy[..., m, :] x[..., n, :]^T``.
+        Exactly ``P``-sized; never a dense ``W``-sized gradient.
+
+    Both in ``numpy.result_type(dy, x, theta)``.
+
+    Raises
+    ------
+    TypeError, ValueError, RuntimeError
+        As in :func:`tied_matmul`; ``dy`` must have the output's shape.
+    """
+    pattern = _check_pattern(pattern)
+    method = _check_method(method)
+    if _check_backend(backend, dy, x, theta) == "cuda":
+        return _dispatch.cuda_tied_matmul_grad(dy, x, theta, pattern, method=method)
+    dy = _as_float(dy, "dy")
+    x = _as_float(x, "x")
+    theta = _as_float(theta, "theta")
+    scalar, c_out, c_in = _theta_layout(theta, pattern)
+    lead = _x_layout(x, pattern, scalar, c_in)
+    shape = _out_shape(lead, pattern, scalar, c_out)
+    if dy.shape != shape:
+        raise ValueError(f"dy must have the output's shape {shape} (batch of x, then "
+                         f"{'M' if scalar else 'M, C_out'}), got {dy.shape}")
+    dtype = _result_dtype(dy, x, theta)
+    m, n = pattern.shape
+    b = math.prod(lead)
+    dx = np.empty(x.shape, dtype=dtype)
+    dtheta = np.empty(theta.shape, dtype=dtype)
+    if b == 0 or m == 0 or n == 0:
+        dx[...] = 0
+        dtheta[...] = 0
+        return dx, dtheta
+    dyc = _canonical(dy, dtype, (b, m, c_out))
+    xc = _canonical(x, dtype, (b, n, c_in))
+    tc = _canonical(theta, dtype, (pattern.n_params, c_out, c_in))
+    _dispatch.grad(dyc, xc, tc, pattern, dx.reshape(b, n, c_in),
+                   dtheta.reshape(pattern.n_params, c_out, c_in), method)
+    return dx, dtheta
+
+
+def materialize(theta, pattern):
+    """The dense weight matrix ``W(theta)`` of a pattern.
+
+    Parameters
+    ----------
+    theta : array_like of float, shape (P,) or (P, C_out, C_in)
+    pattern : Pattern
+        Shape ``(M, N)``.
+
+    Returns
+    -------
+    ndarray
+        ``(M, N)`` for scalar ``theta``, ``(M, C_out, N, C_in)`` for channels
+        (reshape to ``(M * C_out, N * C_in)`` for a plain matrix); dtype of
+        ``theta``.  Multi-edges are summed.
+
+    Raises
+    ------
+    MemoryError
+        When ``W`` would exceed ``config.max_bytes``.
+    """
+    pattern = _check_pattern(pattern)
+    theta = _as_float(theta, "theta")
+    scalar, c_out, c_in = _theta_layout(theta, pattern)
+    dtype = _result_dtype(theta)
+    tc = _canonical(theta, dtype, (pattern.n_params, c_out, c_in))
+    w = _dispatch.materialize(tc, pattern)
+    m, n = pattern.shape
+    return w.reshape(m, n) if scalar else w

@@ -1,0 +1,218 @@
+"""Tests of the tied multiply (CPU): every strategy against the numpy oracle."""
+
+import numpy as np
+import pytest
+
+import paramshare_nb as ps
+from paramshare_nb import config, ops
+from paramshare_nb.patterns import Pattern
+
+import reference_ops as ref
+
+DTYPES = [np.float32, np.float64]
+BATCHES = [(), (1,), (3, 2), (0,)]
+METHODS = [m for m in ops.METHODS if m != "auto"]
+
+
+def assert_close(actual, expected, dtype=None):
+    """One tolerance rule keyed by dtype."""
+    dtype = np.dtype(dtype or actual.dtype)
+    assert actual.dtype == dtype, (actual.dtype, dtype)
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    tol = 2e-5 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale)
+
+
+def _random_multi():
+    """7 x 6, 5 params: multi-edges (one entry holds 3 params), an empty row, a repeated edge."""
+    rng = np.random.default_rng(7)
+    rows = rng.integers(0, 7, 30)
+    rows[rows == 3] = 4  # row 3 stays empty
+    cols = rng.integers(0, 6, 30)
+    params = rng.integers(0, 5, 30)
+    rows = np.r_[rows, 0, 0, 0, 2, 2]
+    cols = np.r_[cols, 1, 1, 1, 5, 5]
+    params = np.r_[params, 0, 1, 2, 4, 4]
+    return Pattern((7, 6), rows, cols, params)
+
+
+def _patterns():
+    s5 = ps.Action.same(ps.groups.symmetric(5))
+    reg = ps.Action.same(ps.regular(ps.groups.dihedral(3)))
+    s4_2 = ps.tensor_power(ps.groups.symmetric(4), 2)
+    return {
+        "deepsets": ps.dense_pattern(s5),
+        "cyclic": ps.dense_pattern(ps.Action.same(ps.groups.cyclic(6))),
+        "d4": ps.dense_pattern(ps.Action.same(ps.groups.square_symmetries(3))),
+        "cayley": ps.sparse_pattern(reg),
+        "tensor2to1": ps.dense_pattern(ps.Action(s4_2, ps.groups.symmetric(4))),
+        "multi": _random_multi(),
+    }
+
+
+PATTERNS = _patterns()
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Per (pattern, dtype, scalar, batch): x, theta, dy, built once."""
+    rng = np.random.default_rng(2024)
+    cache = {}
+
+    def get(name, dtype, scalar, batch, c_in=3, c_out=2):
+        key = (name, np.dtype(dtype).name, scalar, batch, c_in, c_out)
+        if key not in cache:
+            pat = PATTERNS[name]
+            m, n = pat.shape
+            if scalar:
+                shapes = ((pat.n_params,), batch + (n,), batch + (m,))
+            else:
+                shapes = ((pat.n_params, c_out, c_in), batch + (n, c_in), batch + (m, c_out))
+            cache[key] = tuple(rng.standard_normal(s).astype(dtype) for s in shapes)
+        return cache[key]
+    return get
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+@pytest.mark.parametrize("method", METHODS + ["auto"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scalar", [True, False], ids=["scalar", "channels"])
+def test_forward_and_grad_match_reference(data, name, method, dtype, scalar):
+    pat = PATTERNS[name]
+    for batch in BATCHES:
+        theta, x, dy = data(name, dtype, scalar, batch)
+        keep = [a.copy() for a in (theta, x, dy)]
+        y = ps.tied_matmul(x, theta, pat, method=method)
+        assert y.shape == dy.shape
+        assert_close(y, ref.forward(x, theta, pat), dtype)
+        dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method=method)
+        rdx, rdth = ref.grad(dy, x, theta, pat)
+        assert dx.shape == x.shape and dth.shape == theta.shape
+        assert_close(dx, rdx, dtype)
+        assert_close(dth, rdth, dtype)
+        for a, k in zip((theta, x, dy), keep):
+            np.testing.assert_array_equal(a, k)  # inputs never modified
+
+
+def test_strategies_agree(data):
+    pat = PATTERNS["tensor2to1"]
+    theta, x, dy = data("tensor2to1", np.float64, False, (4,))
+    ys = {m: ps.tied_matmul(x, theta, pat, method=m) for m in METHODS}
+    gs = {m: ps.tied_matmul_grad(dy, x, theta, pat, method=m) for m in METHODS}
+    for m in METHODS:
+        assert_close(ys[m], ys[METHODS[0]])
+        assert_close(gs[m][0], gs[METHODS[0]][0])
+        assert_close(gs[m][1], gs[METHODS[0]][1])
+
+
+def test_gradients_by_finite_differences(data):
+    """<dy, J v> from central differences equals the backward's <dx, v> + <dth, u>."""
+    pat = PATTERNS["multi"]
+    theta, x, dy = data("multi", np.float64, False, (2,))
+    rng = np.random.default_rng(3)
+    v, u = rng.standard_normal(x.shape), rng.standard_normal(theta.shape)
+    eps = 1e-6
+    yp = ps.tied_matmul(x + eps * v, theta + eps * u, pat)
+    ym = ps.tied_matmul(x - eps * v, theta - eps * u, pat)
+    numeric = np.sum(dy * (yp - ym)) / (2 * eps)
+    dx, dth = ps.tied_matmul_grad(dy, x, theta, pat)
+    analytic = np.sum(dx * v) + np.sum(dth * u)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-7)
+
+
+def test_mixed_precision_promotes(data):
+    pat = PATTERNS["deepsets"]
+    theta, x, _ = data("deepsets", np.float32, True, (3,))
+    y = ps.tied_matmul(x, theta.astype(np.float64), pat)
+    assert y.dtype == np.float64
+    assert_close(y, ref.forward(x.astype(np.float64), theta.astype(np.float64), pat))
+
+
+def test_layouts_and_readonly_are_accepted(data):
+    pat = PATTERNS["cyclic"]
+    theta, x, _ = data("cyclic", np.float64, False, (3, 2))
+    expected = ref.forward(x, theta, pat)
+    xf = np.asfortranarray(x)
+    xr = x.copy()
+    xr.setflags(write=False)
+    xs = np.repeat(x, 2, axis=0)[::2]  # non-contiguous view
+    for xx in (xf, xr, xs):
+        assert_close(ps.tied_matmul(xx, theta, pat), expected)
+    assert_close(ps.tied_matmul(x.tolist(), theta.tolist(), pat), expected)
+
+
+def test_out_argument(data):
+    pat = PATTERNS["d4"]
+    theta, x, dy = data("d4", np.float32, False, (3,))
+    out = np.full(dy.shape, np.nan, np.float32)
+    y = ps.tied_matmul(x, theta, pat, out=out)
+    assert y is out
+    assert_close(out, ref.forward(x, theta, pat))
+    strided = np.full(dy.shape[:-1] + (4,), np.nan, np.float32)[..., ::2]
+    ps.tied_matmul(x, theta, pat, out=strided)
+    assert_close(strided, ref.forward(x, theta, pat))
+
+
+def test_materialize_matches_reference(data):
+    for name in ("multi", "d4"):
+        pat = PATTERNS[name]
+        for scalar in (True, False):
+            theta, _, _ = data(name, np.float32, scalar, (1,))
+            w = ps.materialize(theta, pat)
+            expected = ref.dense_w(theta, pat)
+            assert_close(w, expected[:, 0, :, 0] if scalar else expected)
+
+
+def test_bad_inputs_raise_clear_errors(data):
+    pat = PATTERNS["deepsets"]  # (5, 5), 2 params
+    theta, x, dy = data("deepsets", np.float64, False, (3,))
+    keep = x.copy()
+    with pytest.raises(TypeError, match="pattern must be"):
+        ps.tied_matmul(x, theta, "not a pattern")
+    with pytest.raises(ValueError, match=r"theta must have shape \(2,\) or \(2, C_out, C_in\)"):
+        ps.tied_matmul(x, theta[:1], pat)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., N, C_in\) = \(\.\.\., 5, 3\)"):
+        ps.tied_matmul(x[..., :2], theta, pat)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., N\) = \(\.\.\., 5\)"):
+        ps.tied_matmul(x[..., 0][..., :4], theta[:, 0, 0], pat)
+    with pytest.raises(TypeError, match="x must be a float32 or float64 array, got dtype int64"):
+        ps.tied_matmul(x.astype(np.int64), theta, pat)
+    with pytest.raises(TypeError, match="theta must be a float32 or float64"):
+        ps.tied_matmul(x, theta.astype(np.complex128), pat)
+    with pytest.raises(ValueError, match=r"out must have shape \(3, 5, 2\)"):
+        ps.tied_matmul(x, theta, pat, out=np.empty((3, 5, 3)))
+    with pytest.raises(TypeError, match="out must have dtype float64"):
+        ps.tied_matmul(x, theta, pat, out=np.empty((3, 5, 2), np.float32))
+    ro = np.empty((3, 5, 2))
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="out is read-only"):
+        ps.tied_matmul(x, theta, pat, out=ro)
+    with pytest.raises(ValueError, match="method must be one of"):
+        ps.tied_matmul(x, theta, pat, method="fast")
+    with pytest.raises(ValueError, match=r"dy must have the output's shape \(3, 5, 2\)"):
+        ps.tied_matmul_grad(dy[:2], x, theta, pat)
+    with pytest.raises(ValueError, match="backend must be"):
+        ps.tied_matmul(x, theta, pat, backend="tpu")
+    np.testing.assert_array_equal(x, keep)
+
+
+def test_materialize_memory_bound(data):
+    pat = PATTERNS["d4"]
+    theta, x, _ = data("d4", np.float64, False, (1,))
+    with config.override(max_bytes=1024):
+        with pytest.raises(MemoryError, match="config.max_bytes"):
+            ps.tied_matmul(x, theta, pat, method="materialize")
+        with pytest.raises(MemoryError, match="config.max_bytes"):
+            ps.materialize(theta, pat)
+        ps.tied_matmul(x, theta, pat)  # auto never picks a W over the bound
+
+
+def test_empty_pattern_dimensions():
+    pat = Pattern((0, 3), [], [], [], n_params=2)
+    y = ps.tied_matmul(np.ones((4, 3), np.float32), np.ones(2, np.float32), pat)
+    assert y.shape == (4, 0) and y.dtype == np.float32
+    dx, dth = ps.tied_matmul_grad(np.ones((4, 0)), np.ones((4, 3)), np.ones(2), pat)
+    assert not dx.any() and not dth.any()
+    pat = Pattern((3, 2), [], [], [], n_params=1)  # every entry a structural zero
+    y = ps.tied_matmul(np.ones((2, 2)), np.ones(1), pat)
+    np.testing.assert_array_equal(y, np.zeros((2, 3)))
