@@ -1,0 +1,351 @@
+"""Layers: the equivariant linear map, its unconstrained peer, pooling, activations."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..actions import Action
+from ..autograd.tensor import Tensor, segment_reduce, tied_matmul
+from ..groups import orbits
+from ..patterns import Pattern, bias_pattern, dense_pattern, sparse_pattern
+from .module import Module, Parameter
+
+__all__ = ["EquivariantLinear", "Linear", "Sequential", "OrbitPool", "Flatten", "Dropout",
+           "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity"]
+
+
+def _as_tensor(x, layer: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (np.ndarray, list, tuple)) or hasattr(x, "__cuda_array_interface__"):
+        return Tensor(x)
+    raise TypeError(f"{layer}: input must be a Tensor or an array, got {type(x).__name__}")
+
+
+def _check_dtype(x: Tensor, layer: Module, name: str) -> None:
+    want = layer.dtype
+    if want is not None and x.dtype != want:
+        raise TypeError(f"{name}: input dtype {x.dtype} does not match the layer's {want}; use "
+                        f"x.astype(np.{want}) or model.astype(np.{x.dtype})")
+
+
+def _check_int(value, name: str, layer: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{layer}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class EquivariantLinear(Module):
+    """A linear layer whose weights are tied so that it commutes with a group.
+
+    ``y[b, m, :] = sum_n theta[idx[m, n]] @ x[b, n, :] + bias[orbit(m)]``:
+    the weight is one ``(c_out, c_in)`` block per parameter of the tying
+    pattern, the bias one ``c_out`` vector per orbit of the group on the
+    outputs.
+
+    Parameters
+    ----------
+    action : Action
+        The group acting on the ``N`` inputs and ``M`` outputs.
+    c_in, c_out : int
+        Channels in and out.
+    design : {"dense", "sparse"} or Pattern, optional
+        The tying pattern: the dense design (most expressive), the sparse
+        Cayley design (free actions), or a ready-made ``(M, N)`` pattern.
+    bias : bool, optional
+        Add the tied bias.
+    gain : float, optional
+        Initial weights have variance ``gain / fan_in`` where ``fan_in`` is the
+        true fan-in of the outputs the parameter feeds (non-zeros in their
+        pattern row times ``c_in``): 2 (He) suits ReLU.
+    rng : int or numpy.random.Generator, optional
+        Seed or generator of the initial weights.
+    dtype : numpy dtype, optional
+        float32 (default) or float64.
+
+    Attributes
+    ----------
+    weight : Parameter
+        ``(P, c_out, c_in)``.
+    bias : Parameter or None
+        ``(n_output_orbits, c_out)``.
+    pattern, bias_pattern : Pattern
+
+    Examples
+    --------
+    >>> import numpy as np, paramshare_nb as ps
+    >>> act = ps.Action.same(ps.groups.symmetric(4))
+    >>> layer = ps.nn.EquivariantLinear(act, 3, 5, rng=0)
+    >>> layer.weight.shape, layer(np.ones((2, 4, 3), np.float32)).shape
+    ((2, 5, 3), (2, 4, 5))
+    """
+
+    def __init__(self, action, c_in: int, c_out: int, design="dense", bias: bool = True,
+                 gain: float = 2.0, rng=None, dtype=np.float32):
+        super().__init__()
+        if not isinstance(action, Action):
+            raise TypeError(f"EquivariantLinear: action must be a paramshare_nb.Action, got "
+                            f"{type(action).__name__}; wrap generators with Action.same(gens)")
+        self.c_in = _check_int(c_in, "c_in", "EquivariantLinear")
+        self.c_out = _check_int(c_out, "c_out", "EquivariantLinear")
+        if isinstance(design, Pattern):
+            if design.shape != (action.n_out, action.n_in):
+                raise ValueError(f"EquivariantLinear: pattern shape {design.shape} does not "
+                                 f"match the action ({action.n_out}, {action.n_in})")
+            pattern = design
+        elif design == "dense":
+            pattern = dense_pattern(action)
+        elif design == "sparse":
+            pattern = sparse_pattern(action)
+        else:
+            raise ValueError(f"EquivariantLinear: design must be 'dense', 'sparse' or a "
+                             f"Pattern, got {design!r}")
+        self.action = action
+        self.design = design if isinstance(design, str) else "custom"
+        self.pattern = pattern
+        self.bias_pattern = bias_pattern(action)
+        self._bias_index = np.asarray(self.bias_pattern.params)  # row m -> its orbit id
+        rng = np.random.default_rng(rng)
+        self.fan_in = np.bincount(pattern.rows, minlength=pattern.shape[0]) * self.c_in
+        self.weight = Parameter(self._init(pattern, self.fan_in, gain, rng, dtype))
+        if bias:
+            self.bias = Parameter(np.zeros((self.bias_pattern.n_params, self.c_out), dtype))
+        else:
+            self.bias = None
+
+    def _init(self, pattern, fan_in, gain, rng, dtype):
+        p = pattern.n_params
+        uses = np.bincount(pattern.params, minlength=p)
+        # each parameter: mean true fan-in of the rows it appears in
+        fan = np.bincount(pattern.params, weights=fan_in[pattern.rows], minlength=p)
+        fan = np.where(uses > 0, fan / np.maximum(uses, 1), 1.0)
+        std = np.sqrt(gain / np.maximum(fan, 1.0))
+        theta = rng.standard_normal((p, self.c_out, self.c_in)) * std[:, None, None]
+        return theta.astype(dtype)
+
+    def _patterns(self):
+        out = {"weight": self.pattern}
+        if self.bias is not None:
+            out["bias"] = self.bias_pattern
+        return out
+
+    def extra_repr(self) -> str:
+        m, n = self.pattern.shape
+        return (f"N={n}, M={m}, c_in={self.c_in}, c_out={self.c_out}, design={self.design!r}, "
+                f"params={self.pattern.n_params}, bias={self.bias is not None}")
+
+    def forward(self, x):
+        """Apply the layer to ``x`` of shape ``(batch, N, c_in)`` -> ``(batch, M, c_out)``."""
+        name = f"EquivariantLinear({self.extra_repr()})"
+        x = _as_tensor(x, name)
+        m, n = self.pattern.shape
+        if x.ndim < 2 or x.shape[-2] != n or x.shape[-1] != self.c_in:
+            raise ValueError(f"{name}: expected input of shape (batch, {n}, {self.c_in}) (N "
+                             f"inputs of the action, c_in channels), got {x.shape}")
+        _check_dtype(x, self, name)
+        y = tied_matmul(x, self.weight, self.pattern)
+        if self.bias is not None:
+            y = y + self.bias[self._bias_index]
+        return y
+
+
+class Linear(Module):
+    """Unconstrained affine map ``y = x @ weight.T + bias`` on the last axis.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, optional
+    gain : float, optional
+        Initial weights have variance ``gain / in_features``.
+    rng : int or numpy.random.Generator, optional
+    dtype : numpy dtype, optional
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 gain: float = 2.0, rng=None, dtype=np.float32):
+        super().__init__()
+        self.in_features = _check_int(in_features, "in_features", "Linear")
+        self.out_features = _check_int(out_features, "out_features", "Linear")
+        rng = np.random.default_rng(rng)
+        w = rng.standard_normal((out_features, in_features)) * np.sqrt(gain / in_features)
+        self.weight = Parameter(w.astype(dtype))
+        self.bias = Parameter(np.zeros(out_features, dtype)) if bias else None
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}, bias={self.bias is not None}"
+
+    def forward(self, x):
+        """Apply to ``x`` of shape ``(..., in_features)``."""
+        name = f"Linear({self.extra_repr()})"
+        x = _as_tensor(x, name)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{name}: expected input of shape (..., {self.in_features}), got "
+                             f"{x.shape}")
+        _check_dtype(x, self, name)
+        y = x @ self.weight.T
+        return y + self.bias if self.bias is not None else y
+
+
+class Sequential(Module):
+    """Apply modules one after the other.
+
+    Parameters
+    ----------
+    *modules : Module
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: item {i} is a {type(m).__name__}, not a Module")
+            setattr(self, str(i), m)
+        self._n = len(modules)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i) -> Module:
+        return getattr(self, str(range(self._n)[i]))
+
+    def __iter__(self):
+        return (self[i] for i in range(self._n))
+
+    def forward(self, x):
+        """Feed ``x`` through every module in turn."""
+        for m in self:
+            x = m(x)
+        return x
+
+
+class OrbitPool(Module):
+    """Pool axis 1 over the orbits of a group: the invariant head.
+
+    ``(batch, n, channels) -> (batch, n_orbits, channels)``; each output is
+    the sum, mean or max of one orbit's entries, so the result is invariant to
+    the group (and, for a subgroup, to that subgroup).
+
+    Parameters
+    ----------
+    gens : array_like of int, shape (k, n), or Action
+        Generators whose orbits are pooled (an Action: its output orbits).
+    reduce : {"sum", "mean", "max"}, optional
+    """
+
+    def __init__(self, gens, reduce: str = "mean"):
+        super().__init__()
+        if reduce not in ("sum", "mean", "max"):
+            raise ValueError(f"OrbitPool: reduce must be 'sum', 'mean' or 'max', got {reduce!r}")
+        labels = gens.orbits_out() if isinstance(gens, Action) else orbits(gens)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.n = int(self.labels.shape[0])
+        self.n_orbits = int(self.labels.max()) + 1 if self.n else 0
+        self.reduce = reduce
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, n_orbits={self.n_orbits}, reduce={self.reduce!r}"
+
+    def forward(self, x):
+        """Pool ``x`` of shape ``(batch, n, channels)``."""
+        name = f"OrbitPool({self.extra_repr()})"
+        x = _as_tensor(x, name)
+        if x.ndim < 2 or x.shape[1] != self.n:
+            raise ValueError(f"{name}: expected input of shape (batch, {self.n}, ...), got "
+                             f"{x.shape}")
+        return segment_reduce(x, self.labels, self.n_orbits, self.reduce)
+
+
+class Flatten(Module):
+    """Flatten every axis after the first: ``(batch, ...) -> (batch, prod(...))``."""
+
+    def forward(self, x):
+        """Flatten ``x``."""
+        x = _as_tensor(x, "Flatten")
+        return x.reshape(x.shape[0], -1)
+
+
+class Identity(Module):
+    """Return the input unchanged."""
+
+    def forward(self, x):
+        """Return ``x``."""
+        return x
+
+
+class Dropout(Module):
+    """Zero each entry with probability ``p`` in training mode (scaling the rest).
+
+    Parameters
+    ----------
+    p : float, optional
+        Drop probability in ``[0, 1)``.
+    rng : int or numpy.random.Generator, optional
+    """
+
+    def __init__(self, p: float = 0.5, rng=None):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must lie in [0, 1), got {p}")
+        self.p = float(p)
+        self.rng = np.random.default_rng(rng)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def forward(self, x):
+        """Drop entries of ``x`` (training mode only)."""
+        x = _as_tensor(x, "Dropout")
+        if not self.training or self.p == 0:
+            return x
+        keep = self.rng.random(x.shape) >= self.p
+        return x * (keep / (1 - self.p)).astype(x.dtype)
+
+
+class ReLU(Module):
+    """Elementwise ``max(x, 0)``."""
+
+    def forward(self, x):
+        """Apply to ``x``."""
+        return _as_tensor(x, "ReLU").relu()
+
+
+class LeakyReLU(Module):
+    """Elementwise ``x`` if positive else ``slope * x``.
+
+    Parameters
+    ----------
+    slope : float, optional
+    """
+
+    def __init__(self, slope: float = 0.01):
+        super().__init__()
+        self.slope = float(slope)
+
+    def forward(self, x):
+        """Apply to ``x``."""
+        return _as_tensor(x, "LeakyReLU").leaky_relu(self.slope)
+
+
+class Tanh(Module):
+    """Elementwise hyperbolic tangent."""
+
+    def forward(self, x):
+        """Apply to ``x``."""
+        return _as_tensor(x, "Tanh").tanh()
+
+
+class Sigmoid(Module):
+    """Elementwise logistic function."""
+
+    def forward(self, x):
+        """Apply to ``x``."""
+        return _as_tensor(x, "Sigmoid").sigmoid()
+
+
+class GELU(Module):
+    """Elementwise Gaussian error linear unit."""
+
+    def forward(self, x):
+        """Apply to ``x``."""
+        return _as_tensor(x, "GELU").gelu()

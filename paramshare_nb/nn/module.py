@@ -1,0 +1,186 @@
+"""``Module`` and ``Parameter``: containers of trainable tensors."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from ..autograd.tensor import Tensor
+
+__all__ = ["Module", "Parameter"]
+
+
+class Parameter(Tensor):
+    """A trainable tensor: a copy of ``data`` that requires a gradient.
+
+    Parameters
+    ----------
+    data : array_like
+        Initial values (floating point); copied.
+    """
+
+    def __init__(self, data):
+        super().__init__(data, requires_grad=True, _copy=not hasattr(data,
+                                                                     "__cuda_array_interface__"))
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+
+
+class Module:
+    """Base class of layers and models.
+
+    Subclasses set their :class:`Parameter` and sub-``Module`` attributes in
+    ``__init__`` (after calling ``super().__init__()``) and define
+    ``forward``.  Parameters are found by walking the attributes in the order
+    they were set, so names are stable (``"0.weight"`` in a ``Sequential``).
+
+    Attributes
+    ----------
+    training : bool
+        Whether the module is in training mode (dropout active).
+    """
+
+    def __init__(self):
+        self.training = True
+
+    def forward(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # -- traversal --------------------------------------------------------------------
+    def named_children(self):
+        """Yield ``(name, module)`` for the direct sub-modules."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def named_modules(self, prefix: str = ""):
+        """Yield ``(name, module)`` for this module and every sub-module."""
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}{name}." if prefix else f"{name}.")
+
+    def named_parameters(self):
+        """Yield ``(name, parameter)`` pairs, each parameter once."""
+        seen = set()
+        for mod_name, module in self.named_modules():
+            for name, value in vars(module).items():
+                if isinstance(value, Parameter) and id(value) not in seen:
+                    seen.add(id(value))
+                    yield mod_name + name, value
+
+    def parameters(self) -> list:
+        """All parameters (each once), in a stable order."""
+        return [p for _, p in self.named_parameters()]
+
+    def n_parameters(self) -> int:
+        """Total number of trainable scalars."""
+        return int(sum(p.size for p in self.parameters()))
+
+    def named_patterns(self):
+        """Yield ``(name, Pattern)`` for every tying pattern the model uses."""
+        for mod_name, module in self.named_modules():
+            for name, pat in getattr(module, "_patterns", lambda: {})().items():
+                yield mod_name + name, pat
+
+    # -- modes and grads --------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode (``True``) or evaluation mode on every sub-module."""
+        for _, module in self.named_modules():
+            module.training = bool(mode)
+        return self
+
+    def eval(self) -> Module:
+        """Set evaluation mode (dropout off)."""
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Forget the accumulated gradients of every parameter."""
+        for p in self.parameters():
+            p.grad = None
+
+    def astype(self, dtype) -> Module:
+        """Convert every parameter to ``dtype`` in place (e.g. float64 for gradcheck)."""
+        for p in self.parameters():
+            if p.device != "cpu":
+                raise RuntimeError("astype: move the model to the CPU first (model.to('cpu'))")
+            p.data = p.data.astype(dtype)
+            p.grad = None
+        return self
+
+    @property
+    def dtype(self):
+        """dtype of the first parameter (``None`` for a module without any)."""
+        params = self.parameters()
+        return params[0].dtype if params else None
+
+    def to(self, device: str) -> Module:
+        """Move every parameter to ``"cpu"`` or ``"cuda"`` in place.
+
+        Raises
+        ------
+        RuntimeError
+            When CUDA is requested but not usable.
+        """
+        for p in self.parameters():
+            p.data = Tensor(p.data).to(device).data
+            p.grad = None
+        return self
+
+    # -- state --------------------------------------------------------------------------
+    def state_dict(self) -> OrderedDict:
+        """Copies of every parameter's values (numpy arrays), by name."""
+        return OrderedDict((name, np.array(Tensor(p.data).numpy(), copy=True))
+                           for name, p in self.named_parameters())
+
+    def load_state_dict(self, state, strict: bool = True) -> None:
+        """Set parameter values from ``state`` (as :meth:`state_dict` gives).
+
+        Parameters
+        ----------
+        state : mapping of str to array
+        strict : bool, optional
+            Refuse missing and unexpected names (default).
+
+        Raises
+        ------
+        KeyError
+            Missing or unexpected names (with ``strict``).
+        ValueError
+            A shape that differs from the parameter's.
+        """
+        params = dict(self.named_parameters())
+        if strict:
+            missing = [k for k in params if k not in state]
+            unexpected = [k for k in state if k not in params]
+            if missing or unexpected:
+                raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+        for name, p in params.items():
+            if name not in state:
+                continue
+            value = np.asarray(state[name])
+            if value.shape != p.shape:
+                raise ValueError(f"load_state_dict: '{name}' has shape {value.shape} in the "
+                                 f"state, {p.shape} in the model")
+            value = value.astype(p.dtype, copy=True)
+            p.data = value if p.device == "cpu" else Tensor(value).to(p.device).data
+            p.grad = None
+
+    def extra_repr(self) -> str:
+        """Settings shown by ``repr`` (override in subclasses)."""
+        return ""
+
+    def __repr__(self) -> str:
+        children = list(self.named_children())
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not children:
+            return head + ")"
+        lines = [head]
+        for name, child in children:
+            sub = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return "\n".join(lines) + "\n)"
