@@ -1,0 +1,118 @@
+"""Save and load a model's parameters, with its tying patterns' fingerprints.
+
+Files are ``.npz`` archives read with ``allow_pickle=False``.  Each tying
+pattern's SHA-256 fingerprint is stored beside the weights, so loading into a
+model whose action or design differs is refused instead of silently giving
+parameters the wrong meaning.  Writes go to a temporary file in the same
+directory, are flushed to disk, then renamed over the target: an interrupted
+save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = ["save", "load", "save_checkpoint", "load_checkpoint"]
+
+_FORMAT = "paramshare_nb.checkpoint/1"
+_PARAM = "param/"
+_PATTERN = "pattern/"
+
+
+def _model_arrays(model) -> dict:
+    from .nn import Module
+
+    if not isinstance(model, Module):
+        raise TypeError(f"checkpoint: expected an nn.Module, got {type(model).__name__}")
+    arrays = {"__format__": np.array(_FORMAT)}
+    for name, value in model.state_dict().items():
+        arrays[_PARAM + name] = value
+    for name, pat in model.named_patterns():
+        arrays[_PATTERN + name] = np.array(pat.fingerprint())
+    return arrays
+
+
+def save(path, model) -> str:
+    """Write ``model``'s parameters and pattern fingerprints to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination (``.npz`` is appended when missing).
+    model : nn.Module
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    arrays = _model_arrays(model)
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load(path, model) -> None:
+    """Load parameters saved by :func:`save` into ``model`` (in place).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    model : nn.Module
+        Must have the same parameter names and shapes, and the same tying
+        patterns, as the saved model.
+
+    Raises
+    ------
+    ValueError
+        The file is not a checkpoint, or the model's patterns differ from the
+        saved ones (a different action or design), or shapes differ.
+    KeyError
+        Parameter names differ.
+    """
+    current = _model_arrays(model)
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as data:
+            saved = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise ValueError(f"checkpoint {os.fspath(path)!r} is not a readable .npz file "
+                         f"({exc})") from None
+    if str(saved.get("__format__", "")) != _FORMAT:
+        raise ValueError(f"{os.fspath(path)!r} is not a paramshare_nb checkpoint (format tag "
+                         f"{saved.get('__format__')!r}, expected {_FORMAT!r})")
+    mine = {k[len(_PATTERN):]: str(v) for k, v in current.items() if k.startswith(_PATTERN)}
+    theirs = {k[len(_PATTERN):]: str(v) for k, v in saved.items() if k.startswith(_PATTERN)}
+    for name in sorted(set(mine) | set(theirs)):
+        a, b = theirs.get(name), mine.get(name)
+        if a != b:
+            if a is None or b is None:
+                where = "the model" if a is None else "the checkpoint"
+                raise ValueError(f"checkpoint refused: pattern '{name}' exists only in {where}; "
+                                 f"the architectures differ")
+            raise ValueError(f"checkpoint refused: layer pattern '{name}' differs (saved "
+                             f"fingerprint {a[:12]}..., model {b[:12]}...): the model was built "
+                             f"with another action or design than the checkpoint")
+    state = {k[len(_PARAM):]: v for k, v in saved.items() if k.startswith(_PARAM)}
+    model.load_state_dict(state, strict=True)
+
+
+#: Aliases with explicit names.
+save_checkpoint = save
+load_checkpoint = load

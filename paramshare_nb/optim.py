@@ -1,0 +1,238 @@
+"""Optimizers (SGD, Adam, AdamW) and learning-rate schedules (step, cosine).
+
+Updates are done in place on each parameter's numpy data, in the
+parameter's own dtype (float32 stays float32), outside the autograd graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .autograd.function import no_grad
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR"]
+
+
+class Optimizer:
+    """Base class: holds the parameters, the learning rate and per-parameter state.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        Tensors to update (duplicates are kept once).
+    lr : float
+        Learning rate (schedules change :attr:`lr`).
+    """
+
+    def __init__(self, params, lr: float):
+        params = list(params)
+        seen, unique = set(), []
+        for p in params:
+            if not getattr(p, "requires_grad", False):
+                raise TypeError(f"{type(self).__name__}: every parameter must be a Tensor with "
+                                f"requires_grad=True")
+            if id(p) not in seen:
+                seen.add(id(p))
+                unique.append(p)
+        if not unique:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        if not lr > 0:
+            raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr}")
+        self.params = unique
+        self.lr = float(lr)
+        self.state = {}
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        """Forget every parameter's gradient."""
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        """Update every parameter that has a gradient."""
+        self.steps += 1
+        with no_grad():
+            for p in self.params:
+                if p.grad is None:
+                    continue
+                if p.device != "cpu":
+                    raise RuntimeError(f"{type(self).__name__}.step: CUDA parameters are not "
+                                       f"supported yet; train on the CPU")
+                st = self.state.setdefault(id(p), {})
+                self._update(p, np.asarray(p.grad), st)
+
+    def _update(self, p, g, state):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, Nesterov and weight decay.
+
+    With ``g = grad + weight_decay * p``: ``buf = momentum * buf + g``
+    (``buf = g`` at the first step); the update is ``p -= lr * buf``, or with
+    Nesterov ``p -= lr * (g + momentum * buf)`` (PyTorch's convention).
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+    lr : float
+    momentum : float, optional
+    nesterov : bool, optional
+    weight_decay : float, optional
+        L2 penalty coefficient.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError("SGD: momentum and weight_decay must be non-negative")
+        if nesterov and momentum == 0:
+            raise ValueError("SGD: nesterov needs momentum > 0")
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+
+    def _update(self, p, g, state):
+        t = p.data.dtype.type
+        if self.weight_decay:
+            g = g + t(self.weight_decay) * p.data
+        if self.momentum:
+            buf = state.get("momentum")
+            buf = g.copy() if buf is None else t(self.momentum) * buf + g
+            state["momentum"] = buf
+            g = g + t(self.momentum) * buf if self.nesterov else buf
+        p.data -= t(self.lr) * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction; ``weight_decay`` is an L2 term.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+    lr : float, optional
+    betas : (float, float), optional
+    eps : float, optional
+    weight_decay : float, optional
+        Added to the gradient (``g + weight_decay * p``); see :class:`AdamW`
+        for decoupled decay.
+    """
+
+    decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        b1, b2 = betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"{type(self).__name__}: betas must lie in [0, 1), got {betas}")
+        self.betas, self.eps, self.weight_decay = (float(b1), float(b2)), float(eps), weight_decay
+
+    def _update(self, p, g, state):
+        t = p.data.dtype.type
+        b1, b2 = self.betas
+        if self.weight_decay:
+            if self.decoupled:
+                p.data *= t(1 - self.lr * self.weight_decay)
+            else:
+                g = g + t(self.weight_decay) * p.data
+        k = state.get("step", 0) + 1
+        state["step"] = k
+        m = state.get("m")
+        v = state.get("v")
+        if m is None:
+            m = np.zeros_like(p.data)
+            v = np.zeros_like(p.data)
+        m *= t(b1)
+        m += t(1 - b1) * g
+        v *= t(b2)
+        v += t(1 - b2) * (g * g)
+        state["m"], state["v"] = m, v
+        step = self.lr / (1 - b1 ** k)
+        denom = np.sqrt(v / t(1 - b2 ** k))
+        denom += t(self.eps)
+        p.data -= t(step) * m / denom
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: ``p *= 1 - lr * weight_decay`` before the step.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+    lr : float, optional
+    betas : (float, float), optional
+    eps : float, optional
+    weight_decay : float, optional
+        Default 0.01.
+    """
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+class _Schedule:
+    def __init__(self, optimizer: Optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(self).__name__}: expected an Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.epoch = 0
+
+    def step(self) -> float:
+        """Advance one epoch and set the optimizer's learning rate; returns it."""
+        self.epoch += 1
+        self.optimizer.lr = self.get_lr()
+        return self.optimizer.lr
+
+    def get_lr(self) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class StepLR(_Schedule):
+    """Multiply the learning rate by ``gamma`` every ``step_size`` epochs.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+    step_size : int
+    gamma : float, optional
+    """
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
+        super().__init__(optimizer)
+        if step_size < 1:
+            raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
+        self.step_size, self.gamma = int(step_size), float(gamma)
+
+    def get_lr(self) -> float:
+        """``base_lr * gamma ** (epoch // step_size)``."""
+        return self.base_lr * self.gamma ** (self.epoch // self.step_size)
+
+
+class CosineAnnealingLR(_Schedule):
+    """Cosine decay from the initial rate to ``eta_min`` over ``T_max`` epochs.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+    T_max : int
+    eta_min : float, optional
+    """
+
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):  # noqa: N803
+        super().__init__(optimizer)
+        if T_max < 1:
+            raise ValueError(f"CosineAnnealingLR: T_max must be >= 1, got {T_max}")
+        self.T_max, self.eta_min = int(T_max), float(eta_min)
+
+    def get_lr(self) -> float:
+        """``eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``."""
+        t = min(self.epoch, self.T_max)
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t
+                                                                            / self.T_max)) / 2
