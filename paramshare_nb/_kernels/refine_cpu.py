@@ -1,0 +1,324 @@
+"""Jitted inner loops of the symmetry search: colour refinement and checks.
+
+Private: :mod:`paramshare_nb.symmetry` validates inputs and drives the
+search tree; these kernels only see plain C-contiguous int64 arrays.
+
+The graph is a coloured directed multigraph on ``V`` vertices, given twice
+in CSR form: out-edges (``optr``, ``oadj``, ``ow``) and in-edges (``iptr``,
+``iadj``, ``iw``).  ``ow[e]`` / ``iw[e]`` are 64-bit weights, one per edge
+colour and direction (a hash of the colour), so that the sum of the weights
+of a vertex's edges into a cell is a hash of the multiset of their colours.
+
+An *ordered partition* of the vertices is four arrays:
+
+``lab``
+    The vertices, cell after cell.
+``pos``
+    Inverse of ``lab``: ``lab[pos[v]] == v``.
+``cell``
+    ``cell[v]`` is the start (a position in ``lab``) of ``v``'s cell.
+``csize``
+    ``csize[s]`` is the size of the cell starting at ``s`` (valid at starts).
+
+Every choice the kernels make depends only on positions of cells and on the
+hash values, never on vertex labels, so refinement commutes with relabelling
+the graph: that is what makes the search tree's pruning sound.  Hash
+collisions can only leave a partition coarser than equitable (still
+relabelling-invariant); they never make a result wrong, because leaves are
+discrete partitions and every automorphism is verified exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_MULT = 1099511628211  # FNV prime: trace mixing (int64 arithmetic wraps)
+
+
+@njit(cache=True, nogil=True)
+def _mix(h, x):
+    h = (h ^ x) * _MULT
+    return h ^ (h >> 29)
+
+
+@njit(cache=True, nogil=True)
+def _refine(lab, pos, cell, csize, ncells, queue_init, n_init,
+            optr, oadj, ow, iptr, iadj, iw):
+    """Refine the ordered partition in place to an equitable one.
+
+    Splitter cells are taken from a FIFO queue (first ``n_init`` entries of
+    ``queue_init``).  For a splitter ``W`` each vertex ``u`` gets
+    ``val[u] = sum of weights of the edges between u and W`` (in and out
+    separately weighted); every cell that some edge touches is sorted by
+    ``val`` and split into fragments of equal value, in increasing value
+    order.  Fragments join the queue by Hopcroft's rule (all of them when the
+    cell was queued, otherwise all but the first largest).
+
+    Returns
+    -------
+    ncells : int
+        Number of cells afterwards.
+    trace : int
+        A hash of every split made: equal for isomorphic inputs.
+    """
+    nv = lab.shape[0]
+    inq = np.zeros(nv, dtype=np.bool_)
+    queue = np.empty(max(nv, 1), dtype=np.int64)
+    head = 0
+    qn = 0
+    for j in range(n_init):
+        s = queue_init[j]
+        if not inq[s]:
+            queue[(head + qn) % nv] = s
+            qn += 1
+            inq[s] = True
+    val = np.zeros(nv, dtype=np.int64)
+    hit = np.zeros(nv, dtype=np.bool_)
+    touched = np.empty(nv, dtype=np.int64)
+    cmark = np.zeros(nv, dtype=np.bool_)
+    tcells = np.empty(nv, dtype=np.int64)
+    keys = np.empty(nv, dtype=np.int64)
+    tmp = np.empty(nv, dtype=np.int64)
+    trace = np.int64(ncells) * _MULT
+    while qn > 0 and ncells < nv:
+        s = queue[head]
+        head = (head + 1) % nv
+        qn -= 1
+        inq[s] = False
+        nt = 0
+        for i in range(s, s + csize[s]):
+            w = lab[i]
+            for e in range(optr[w], optr[w + 1]):
+                u = oadj[e]
+                if not hit[u]:
+                    hit[u] = True
+                    touched[nt] = u
+                    nt += 1
+                val[u] += ow[e]
+            for e in range(iptr[w], iptr[w + 1]):
+                u = iadj[e]
+                if not hit[u]:
+                    hit[u] = True
+                    touched[nt] = u
+                    nt += 1
+                val[u] += iw[e]
+        nc = 0
+        for t in range(nt):
+            c = cell[touched[t]]
+            if csize[c] > 1 and not cmark[c]:
+                cmark[c] = True
+                tcells[nc] = c
+                nc += 1
+        tc = np.sort(tcells[:nc])
+        trace = _mix(trace, s)
+        for ci in range(nc):
+            c = tc[ci]
+            cmark[c] = False
+            k = csize[c]
+            lo = val[lab[c]]
+            hi = lo
+            for i in range(c, c + k):
+                kv = val[lab[i]]
+                keys[i - c] = kv
+                if kv < lo:
+                    lo = kv
+                if kv > hi:
+                    hi = kv
+            if lo == hi:
+                trace = _mix(_mix(trace, c), lo)
+                continue
+            order = np.argsort(keys[:k], kind="mergesort")
+            for i in range(k):
+                tmp[i] = lab[c + order[i]]
+            for i in range(k):
+                v = tmp[i]
+                lab[c + i] = v
+                pos[v] = c + i
+                keys[i] = val[v]
+            # fragments: runs of equal value, in increasing value order
+            in_queue = inq[c]
+            big_start = c
+            big_size = 0
+            start = c
+            nfrag = 0
+            trace = _mix(trace, c)
+            for i in range(1, k + 1):
+                if i == k or keys[i] != keys[i - 1]:
+                    size = c + i - start
+                    csize[start] = size
+                    if start != c:
+                        for j in range(start, c + i):
+                            cell[lab[j]] = start
+                    trace = _mix(_mix(trace, size), keys[i - 1])
+                    if size > big_size:
+                        big_size = size
+                        big_start = start
+                    nfrag += 1
+                    start = c + i
+            ncells += nfrag - 1
+            # Hopcroft: queue every fragment, or all but the first largest one
+            start = c
+            while start < c + k:
+                size = csize[start]
+                if in_queue:
+                    push = start != c
+                else:
+                    push = start != big_start
+                if push and not inq[start]:
+                    queue[(head + qn) % nv] = start
+                    qn += 1
+                    inq[start] = True
+                start += size
+        for t in range(nt):
+            u = touched[t]
+            val[u] = 0
+            hit[u] = False
+    return ncells, trace
+
+
+@njit(cache=True, nogil=True)
+def _first_nonsingleton(csize, nv):
+    """Start of the first cell with more than one vertex, or -1 (discrete)."""
+    i = 0
+    while i < nv:
+        if csize[i] > 1:
+            return i
+        i += csize[i]
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _initial(colors, optr, oadj, ow, iptr, iadj, iw, lab, pos, cell, csize):
+    """Unit partition split by vertex colour (increasing), then refined.
+
+    Returns ``(ncells, trace, target)``; ``target`` is the first
+    non-singleton cell (``-1`` when discrete).
+    """
+    nv = colors.shape[0]
+    order = np.argsort(colors, kind="mergesort")
+    queue = np.empty(max(nv, 1), dtype=np.int64)
+    nq = 0
+    ncells = 0
+    trace = np.int64(0)
+    start = 0
+    for i in range(nv):
+        v = order[i]
+        lab[i] = v
+        pos[v] = i
+    for i in range(1, nv + 1):
+        if i == nv or colors[order[i]] != colors[order[i - 1]]:
+            csize[start] = i - start
+            for j in range(start, i):
+                cell[lab[j]] = start
+            queue[nq] = start
+            nq += 1
+            ncells += 1
+            trace = _mix(_mix(trace, i - start), colors[order[i - 1]])
+            start = i
+    nc, tr = _refine(lab, pos, cell, csize, ncells, queue, nq, optr, oadj, ow, iptr, iadj, iw)
+    return nc, _mix(trace, tr), _first_nonsingleton(csize, nv)
+
+
+@njit(cache=True, nogil=True)
+def _child(src_lab, src_pos, src_cell, src_csize, lab, pos, cell, csize, ncells, v,
+           optr, oadj, ow, iptr, iadj, iw):
+    """Copy a partition, individualise vertex ``v`` and refine.
+
+    ``v`` moves to the front of its cell and becomes a singleton cell, which
+    is the only initial splitter.  Returns ``(ncells, trace, target)`` like
+    :func:`_initial`.
+    """
+    nv = src_lab.shape[0]
+    for i in range(nv):
+        lab[i] = src_lab[i]
+        pos[i] = src_pos[i]
+        cell[i] = src_cell[i]
+        csize[i] = src_csize[i]
+    s = cell[v]
+    k = csize[s]
+    p = pos[v]
+    u = lab[s]
+    lab[s] = v
+    pos[v] = s
+    lab[p] = u
+    pos[u] = p
+    csize[s] = 1
+    csize[s + 1] = k - 1
+    for i in range(s + 1, s + k):
+        cell[lab[i]] = s + 1
+    queue = np.empty(1, dtype=np.int64)
+    queue[0] = s
+    nc, tr = _refine(lab, pos, cell, csize, ncells + 1, queue, 1, optr, oadj, ow, iptr, iadj,
+                     iw)
+    return nc, _mix(tr, s), _first_nonsingleton(csize, nv)
+
+
+@njit(cache=True, nogil=True)
+def _is_automorphism(gamma, colors, optr, oadj, okey, ncol):
+    """Exact check that ``gamma`` preserves vertex colours and the edge multiset.
+
+    ``okey[e] = oadj[e] * ncol + colour[e]`` sorted within each row (the
+    out-edges of a vertex).  For every vertex ``u`` the images
+    ``(gamma[v], colour)`` of its out-edges must be, as a multiset, the
+    out-edges of ``gamma[u]``; as ``gamma`` is a bijection this preserves
+    the whole coloured edge multiset.
+    """
+    nv = gamma.shape[0]
+    buf = np.empty(max(okey.shape[0], 1), dtype=np.int64)
+    for u in range(nv):
+        g = gamma[u]
+        if colors[g] != colors[u]:
+            return False
+        d = optr[u + 1] - optr[u]
+        if optr[g + 1] - optr[g] != d:
+            return False
+        for j in range(d):
+            e = optr[u] + j
+            buf[j] = gamma[oadj[e]] * ncol + okey[e] % ncol
+        b = np.sort(buf[:d])
+        base = optr[g]
+        for j in range(d):
+            if b[j] != okey[base + j]:
+                return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _orbit_labels_fixing(gens, fixed, nfixed):
+    """Union-find orbits of the generators that fix ``fixed[:nfixed]`` pointwise.
+
+    Returns labels in ``0..V-1`` numbered by smallest point (canonical).
+    """
+    k = gens.shape[0]
+    nv = gens.shape[1]
+    parent = np.arange(nv)
+    for g in range(k):
+        ok = True
+        for j in range(nfixed):
+            if gens[g, fixed[j]] != fixed[j]:
+                ok = False
+                break
+        if not ok:
+            continue
+        for i in range(nv):
+            a = i
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            b = gens[g, i]
+            while parent[b] != b:
+                parent[b] = parent[parent[b]]
+                b = parent[b]
+            if a != b:
+                if a < b:
+                    parent[b] = a
+                else:
+                    parent[a] = b
+    labels = np.empty(nv, dtype=np.int64)
+    for i in range(nv):
+        a = i
+        while parent[a] != a:
+            a = parent[a]
+        labels[i] = a
+    return labels

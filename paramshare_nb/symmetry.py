@@ -1,0 +1,1091 @@
+"""Proofs on demand: the full symmetry group of a tying pattern.
+
+A tying pattern ``Omega`` is a coloured, multi-edged bipartite graph on the
+inputs ``N`` and outputs ``M`` (THEORY.md section 2).  Its symmetry group
+``Aut(Omega)`` is the set of pairs ``(s_in, s_out)`` in ``Sym(N) x Sym(M)``
+that map every coloured edge onto an edge of the same colour (multi-edges
+counted, structural zeros kept zero).  A layer is equivariant to ``G`` iff
+``G <= Aut(Omega)`` and *uniquely* so iff ``G == Aut(Omega)``.
+
+:func:`symmetry_group` computes ``Aut(Omega)`` exactly, by the
+individualisation-refinement method of nauty and Traces (written afresh
+here):
+
+1. **Colour refinement.**  Starting from the partition ``{N, M}`` (or the
+   vertex colours of a graph), cells are split until the partition is
+   equitable: every vertex of a cell has the same multiset of edge colours
+   into every cell.  Splitters come from a queue (Hopcroft's rule), so a
+   refinement costs about the number of edges it looks at
+   (:mod:`paramshare_nb._kernels.refine_cpu`).
+2. **Search tree.**  A node individualises one vertex of the first
+   non-singleton cell and refines again; leaves are discrete partitions,
+   i.e. orderings of the vertices.  The first leaf ``zeta`` is kept; another
+   leaf ``lambda`` gives the candidate ``gamma = lambda o zeta^-1``, an
+   automorphism exactly when it maps every coloured edge onto one.
+3. **Pruning.**  Nodes whose refinement trace differs from the first path's
+   node at the same depth cannot hold a leaf equivalent to ``zeta``; children
+   in one orbit of the automorphisms found so far that fix the node's
+   individualised vertices have equivalent subtrees, and only one is
+   explored.  The first path is processed bottom-up, so at level ``l`` every
+   automorphism found fixes the first ``l`` base points.
+4. **Order.**  The first path's vertices are a base and the automorphisms
+   found a strong generating set for it: ``|Aut|`` is the product over
+   levels of the orbit of the base point under the generators found at or
+   below that level -- the orbit lengths of a stabilizer chain, exact,
+   without sampling.  :attr:`SymmetryGroup.chain` builds the Schreier-Sims
+   chain on that base for membership tests.
+
+Every generator returned is checked to preserve the edge multiset exactly.
+A search that would visit more nodes than ``config.search_nodes`` stops with
+:class:`SearchBudgetError`: never a wrong order.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from . import config, perm
+from ._kernels.groups_cpu import _orbits
+from ._kernels.refine_cpu import _child, _initial, _is_automorphism, _orbit_labels_fixing
+from ._schreier import StabChain
+from ._validate import INDEX, as_int_array
+from .actions import Action, regular
+from .equivariance import is_equivariant
+from .patterns import Pattern, dense_pattern, sparse_pattern
+
+__all__ = [
+    "SymmetryGroup", "UniquenessResult", "SearchBudgetError",
+    "symmetry_group", "symmetry_group_layers", "is_uniquely_equivariant",
+    "is_uniquely_equivariant_layers", "lift", "check_lift", "graph_convolution_pattern",
+    "graph_action", "explain",
+]
+
+
+class SearchBudgetError(RuntimeError):
+    """The symmetry search needed more nodes than ``config.search_nodes`` allows."""
+
+
+# ---------------------------------------------------------------------------
+# the coloured graph the engine works on
+# ---------------------------------------------------------------------------
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return x.view(np.int64)
+
+
+class _Graph:
+    """A vertex-coloured, edge-coloured directed multigraph in CSR form (internal)."""
+
+    def __init__(self, nv: int, src, dst, col, colors):
+        self.nv = int(nv)
+        src = np.asarray(src, dtype=INDEX)
+        dst = np.asarray(dst, dtype=INDEX)
+        col = np.asarray(col, dtype=INDEX)
+        if col.size:
+            _, col = np.unique(col, return_inverse=True)
+            col = col.astype(INDEX).ravel()
+        self.ncol = int(col.max()) + 1 if col.size else 1
+        _, colors = np.unique(np.asarray(colors, dtype=INDEX), return_inverse=True)
+        self.colors = np.ascontiguousarray(colors.astype(INDEX).ravel())
+        w_out = _splitmix(2 * np.arange(self.ncol, dtype=INDEX) + 1)
+        w_in = _splitmix(2 * np.arange(self.ncol, dtype=INDEX) + 2)
+        order = np.lexsort((col, dst, src))
+        s, d, c = src[order], dst[order], col[order]
+        self.optr = np.zeros(self.nv + 1, dtype=INDEX)
+        np.cumsum(np.bincount(s, minlength=self.nv), out=self.optr[1:])
+        self.oadj = np.ascontiguousarray(d)
+        self.ow = np.ascontiguousarray(w_out[c])
+        self.okey = np.ascontiguousarray(d * self.ncol + c)
+        order = np.lexsort((col, src, dst))
+        s, d, c = src[order], dst[order], col[order]
+        self.iptr = np.zeros(self.nv + 1, dtype=INDEX)
+        np.cumsum(np.bincount(d, minlength=self.nv), out=self.iptr[1:])
+        self.iadj = np.ascontiguousarray(s)
+        self.iw = np.ascontiguousarray(w_in[c])
+
+    @property
+    def csr(self):
+        return self.optr, self.oadj, self.ow, self.iptr, self.iadj, self.iw
+
+    def is_automorphism(self, gamma: np.ndarray) -> bool:
+        return bool(_is_automorphism(gamma, self.colors, self.optr, self.oadj, self.okey,
+                                     self.ncol))
+
+
+@dataclass
+class _SearchResult:
+    generators: np.ndarray
+    order: int
+    base: list
+    nodes: int
+
+
+def _new_partition(nv):
+    return tuple(np.empty(nv, dtype=INDEX) for _ in range(4))
+
+
+def _search(g: _Graph, budget: int) -> _SearchResult:
+    """Individualisation-refinement search: generators and order of Aut(g)."""
+    nv = g.nv
+    csr = g.csr
+    if nv == 0:
+        return _SearchResult(np.zeros((0, 0), dtype=INDEX), 1, [], 0)
+    root = _new_partition(nv)
+    nc, tr, tgt = _initial(g.colors, *csr, *root)
+    nodes = 1
+    fp = [root]
+    fp_nc, fp_tr, fp_tgt, fp_v = [nc], [tr], [tgt], []
+    while tgt >= 0:
+        v = int(fp[-1][0][tgt])
+        nxt = _new_partition(nv)
+        nc, tr, tgt = _child(*fp[-1], *nxt, fp_nc[-1], v, *csr)
+        nodes += 1
+        _check_budget(nodes, budget)
+        fp.append(nxt)
+        fp_v.append(v)
+        fp_nc.append(nc)
+        fp_tr.append(tr)
+        fp_tgt.append(tgt)
+    depth = len(fp_v)
+    zeta = fp[depth][0]
+    gens: list[np.ndarray] = []
+    gens_arr = np.zeros((0, nv), dtype=INDEX)
+    work = [None] * (depth + 1)  # scratch partitions for the other subtrees
+    no_fix = np.zeros(0, dtype=INDEX)
+
+    def scratch(d):
+        if work[d] is None:
+            work[d] = _new_partition(nv)
+        return work[d]
+
+    def leaf_automorphism(leaf_lab):
+        gamma = np.empty(nv, dtype=INDEX)
+        gamma[zeta] = leaf_lab
+        return gamma if g.is_automorphism(gamma) else None
+
+    def candidates(part, d, fixed):
+        t = fp_tgt[d]
+        members = np.sort(part[0][t:t + part[3][t]])
+        fx = np.asarray(fixed, dtype=INDEX)
+        labels = _orbit_labels_fixing(gens_arr, fx, fx.size)
+        _, first = np.unique(labels[members], return_index=True)
+        return members[np.sort(first)].tolist()
+
+    def explore(level, w):
+        """Search the subtree of child ``w`` of first-path node ``level`` for a leaf like zeta."""
+        nonlocal nodes
+        dst = scratch(level + 1)
+        res = _child(*fp[level], *dst, fp_nc[level], w, *csr)
+        nodes += 1
+        _check_budget(nodes, budget)
+        d = level + 1
+        if res != (fp_nc[d], fp_tr[d], fp_tgt[d]):
+            return None
+        if res[2] < 0:
+            return leaf_automorphism(dst[0])
+        fixed = fp_v[:level] + [w]
+        stack = [[d, candidates(dst, d, fixed), 0]]
+        while stack:
+            frame = stack[-1]
+            d, cands, i = frame
+            if i == len(cands):
+                stack.pop()
+                fixed.pop()
+                continue
+            frame[2] = i + 1
+            x = cands[i]
+            dst = scratch(d + 1)
+            res = _child(*work[d], *dst, fp_nc[d], x, *csr)
+            nodes += 1
+            _check_budget(nodes, budget)
+            if res != (fp_nc[d + 1], fp_tr[d + 1], fp_tgt[d + 1]):
+                continue
+            if res[2] < 0:
+                gamma = leaf_automorphism(dst[0])
+                if gamma is not None:
+                    return gamma
+                continue
+            fixed.append(x)
+            stack.append([d + 1, candidates(dst, d + 1, fixed), 0])
+        return None
+
+    order = 1
+    for level in range(depth - 1, -1, -1):
+        part = fp[level]
+        t = fp_tgt[level]
+        members = np.sort(part[0][t:t + part[3][t]]).tolist()
+        v = fp_v[level]
+        labels = _orbit_labels_fixing(gens_arr, no_fix, 0)  # every generator fixes the prefix
+        done = [v]
+        done_labels = {int(labels[v])}
+        for w in members:
+            if int(labels[w]) in done_labels:
+                continue
+            gamma = explore(level, w)
+            if gamma is not None:
+                gens.append(gamma)
+                gens_arr = np.array(gens, dtype=INDEX)
+                labels = _orbit_labels_fixing(gens_arr, no_fix, 0)
+                done_labels = {int(labels[x]) for x in done}
+            else:
+                done.append(w)
+                done_labels.add(int(labels[w]))
+        order *= int(np.count_nonzero(labels == labels[v]))
+    return _SearchResult(gens_arr, order, fp_v, nodes)
+
+
+def _check_budget(nodes, budget):
+    if nodes > budget:
+        raise SearchBudgetError(
+            f"the symmetry search stopped after {budget} nodes of its search tree "
+            f"(config.search_nodes = {budget}) without finishing; no result is returned rather "
+            f"than a possibly wrong group. Raise the budget with "
+            f"paramshare_nb.config.override(search_nodes=...) or the environment variable "
+            f"PARAMSHARE_SEARCH_NODES"
+        )
+
+
+# ---------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------
+
+def _frozen(arr):
+    arr = np.ascontiguousarray(arr, dtype=INDEX)
+    arr.setflags(write=False)
+    return arr
+
+
+def _canonical_labels(labels):
+    """Renumber labels by first appearance (0, 1, ...)."""
+    if labels.size == 0:
+        return labels.astype(INDEX)
+    _, first, inv = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=INDEX)
+    rank[np.argsort(first)] = np.arange(first.size, dtype=INDEX)
+    return rank[inv.ravel()]
+
+
+class SymmetryGroup:
+    """The symmetry group of a tying pattern (or of a stack of layers).
+
+    Points are the layers' index sets one after the other: for one pattern,
+    the ``N`` inputs then the ``M`` outputs (outputs shifted by ``N``).
+
+    Attributes
+    ----------
+    generators : numpy.ndarray
+        ``(k, sum(sizes))`` generators, read-only; ``k = 0`` for the trivial
+        group.
+    order : int
+        Exact order (Python int).
+    sizes : tuple of int
+        Sizes of the parts: ``(N, M)`` for one pattern, ``(N, H, M)`` for two
+        layers.
+    base : tuple of int
+        The search's first path: a base for which the generators are a strong
+        generating set.
+    nodes : int
+        Search-tree nodes visited.
+    """
+
+    def __init__(self, generators, order: int, sizes, base=(), nodes: int = 0):
+        self.generators = _frozen(generators)
+        self.order = int(order)
+        self.sizes = tuple(int(s) for s in sizes)
+        self.base = tuple(int(b) for b in base)
+        self.nodes = int(nodes)
+        self._offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(INDEX)
+
+    # -- sizes and projections -------------------------------------------------
+    @property
+    def n_in(self) -> int:
+        """Number of inputs ``N`` (the first part)."""
+        return self.sizes[0]
+
+    @property
+    def n_out(self) -> int:
+        """Number of outputs ``M`` (the last part)."""
+        return self.sizes[-1]
+
+    @property
+    def degree(self) -> int:
+        """Number of points acted on (all parts)."""
+        return int(self._offsets[-1])
+
+    def projection(self, part: int) -> np.ndarray:
+        """Generators restricted to one part, renumbered from 0.
+
+        Parameters
+        ----------
+        part : int
+            Index into :attr:`sizes` (``0`` inputs, ``-1`` outputs).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(k, sizes[part])``: generators of the projection of the group
+            on that part (row ``j`` is the image of generator ``j``).
+        """
+        part = range(len(self.sizes))[part]
+        lo, hi = self._offsets[part], self._offsets[part + 1]
+        return _frozen(self.generators[:, lo:hi] - lo)
+
+    @property
+    def gens_in(self) -> np.ndarray:
+        """Projection on the inputs ``N``: ``(k, N)``."""
+        return self.projection(0)
+
+    @property
+    def gens_out(self) -> np.ndarray:
+        """Projection on the outputs ``M``: ``(k, M)``."""
+        return self.projection(-1)
+
+    @property
+    def action(self) -> Action:
+        """The group as an :class:`~paramshare_nb.Action` on inputs and outputs.
+
+        For a stack of layers the hidden parts are left out (the pairs then
+        generate the projection of the group on ``N x M``).
+        """
+        return Action(self.gens_in, self.gens_out, n_in=self.n_in, n_out=self.n_out)
+
+    @cached_property
+    def orbits(self) -> np.ndarray:
+        """Orbit id of every point (all parts), canonical numbering."""
+        if self.generators.shape[0] == 0:
+            return _frozen(np.arange(self.degree))
+        return _frozen(_orbits(np.ascontiguousarray(self.generators)))
+
+    def orbits_of(self, part: int) -> np.ndarray:
+        """Orbit ids of one part's points, renumbered by first appearance."""
+        part = range(len(self.sizes))[part]
+        lo, hi = self._offsets[part], self._offsets[part + 1]
+        return _frozen(_canonical_labels(self.orbits[lo:hi]))
+
+    @property
+    def orbits_in(self) -> np.ndarray:
+        """Orbit id of each input (canonical numbering)."""
+        return self.orbits_of(0)
+
+    @property
+    def orbits_out(self) -> np.ndarray:
+        """Orbit id of each output (canonical numbering)."""
+        return self.orbits_of(-1)
+
+    def order_of(self, part: int) -> int:
+        """Order of the projection of the group on one part (exact)."""
+        gens = self.projection(part)
+        if gens.shape[0] == 0:
+            return 1
+        return StabChain(np.ascontiguousarray(gens)).order()
+
+    def order_in(self) -> int:
+        """Order of the projection on the inputs."""
+        return self.order_of(0)
+
+    def order_out(self) -> int:
+        """Order of the projection on the outputs."""
+        return self.order_of(-1)
+
+    # -- membership ----------------------------------------------------------------
+    @cached_property
+    def chain(self) -> StabChain:
+        """Schreier-Sims stabilizer chain on the search's base (built on first use)."""
+        return StabChain(np.ascontiguousarray(self.generators).reshape(-1, self.degree),
+                         base_prefix=self.base)
+
+    def contains(self, *parts) -> bool:
+        """Whether a tuple of permutations (one per part) lies in the group.
+
+        Parameters
+        ----------
+        *parts : array_like of int
+            ``(s_in, s_out)`` for one pattern, one permutation per part in
+            general; or a single permutation of all :attr:`degree` points.
+
+        Returns
+        -------
+        bool
+        """
+        g = _join_parts(parts, self.sizes)
+        if self.generators.shape[0] == 0:
+            return bool(np.array_equal(g, np.arange(self.degree)))
+        return self.chain.contains(g)
+
+    def __repr__(self) -> str:
+        return (f"SymmetryGroup(order={self.order}, sizes={self.sizes}, "
+                f"n_generators={self.generators.shape[0]})")
+
+
+def _join_parts(parts, sizes) -> np.ndarray:
+    total = int(sum(sizes))
+    if len(parts) == 1:
+        return _as_full_perm(parts[0], total)
+    if len(parts) != len(sizes):
+        raise ValueError(f"give one permutation per part ({len(sizes)} parts of sizes {sizes}), "
+                         f"or one permutation of all {total} points")
+    out, off = [], 0
+    for j, (p, s) in enumerate(zip(parts, sizes)):
+        out.append(_as_full_perm(p, s, name=f"part {j}") + off)
+        off += s
+    return np.concatenate(out) if out else np.zeros(0, dtype=INDEX)
+
+
+def _as_full_perm(p, n, name="permutation"):
+    from ._validate import as_perm
+
+    return as_perm(p, name, n=n)
+
+
+@dataclass
+class UniquenessResult:
+    """Outcome of :func:`is_uniquely_equivariant`.
+
+    Attributes
+    ----------
+    unique : bool
+        ``G == Aut(Omega)``: equivariant, and to nothing more.
+    equivariant : bool
+        ``G <= Aut(Omega)``.
+    group_order : int
+        ``|G|`` (the group the action's generators generate).
+    symmetry_order : int
+        ``|Aut(Omega)|``.
+    witness : tuple of numpy.ndarray or None
+        When not unique: an element of ``Aut(Omega)`` outside ``G``, one
+        permutation per part (``(s_in, s_out)`` for one layer), checked with
+        the stabilizer chain of ``G``.  ``None`` when unique, or when not
+        equivariant and ``Aut(Omega)`` lies inside ``G``.
+    symmetry : SymmetryGroup
+        ``Aut(Omega)`` itself.
+    """
+
+    unique: bool
+    equivariant: bool
+    group_order: int
+    symmetry_order: int
+    witness: tuple | None
+    symmetry: SymmetryGroup = field(repr=False)
+
+    def __bool__(self) -> bool:
+        return self.unique
+
+    def witness_cycles(self) -> str | None:
+        """The witness in cycle notation, one part after the other."""
+        if self.witness is None:
+            return None
+        names = ["inputs", "outputs"] if len(self.witness) == 2 else \
+            [f"part {j}" for j in range(len(self.witness))]
+        return "; ".join(f"{nm} {perm.to_cycles(w)}" for nm, w in zip(names, self.witness))
+
+
+# ---------------------------------------------------------------------------
+# public functions
+# ---------------------------------------------------------------------------
+
+def _as_pattern(pattern, name="pattern") -> Pattern:
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"{name} must be a paramshare_nb.Pattern, got {type(pattern).__name__}; "
+                        f"build one with Pattern(shape, rows, cols, params) or "
+                        f"Pattern.from_index(index)")
+    return pattern
+
+
+def _as_action(action, name="action") -> Action:
+    if not isinstance(action, Action):
+        raise TypeError(f"{name} must be a paramshare_nb.Action, got {type(action).__name__}; "
+                        f"wrap generators with Action.same(gens) or Action(gens_in, gens_out)")
+    return action
+
+
+def _edge_keys(rows, cols, params, n, p):
+    return (rows * n + cols) * p + params
+
+
+def _preserves(pat: Pattern, g_in: np.ndarray, g_out: np.ndarray) -> bool:
+    """The exact edge-multiset check of THEORY.md section 2 for one pair."""
+    m, n = pat.shape
+    p = max(pat.n_params, 1)
+    if m * n * p >= 2**62:  # fall back to a per-row comparison that cannot overflow
+        return _preserves_rowwise(pat, g_in, g_out)
+    keys = np.sort(_edge_keys(pat.rows, pat.cols, pat.params, n, p))
+    moved = np.sort(_edge_keys(g_out[pat.rows], g_in[pat.cols], pat.params, n, p))
+    return bool(np.array_equal(keys, moved))
+
+
+def _preserves_rowwise(pat, g_in, g_out):
+    order = np.lexsort((pat.params, g_in[pat.cols], g_out[pat.rows]))
+    a = np.stack([pat.rows, pat.cols, pat.params])
+    b = np.stack([g_out[pat.rows], g_in[pat.cols], pat.params])[:, order]
+    return bool(np.array_equal(a, b))
+
+
+def _budget(max_nodes):
+    if max_nodes is None:
+        return int(config.search_nodes)
+    if isinstance(max_nodes, (bool, np.bool_)) or not isinstance(max_nodes, (int, np.integer)):
+        raise TypeError(f"max_nodes must be an int, got {type(max_nodes).__name__}")
+    if max_nodes < 1:
+        raise ValueError(f"max_nodes must be >= 1, got {max_nodes}")
+    return int(max_nodes)
+
+
+def _layers_graph(patterns):
+    sizes = [patterns[0].shape[1]] + [p.shape[0] for p in patterns]
+    offs = np.concatenate([[0], np.cumsum(sizes)]).astype(INDEX)
+    src, dst, col = [], [], []
+    coff = 0
+    for i, p in enumerate(patterns):
+        src.append(offs[i] + p.cols)
+        dst.append(offs[i + 1] + p.rows)
+        col.append(coff + p.params)
+        coff += max(p.n_params, 1)
+    colors = np.repeat(np.arange(len(sizes), dtype=INDEX), sizes)
+    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=INDEX))
+    return _Graph(int(offs[-1]), cat(src), cat(dst), cat(col), colors), tuple(sizes)
+
+
+def symmetry_group(pattern, max_nodes: int | None = None) -> SymmetryGroup:
+    """``Aut(Omega)``: every joint relabelling of inputs and outputs that fixes the pattern.
+
+    Exact: colour refinement and an individualisation-refinement search tree
+    with automorphism pruning (nauty/Traces style); the order comes from the
+    stabilizer chain that the search builds.  No sampling.
+
+    Parameters
+    ----------
+    pattern : Pattern
+        The tying pattern; multi-edges and structural zeros count.
+    max_nodes : int, optional
+        Search-tree node budget (default ``config.search_nodes``).
+
+    Returns
+    -------
+    SymmetryGroup
+        ``.generators`` on ``N + M`` points (inputs first, outputs shifted by
+        ``N``), ``.order``, ``.orbits_in``, ``.orbits_out``, ``.gens_in``,
+        ``.gens_out`` (the projections).
+
+    Raises
+    ------
+    TypeError
+        When ``pattern`` is not a :class:`~paramshare_nb.Pattern`.
+    SearchBudgetError
+        When the search would need more than the node budget.
+
+    Examples
+    --------
+    >>> import paramshare_nb as ps
+    >>> act = ps.Action.same(ps.groups.symmetric(5))
+    >>> ps.symmetry_group(ps.dense_pattern(act)).order
+    120
+    """
+    pat = _as_pattern(pattern)
+    graph, sizes = _layers_graph([pat])
+    res = _search(graph, _budget(max_nodes))
+    n = pat.shape[1]
+    for gamma in res.generators:  # belt and braces: the pattern-level check
+        if not _preserves(pat, gamma[:n], gamma[n:] - n):
+            raise AssertionError("internal error: a found symmetry does not preserve the "
+                                 "pattern; please report this")
+    return SymmetryGroup(res.generators.reshape(-1, sum(sizes)), res.order, sizes, res.base,
+                         res.nodes)
+
+
+def symmetry_group_layers(patterns, max_nodes: int | None = None) -> SymmetryGroup:
+    """Symmetry group of a stack of layers ``N -> H_1 -> ... -> M``.
+
+    The structure is the coloured multipartite graph ``N ⊔ H_1 ⊔ ... ⊔ M``
+    with layer ``i``'s edges between its inputs and outputs, coloured by
+    its parameter ids; different layers' colours never match.  Its
+    automorphisms permute each part separately (hidden units too) and
+    preserve every layer's pattern.
+
+    Parameters
+    ----------
+    patterns : sequence of Pattern
+        Layer ``i`` has shape ``(n_{i+1}, n_i)``: each pattern's inputs are
+        the previous pattern's outputs.
+    max_nodes : int, optional
+        Search-tree node budget (default ``config.search_nodes``).
+
+    Returns
+    -------
+    SymmetryGroup
+        On ``n_0 + n_1 + ... + n_L`` points, parts in layer order;
+        ``.projection(i)`` restricts to part ``i``.
+
+    Examples
+    --------
+    >>> import paramshare_nb as ps
+    >>> a1, a2 = ps.lift(ps.Action.invariant(ps.groups.cyclic(5)))
+    >>> ps.symmetry_group_layers([ps.dense_pattern(a1), ps.dense_pattern(a2)]).order
+    5
+    """
+    pats = _as_pattern_list(patterns)
+    graph, sizes = _layers_graph(pats)
+    res = _search(graph, _budget(max_nodes))
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    for gamma in res.generators:
+        for i, p in enumerate(pats):
+            g_in = gamma[offs[i]:offs[i + 1]] - offs[i]
+            g_out = gamma[offs[i + 1]:offs[i + 2]] - offs[i + 1]
+            if not _preserves(p, g_in, g_out):
+                raise AssertionError("internal error: a found symmetry does not preserve "
+                                     "layer {i}; please report this")
+    return SymmetryGroup(res.generators.reshape(-1, int(offs[-1])), res.order, sizes,
+                         res.base, res.nodes)
+
+
+def _as_pattern_list(patterns):
+    if isinstance(patterns, Pattern):
+        patterns = [patterns]
+    pats = list(patterns)
+    if not pats:
+        raise ValueError("patterns is empty; give at least one Pattern")
+    for i, p in enumerate(pats):
+        _as_pattern(p, f"patterns[{i}]")
+    for i in range(1, len(pats)):
+        if pats[i].shape[1] != pats[i - 1].shape[0]:
+            raise ValueError(
+                f"layer {i} has {pats[i].shape[1]} inputs but layer {i - 1} has "
+                f"{pats[i - 1].shape[0]} outputs: shapes must chain (n_{i+1}, n_i)")
+    return pats
+
+
+def _find_witness(sym: SymmetryGroup, chain: StabChain | None):
+    """A generator of ``sym`` outside the group of ``chain`` (per part), or None."""
+    offs = sym._offsets
+    for gamma in sym.generators:
+        if chain is None or not chain.contains(np.asarray(gamma)):
+            return tuple(np.array(gamma[offs[i]:offs[i + 1]] - offs[i])
+                         for i in range(len(sym.sizes)))
+    return None
+
+
+def _group_chain(joint: np.ndarray):
+    if joint.shape[0] == 0:
+        return None
+    return StabChain(np.ascontiguousarray(joint))
+
+
+def is_uniquely_equivariant(pattern, action, max_nodes: int | None = None) -> UniquenessResult:
+    """Whether the layer is equivariant to ``G`` and to nothing more.
+
+    Parameters
+    ----------
+    pattern : Pattern
+        Shape ``(M, N)``.
+    action : Action
+        ``G`` acting on the ``N`` inputs and ``M`` outputs.
+    max_nodes : int, optional
+        Search-tree node budget (default ``config.search_nodes``).
+
+    Returns
+    -------
+    UniquenessResult
+        ``.unique``, ``.equivariant``, ``.group_order``, ``.symmetry_order``
+        and ``.witness`` (a pair ``(s_in, s_out)`` in ``Aut(Omega)`` but not
+        in ``G``, when there is one).  The result is truthy iff unique.
+
+    Raises
+    ------
+    ValueError
+        When the pattern's shape does not match the action.
+
+    Examples
+    --------
+    >>> import paramshare_nb as ps
+    >>> act = ps.Action.same(ps.groups.alternating(4))
+    >>> res = ps.is_uniquely_equivariant(ps.dense_pattern(act), act)
+    >>> res.unique, res.group_order, res.symmetry_order
+    (False, 12, 24)
+    """
+    pat = _as_pattern(pattern)
+    act = _as_action(action)
+    if pat.shape != (act.n_out, act.n_in):
+        raise ValueError(f"pattern has shape {pat.shape} but the action acts on M={act.n_out} "
+                         f"outputs and N={act.n_in} inputs: expected ({act.n_out}, {act.n_in})")
+    equivariant = is_equivariant(pat, act)
+    sym = symmetry_group(pat, max_nodes=max_nodes)
+    g_order = act.order()
+    unique = equivariant and sym.order == g_order
+    witness = None if unique else _find_witness(sym, _group_chain(act.joint))
+    return UniquenessResult(unique, equivariant, g_order, sym.order, witness, sym)
+
+
+def is_uniquely_equivariant_layers(patterns, actions,
+                                   max_nodes: int | None = None) -> UniquenessResult:
+    """Uniqueness of a stack of layers: ``G`` equals the stack's symmetry group.
+
+    ``G`` acts on every part at once (inputs, hidden units, outputs): the
+    generator tuples are the actions' generators, which must agree on the
+    shared parts (``actions[i].gens_out == actions[i + 1].gens_in``).
+
+    Parameters
+    ----------
+    patterns : sequence of Pattern
+        As for :func:`symmetry_group_layers`.
+    actions : sequence of Action
+        One per layer, same generator count.
+    max_nodes : int, optional
+        Search-tree node budget.
+
+    Returns
+    -------
+    UniquenessResult
+        ``.witness`` has one permutation per part.
+    """
+    pats = _as_pattern_list(patterns)
+    acts = [_as_action(a, f"actions[{i}]") for i, a in enumerate(actions)]
+    if len(acts) != len(pats):
+        raise ValueError(f"give one action per layer: {len(pats)} patterns, {len(acts)} actions")
+    for i, (p, a) in enumerate(zip(pats, acts)):
+        if p.shape != (a.n_out, a.n_in):
+            raise ValueError(f"layer {i}: pattern shape {p.shape} does not match its action "
+                             f"({a.n_out}, {a.n_in})")
+    for i in range(1, len(acts)):
+        if not np.array_equal(acts[i].gens_in, acts[i - 1].gens_out):
+            raise ValueError(f"actions[{i}].gens_in must equal actions[{i - 1}].gens_out (the "
+                             f"same group elements acting on the shared layer)")
+    parts = [acts[0].gens_in] + [a.gens_out for a in acts]
+    offs = np.concatenate([[0], np.cumsum([p.shape[1] for p in parts])])
+    joint = np.concatenate([p + o for p, o in zip(parts, offs[:-1])], axis=1)
+    equivariant = all(is_equivariant(p, a) for p, a in zip(pats, acts))
+    sym = symmetry_group_layers(pats, max_nodes=max_nodes)
+    chain = _group_chain(joint)
+    g_order = 1 if chain is None else chain.order()
+    unique = equivariant and sym.order == g_order
+    witness = None if unique else _find_witness(sym, chain)
+    return UniquenessResult(unique, equivariant, g_order, sym.order, witness, sym)
+
+
+def lift(action, max_bytes: int | None = None) -> tuple[Action, Action]:
+    """Route a layer through a hidden layer on which ``G`` acts regularly.
+
+    The remedy for layers that cannot be uniquely equivariant in one step
+    (THEORY.md section 4): ``N -> G -> M``, the hidden units being the
+    elements of ``G = G_{N,M}`` permuted by left multiplication.
+
+    Parameters
+    ----------
+    action : Action
+        ``G`` acting on the inputs and outputs.
+    max_bytes : int, optional
+        Memory bound for listing the elements of ``G``.
+
+    Returns
+    -------
+    (Action, Action)
+        ``N -> G`` and ``G -> M``; generator ``k`` of both is the same group
+        element.  Use :func:`paramshare_nb.dense_pattern` on each and
+        :func:`check_lift` to verify the two-layer structure.
+    """
+    act = _as_action(action)
+    reg = regular(act.joint, max_bytes=max_bytes) if act.n_gens else \
+        np.zeros((0, 1), dtype=INDEX)
+    h = reg.shape[1]
+    first = Action(act.gens_in, reg, n_in=act.n_in, n_out=h)
+    second = Action(reg, act.gens_out, n_in=h, n_out=act.n_out)
+    return first, second
+
+
+def check_lift(action, design: str = "dense", max_nodes: int | None = None) -> UniquenessResult:
+    """Uniqueness of the two-layer structure ``N -> G -> M`` of :func:`lift`.
+
+    Builds both layers with the chosen design and compares ``G`` (acting on
+    inputs, hidden units and outputs at once) with the symmetry group of the
+    coloured 3-partite graph ``N ⊔ G ⊔ M`` (:func:`symmetry_group_layers`).
+
+    Parameters
+    ----------
+    action : Action
+    design : {"dense", "sparse"}, optional
+        Design of both layers (default dense).
+    max_nodes : int, optional
+        Search-tree node budget.
+
+    Returns
+    -------
+    UniquenessResult
+        Witness parts: ``(s_in, s_hidden, s_out)``.
+
+    Examples
+    --------
+    >>> import paramshare_nb as ps
+    >>> res = ps.check_lift(ps.Action.same(ps.groups.alternating(4)))
+    >>> res.unique, res.symmetry_order
+    (True, 12)
+    """
+    if design not in ("dense", "sparse"):
+        raise ValueError(f"design must be 'dense' or 'sparse', got {design!r}")
+    a1, a2 = lift(action)
+    build = dense_pattern if design == "dense" else sparse_pattern
+    return is_uniquely_equivariant_layers([build(a1), build(a2)], [a1, a2],
+                                          max_nodes=max_nodes)
+
+
+# ---------------------------------------------------------------------------
+# graphs
+# ---------------------------------------------------------------------------
+
+def _as_adjacency(adjacency) -> np.ndarray:
+    arr = np.asarray(adjacency)
+    if arr.dtype == object:
+        raise ValueError("adjacency is ragged or holds non-numbers; give a square integer or "
+                         "boolean array")
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
+        raise ValueError(f"adjacency must be a square (n, n) matrix, got shape {arr.shape}")
+    if arr.dtype == bool:
+        return arr.astype(INDEX)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if arr.size == 0:
+            return arr.astype(INDEX)
+        raise TypeError(f"adjacency must hold integers or booleans (edge colours, 0 for no "
+                        f"edge), got dtype {arr.dtype}; convert with .astype(int) if the values "
+                        f"are whole numbers")
+    return np.ascontiguousarray(arr, dtype=INDEX)
+
+
+def _graph_search(adjacency, colors, max_nodes=None):
+    adj = _as_adjacency(adjacency)
+    n = adj.shape[0]
+    if colors is None:
+        cols = np.zeros(n, dtype=INDEX)
+    else:
+        cols = as_int_array(colors, "colors", ndim=1)
+        if cols.shape[0] != n:
+            raise ValueError(f"colors has {cols.shape[0]} entries, the graph {n} vertices")
+    src, dst = np.nonzero(adj)
+    graph = _Graph(n, src, dst, adj[src, dst], cols)
+    res = _search(graph, _budget(max_nodes))
+    for gamma in res.generators:
+        if not graph.is_automorphism(gamma):
+            raise AssertionError("internal error: a found automorphism does not preserve the "
+                                 "graph; please report this")
+    return res, n
+
+
+def _graph_automorphisms(adjacency, colors=None) -> np.ndarray:
+    """Generators of ``Aut`` of a (coloured, directed) graph (engine of groups.graph_automorphisms).
+
+    Parameters
+    ----------
+    adjacency : array_like of int or bool, shape (n, n)
+        Entry values are edge colours, 0 for no edge; asymmetric means
+        directed.  The diagonal holds loops.
+    colors : array_like of int, shape (n,), optional
+        Vertex colours to preserve.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(k, n)`` int64 generators.
+    """
+    res, n = _graph_search(adjacency, colors)
+    return res.generators.reshape(-1, n).copy()
+
+
+def graph_action(adjacency, colors=None) -> Action:
+    """The automorphism group of a graph acting on its vertices (inputs = outputs).
+
+    Parameters
+    ----------
+    adjacency : array_like of int or bool, shape (n, n)
+    colors : array_like of int, shape (n,), optional
+
+    Returns
+    -------
+    Action
+        ``Action.same(graph_automorphisms(adjacency, colors))``: its
+        :func:`~paramshare_nb.dense_pattern` is the most expressive layer
+        equivariant to the graph's symmetries.
+    """
+    gens = _graph_automorphisms(adjacency, colors)
+    return Action.same(gens, n=gens.shape[1])
+
+
+def graph_convolution_pattern(adjacency, nonedge: bool = False,
+                              design: str = "conv") -> Pattern:
+    """The pattern of a graph convolution ``W = a I + b A``.
+
+    Parameters
+    ----------
+    adjacency : array_like of int or bool, shape (n, n)
+        ``A``; ``W[m, n]`` gets the edge parameter when ``A[m, n] != 0``.
+        Distinct non-zero values (edge colours) get distinct parameters;
+        a loop adds its parameter to the diagonal's (a multi-edge).
+    nonedge : bool, optional
+        Also give the off-diagonal non-edges a parameter of their own
+        (``W = a I + b A + c (J - I - A)``).
+    design : {"conv", "dense"}, optional
+        ``"conv"`` (default) is the convolution above, whose symmetry group
+        is the graph's automorphism group; ``"dense"`` is the dense design
+        for that group (one parameter per orbit of vertex pairs), the most
+        expressive layer with the same symmetries.
+
+    Returns
+    -------
+    Pattern
+        Shape ``(n, n)``.
+
+    Examples
+    --------
+    >>> import numpy as np, paramshare_nb as ps
+    >>> cycle = np.roll(np.eye(6, dtype=int), 1, axis=1); cycle = cycle + cycle.T
+    >>> ps.symmetry_group(ps.graph_convolution_pattern(cycle)).order
+    12
+    """
+    adj = _as_adjacency(adjacency)
+    if design not in ("conv", "dense"):
+        raise ValueError(f"design must be 'conv' or 'dense', got {design!r}")
+    if design == "dense":
+        return dense_pattern(graph_action(adj))
+    n = adj.shape[0]
+    diag = np.arange(n, dtype=INDEX)
+    r, c = np.nonzero(adj)
+    vals = np.unique(adj[r, c]) if r.size else np.zeros(0, dtype=INDEX)
+    edge_param = 1 + np.searchsorted(vals, adj[r, c])
+    rows, cols, params = [diag, r], [diag, c], [np.zeros(n, dtype=INDEX), edge_param]
+    if nonedge:
+        mask = (adj == 0)
+        np.fill_diagonal(mask, False)
+        r0, c0 = np.nonzero(mask)
+        rows.append(r0)
+        cols.append(c0)
+        params.append(np.full(r0.size, 1 + vals.size, dtype=INDEX))
+    return Pattern((n, n), np.concatenate(rows), np.concatenate(cols),
+                   np.concatenate(params).astype(INDEX),
+                   n_params=1 + vals.size + (1 if nonedge else 0))
+
+
+# ---------------------------------------------------------------------------
+# explanation
+# ---------------------------------------------------------------------------
+
+def _sizes_text(labels, limit=8):
+    if labels.size == 0:
+        return "none"
+    sizes = np.bincount(labels)
+    vals, counts = np.unique(sizes, return_counts=True)
+    parts = [f"{c} x {v}" if c > 1 else f"{v}" for v, c in zip(vals[::-1], counts[::-1])]
+    shown = ", ".join(parts[:limit]) + (", ..." if len(parts) > limit else "")
+    return f"{sizes.size} orbit(s), sizes {shown}"
+
+
+def explain(pattern, action=None, file=None, max_nodes: int | None = None) -> None:
+    """Print what a pattern is and what it is equivariant to.
+
+    Shows the parameters, non-zeros, compression against a dense ``W``, the
+    orbits of ``Aut(Omega)``, equivariance to ``action``, uniqueness with a
+    witness in cycle notation, and a suggestion when the layer is not
+    uniquely equivariant.
+
+    Parameters
+    ----------
+    pattern : Pattern
+    action : Action, optional
+        The group the layer is meant for; without it only the pattern and
+        its symmetry group are described.
+    file : file-like, optional
+        Where to print (default ``sys.stdout``).
+    max_nodes : int, optional
+        Search-tree node budget.
+
+    Examples
+    --------
+    >>> import paramshare_nb as ps
+    >>> act = ps.Action.same(ps.groups.cyclic(4))
+    >>> ps.explain(ps.dense_pattern(act), act)  # doctest: +ELLIPSIS
+    Pattern of shape (4, 4) ...
+    """
+    print(_explain_text(pattern, action, max_nodes), file=file or sys.stdout)
+
+
+def _explain_text(pattern, action=None, max_nodes=None) -> str:
+    pat = _as_pattern(pattern)
+    act = None if action is None else _as_action(action)
+    m, n = pat.shape
+    out = io.StringIO()
+
+    def say(line=""):
+        out.write(line + "\n")
+
+    entries = m * n
+    say(f"Pattern of shape ({m}, {n}): M={m} outputs, N={n} inputs")
+    ratio = f"{entries / pat.n_params:.3g}x fewer" if pat.n_params else "no"
+    say(f"  parameters : {pat.n_params} (a dense W has {entries} entries: {ratio} parameters)")
+    density = pat.nnz / entries if entries else 0.0
+    say(f"  non-zeros  : {pat.nnz} of {entries} entries ({100 * density:.3g}% dense)"
+        + (", with multi-edges" if pat.has_multi_edges else ""))
+    if pat.nnz:
+        uses = np.bincount(pat.params, minlength=pat.n_params)
+        say(f"  edges per parameter: min {uses.min()}, max {uses.max()}")
+    if act is None:
+        sym = symmetry_group(pat, max_nodes=max_nodes)
+        say(f"Symmetry group Aut(Omega): order {sym.order}")
+        say(f"  inputs : {_sizes_text(sym.orbits_in)}")
+        say(f"  outputs: {_sizes_text(sym.orbits_out)}")
+        return out.getvalue().rstrip("\n")
+    if pat.shape != (act.n_out, act.n_in):
+        raise ValueError(f"pattern has shape {pat.shape} but the action acts on M={act.n_out} "
+                         f"outputs and N={act.n_in} inputs")
+    res = is_uniquely_equivariant(pat, act, max_nodes=max_nodes)
+    sym = res.symmetry
+    say(f"Symmetry group Aut(Omega): order {sym.order}")
+    say(f"  inputs : {_sizes_text(sym.orbits_in)}")
+    say(f"  outputs: {_sizes_text(sym.orbits_out)}")
+    g_in, g_out = act.order_in(), act.order_out()
+    say(f"Group G: order {res.group_order} (on inputs {g_in}, on outputs {g_out})")
+    say(f"  inputs : {_sizes_text(act.orbits_in())}")
+    say(f"  outputs: {_sizes_text(act.orbits_out())}")
+    if not res.equivariant:
+        bad = [k for k, (a, b) in enumerate(zip(act.gens_in, act.gens_out))
+               if not _preserves(pat, a, b)]
+        say(f"Equivariant: NO -- generator pair(s) {bad[:8]} move the pattern")
+        say("Suggestion: build the layer with ps.dense_pattern(action) (always equivariant) or "
+            "ps.sparse_pattern(action) for a free action")
+        return out.getvalue().rstrip("\n")
+    say("Equivariant: yes (G <= Aut(Omega))")
+    if res.unique:
+        say(f"Uniquely equivariant: yes (Aut(Omega) = G, order {res.group_order}): the layer "
+            f"is sensitive to every permutation outside G")
+        return out.getvalue().rstrip("\n")
+    say(f"Uniquely equivariant: NO -- |Aut(Omega)| = {res.symmetry_order} > |G| = "
+        f"{res.group_order} (index {res.symmetry_order // max(res.group_order, 1)})")
+    if res.witness is not None:
+        say(f"  witness (in Aut(Omega), not in G): inputs {perm.to_cycles(res.witness[0])}; "
+            f"outputs {perm.to_cycles(res.witness[1])}")
+    say("Suggestion: " + _suggest(pat, act, res))
+    return out.getvalue().rstrip("\n")
+
+
+def _suggest(pat, act, res) -> str:
+    g = res.group_order
+    if act.order_out() < g or act.order_in() < g:
+        return ("some group element fixes every output while moving inputs (or the reverse), so "
+                "no single layer can be uniquely equivariant; add a hidden layer on which G acts "
+                "regularly: a1, a2 = ps.lift(action) with ps.dense_pattern on each (verify with "
+                "ps.check_lift(action))")
+    free_in, free_out = act.is_free_in(), act.is_free_out()
+    if free_in and free_out:
+        return ("the action is free on both sides: ps.dense_pattern(action) and "
+                "ps.sparse_pattern(action) are uniquely equivariant")
+    if free_in or free_out:
+        return ("ps.dense_pattern(action) is uniquely equivariant for this action (free on one "
+                "side, faithful on the other)")
+    return ("the group may not be determined by its orbits on pairs (not 2-closed); try "
+            "ps.dense_pattern(action), and if that is not unique either, add a hidden layer on "
+            "which G acts regularly: a1, a2 = ps.lift(action), dense on each (verify with "
+            "ps.check_lift(action))")
