@@ -18,6 +18,10 @@ from .groups import (closure, contains, is_regular, is_semiregular, is_transitiv
                      order, stabilizer)
 from .patterns import (Pattern, bias_pattern, dense_pattern, load_pattern, save_pattern,
                        sparse_pattern)
+from .symmetry import (SearchBudgetError, SymmetryGroup, UniquenessResult, check_lift,
+                       explain, graph_action, graph_convolution_pattern,
+                       is_uniquely_equivariant, is_uniquely_equivariant_layers, lift,
+                       symmetry_group, symmetry_group_layers)
 
 __version__ = "0.1.0"
 
@@ -29,4 +33,7 @@ __all__ = [
     "Pattern", "bias_pattern", "dense_pattern", "load_pattern", "save_pattern", "sparse_pattern",
     "is_equivariant", "equivariance_error",
     "materialize", "tied_matmul", "tied_matmul_grad",
+    "SearchBudgetError", "SymmetryGroup", "UniquenessResult", "check_lift", "explain",
+    "graph_action", "graph_convolution_pattern", "is_uniquely_equivariant",
+    "is_uniquely_equivariant_layers", "lift", "symmetry_group", "symmetry_group_layers",
 ]
