@@ -20,6 +20,7 @@ The action is ``Action.same`` (outputs move like inputs) unless
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import warnings
 
@@ -179,7 +180,9 @@ def _explain(pat, act) -> str:
         from .symmetry import explain
     except ImportError:
         return _fallback_explain(pat, act)
-    return str(explain(pat, act))
+    buf = io.StringIO()
+    explain(pat, act, file=buf)  # prints; returns None
+    return buf.getvalue().rstrip("\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,8 @@ def test_explain_dihedral(capsys):
     assert "order 10" in out
     assert "dense design" in out and "sparse design" in out
     assert "n_params=3" in out  # D5 on 5 points: 3 orbits of pairs
+    assert out.count("Uniquely equivariant: yes") == 2  # both designs, proved
+    assert "None" not in out
 
 
 def test_explain_square_sparse_only(capsys):
