@@ -2,6 +2,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reference import brute_closure, brute_pair_orbits, burnside_pair_count, labels_to_partition
 
 import paramshare_nb as ps
@@ -122,3 +124,21 @@ def test_bad_actions():
         ps.product(ps.Action.same(groups.cyclic(2)), groups.cyclic(2))
     with pytest.raises(ValueError):
         ps.tensor_power(groups.cyclic(3), 0)
+
+
+pair_actions = st.tuples(st.integers(1, 5), st.integers(1, 4), st.integers(1, 2)).flatmap(
+    lambda t: st.tuples(
+        st.lists(st.permutations(list(range(t[0]))), min_size=t[2], max_size=t[2]),
+        st.lists(st.permutations(list(range(t[1]))), min_size=t[2], max_size=t[2])))
+
+
+@given(pair_actions)
+@settings(max_examples=40, deadline=None)
+def test_random_pair_orbits_match_burnside(gens):
+    act = ps.Action(np.array(gens[0]), np.array(gens[1]))
+    ein, eout = act.closure()
+    labels = act.pair_orbits()
+    assert labels_to_partition(labels) == labels_to_partition(
+        brute_pair_orbits(ein, eout, act.n_out, act.n_in))
+    assert labels.max() + 1 == burnside_pair_count(ein, eout)
+    assert ps.is_equivariant(ps.dense_pattern(act), act)
