@@ -17,7 +17,7 @@ import numpy as np
 from . import groups
 from ._kernels.groups_cpu import _closure, _orbits, _pair_orbits
 from ._schreier import StabChain
-from ._validate import INDEX, as_gens, as_positive_int
+from ._validate import INDEX, as_gens, as_perm, as_positive_int
 
 __all__ = ["Action", "product", "tensor_power", "regular"]
 
@@ -147,8 +147,9 @@ class Action:
         -------
         bool
         """
-        pair = np.concatenate([np.asarray(g_in), np.asarray(g_out) + self.n_in])
-        return groups.contains(self.joint, pair)
+        g_in = as_perm(g_in, "g_in", n=self.n_in)
+        g_out = as_perm(g_out, "g_out", n=self.n_out)
+        return self._chain.contains(np.concatenate([g_in, g_out + self.n_in]))
 
     def closure(self, max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All elements of ``G_{N,M}`` as pairs.
@@ -208,15 +209,11 @@ class Action:
 
     def is_free_in(self) -> bool:
         """Whether ``G_{N,M}`` acts freely on the inputs (every input orbit has ``|G|`` points)."""
-        return bool(np.all(np.bincount(self.orbits_in(), minlength=1) == self.order())) or (
-            self.n_in == 0
-        )
+        return bool(np.all(np.bincount(self.orbits_in()) == self.order()))
 
     def is_free_out(self) -> bool:
         """Whether ``G_{N,M}`` acts freely on the outputs."""
-        return bool(np.all(np.bincount(self.orbits_out(), minlength=1) == self.order())) or (
-            self.n_out == 0
-        )
+        return bool(np.all(np.bincount(self.orbits_out()) == self.order()))
 
     # -- report ------------------------------------------------------------------
     def describe(self, warn: bool = True) -> str:

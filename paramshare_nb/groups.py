@@ -119,9 +119,8 @@ def contains(gens, g) -> bool:
     -------
     bool
     """
-    g_arr = np.asarray(g)
-    gens = as_gens(gens, "gens", n=g_arr.shape[-1] if g_arr.ndim == 1 else None)
-    g = as_perm(g, "g", n=gens.shape[1])
+    g = as_perm(g, "g")
+    gens = as_gens(gens, "gens", n=g.shape[0])
     return _chain(gens).contains(g)
 
 
