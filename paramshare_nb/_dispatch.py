@@ -19,7 +19,7 @@ from ._kernels import cpu
 
 INDEX = np.int64
 
-METHODS = ("auto", "materialize", "csr")
+METHODS = ("auto", "materialize", "gather", "complement", "scatter", "csr")
 
 _CACHE_ATTR = "_paramshare_ops_plans"
 
@@ -67,8 +67,203 @@ def param_major_of(pattern):
 
 
 # ---------------------------------------------------------------------------
-# strategies (CPU)
+# gather plans (numpy, built once per pattern and direction)
 # ---------------------------------------------------------------------------
+
+class GatherPlan:
+    """Targets as signed sums of source columns, with complement sums by block.
+
+    Attributes are plain int64 arrays for :func:`cpu.gather_sums`:
+    ``blk_ptr, blk_cols`` (block members), and per target ``bptr, blks``
+    (block totals added), ``pptr, plus`` (columns added), ``mptr, minus``
+    (columns subtracted).  ``n_terms`` counts the column reads.
+    """
+
+    def __init__(self, tgt, src, n_tgt, n_src, block_of, complement):
+        self.n_blocks = int(block_of.max()) + 1 if n_src and complement else 0
+        nblk = max(self.n_blocks, 1)
+        key = tgt * n_src + src
+        ukey, cnt = np.unique(key, return_counts=True)
+        ut, us = ukey // max(n_src, 1), ukey % max(n_src, 1)
+        if complement and ukey.size:
+            bsize = np.bincount(block_of, minlength=nblk)
+            self.blk_ptr = _ptr(bsize)
+            self.blk_cols = np.argsort(block_of, kind="stable").astype(INDEX)
+            tk = ut * nblk + block_of[us]
+            tk_u, tk_inv, tk_cnt = np.unique(tk, return_inverse=True, return_counts=True)
+            dup = np.bincount(tk_inv, weights=(cnt > 1), minlength=tk_u.size) > 0
+            size_k = bsize[tk_u % nblk]
+            # complement when "total - exceptions" reads fewer columns than the sum itself
+            comp = ~dup & (size_k - tk_cnt + 1 < tk_cnt)
+            sel = ~comp[tk_inv]
+            plus_t, plus_s = np.repeat(ut[sel], cnt[sel]), np.repeat(us[sel], cnt[sel])
+            ct, ck = tk_u[comp] // nblk, tk_u[comp] % nblk
+            sizes = bsize[ck]
+            total = int(sizes.sum())
+            starts = np.repeat(self.blk_ptr[ck] - (np.cumsum(sizes) - sizes), sizes)
+            members = self.blk_cols[starts + np.arange(total, dtype=INDEX)]
+            rep_t = np.repeat(ct, sizes)
+            mkey = rep_t * n_src + members
+            pos = np.minimum(np.searchsorted(ukey, mkey), ukey.size - 1)
+            absent = ukey[pos] != mkey
+            minus_t, minus_s = rep_t[absent], members[absent]
+        else:
+            self.blk_ptr = np.zeros(1, INDEX)
+            self.blk_cols = np.zeros(0, INDEX)
+            plus_t, plus_s = np.repeat(ut, cnt), np.repeat(us, cnt)
+            ct = ck = minus_t = minus_s = np.zeros(0, INDEX)
+        self.bptr, self.blks = _ptr(np.bincount(ct, minlength=n_tgt)), ck.astype(INDEX)
+        self.pptr, self.plus = _ptr(np.bincount(plus_t, minlength=n_tgt)), plus_s.astype(INDEX)
+        self.mptr, self.minus = _ptr(np.bincount(minus_t, minlength=n_tgt)), minus_s.astype(INDEX)
+        self.n_terms = int(self.plus.size + self.minus.size + self.blks.size)
+        self.uses_blocks = bool(self.blks.size)
+
+    def run(self, src, out, batch_major):
+        """Evaluate into ``out`` from ``src (B, S, C)``."""
+        nb, _, nc = src.shape
+        if self.uses_blocks:
+            tot = np.empty((nb, self.n_blocks, nc), dtype=src.dtype)
+            cpu.block_totals(src, self.blk_ptr, self.blk_cols, tot)
+        else:
+            tot = np.zeros((nb, 1, nc), dtype=src.dtype)
+        cpu.gather_sums(src, tot, self.bptr, self.blks, self.pptr, self.plus, self.mptr,
+                        self.minus, out, batch_major)
+
+
+def _ptr(counts):
+    ptr = np.zeros(counts.size + 1, dtype=INDEX)
+    np.cumsum(counts, out=ptr[1:])
+    return ptr
+
+
+def _column_blocks(cols, params, n):
+    """Block id per input column: columns holding the same set of parameters.
+
+    Any partition is correct for the complement sums; this one puts each input
+    orbit of a ``G``-invariant pattern in one block (Deep Sets: a single
+    block, so "everything else" is the total minus one column).
+    """
+    if n == 0:
+        return np.zeros(0, INDEX)
+    pairs = np.unique(cols * (int(params.max(initial=0)) + 1) + params)
+    npar = int(params.max(initial=0)) + 1
+    pc, pp = pairs // npar, pairs % npar
+    salt = np.random.default_rng(0x5eed).integers(1, 2**63, size=npar, dtype=np.uint64)
+    h = np.zeros(n, dtype=np.uint64)
+    np.add.at(h, pc, salt[pp])  # wraps mod 2**64: a set hash; collisions stay correct
+    return np.unique(h, return_inverse=True)[1].astype(INDEX)
+
+
+class Plan:
+    """Everything the fast strategies need for one pattern in one direction."""
+
+    def __init__(self, pattern):
+        m, n = pattern.shape
+        self.shape = (m, n)
+        self.n_params = pattern.n_params
+        self.nnz = pattern.nnz
+        rows, cols, params = pattern.rows, pattern.cols, pattern.params
+        self._edges = (np.asarray(rows, INDEX), np.asarray(cols, INDEX),
+                       np.asarray(params, INDEX))
+        # groups: distinct (param, row) pairs, parameter-major
+        gkey, ginv = np.unique(params * max(m, 1) + rows, return_inverse=True)
+        self.gparam = (gkey // max(m, 1)).astype(INDEX)
+        self.grow = (gkey % max(m, 1)).astype(INDEX)
+        self.n_groups = int(gkey.size)
+        self.param_ptr = _ptr(np.bincount(self.gparam, minlength=self.n_params))
+        self.row_ptr = _ptr(np.bincount(self.grow, minlength=m))
+        self.row_groups = np.argsort(self.grow, kind="stable").astype(INDEX)
+        self._ginv = ginv.astype(INDEX)
+        self.col_block = _column_blocks(cols, params, n)
+        self._gather = {}
+        self._z = None
+
+    def gather(self, complement):
+        """Group sums of ``x``: targets are the groups, sources the input columns."""
+        if complement not in self._gather:
+            self._gather[complement] = GatherPlan(self._ginv, self._edges[1], self.n_groups,
+                                                  self.shape[1], self.col_block, complement)
+        return self._gather[complement]
+
+    def zplan(self):
+        """Contract-then-scatter: ``z`` columns are distinct (param, input) pairs."""
+        if self._z is None:
+            m, n = self.shape
+            rows, cols, params = self._edges
+            zkey, zinv = np.unique(params * max(n, 1) + cols, return_inverse=True)
+            zparam, zcol = (zkey // max(n, 1)).astype(INDEX), (zkey % max(n, 1)).astype(INDEX)
+            nb = int(self.col_block.max(initial=-1)) + 1
+            zblock = np.unique(zparam * max(nb, 1) + self.col_block[zcol],
+                               return_inverse=True)[1].astype(INDEX)
+            g = GatherPlan(rows, zinv.astype(INDEX), m, int(zkey.size), zblock, True)
+            self._z = (zcol, zparam, g)
+        return self._z
+
+
+def plan_of(pattern, transposed=False):
+    """The cached :class:`Plan` of ``pattern`` (or of its transpose, for ``dx``)."""
+    if transposed:
+        return _cached(pattern, "plan_t", lambda: Plan(pattern.transpose()))
+    return _cached(pattern, "plan", lambda: Plan(pattern))
+
+
+# ---------------------------------------------------------------------------
+# strategies (CPU), canonical arrays: x (B, N, Ci), theta (P, Co, Ci), y (B, M, Co)
+# ---------------------------------------------------------------------------
+
+def _blas_contract(plan, c_in, c_out):
+    """Whether per-parameter BLAS beats the fused numba contraction."""
+    used = int(np.count_nonzero(np.diff(plan.param_ptr)))
+    return c_in * c_out >= 256 and used <= 64
+
+
+def _gather_forward(plan, x, theta, y, complement):
+    nb, _, c_in = x.shape
+    c_out = theta.shape[1]
+    gp = plan.gather(complement)
+    g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
+    gp.run(x, g_sums, False)
+    if _blas_contract(plan, c_in, c_out):
+        r = np.empty((plan.n_groups, nb, c_out), dtype=x.dtype)
+        for p in range(plan.n_params):
+            a, z = plan.param_ptr[p], plan.param_ptr[p + 1]
+            if z > a:
+                np.matmul(g_sums[a:z].reshape(-1, c_in), theta[p].T,
+                          out=r[a:z].reshape(-1, c_out))
+        cpu.row_sums(r, plan.row_ptr, plan.row_groups, y)
+    else:
+        theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
+        cpu.contract_rows(g_sums, theta_t, plan.row_ptr, plan.row_groups, plan.gparam, y)
+    return g_sums
+
+
+def _scatter_forward(plan, x, theta, y):
+    zcol, zparam, g = plan.zplan()
+    theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
+    z = np.empty((x.shape[0], zcol.size, theta.shape[1]), dtype=x.dtype)
+    cpu.contract_cols(x, theta_t, zcol, zparam, z)
+    g.run(z, y, True)
+
+
+def _gather_dtheta(plan, dy, x, dtheta, complement):
+    nb, _, c_in = x.shape
+    c_out = dy.shape[2]
+    gp = plan.gather(complement)
+    g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
+    gp.run(x, g_sums, False)
+    if _blas_contract(plan, c_in, c_out):
+        d = np.empty((plan.n_groups, nb, c_out), dtype=x.dtype)
+        cpu.gather_rows_tm(dy, plan.grow, d)
+        for p in range(plan.n_params):
+            a, z = plan.param_ptr[p], plan.param_ptr[p + 1]
+            if z > a:
+                np.matmul(d[a:z].reshape(-1, c_out).T, g_sums[a:z].reshape(-1, c_in),
+                          out=dtheta[p])
+            else:
+                dtheta[p] = 0
+    else:
+        cpu.dtheta_groups(dy, g_sums, plan.param_ptr, plan.grow, dtheta)
+
 
 def _csr_forward(x, theta, pattern, y):
     indptr, cols, params = csr_of(pattern)
@@ -97,39 +292,113 @@ def _mat_grad(dy, x, theta, pattern, dx, dtheta):
     nb = x.shape[0]
     w2 = w.reshape(dy.shape[1] * dy.shape[2], -1)
     dy2 = dy.reshape(nb, -1)
-    np.matmul(dy2, w2, out=dx.reshape(nb, -1))
+    if dx is not None:
+        np.matmul(dy2, w2, out=dx.reshape(nb, -1))
     np.matmul(dy2.T, x.reshape(nb, -1), out=w2)  # dW, reusing W's buffer
     pptr, prows, pcols = param_major_of(pattern)
     cpu.reduce_dw(w, pptr, prows, pcols, dtheta)
 
 
-def choose(pattern, batch, c_in, c_out, method):
-    """The strategy to run: ``method`` when forced, else the cost model's pick."""
-    if method != "auto":
-        return method
-    return "csr"
+# ---------------------------------------------------------------------------
+# the cost model
+# ---------------------------------------------------------------------------
+# Rough throughputs of this kind of machine, per core-set: BLAS GEMM flops,
+# fused numba multiply-add loops, gathered vector adds (elements), and the
+# Python overhead of one call.  Only ratios matter.
+_BLAS = 40e9
+_FUSED = 6e9
+_ADDS = 1.5e9
+_CALL = 4e-6
+
+
+def _costs(plan, nb, c_in, c_out, itemsize):
+    """Estimated seconds of each strategy for one forward-direction multiply."""
+    m, n = plan.shape
+    cc = c_in * c_out
+    dense = m * n * cc
+    costs = {}
+    if dense * itemsize <= config.max_bytes:
+        costs["materialize"] = dense / _ADDS + 2 * nb * dense / _BLAS + 2 * _CALL
+    costs["csr"] = 2 * nb * plan.nnz * cc / _FUSED + _CALL
+    used = int(np.count_nonzero(np.diff(plan.param_ptr)))
+    contract = 2 * nb * plan.n_groups * cc
+    if _blas_contract(plan, c_in, c_out):
+        ctime = contract / _BLAS + used * _CALL + nb * plan.n_groups * c_out / _ADDS
+    else:
+        ctime = contract / _FUSED
+    for name, comp in (("gather", False), ("complement", True)):
+        gp = plan.gather(comp)
+        extra = nb * n * c_in if gp.uses_blocks else 0
+        costs[name] = (nb * gp.n_terms * c_in + extra) / _ADDS + ctime + 3 * _CALL
+    zcol, _, gz = plan.zplan()
+    costs["scatter"] = (2 * nb * zcol.size * cc / _FUSED
+                        + nb * (gz.n_terms * c_out + (zcol.size * c_out if gz.uses_blocks else 0))
+                        / _ADDS + 3 * _CALL)
+    return costs
+
+
+def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
+    """The cheapest strategy by the cost model, with the estimates."""
+    costs = _costs(plan_of(pattern, transposed), batch, c_in, c_out, itemsize)
+    return min(costs, key=costs.get), costs
+
+
+def _run_forward(how, pattern, x, theta, y, transposed=False):
+    if how == "materialize":
+        _mat_forward(x, theta, pattern.transpose() if transposed else pattern, y)
+    elif how == "csr":
+        if transposed:
+            _csr_dx(x, theta, pattern, y)
+        else:
+            _csr_forward(x, theta, pattern, y)
+    elif how == "scatter":
+        _scatter_forward(plan_of(pattern, transposed), x, theta, y)
+    else:
+        _gather_forward(plan_of(pattern, transposed), x, theta, y, how == "complement")
 
 
 def forward(x, theta, pattern, y, method="auto"):
     """Canonical forward: ``x (B, N, Ci)``, ``theta (P, Co, Ci)`` -> ``y (B, M, Co)``."""
-    how = choose(pattern, x.shape[0], x.shape[2], theta.shape[1], method)
-    if how == "materialize":
-        _mat_forward(x, theta, pattern, y)
-    else:
-        _csr_forward(x, theta, pattern, y)
+    how = method
+    if how == "auto":
+        how = choose(pattern, x.shape[0], x.shape[2], theta.shape[1], x.itemsize)[0]
+    _run_forward(how, pattern, x, theta, y)
     return how
 
 
 def grad(dy, x, theta, pattern, dx, dtheta, method="auto"):
-    """Canonical backward: fills ``dx (B, N, Ci)`` and ``dtheta (P, Co, Ci)``."""
-    how = choose(pattern, x.shape[0], x.shape[2], theta.shape[1], method)
-    if how == "materialize":
+    """Canonical backward: fills ``dx (B, N, Ci)`` and ``dtheta (P, Co, Ci)``.
+
+    ``dx`` is the transposed multiply (the planner runs on ``pattern.T``);
+    ``dtheta`` a segmented reduction by parameter.  Returns the two
+    strategies used.
+    """
+    nb, _, c_in = x.shape
+    c_out = theta.shape[1]
+    hx = ht = method
+    if method == "auto":
+        hx = choose(pattern, nb, c_out, c_in, x.itemsize, transposed=True)[0]
+        ht = _choose_dtheta(pattern, nb, c_in, c_out, x.itemsize)
+    elif method == "scatter":
+        ht = "complement"
+    if hx == "materialize" and ht == "materialize":
         _mat_grad(dy, x, theta, pattern, dx, dtheta)
-        return how
+        return hx, ht
     theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
-    _csr_dx(dy, theta_t, pattern, dx)
-    _csr_dtheta(dy, x, pattern, dtheta)
-    return how
+    _run_forward(hx, pattern, dy, theta_t, dx, transposed=True)
+    if ht == "materialize":
+        _mat_grad(dy, x, theta, pattern, None, dtheta)
+    elif ht == "csr":
+        _csr_dtheta(dy, x, pattern, dtheta)
+    else:
+        _gather_dtheta(plan_of(pattern), dy, x, dtheta, ht == "complement")
+    return hx, ht
+
+
+def _choose_dtheta(pattern, nb, c_in, c_out, itemsize):
+    costs = _costs(plan_of(pattern), nb, c_in, c_out, itemsize)
+    costs.pop("scatter")
+    return min(costs, key=costs.get)
 
 
 def _check_w_bytes(pattern, c_out, c_in, itemsize, what="method='materialize'"):

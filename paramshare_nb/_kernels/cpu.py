@@ -109,3 +109,153 @@ def reduce_dw(dw, pptr, prows, pcols, dtheta):
             for co in range(nco):
                 for ci in range(nci):
                     dtheta[p, co, ci] += dw[m, co, n, ci]
+
+
+# ---------------------------------------------------------------------------
+# gather-contract: sums of inputs that share a parameter, then small products
+# ---------------------------------------------------------------------------
+# A *gather plan* describes T targets, each a signed sum of source columns:
+#   out[t] = sum_{k in blocks(t)} total[k] + sum_{s in plus(t)} src[s] - sum_{s in minus(t)} src[s]
+# where total[k] is the sum of the source columns in block k (the complement
+# sums: "everything in the block but a few exceptions").  Sources are read as
+# src[b, s, :] (``(B, S, C)``); targets are written target-major
+# out[t, b, :] (``(T, B, C)``) or batch-major out[b, t, :] (``(B, T, C)``).
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def block_totals(src, blk_ptr, blk_cols, tot):
+    """``tot[b, k] = sum_{s in block k} src[b, s]``; ``tot`` is ``(B, K, C)``."""
+    nb, nk, nc = tot.shape
+    for t in prange(nb * nk):
+        b = t // nk
+        k = t - b * nk
+        for c in range(nc):
+            tot[b, k, c] = 0
+        for i in range(blk_ptr[k], blk_ptr[k + 1]):
+            s = blk_cols[i]
+            for c in range(nc):
+                tot[b, k, c] += src[b, s, c]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def gather_sums(src, tot, bptr, blks, pptr, plus, mptr, minus, out, batch_major):
+    """Evaluate a gather plan (see the section comment) into ``out``."""
+    nb = src.shape[0]
+    nc = src.shape[2]
+    nt = bptr.shape[0] - 1
+    for t in prange(nt * nb):
+        if batch_major:
+            b = t // nt
+            g = t - b * nt
+            o = out[b, g]
+        else:
+            g = t // nb
+            b = t - g * nb
+            o = out[g, b]
+        for c in range(nc):
+            o[c] = 0
+        for i in range(bptr[g], bptr[g + 1]):
+            k = blks[i]
+            for c in range(nc):
+                o[c] += tot[b, k, c]
+        for i in range(pptr[g], pptr[g + 1]):
+            s = plus[i]
+            for c in range(nc):
+                o[c] += src[b, s, c]
+        for i in range(mptr[g], mptr[g + 1]):
+            s = minus[i]
+            for c in range(nc):
+                o[c] -= src[b, s, c]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def contract_rows(g_sums, theta_t, row_ptr, row_groups, gparam, y):
+    """``y[b, m] = sum_{groups g of row m} theta[p_g] @ G[g, b]`` (fused, no BLAS).
+
+    ``theta_t`` is ``(P, C_in, C_out)`` so the innermost loop runs over
+    contiguous outputs and vectorises.
+    """
+    nb, nm, nco = y.shape
+    nci = g_sums.shape[2]
+    for t in prange(nb * nm):
+        b = t // nm
+        m = t - b * nm
+        acc = y[b, m]
+        for co in range(nco):
+            acc[co] = 0
+        for i in range(row_ptr[m], row_ptr[m + 1]):
+            g = row_groups[i]
+            p = gparam[g]
+            for ci in range(nci):
+                v = g_sums[g, b, ci]
+                for co in range(nco):
+                    acc[co] += v * theta_t[p, ci, co]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def row_sums(r, row_ptr, row_groups, y):
+    """``y[b, m] = sum_{groups g of row m} r[g, b]`` (after per-parameter BLAS)."""
+    nb, nm, nco = y.shape
+    for t in prange(nb * nm):
+        b = t // nm
+        m = t - b * nm
+        for co in range(nco):
+            y[b, m, co] = 0
+        for i in range(row_ptr[m], row_ptr[m + 1]):
+            g = row_groups[i]
+            for co in range(nco):
+                y[b, m, co] += r[g, b, co]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def contract_cols(x, theta_t, zcol, zparam, z):
+    """``z[b, j] = theta[zparam[j]] @ x[b, zcol[j]]``: contract first (transposed order)."""
+    nb, nz, nco = z.shape
+    nci = x.shape[2]
+    for t in prange(nb * nz):
+        b = t // nz
+        j = t - b * nz
+        n = zcol[j]
+        p = zparam[j]
+        acc = z[b, j]
+        for co in range(nco):
+            acc[co] = 0
+        for ci in range(nci):
+            v = x[b, n, ci]
+            for co in range(nco):
+                acc[co] += v * theta_t[p, ci, co]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def dtheta_groups(dy, g_sums, param_ptr, grow, dtheta):
+    """``dtheta[p] = sum_{groups g of p} sum_b dy[b, m_g] (x) G[g, b]``.
+
+    Groups are parameter-major (``param_ptr``); each parallel iteration owns
+    one parameter, so the reduction is race-free and deterministic.
+    """
+    npar, nco, nci = dtheta.shape
+    nb = dy.shape[0]
+    for p in prange(npar):
+        acc = dtheta[p]
+        for co in range(nco):
+            for ci in range(nci):
+                acc[co, ci] = 0
+        for g in range(param_ptr[p], param_ptr[p + 1]):
+            m = grow[g]
+            for b in range(nb):
+                for co in range(nco):
+                    d = dy[b, m, co]
+                    for ci in range(nci):
+                        acc[co, ci] += d * g_sums[g, b, ci]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def gather_rows_tm(src, idx, out):
+    """``out[g, b] = src[b, idx[g]]``: batch-major rows to a target-major copy."""
+    ng, nb, nc = out.shape
+    for t in prange(ng * nb):
+        g = t // nb
+        b = t - g * nb
+        s = idx[g]
+        for c in range(nc):
+            out[g, b, c] = src[b, s, c]
