@@ -163,14 +163,23 @@ class MatMul(Function):
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align "
                              f"({a.shape[-1]} != {b.shape[-2]})")
         ctx.save_for_backward(a, b)
-        return a @ b
+        return _c(a) @ _c(b)
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved_tensors
-        ga = unbroadcast(g @ np.swapaxes(b, -1, -2), a.shape) if ctx.needs_input_grad[0] else None
-        gb = unbroadcast(np.swapaxes(a, -1, -2) @ g, b.shape) if ctx.needs_input_grad[1] else None
+        g = _c(g)
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = unbroadcast(g @ _c(np.swapaxes(b, -1, -2)), a.shape)
+        if ctx.needs_input_grad[1]:
+            gb = unbroadcast(_c(np.swapaxes(a, -1, -2)) @ g, b.shape)
         return ga, gb
+
+
+def _c(a):
+    # numpy's matmul is much slower on strided (e.g. transposed) float32 operands
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 # -- reductions ---------------------------------------------------------------------------
