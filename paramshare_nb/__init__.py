@@ -22,6 +22,8 @@ from .symmetry import (SearchBudgetError, SymmetryGroup, UniquenessResult, check
                        explain, graph_action, graph_convolution_pattern,
                        is_uniquely_equivariant, is_uniquely_equivariant_layers, lift,
                        symmetry_group, symmetry_group_layers)
+from . import autograd, checkpoint, nn, optim
+from .autograd import Tensor, gradcheck, no_grad
 
 __version__ = "0.1.0"
 
@@ -36,4 +38,5 @@ __all__ = [
     "SearchBudgetError", "SymmetryGroup", "UniquenessResult", "check_lift", "explain",
     "graph_action", "graph_convolution_pattern", "is_uniquely_equivariant",
     "is_uniquely_equivariant_layers", "lift", "symmetry_group", "symmetry_group_layers",
+    "autograd", "checkpoint", "nn", "optim", "Tensor", "gradcheck", "no_grad",
 ]
