@@ -402,7 +402,7 @@ class SymmetryGroup:
     @cached_property
     def chain(self) -> StabChain:
         """Schreier-Sims stabilizer chain on the search's base (built on first use)."""
-        return StabChain(np.ascontiguousarray(self.generators).reshape(-1, self.degree),
+        return StabChain(np.ascontiguousarray(self.generators),
                          base_prefix=self.base)
 
     def contains(self, *parts) -> bool:
@@ -599,7 +599,7 @@ def symmetry_group(pattern, max_nodes: int | None = None) -> SymmetryGroup:
         if not _preserves(pat, gamma[:n], gamma[n:] - n):
             raise AssertionError("internal error: a found symmetry does not preserve the "
                                  "pattern; please report this")
-    return SymmetryGroup(res.generators.reshape(-1, sum(sizes)), res.order, sizes, res.base,
+    return SymmetryGroup(res.generators, res.order, sizes, res.base,
                          res.nodes)
 
 
@@ -644,7 +644,7 @@ def symmetry_group_layers(patterns, max_nodes: int | None = None) -> SymmetryGro
             if not _preserves(p, g_in, g_out):
                 raise AssertionError("internal error: a found symmetry does not preserve "
                                      "layer {i}; please report this")
-    return SymmetryGroup(res.generators.reshape(-1, int(offs[-1])), res.order, sizes,
+    return SymmetryGroup(res.generators, res.order, sizes,
                          res.base, res.nodes)
 
 
@@ -894,7 +894,7 @@ def _graph_automorphisms(adjacency, colors=None) -> np.ndarray:
         ``(k, n)`` int64 generators.
     """
     res, n = _graph_search(adjacency, colors)
-    return res.generators.reshape(-1, n).copy()
+    return res.generators.copy()
 
 
 def graph_action(adjacency, colors=None) -> Action:

@@ -1,0 +1,404 @@
+"""Tests of paramshare_nb.symmetry: Aut(Omega) against brute force and invariants."""
+
+import io
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import paramshare_nb as ps
+from paramshare_nb import config
+from paramshare_nb.symmetry import SearchBudgetError
+
+
+# -- brute-force oracle ------------------------------------------------------------
+
+def _entry_codes(pat):
+    """(M, N) int codes: one per distinct multiset of parameters, -1 for a zero."""
+    m, n = pat.shape
+    cells = {}
+    for r, c, p in zip(pat.rows.tolist(), pat.cols.tolist(), pat.params.tolist()):
+        cells.setdefault((r, c), []).append(p)
+    codes = np.full((m, n), -1, dtype=np.int64)
+    table = {}
+    for (r, c), ps_ in cells.items():
+        key = tuple(sorted(ps_))
+        codes[r, c] = table.setdefault(key, len(table))
+    return codes
+
+
+def brute_force_aut(pat):
+    """All pairs (s_in, s_out) with W[s_out[m], s_in[n]] == W[m, n]: (count, elements)."""
+    m, n = pat.shape
+    codes = _entry_codes(pat)
+    p_out = np.array(list(itertools.permutations(range(m))), dtype=np.int64).reshape(-1, m)
+    found = []
+    for s_in in itertools.permutations(range(n)):
+        s_in = np.array(s_in, dtype=np.int64)
+        # moved[k][m, n] = W[p_out[k][m], s_in[n]] must equal W[m, n]
+        moved = codes[p_out][:, :, s_in] if n else np.zeros((len(p_out), m, 0))
+        ok = (moved == codes[None]).reshape(len(p_out), -1).all(axis=1)
+        for k in np.flatnonzero(ok):
+            found.append((s_in, p_out[k]))
+    return len(found), found
+
+
+def random_pattern(rng, m, n, n_params, density=0.7, multi=0.0):
+    rows, cols, params = [], [], []
+    for r in range(m):
+        for c in range(n):
+            if rng.random() < density:
+                rows.append(r)
+                cols.append(c)
+                params.append(int(rng.integers(n_params)))
+                if rng.random() < multi:
+                    rows.append(r)
+                    cols.append(c)
+                    params.append(int(rng.integers(n_params)))
+    return ps.Pattern((m, n), rows, cols, params, n_params=n_params)
+
+
+def _check_against_oracle(pat):
+    sym = ps.symmetry_group(pat)
+    count, elems = brute_force_aut(pat)
+    assert sym.order == count
+    m, n = pat.shape
+    for s_in, s_out in elems:
+        assert sym.contains(s_in, s_out)
+    # orbits agree with the oracle's
+    if elems:
+        ins = np.array([e[0] for e in elems]).reshape(len(elems), n)
+        outs = np.array([e[1] for e in elems]).reshape(len(elems), m)
+        for i in range(n):
+            same = set(ins[:, i].tolist())
+            assert same == set(np.flatnonzero(sym.orbits_in == sym.orbits_in[i]).tolist())
+        for j in range(m):
+            same = set(outs[:, j].tolist())
+            assert same == set(np.flatnonzero(sym.orbits_out == sym.orbits_out[j]).tolist())
+    return sym
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_patterns_match_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    m, n = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    pat = random_pattern(rng, m, n, n_params=int(rng.integers(1, 4)),
+                         density=float(rng.uniform(0.3, 1.0)), multi=0.3 * (seed % 2))
+    _check_against_oracle(pat)
+
+
+@pytest.mark.parametrize("gens_fn", [
+    lambda: ps.groups.cyclic(5), lambda: ps.groups.dihedral(5), lambda: ps.groups.dihedral(4),
+    lambda: ps.groups.alternating(4), lambda: ps.groups.symmetric(4),
+    lambda: ps.groups.alternating(5),
+])
+def test_dense_designs_match_brute_force(gens_fn):
+    act = ps.Action.same(gens_fn())
+    sym = _check_against_oracle(ps.dense_pattern(act))
+    assert sym.order % act.order() == 0  # G <= Aut
+
+
+def test_multi_edges_count():
+    # entry (0, 0) holds {0, 1}, entry (1, 1) holds {0}, entry (1, 0) holds {1}: no symmetry
+    # would map (0,0) to (1,1); with the multi-edge replaced both diagonals look alike
+    pat = ps.Pattern((2, 2), [0, 0, 1, 1], [0, 0, 1, 0], [0, 1, 0, 1])
+    assert _check_against_oracle(pat).order == 1
+    same = ps.Pattern((2, 2), [0, 1], [0, 1], [0, 0])
+    assert _check_against_oracle(same).order == 2
+    doubled = ps.Pattern((2, 2), [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0])
+    assert _check_against_oracle(doubled).order == 2
+    uneven = ps.Pattern((2, 2), [0, 0, 1], [0, 0, 1], [0, 0, 0])
+    assert _check_against_oracle(uneven).order == 1
+
+
+def test_empty_and_edgeless_patterns():
+    assert ps.symmetry_group(ps.Pattern((2, 3), [], [], [])).order == 12
+    assert ps.symmetry_group(ps.Pattern((3, 0), [], [], [])).order == 6
+    assert ps.symmetry_group(ps.Pattern((0, 0), [], [], [])).order == 1
+    sym = ps.symmetry_group(ps.Pattern((1, 1), [0], [0], [0]))
+    assert sym.order == 1 and sym.generators.shape == (0, 2)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(1, 4), n=st.integers(1, 5), n_params=st.integers(1, 3),
+       density=st.floats(0.2, 1.0), multi=st.sampled_from([0.0, 0.4]),
+       seed=st.integers(0, 2**32 - 1))
+def test_hypothesis_against_brute_force(m, n, n_params, density, multi, seed):
+    pat = random_pattern(np.random.default_rng(seed), m, n, n_params, density, multi)
+    _check_against_oracle(pat)
+
+
+# -- invariants -------------------------------------------------------------------------
+
+def _relabel(pat, pi_in, pi_out):
+    return ps.Pattern(pat.shape, pi_out[pat.rows], pi_in[pat.cols], pat.params,
+                      n_params=pat.n_params)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), which=st.sampled_from(["d6", "a4", "fig", "rand"]))
+def test_conjugate_patterns_have_conjugate_groups(seed, which):
+    rng = np.random.default_rng(seed)
+    if which == "rand":
+        pat = random_pattern(rng, 6, 7, 3, density=0.6, multi=0.2)
+    else:
+        gens = {"d6": ps.groups.dihedral(6), "a4": ps.groups.alternating(4),
+                "fig": ps.groups.square_symmetries(3)}[which]
+        pat = ps.dense_pattern(ps.Action.same(gens))
+    m, n = pat.shape
+    pi_in, pi_out = rng.permutation(n), rng.permutation(m)
+    sym = ps.symmetry_group(pat)
+    conj = ps.symmetry_group(_relabel(pat, pi_in, pi_out))
+    assert conj.order == sym.order
+    inv_in, inv_out = np.argsort(pi_in), np.argsort(pi_out)
+    for g_in, g_out in zip(sym.gens_in, sym.gens_out):
+        # pi g pi^-1 lies in the relabelled pattern's group
+        assert conj.contains(pi_in[g_in[inv_in]], pi_out[g_out[inv_out]])
+
+
+@pytest.mark.parametrize("gens_fn", [
+    lambda: ps.groups.dihedral(12), lambda: ps.groups.square_symmetries(4),
+    lambda: ps.groups.grid_translations((3, 4)), lambda: ps.groups.symmetric(6),
+])
+def test_generators_preserve_the_pattern(gens_fn):
+    act = ps.Action.same(gens_fn())
+    pat = ps.dense_pattern(act)
+    sym = ps.symmetry_group(pat)
+    assert sym.generators.shape[1] == 2 * act.n_in
+    assert ps.is_equivariant(pat, sym.action)
+    for g_in, g_out in zip(act.gens_in, act.gens_out):
+        assert sym.contains(g_in, g_out)  # G <= Aut
+
+
+def test_orders_against_sympy():
+    from sympy.combinatorics import Permutation, PermutationGroup
+
+    for gens in (ps.groups.dihedral(7), ps.groups.square_symmetries(4),
+                 ps.groups.alternating(5)):
+        act = ps.Action.same(gens)
+        sym = ps.symmetry_group(ps.dense_pattern(act))
+        group = PermutationGroup([Permutation(g.tolist()) for g in sym.generators])
+        assert group.order() == sym.order
+        assert ps.order(sym.generators) == sym.order  # the core's Schreier-Sims agrees
+
+
+def test_two_closure_of_a4_is_s4_and_c_n_is_two_closed():
+    res = ps.is_uniquely_equivariant(*_dense(ps.groups.alternating(4)))
+    assert (res.group_order, res.symmetry_order, res.unique) == (12, 24, False)
+    for n in (3, 8, 13):
+        assert ps.is_uniquely_equivariant(*_dense(ps.groups.cyclic(n))).unique
+    for n in (5, 10):
+        assert ps.is_uniquely_equivariant(*_dense(ps.groups.dihedral(n))).unique
+
+
+def _dense(gens):
+    act = ps.Action.same(gens)
+    return ps.dense_pattern(act), act
+
+
+def test_tensor_layers():
+    # S_4 on 2-tensors: 15 parameters (Bell B(4)), Aut = S_4
+    g = ps.groups.symmetric(4)
+    act = ps.Action.same(ps.tensor_power(g, 2))
+    pat = ps.dense_pattern(act)
+    assert pat.n_params == 15
+    assert ps.is_uniquely_equivariant(pat, act).unique
+
+
+def test_product_action_orbits_and_projections():
+    act = ps.product(ps.Action.same(ps.groups.cyclic(3)), ps.Action.same(ps.groups.cyclic(4)))
+    sym = ps.symmetry_group(ps.dense_pattern(act))
+    assert sym.order == 12 and sym.order_in() == 12 and sym.order_out() == 12
+    assert sym.orbits_in.tolist() == [0] * 12 and sym.orbits_out.tolist() == [0] * 12
+    assert sym.gens_in.shape == (sym.generators.shape[0], 12)
+    assert "SymmetryGroup(order=12" in repr(sym)
+
+
+# -- uniqueness ------------------------------------------------------------------------
+
+def test_not_equivariant_pattern():
+    act = ps.Action.same(ps.groups.cyclic(4))
+    pat = ps.Pattern.from_index(np.arange(16).reshape(4, 4))  # all parameters free
+    res = ps.is_uniquely_equivariant(pat, act)
+    assert not res.equivariant and not res.unique and res.symmetry_order == 1
+    assert res.witness is None  # Aut is trivial: nothing outside G to show
+
+
+def test_witness_is_in_aut_and_outside_g():
+    act = ps.Action.invariant(ps.groups.dihedral(5))
+    pat = ps.dense_pattern(act)
+    res = ps.is_uniquely_equivariant(pat, act)
+    assert res.symmetry_order == 120 and not res
+    w_in, w_out = res.witness
+    assert ps.is_equivariant(pat, ps.Action(w_in[None], w_out[None]))
+    assert not act.contains(w_in, w_out)
+    assert res.witness_cycles().startswith("inputs (")
+
+
+def test_layers_and_lift():
+    act = ps.Action.invariant(ps.groups.cyclic(5))
+    a1, a2 = ps.lift(act)
+    p1, p2 = ps.dense_pattern(a1), ps.dense_pattern(a2)
+    sym = ps.symmetry_group_layers([p1, p2])
+    assert sym.sizes == (5, 5, 1) and sym.order == 5
+    assert ps.is_uniquely_equivariant_layers([p1, p2], [a1, a2]).unique
+    # the single invariant layer is not unique: the hidden layer is the remedy
+    assert not ps.is_uniquely_equivariant(ps.dense_pattern(act), act).unique
+    with pytest.warns(UserWarning, match="not free"):
+        assert ps.check_lift(act, design="sparse").equivariant
+    # a layer stack of one pattern is the pattern's own group
+    assert ps.symmetry_group_layers([p1]).order == ps.symmetry_group(p1).order
+
+
+def test_layers_reject_bad_stacks():
+    act = ps.Action.same(ps.groups.cyclic(3))
+    pat = ps.dense_pattern(act)
+    other = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(4)))
+    with pytest.raises(ValueError, match="chain"):
+        ps.symmetry_group_layers([pat, other])
+    with pytest.raises(ValueError, match="empty"):
+        ps.symmetry_group_layers([])
+    with pytest.raises(ValueError, match="one action per layer"):
+        ps.is_uniquely_equivariant_layers([pat, pat], [act])
+    a4 = ps.Action.same(ps.groups.dihedral(3))
+    with pytest.raises(ValueError, match="gens_in must equal"):
+        ps.is_uniquely_equivariant_layers([pat, pat], [act, a4])
+    with pytest.raises(ValueError, match="design"):
+        ps.check_lift(act, design="wide")
+
+
+# -- graphs --------------------------------------------------------------------------------
+
+def brute_force_graph_order(adj, colors=None):
+    n = adj.shape[0]
+    colors = np.zeros(n, int) if colors is None else np.asarray(colors)
+    count = 0
+    for p in itertools.permutations(range(n)):
+        p = np.array(p)
+        # adjacency[p[u], p[v]] == adjacency[u, v]
+        if (colors[p] == colors).all() and np.array_equal(adj[np.ix_(p, p)], adj):
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_graph_automorphisms_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 7))
+    adj = (rng.random((n, n)) < 0.4).astype(np.int64) * rng.integers(1, 3, (n, n))
+    if seed % 2:
+        adj = np.maximum(adj, adj.T)  # undirected half the time
+    colors = rng.integers(0, 2, n) if seed % 3 == 0 else None
+    gens = ps.groups.graph_automorphisms(adj, colors)
+    assert gens.shape[1] == n
+    order = ps.order(gens, n=n) if gens.shape[0] else 1
+    assert order == brute_force_graph_order(adj, colors)
+
+
+def test_directed_cycle_and_colours():
+    n = 7
+    adj = np.roll(np.eye(n, dtype=bool), 1, axis=1)  # directed cycle, boolean input
+    assert ps.order(ps.groups.graph_automorphisms(adj)) == n
+    undirected = adj | adj.T
+    assert ps.order(ps.groups.graph_automorphisms(undirected)) == 2 * n
+    colors = np.zeros(n, int)
+    colors[0] = 5
+    assert ps.order(ps.groups.graph_automorphisms(undirected, colors)) == 2
+    assert ps.groups.graph_automorphisms(adj, colors).shape == (0, n)
+
+
+def test_graph_convolution_pattern_variants():
+    adj = np.zeros((4, 4), int)
+    for i in range(3):
+        adj[i, i + 1] = adj[i + 1, i] = 1
+    pat = ps.graph_convolution_pattern(adj)
+    assert pat.n_params == 2 and pat.nnz == 4 + 6
+    full = ps.graph_convolution_pattern(adj, nonedge=True)
+    assert full.n_params == 3 and full.nnz == 16
+    assert ps.symmetry_group(full).order == 2
+    dense = ps.graph_convolution_pattern(adj, design="dense")
+    assert ps.symmetry_group(dense).order == 2
+    act = ps.graph_action(adj)
+    assert ps.is_uniquely_equivariant(pat, act).unique
+    coloured = adj * np.array([[0, 1, 0, 0], [1, 0, 2, 0], [0, 2, 0, 1], [0, 0, 1, 0]])
+    assert ps.graph_convolution_pattern(coloured).n_params == 3
+    loops = adj + np.eye(4, dtype=int) * np.array([1, 0, 0, 0])
+    assert ps.graph_convolution_pattern(loops).has_multi_edges
+    assert ps.symmetry_group(ps.graph_convolution_pattern(loops)).order == 1
+    with pytest.raises(ValueError, match="design"):
+        ps.graph_convolution_pattern(adj, design="sparse")
+
+
+# -- bad input and the budget ------------------------------------------------------------
+
+def test_bad_inputs():
+    act = ps.Action.same(ps.groups.cyclic(3))
+    pat = ps.dense_pattern(act)
+    with pytest.raises(TypeError, match="Pattern"):
+        ps.symmetry_group(np.zeros((3, 3), int))
+    with pytest.raises(TypeError, match="Action"):
+        ps.is_uniquely_equivariant(pat, ps.groups.cyclic(3))
+    with pytest.raises(ValueError, match="shape"):
+        ps.is_uniquely_equivariant(pat, ps.Action.same(ps.groups.cyclic(4)))
+    with pytest.raises(ValueError, match="params must lie"):
+        ps.Pattern((2, 2), [0], [0], [3], n_params=2)
+    with pytest.raises(ValueError, match="rows must lie"):
+        ps.Pattern((2, 2), [2], [0], [0])
+    with pytest.raises(ValueError, match="square"):
+        ps.groups.graph_automorphisms(np.zeros((2, 3), int))
+    with pytest.raises(ValueError, match="square"):
+        ps.groups.graph_automorphisms(np.zeros(3, int))
+    with pytest.raises(TypeError, match="integers or booleans"):
+        ps.groups.graph_automorphisms(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="colors"):
+        ps.groups.graph_automorphisms(np.zeros((3, 3), int), colors=[0, 1])
+    with pytest.raises(TypeError, match="colors"):
+        ps.groups.graph_automorphisms(np.zeros((3, 3), int), colors=[0.5, 1, 2])
+    with pytest.raises(TypeError, match="max_nodes"):
+        ps.symmetry_group(pat, max_nodes=2.5)
+    with pytest.raises(ValueError, match="max_nodes"):
+        ps.symmetry_group(pat, max_nodes=0)
+
+
+def test_node_budget_stops_with_a_clear_error():
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.symmetric(12)))
+    with config.override(search_nodes=20):
+        with pytest.raises(SearchBudgetError, match="search_nodes"):
+            ps.symmetry_group(pat)
+    with pytest.raises(SearchBudgetError, match="20 nodes"):
+        ps.symmetry_group(pat, max_nodes=20)
+    assert ps.symmetry_group(pat).order == math.factorial(12)  # default budget suffices
+
+
+# -- explain --------------------------------------------------------------------------------
+
+def _explain(*args):
+    buf = io.StringIO()
+    assert ps.explain(*args, file=buf) is None
+    return buf.getvalue()
+
+
+def test_explain_unique_and_not():
+    act = ps.Action.same(ps.groups.cyclic(6))
+    text = _explain(ps.dense_pattern(act), act)
+    assert "parameters : 6" in text and "Uniquely equivariant: yes" in text
+    a4 = ps.Action.same(ps.groups.alternating(4))
+    text = _explain(ps.dense_pattern(a4), a4)
+    assert "Uniquely equivariant: NO" in text and "witness" in text and "ps.lift" in text
+    inv = ps.Action.invariant(ps.groups.cyclic(5))
+    text = _explain(ps.dense_pattern(inv), inv)
+    assert "no single layer" in text
+    bad = ps.Pattern.from_index(np.arange(36).reshape(6, 6))
+    assert "Equivariant: NO" in _explain(bad, act)
+    assert "Symmetry group Aut(Omega): order" in _explain(ps.dense_pattern(act))
+    with pytest.raises(ValueError, match="shape"):
+        _explain(ps.dense_pattern(act), a4)
+
+
+def test_explain_prints_to_stdout(capsys):
+    act = ps.Action.same(ps.groups.cyclic(3))
+    ps.explain(ps.dense_pattern(act), act)
+    assert "Pattern of shape (3, 3)" in capsys.readouterr().out
