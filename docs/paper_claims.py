@@ -1,9 +1,11 @@
 """The paper's claims, recomputed: prints a reStructuredText table.
 
-Run by the docs build (``python docs/paper_claims.py > docs/_generated/paper_claims.rst``)
-and imported by ``tests/test_paper_claims.py``, so the table in the docs and
-the test suite check the same constructions against the same expected numbers
-(THEORY.md sections 3 and 4; Ravanbakhsh, Schneider & Poczos, ICML 2017).
+Run by the docs build (``conf.py`` writes its output to
+``docs/_generated/paper_claims.rst``; no section title, the including page has
+it) and imported by ``tests/test_paper_claims.py``, so the table in the docs
+and the test suite check the same constructions against the same expected
+numbers (THEORY.md sections 3 and 4; Ravanbakhsh, Schneider & Poczos, ICML
+2017).
 
 Each claim builds a layer (or a stack of two layers) and an action, and
 states what the library must find: parameter count, ``|G|``, ``|Aut(Omega)|``
@@ -229,9 +231,6 @@ def table_rst() -> str:
 
 
 def main() -> int:
-    print("Paper claims")
-    print("============")
-    print()
     print("Every number below is recomputed when the documentation is built: exact")
     print(":math:`\\mathrm{Aut}(\\Omega)` from :func:`paramshare_nb.symmetry_group`,")
     print(":math:`|G|` from a stabilizer chain.  Graph convolutions list the order of the")
