@@ -1,0 +1,301 @@
+"""Autograd: every primitive against finite differences, the engine, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import paramshare_nb as ps
+from paramshare_nb.autograd import Function, Tensor, concat, gradcheck, no_grad, segment_reduce
+from paramshare_nb.autograd import tied_matmul as ag_tied_matmul
+from paramshare_nb.autograd.engine import toposort
+from paramshare_nb.autograd.primitives import unbroadcast
+
+
+def t64(rng, *shape, positive=False):
+    x = rng.standard_normal(shape)
+    if positive:
+        x = np.abs(x) + 0.5
+    return Tensor(x, requires_grad=True)
+
+
+# -- gradcheck on every primitive -----------------------------------------------------------
+UNARY = {
+    "neg": lambda a: -a,
+    "pow": lambda a: a ** 3,
+    "exp": lambda a: a.exp(),
+    "tanh": lambda a: a.tanh(),
+    "sigmoid": lambda a: a.sigmoid(),
+    "gelu": lambda a: a.gelu(),
+    "relu": lambda a: a.relu(),
+    "leaky_relu": lambda a: a.leaky_relu(0.1),
+    "softmax": lambda a: a.softmax(axis=-1),
+    "log_softmax": lambda a: a.log_softmax(axis=0),
+    "sum": lambda a: a.sum(axis=1),
+    "sum_keep": lambda a: a.sum(axis=(0, 2), keepdims=True),
+    "mean": lambda a: a.mean(axis=-1),
+    "mean_all": lambda a: a.mean(),
+    "max": lambda a: a.max(axis=1),
+    "max_keep": lambda a: a.max(axis=(0, 2), keepdims=True),
+    "reshape": lambda a: a.reshape(6, 4),
+    "transpose": lambda a: a.transpose(2, 0, 1),
+    "T": lambda a: a.T,
+    "getitem_basic": lambda a: a[1:, ::2],
+    "getitem_fancy": lambda a: a[np.array([0, 1, 0, 1]), np.array([2, 2, 0, 2])],
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_gradcheck_unary(name, rng):
+    a = t64(rng, 2, 3, 4)
+    if name in ("relu", "leaky_relu", "max", "max_keep"):
+        a.data = a.data + np.sign(a.data) * 0.1  # stay away from kinks and ties
+    assert gradcheck(UNARY[name], a, rng=rng)
+
+
+def test_gradcheck_log(rng):
+    assert gradcheck(lambda a: a.log(), t64(rng, 3, 4, positive=True), rng=rng)
+
+
+@pytest.mark.parametrize("shapes", [((), ()), ((3,), (3,)), ((2, 3), (2, 3)), ((1, 3), (2, 1)),
+                                    ((2, 3), (3,)), ((2, 1, 3), (4, 1))])
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+def test_gradcheck_binary_broadcast(op, shapes, rng):
+    a = t64(rng, *shapes[0])
+    b = t64(rng, *shapes[1], positive=(op == "div"))
+    f = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y,
+         "mul": lambda x, y: x * y, "div": lambda x, y: x / y}[op]
+    assert gradcheck(f, a, b, rng=rng)
+
+
+def test_scalar_operands_keep_dtype(rng):
+    a = Tensor(rng.standard_normal(3).astype(np.float32), requires_grad=True)
+    for out in (a + 1.5, 2.0 * a, 1.0 - a, a / 3.0, 3.0 / (a * a + 1.0), a ** 2):
+        assert out.dtype == np.float32
+
+
+@pytest.mark.parametrize("shapes", [((3, 4), (4, 2)), ((5, 3, 4), (4, 2)), ((2, 1, 3, 4), (5, 4, 2)),
+                                    ((4,), (4, 2)), ((3, 4), (4,))])
+def test_gradcheck_matmul(shapes, rng):
+    assert gradcheck(lambda x, y: x @ y, t64(rng, *shapes[0]), t64(rng, *shapes[1]), rng=rng)
+
+
+def test_gradcheck_concat(rng):
+    a, b, c = t64(rng, 2, 3), t64(rng, 2, 1), t64(rng, 2, 2)
+    assert gradcheck(lambda x, y, z: concat([x, y, z], axis=1) * 2.0, a, b, c, rng=rng)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+def test_gradcheck_segment_reduce(reduce, rng):
+    labels = np.array([0, 1, 0, 2, 1, 0])
+    a = t64(rng, 3, 6, 2)
+    assert gradcheck(lambda x: segment_reduce(x, labels, 3, reduce), a, rng=rng)
+    out = segment_reduce(a, labels, 3, reduce).numpy()
+    ref = np.stack([getattr(np, reduce)(a.data[:, labels == k], axis=1) for k in range(3)], 1)
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+
+
+# -- the tied multiply ----------------------------------------------------------------------
+def _reference(x, theta, pattern):
+    w = pattern.materialize(theta)
+    if theta.ndim == 1:
+        return np.einsum("mn,...n->...m", w, x)
+    return np.einsum("monc,...nc->...mo", w, x)
+
+
+@pytest.fixture(scope="module")
+def d4_action():
+    return ps.Action.same(ps.groups.square_symmetries(3))
+
+
+@pytest.mark.parametrize("design", ["dense", "sparse"])
+@pytest.mark.parametrize("channels", [None, (2, 3)])
+def test_tied_matmul_function(d4_action, design, channels, rng):
+    pat = ps.dense_pattern(d4_action) if design == "dense" else ps.sparse_pattern(
+        ps.Action.same(ps.groups.cyclic(6)))
+    m, n = pat.shape
+    if channels is None:
+        x, th = t64(rng, 4, n), t64(rng, pat.n_params)
+    else:
+        x, th = t64(rng, 4, n, channels[1]), t64(rng, pat.n_params, channels[0], channels[1])
+    y = ag_tied_matmul(x, th, pat)
+    np.testing.assert_allclose(y.numpy(), _reference(x.data, th.data, pat), rtol=1e-10,
+                               atol=1e-12)
+    assert gradcheck(lambda a, b: ag_tied_matmul(a, b, pat), x, th, rng=rng)
+    # the gradient with respect to theta, against the materialised reference
+    u = rng.standard_normal(y.shape)
+    x.grad = th.grad = None
+    ag_tied_matmul(x, th, pat).backward(u)
+    w = pat.materialize(th.data)
+    if channels is None:
+        dw = np.einsum("bm,bn->mn", u, x.data)
+        ref_dth = np.bincount(pat.params, weights=dw[pat.rows, pat.cols],
+                              minlength=pat.n_params)
+        ref_dx = np.einsum("bm,mn->bn", u, w)
+    else:
+        dw = np.einsum("bmo,bnc->mnoc", u, x.data)
+        ref_dth = np.zeros_like(th.data)
+        np.add.at(ref_dth, pat.params, dw[pat.rows, pat.cols])
+        ref_dx = np.einsum("bmo,monc->bnc", u, w)
+    np.testing.assert_allclose(th.grad, ref_dth, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(x.grad, ref_dx, rtol=1e-10, atol=1e-10)
+
+
+def test_float32_matches_float64(d4_action, rng):
+    pat = ps.dense_pattern(d4_action)
+    x = rng.standard_normal((3, 9, 2))
+    th = rng.standard_normal((pat.n_params, 4, 2))
+    y64 = (ag_tied_matmul(Tensor(x), Tensor(th), pat).relu().sum(axis=1)).numpy()
+    y32 = (ag_tied_matmul(Tensor(x.astype(np.float32)), Tensor(th.astype(np.float32)), pat)
+           .relu().sum(axis=1)).numpy()
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, y64, rtol=1e-5, atol=1e-5)
+
+
+# -- the engine ----------------------------------------------------------------------------
+def test_shared_tensor_accumulates(rng):
+    a = t64(rng, 3)
+    y = (a * a + a * 3.0 + a.exp()).sum()  # a used four times
+    y.backward()
+    np.testing.assert_allclose(a.grad, 2 * a.data + 3 + np.exp(a.data), rtol=1e-12)
+
+
+def test_grad_accumulates_across_backward_calls(rng):
+    a = t64(rng, 3)
+    (a * 2.0).sum().backward()
+    (a * 3.0).sum().backward()
+    np.testing.assert_allclose(a.grad, np.full(3, 5.0))
+
+
+def test_diamond_graph(rng):
+    a = t64(rng, 4)
+    b = a.tanh()
+    c = b * b + b.sigmoid()  # b reached along two paths
+    assert gradcheck(lambda x: (x.tanh() * x.tanh() + x.tanh().sigmoid()).sum(), a, rng=rng)
+    c.sum().backward()
+    t = np.tanh(a.data)
+    s = 1 / (1 + np.exp(-t))
+    np.testing.assert_allclose(a.grad, (2 * t + s * (1 - s)) * (1 - t * t), rtol=1e-12)
+
+
+def test_deep_graph_no_recursion_limit():
+    import sys
+
+    a = Tensor(np.array([1.0]), requires_grad=True)
+    y = a
+    for _ in range(10_000):
+        y = y * 1.0001
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)
+    try:
+        y.sum().backward()
+    finally:
+        sys.setrecursionlimit(old)
+    np.testing.assert_allclose(a.grad, [1.0001 ** 10_000], rtol=1e-9)
+    assert len(toposort(y)) == 10_001
+
+
+def test_intermediate_nodes_untouched(rng):
+    a = t64(rng, 3)
+    b = a * 2.0
+    (b * b).sum().backward()
+    assert b.grad is None and a.grad is not None
+
+
+def test_no_grad_and_detach(rng):
+    a = t64(rng, 3)
+    with no_grad():
+        b = a * 2.0
+    assert not b.requires_grad and b.is_leaf
+    c = (a * 2.0).detach()
+    assert not c.requires_grad
+    d = (c * a).sum()
+    d.backward()
+    np.testing.assert_allclose(a.grad, 2 * a.data)
+    assert ps.no_grad is no_grad
+
+
+def test_unbroadcast():
+    g = np.ones((4, 2, 3))
+    assert unbroadcast(g, (2, 1)).tolist() == [[12.0], [12.0]]
+    assert unbroadcast(g, ()).shape == ()
+    assert unbroadcast(g, (1, 3)).tolist() == [[8.0, 8.0, 8.0]]
+
+
+def test_custom_function():
+    class Square(Function):
+        @staticmethod
+        def forward(ctx, a):
+            ctx.save_for_backward(a)
+            return a * a
+
+        @staticmethod
+        def backward(ctx, g):
+            (a,) = ctx.saved_tensors
+            return (2 * a * g,)
+
+    a = Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    assert gradcheck(lambda x: Square.apply(x), a)
+
+
+# -- bad input ------------------------------------------------------------------------------
+def test_backward_non_scalar_needs_grad(rng):
+    a = t64(rng, 3)
+    with pytest.raises(RuntimeError, match="not a scalar; pass grad="):
+        (a * 2.0).backward()
+    with pytest.raises(ValueError, match="grad has shape"):
+        (a * 2.0).backward(np.ones(4))
+    with pytest.raises(RuntimeError, match="does not require a gradient"):
+        Tensor(np.ones(2)).sum().backward()
+
+
+def test_mixed_dtypes_refused():
+    a = Tensor(np.ones(3, np.float32), requires_grad=True)
+    b = Tensor(np.ones(3, np.float64))
+    with pytest.raises(TypeError, match="mul: inputs mix dtypes"):
+        a * b
+
+
+class _FakeDeviceArray:
+    """Quacks like a CUDA array for the device checks (never computed on)."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": self.dtype.str,
+                                         "data": (0, False), "version": 3}
+
+
+def test_mixed_devices_refused():
+    a = Tensor(np.ones(3))
+    b = Tensor(_FakeDeviceArray((3,), np.float64))
+    assert b.device == "cuda" and a.device == "cpu"
+    with pytest.raises(RuntimeError, match="add: inputs are on different devices"):
+        a + b
+    with pytest.raises(RuntimeError, match="relu: this primitive runs on numpy"):
+        b.relu()
+
+
+def test_shape_errors_name_the_op():
+    with pytest.raises(ValueError, match="matmul: shapes"):
+        Tensor(np.ones((2, 3))) @ Tensor(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="reshape: cannot reshape"):
+        Tensor(np.ones(6)).reshape(4, 2)
+    with pytest.raises(ValueError, match="concat"):
+        concat([Tensor(np.ones((2, 3))), Tensor(np.ones((3, 2)))], axis=0)
+
+
+def test_gradcheck_catches_a_wrong_backward():
+    class Bad(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * a
+
+        @staticmethod
+        def backward(ctx, g):
+            return (g,)
+
+    a = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(AssertionError, match="gradcheck failed"):
+        gradcheck(lambda x: Bad.apply(x), a)
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(lambda x: x * 2.0, Tensor(np.ones(2, np.float32), requires_grad=True))
