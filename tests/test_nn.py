@@ -1,0 +1,273 @@
+"""Layers, models and checkpoints: gradients, equivariance, initialisation, errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import paramshare_nb as ps
+from paramshare_nb import checkpoint, nn
+from paramshare_nb.autograd import Tensor, gradcheck
+
+
+@pytest.fixture(scope="module")
+def d4():
+    gens = ps.groups.square_symmetries(4)
+    return gens, ps.Action.same(gens)
+
+
+def _grad_inputs(model, x):
+    model.astype(np.float64)
+    return Tensor(np.asarray(x, np.float64), requires_grad=True), model.parameters()
+
+
+# -- gradients of every layer ----------------------------------------------------------------
+@pytest.mark.parametrize("design", ["dense", "sparse"])
+@pytest.mark.parametrize("c_in,c_out", [(1, 1), (2, 3)])
+def test_equivariant_linear_gradcheck(design, c_in, c_out, rng):
+    act = ps.Action.same(ps.groups.cyclic(5))
+    layer = nn.EquivariantLinear(act, c_in, c_out, design=design, rng=rng)
+    layer.bias.data = rng.standard_normal(layer.bias.shape).astype(np.float32)
+    x, params = _grad_inputs(layer, rng.standard_normal((3, 5, c_in)))
+    assert gradcheck(lambda a, *p: layer(a), x, *params, rng=rng)
+
+
+def test_equivariant_linear_matches_materialized(d4, rng):
+    gens, act = d4
+    layer = nn.EquivariantLinear(act, 2, 3, rng=rng, dtype=np.float64)
+    layer.bias.data = rng.standard_normal(layer.bias.shape)
+    x = rng.standard_normal((5, 16, 2))
+    w = layer.pattern.materialize(layer.weight.data)  # (M, c_out, N, c_in)
+    b = layer.bias.data[ps.orbits(gens)]  # one bias per output orbit
+    np.testing.assert_allclose(layer(x).numpy(), np.einsum("monc,bnc->bmo", w, x) + b,
+                               rtol=1e-10, atol=1e-12)
+    assert layer.bias.shape == (3, 3)  # D4 on a 4x4 grid: 3 orbits of pixels
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+def test_orbit_pool_gradcheck(d4, reduce, rng):
+    gens, _ = d4
+    pool = nn.OrbitPool(gens, reduce)
+    x = Tensor(rng.standard_normal((2, 16, 3)), requires_grad=True)
+    assert gradcheck(lambda a: pool(a), x, rng=rng)
+    assert pool(x).shape == (2, 3, 3)
+
+
+def test_linear_flatten_losses_gradcheck(rng):
+    lin = nn.Linear(6, 4, rng=rng)
+    x, params = _grad_inputs(lin, rng.standard_normal((3, 2, 3)))
+    f = nn.Flatten()
+    target = np.array([0, 3, 1])
+    assert gradcheck(lambda a, *p: nn.cross_entropy(lin(f(a)), target), x, *params, rng=rng)
+    y = rng.standard_normal((3, 4))
+    assert gradcheck(lambda a, *p: nn.mse(lin(f(a)), y), x, *params, rng=rng)
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.LeakyReLU(0.2), nn.Tanh(), nn.Sigmoid(),
+                                 nn.GELU(), nn.Identity()])
+def test_activation_modules_gradcheck(act, rng):
+    x = Tensor(rng.standard_normal((3, 4)) + 0.05, requires_grad=True)
+    assert gradcheck(lambda a: act(a) * 1.0, x, rng=rng)
+
+
+def test_losses_against_numpy(rng):
+    logits = rng.standard_normal((5, 4))
+    target = np.array([0, 3, 2, 2, 1])
+    lse = np.log(np.exp(logits).sum(1))
+    ref = np.mean(lse - logits[np.arange(5), target])
+    np.testing.assert_allclose(nn.cross_entropy(Tensor(logits), target).item(), ref, rtol=1e-12)
+    pred, y = rng.standard_normal((5, 2)), rng.standard_normal((5, 2))
+    np.testing.assert_allclose(nn.mse(Tensor(pred), y).item(), np.mean((pred - y) ** 2))
+    with pytest.raises(ValueError, match="cross_entropy: target ids"):
+        nn.cross_entropy(Tensor(logits), np.array([0, 4, 0, 0, 0]))
+    with pytest.raises(ValueError, match="mse: pred has shape"):
+        nn.mse(Tensor(pred), y[:, :1])
+
+
+def test_dropout_train_and_eval(rng):
+    drop = nn.Dropout(0.5, rng=0)
+    x = Tensor(np.ones((200, 50)), requires_grad=True)
+    y = drop(x).numpy()
+    assert set(np.unique(y)) <= {0.0, 2.0} and 0.4 < np.mean(y == 0) < 0.6
+    drop.eval()
+    assert drop(x) is x
+    drop.train()
+    assert drop.training
+
+
+# -- equivariance of layers and whole models -------------------------------------------------
+def test_layer_equivariance(d4, rng):
+    _, act = d4
+    layer = nn.EquivariantLinear(act, 2, 3, rng=rng, dtype=np.float64)
+    layer.bias.data = rng.standard_normal(layer.bias.shape)
+    x = rng.standard_normal((4, 16, 2))
+    err = ps.equivariance_error(lambda a: layer(a).numpy(), act, x, axis=1, rng=rng)
+    assert err < 1e-12
+
+
+@pytest.mark.parametrize("design", ["dense", "sparse"])
+def test_model_equivariance_and_invariance(design, rng):
+    gens = ps.groups.cyclic(6)
+    act = ps.Action.same(gens)
+    body = nn.Sequential(nn.EquivariantLinear(act, 1, 4, design=design, rng=rng), nn.ReLU(),
+                         nn.EquivariantLinear(act, 4, 4, design=design, rng=rng), nn.Tanh())
+    model = nn.Sequential(body, nn.OrbitPool(gens, "max"), nn.Flatten(), nn.Linear(4, 3, rng=rng))
+    x = rng.standard_normal((5, 6, 1)).astype(np.float32)
+    assert ps.equivariance_error(lambda a: body(a).numpy(), act, x, axis=1, rng=rng) < 1e-5
+    base = model(x).numpy()
+    for g in ps.closure(gens):
+        np.testing.assert_allclose(model(ps.perm.apply(g, x, axis=1)).numpy(), base, atol=1e-5)
+
+
+def test_digit_model_invariant_to_d4(rng):
+    from paramshare_nb.demo import build_digit_models
+
+    inv, mlp, gens = build_digit_models(channels=3, hidden=8, seed=1)
+    x = rng.random((4, 64)).astype(np.float32)
+    base = inv(x[:, :, None]).numpy()
+    moved = [np.abs(inv(ps.perm.apply(g, x, axis=1)[:, :, None]).numpy() - base).max()
+             for g in ps.closure(gens)]
+    assert max(moved) < 1e-5
+    mlp_moved = [np.abs(mlp(ps.perm.apply(g, x, axis=1)).numpy() - mlp(x).numpy()).max()
+                 for g in ps.closure(gens)]
+    assert max(mlp_moved) > 1e-3  # the MLP is not invariant
+
+
+# -- initialisation -------------------------------------------------------------------------
+def test_init_variance_uses_true_fan_in():
+    # rows with 3, 1, 2 and 4 non-zeros; every parameter sits in one row
+    index = np.array([[0, 1, 2, -1], [3, -1, -1, -1], [4, -1, 5, -1], [6, 7, 8, 9]])
+    pat = ps.Pattern.from_index(index)
+    act = ps.Action.same(ps.groups.trivial(4))
+    c_in = 40
+    layer = nn.EquivariantLinear(act, c_in, 300, design=pat, rng=0, dtype=np.float64)
+    row_of = pat.rows[np.argsort(pat.params)]
+    nnz = np.bincount(pat.rows)
+    np.testing.assert_array_equal(layer.fan_in, nnz * c_in)
+    std = layer.weight.data.reshape(pat.n_params, -1).std(axis=1)
+    np.testing.assert_allclose(std, np.sqrt(2.0 / (nnz[row_of] * c_in)), rtol=0.05)
+
+
+def test_init_output_variance(d4, rng):
+    _, act = d4
+    layer = nn.EquivariantLinear(act, 8, 64, rng=rng, gain=1.0, dtype=np.float64)
+    y = layer(rng.standard_normal((400, 16, 8))).numpy()
+    assert 0.7 < y.var() < 1.3
+
+
+# -- modules: parameters, state, modes, errors ---------------------------------------------
+def test_parameters_and_state_dict(d4, rng):
+    _, act = d4
+    model = nn.Sequential(nn.EquivariantLinear(act, 1, 2, rng=rng), nn.ReLU(),
+                          nn.OrbitPool(d4[0]), nn.Flatten(), nn.Linear(6, 3, rng=rng))
+    names = [n for n, _ in model.named_parameters()]
+    assert names == ["0.weight", "0.bias", "4.weight", "4.bias"]
+    assert model.n_parameters() == sum(p.size for p in model.parameters())
+    state = model.state_dict()
+    other = nn.Sequential(nn.EquivariantLinear(act, 1, 2, rng=7), nn.ReLU(),
+                          nn.OrbitPool(d4[0]), nn.Flatten(), nn.Linear(6, 3, rng=7))
+    other.load_state_dict(state)
+    x = rng.random((2, 16, 1)).astype(np.float32)
+    np.testing.assert_array_equal(other(x).numpy(), model(x).numpy())
+    state["4.bias"] = np.zeros(5)
+    with pytest.raises(ValueError, match="'4.bias' has shape"):
+        other.load_state_dict(state)
+    with pytest.raises(KeyError, match="missing"):
+        other.load_state_dict({})
+    model.eval()
+    assert not any(m.training for _, m in model.named_modules())
+    assert "EquivariantLinear(N=16" in repr(model)
+
+
+def test_shared_parameter_counted_once(rng):
+    lin = nn.Linear(3, 3, rng=rng)
+    model = nn.Sequential(lin, nn.Tanh(), lin)
+    assert len(model.parameters()) == 2
+    x = Tensor(rng.standard_normal((2, 3)))
+    model.astype(np.float64)
+    assert gradcheck(lambda *p: model(x), *model.parameters(), rng=rng)
+
+
+def test_layer_errors(d4):
+    _, act = d4
+    layer = nn.EquivariantLinear(act, 2, 3)
+    with pytest.raises(ValueError, match=r"EquivariantLinear\(N=16.*expected input of shape "
+                                         r"\(batch, 16, 2\)"):
+        layer(np.ones((4, 9, 2), np.float32))
+    with pytest.raises(ValueError, match="expected input of shape"):
+        layer(np.ones((4, 16, 3), np.float32))
+    with pytest.raises(TypeError, match="EquivariantLinear.*dtype float64 does not match"):
+        layer(np.ones((4, 16, 2)))
+    with pytest.raises(ValueError, match="design must be"):
+        nn.EquivariantLinear(act, 1, 1, design="diagonal")
+    with pytest.raises(TypeError, match="must be a paramshare_nb.Action"):
+        nn.EquivariantLinear(ps.groups.cyclic(4), 1, 1)
+    with pytest.raises(ValueError, match="c_out must be an integer"):
+        nn.EquivariantLinear(act, 1, 0)
+    with pytest.raises(ValueError, match=r"Linear\(4 -> 2.*\(\.\.\., 4\)"):
+        nn.Linear(4, 2)(np.ones((3, 5), np.float32))
+    with pytest.raises(ValueError, match="OrbitPool.*expected input"):
+        nn.OrbitPool(d4[0])(np.ones((2, 15, 1)))
+    with pytest.raises(TypeError, match="Sequential: item 1"):
+        nn.Sequential(nn.ReLU(), "relu")
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+def _model(action, seed, design="dense"):
+    return nn.Sequential(nn.EquivariantLinear(action, 1, 2, design=design, rng=seed),
+                         nn.ReLU(), nn.Linear(2, 2, rng=seed))
+
+
+def test_checkpoint_round_trip(tmp_path, rng):
+    act = ps.Action.same(ps.groups.cyclic(5))
+    a, b = _model(act, 1), _model(act, 2)
+    path = checkpoint.save(tmp_path / "model", a)
+    assert path.endswith(".npz") and os.path.exists(path)
+    checkpoint.load(path, b)
+    for (n1, p1), (n2, p2) in zip(a.named_parameters(), b.named_parameters()):
+        assert n1 == n2
+        np.testing.assert_array_equal(p1.data, p2.data)
+    with np.load(path, allow_pickle=False) as data:
+        assert str(data["pattern/0.weight"]) == a[0].pattern.fingerprint()
+
+
+def test_checkpoint_refuses_other_pattern(tmp_path):
+    path = checkpoint.save(tmp_path / "m.npz", _model(ps.Action.same(ps.groups.cyclic(5)), 1))
+    other = _model(ps.Action.same(ps.groups.dihedral(5)), 1)  # different tying, same names
+    before = other.state_dict()
+    with pytest.raises(ValueError, match="layer pattern '0.weight' differs"):
+        checkpoint.load(path, other)
+    for k, v in other.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])  # nothing loaded
+    sparse = _model(ps.Action.same(ps.groups.cyclic(5)), 1, design="sparse")
+    with pytest.raises(ValueError, match="differs"):
+        checkpoint.load(path, sparse)
+
+
+def test_checkpoint_refuses_foreign_files(tmp_path):
+    act = ps.Action.same(ps.groups.cyclic(5))
+    np.savez(tmp_path / "x.npz", a=np.ones(3))
+    with pytest.raises(ValueError, match="not a paramshare_nb checkpoint"):
+        checkpoint.load(tmp_path / "x.npz", _model(act, 1))
+    np.savez(tmp_path / "obj.npz", __format__=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(ValueError, match="not a readable"):
+        checkpoint.load(tmp_path / "obj.npz", _model(act, 1))
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    act = ps.Action.same(ps.groups.cyclic(5))
+    good = _model(act, 1)
+    path = checkpoint.save(tmp_path / "m.npz", good)
+    saved = open(path, "rb").read()
+
+    def broken(fh, **arrays):
+        fh.write(b"half a file")
+        raise KeyboardInterrupt  # the write is interrupted
+
+    monkeypatch.setattr(np, "savez", broken)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, _model(act, 2))
+    assert open(path, "rb").read() == saved
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]  # no temporary left behind
