@@ -1,0 +1,51 @@
+"""The demo in --quick mode (seconds) and its failure paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from paramshare_nb.__main__ import main  # noqa: E402
+
+
+def _rows(out):
+    return {line.split("  ")[0]: line for line in out.splitlines() if "  " in line}
+
+
+def test_digits_quick(capsys):
+    assert main(["demo", "--quick", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "invariance error" in out
+    rows = _rows(out)
+    inv = rows["D4-invariant (dense, orbit pool)"].split()
+    assert float(inv[-1]) < 1e-4  # invariant to float precision
+    mlp = rows["MLP (unconstrained)"].split()
+    assert float(mlp[-1]) > 1e-2
+
+
+def test_sets_quick(capsys):
+    assert main(["demo", "--task", "sets", "--quick", "--no-progress", "--seed", "3"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert float(rows["Deep Sets (S_n-invariant)"].split()[-1]) < 1e-4
+
+
+def test_nan_loss_is_reported(monkeypatch, capsys):
+    from paramshare_nb import nn
+    from paramshare_nb.autograd import Tensor
+
+    monkeypatch.setattr(nn, "cross_entropy",
+                        lambda logits, y: Tensor(np.array(np.nan, np.float32)))
+    assert main(["demo", "--quick", "--no-progress"]) == 3
+    assert "loss became nan" in capsys.readouterr().err
+
+
+def test_cuda_unusable_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="--device cuda"):
+        main(["demo", "--quick", "--device", "cuda"])
+
+
+def test_bad_epochs():
+    with pytest.raises(ValueError, match="--epochs"):
+        main(["demo", "--quick", "--epochs", "0"])

@@ -1,0 +1,120 @@
+"""Optimizers and schedules against updates computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from paramshare_nb import nn, optim
+from paramshare_nb.autograd import Tensor
+
+
+def _param(values, grad_values=None):
+    p = nn.Parameter(np.array(values, dtype=np.float64))
+    if grad_values is not None:
+        p.grad = np.array(grad_values, dtype=np.float64)
+    return p
+
+
+def test_sgd_plain_and_weight_decay():
+    p = _param([1.0, -2.0], [0.5, 0.25])
+    optim.SGD([p], lr=0.1).step()
+    np.testing.assert_allclose(p.data, [1.0 - 0.05, -2.0 - 0.025])
+    p = _param([1.0, -2.0], [0.5, 0.25])
+    optim.SGD([p], lr=0.1, weight_decay=0.01).step()
+    np.testing.assert_allclose(p.data, [1.0 - 0.1 * (0.5 + 0.01), -2.0 - 0.1 * (0.25 - 0.02)])
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_momentum(nesterov):
+    p = _param([1.0])
+    opt = optim.SGD([p], lr=0.1, momentum=0.9, nesterov=nesterov)
+    x, buf = 1.0, None
+    for g in (1.0, 2.0, -1.0):
+        p.grad = np.array([g])
+        opt.step()
+        buf = g if buf is None else 0.9 * buf + g
+        x -= 0.1 * ((g + 0.9 * buf) if nesterov else buf)
+        np.testing.assert_allclose(p.data, [x], rtol=1e-14)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_adam_by_hand(decoupled):
+    lr, b1, b2, eps, wd = 0.01, 0.9, 0.999, 1e-8, 0.1
+    p = _param([0.5, -1.0])
+    cls = optim.AdamW if decoupled else optim.Adam
+    opt = cls([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    x = np.array([0.5, -1.0])
+    m = v = np.zeros(2)
+    for k, g in enumerate(([0.3, -0.2], [0.1, 0.4], [-0.5, 0.0]), start=1):
+        g = np.array(g)
+        p.grad = g.copy()
+        opt.step()
+        if decoupled:
+            x = x * (1 - lr * wd)
+        else:
+            g = g + wd * x
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        x = x - lr * (m / (1 - b1 ** k)) / (np.sqrt(v / (1 - b2 ** k)) + eps)
+        np.testing.assert_allclose(p.data, x, rtol=1e-12)
+
+
+def test_adam_keeps_float32():
+    p = nn.Parameter(np.ones(3, np.float32))
+    p.grad = np.full(3, 0.5, np.float32)
+    opt = optim.Adam([p], lr=0.1)
+    opt.step()
+    assert p.data.dtype == np.float32
+    np.testing.assert_allclose(p.data, 0.9, rtol=1e-6)  # first Adam step moves by lr
+
+
+def test_skips_parameters_without_grad_and_zero_grad():
+    a, b = _param([1.0], [1.0]), _param([2.0])
+    opt = optim.SGD([a, b, a], lr=1.0)
+    assert len(opt.params) == 2
+    opt.step()
+    assert a.data[0] == 0.0 and b.data[0] == 2.0
+    opt.zero_grad()
+    assert a.grad is None
+
+
+def test_training_reduces_loss(rng):
+    lin = nn.Linear(3, 1, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((64, 3))
+    y = x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3
+    opt = optim.Adam(lin.parameters(), lr=0.05)
+    for _ in range(300):
+        loss = nn.mse(lin(Tensor(x)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 1e-4
+
+
+def test_schedules():
+    p = _param([0.0])
+    opt = optim.SGD([p], lr=1.0)
+    step = optim.StepLR(opt, step_size=2, gamma=0.5)
+    assert [step.step() for _ in range(5)] == [1.0, 0.5, 0.5, 0.25, 0.25]
+    opt = optim.Adam([p], lr=0.1)
+    cos = optim.CosineAnnealingLR(opt, T_max=4, eta_min=0.01)
+    lrs = [cos.step() for _ in range(5)]
+    ref = [0.01 + 0.09 * (1 + math.cos(math.pi * t / 4)) / 2 for t in (1, 2, 3, 4, 4)]
+    np.testing.assert_allclose(lrs, ref)
+    assert opt.lr == pytest.approx(0.01)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="SGD: got an empty parameter list"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="lr must be positive"):
+        optim.Adam([_param([1.0])], lr=0.0)
+    with pytest.raises(ValueError, match="nesterov needs momentum"):
+        optim.SGD([_param([1.0])], lr=0.1, nesterov=True)
+    with pytest.raises(TypeError, match="requires_grad=True"):
+        optim.SGD([Tensor(np.ones(2))], lr=0.1)
+    with pytest.raises(ValueError, match="betas"):
+        optim.Adam([_param([1.0])], betas=(1.0, 0.9))
