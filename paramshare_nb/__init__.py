@@ -9,7 +9,7 @@ This module re-exports the public face; it never imports ``numba.cuda``.
 """
 
 from . import config, groups, perm
-from . import plot  # matplotlib is imported only when a plot is drawn
+from . import dask, plot  # dask / matplotlib load only when used
 from .actions import Action, product, regular, tensor_power
 from .equivariance import equivariance_error, is_equivariant
 from .ops import materialize, tied_matmul, tied_matmul_grad
@@ -28,7 +28,7 @@ from .autograd import Tensor, gradcheck, no_grad
 __version__ = "0.1.0"
 
 __all__ = [
-    "config", "groups", "perm", "plot",
+    "config", "dask", "groups", "perm", "plot",
     "Action", "product", "regular", "tensor_power",
     "closure", "contains", "is_regular", "is_semiregular", "is_transitive", "orbits", "order",
     "stabilizer",

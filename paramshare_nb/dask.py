@@ -1,0 +1,440 @@
+"""Scale-out with Dask: blockwise tied multiplies and data-parallel training.
+
+Needs the optional extra ``dask``: ``pip install 'paramshare_nb[dask]'``
+(``dask[array]`` and ``distributed``).  Dask is imported only when a function
+here is called, so ``import paramshare_nb`` stays cheap.
+
+Data are dask arrays chunked along the **batch** (leading) axes only: every
+chunk holds whole samples, so each chunk runs the library's own kernels on
+its worker, lazily, through :func:`dask.array.map_blocks`.  An array chunked
+along the index axis ``N`` (or the channel axis) is rechunked to one chunk
+there, with a :class:`ChunkingWarning`, or refused with a clear message when a
+resulting chunk would exceed ``max_chunk_bytes``.
+
+Training is data parallel: :func:`gradients` computes each chunk's gradient
+with the library's kernels where the chunk lives, and Dask sums the chunks'
+results in a tree (``split_every`` at a time), so only parameter-sized arrays
+travel; :func:`train_step` applies the sum once with the optimizer.  The same
+graphs run on the threaded scheduler or on a :mod:`dask.distributed` cluster
+(pass ``client=``, or have a default client).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import numpy as np
+
+__all__ = ["ChunkingWarning", "tied_matmul", "apply", "gradients", "train_step"]
+
+_EXTRA_HINT = "pip install 'paramshare_nb[dask]'"
+
+#: Default bound, in bytes, on one chunk after rechunking the index axis.
+DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
+
+
+class ChunkingWarning(UserWarning):
+    """An input chunked along the index or channel axis was rechunked."""
+
+
+def _da():
+    """Import :mod:`dask.array`, or say which extra to install."""
+    try:
+        import dask
+        import dask.array as da
+    except ImportError as exc:
+        raise ImportError(f"paramshare_nb.dask needs dask, which is not installed; install "
+                          f"the extra with: {_EXTRA_HINT}") from exc
+    return dask, da
+
+
+def _check_dask_array(x, name: str):
+    _, da = _da()
+    if not isinstance(x, da.Array):
+        raise TypeError(f"{name} must be a dask array chunked along the batch, got "
+                        f"{type(x).__name__}; wrap it with dask.array.from_array({name}, "
+                        f"chunks=(batch_chunk, -1, ...))")
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have at least one axis, got a 0-d array")
+    if any(math.isnan(c) for cs in x.chunks for c in cs):
+        raise ValueError(f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() "
+                         f"first")
+    return x
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+def _whole_trailing(x, n_trailing: int, name: str, max_chunk_bytes: int | None):
+    """``x`` with its last ``n_trailing`` axes in one chunk each (rechunk with a warning)."""
+    if max_chunk_bytes is None:
+        max_chunk_bytes = DEFAULT_MAX_CHUNK_BYTES
+    if (isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, (int, np.integer))
+            or max_chunk_bytes <= 0):
+        raise ValueError(f"max_chunk_bytes must be a positive int, got {max_chunk_bytes!r}")
+    axes = list(range(x.ndim - n_trailing, x.ndim))
+    split = [a for a in axes if len(x.chunks[a]) > 1]
+    if not split:
+        return x
+    lead = x.ndim - n_trailing
+    lead_elems = math.prod(max(c) for c in x.chunks[:lead]) if lead else 1
+    per_sample = math.prod(x.shape[lead:]) * x.dtype.itemsize
+    chunk_bytes = lead_elems * per_sample
+    if chunk_bytes > max_chunk_bytes:
+        other = lead_elems // max(max(x.chunks[0]), 1) if lead else 1
+        rows = max(1, max_chunk_bytes // max(per_sample * max(other, 1), 1))
+        raise ValueError(
+            f"{name} is chunked along axis {split[0]} (the index/channel axes {axes} must "
+            f"each be one chunk); rechunking them would make {_size(chunk_bytes)} "
+            f"chunks, over max_chunk_bytes={_size(max_chunk_bytes)}; rechunk "
+            f"yourself with smaller batch chunks, e.g. "
+            f"{name}.rechunk({{0: {rows}, {', '.join(f'{a}: -1' for a in axes)}}})")
+    warnings.warn(f"{name} is chunked along axis {split[0]}, but the index/channel axes "
+                  f"{axes} must each be one chunk; rechunking them (chunk these axes with -1 "
+                  f"to avoid this)", ChunkingWarning, stacklevel=3)
+    return x.rechunk({a: -1 for a in axes})
+
+
+def _pattern_and_theta(theta, pattern):
+    from .ops import _check_pattern
+
+    pattern = _check_pattern(pattern)
+    if hasattr(theta, "dask") or type(theta).__module__.startswith("dask"):
+        raise TypeError("theta must be a numpy array (it is small and sent to every chunk), "
+                        "got a dask collection; call .compute() on it first")
+    theta = np.asarray(theta)
+    if not np.issubdtype(theta.dtype, np.floating):
+        raise TypeError(f"theta must be a float array, got dtype {theta.dtype}; use "
+                        f".astype(np.float32) or .astype(np.float64)")
+    if theta.ndim not in (1, 3) or theta.shape[0] != pattern.n_params:
+        raise ValueError(f"theta must have shape ({pattern.n_params},) or "
+                         f"({pattern.n_params}, C_out, C_in), got {theta.shape}")
+    return pattern, theta
+
+
+def tied_matmul(x, theta, pattern, method: str = "auto", max_chunk_bytes: int | None = None):
+    """The tied multiply, blockwise over a dask array chunked along the batch.
+
+    Lazy: returns a dask array; each chunk is computed by
+    :func:`paramshare_nb.tied_matmul` where it lives.
+
+    Parameters
+    ----------
+    x : dask.array.Array, shape (..., N) or (..., N, C_in)
+        Inputs, chunked along the leading (batch) axes.  The index axis ``N``
+        and the channel axis should each be one chunk; otherwise they are
+        rechunked with a :class:`ChunkingWarning`.
+    theta : numpy.ndarray, shape (P,) or (P, C_out, C_in)
+        Parameters (a small in-memory array, sent with the graph).
+    pattern : Pattern
+        The tying pattern, shape ``(M, N)``.
+    method : str, optional
+        Strategy passed to :func:`paramshare_nb.tied_matmul` (default
+        ``"auto"``).
+    max_chunk_bytes : int, optional
+        Largest chunk that rechunking the index axis may create (default
+        256 MiB); beyond it a :class:`ValueError` asks for smaller batch chunks.
+
+    Returns
+    -------
+    dask.array.Array
+        ``(..., M)`` or ``(..., M, C_out)`` with the batch chunks of ``x``;
+        dtype ``numpy.result_type(x, theta)``.
+
+    Raises
+    ------
+    ImportError
+        When dask is not installed (``pip install 'paramshare_nb[dask]'``).
+    TypeError
+        When ``x`` is not a dask array, ``theta`` not a float numpy array, or
+        ``pattern`` not a :class:`~paramshare_nb.Pattern`.
+    ValueError
+        On shape mismatches, or when rechunking the index axis would exceed
+        ``max_chunk_bytes``.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, paramshare_nb as ps
+    >>> pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(4)))
+    >>> x = da.ones((1000, 4), chunks=(250, 4))
+    >>> y = ps.dask.tied_matmul(x, np.arange(4.0), pat)
+    >>> y.chunks, float(y.sum().compute())
+    (((250, 250, 250, 250), (4,)), 24000.0)
+    """
+    from . import ops
+
+    x = _check_dask_array(x, "x")
+    pattern, theta = _pattern_and_theta(theta, pattern)
+    m, n = pattern.shape
+    scalar = theta.ndim == 1
+    n_trailing = 1 if scalar else 2
+    if x.ndim < n_trailing:
+        raise ValueError(f"x must have shape (..., {n})" if scalar else
+                         f"x must have shape (..., {n}, {theta.shape[2]}) for channel theta, "
+                         f"got {x.shape}")
+    expect = (n,) if scalar else (n, theta.shape[2])
+    if tuple(x.shape[x.ndim - n_trailing:]) != expect:
+        raise ValueError(f"x must end with shape {expect} to match the pattern "
+                         f"{pattern.shape} and theta {theta.shape}, got {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"x must be a float array, got dtype {x.dtype}; use "
+                        f"x.astype(np.float32)")
+    ops._check_method(method)
+    x = _whole_trailing(x, n_trailing, "x", max_chunk_bytes)
+    out_tail = ((m,),) if scalar else ((m,), (theta.shape[1],))
+    dtype = np.result_type(x.dtype, theta.dtype)
+    return x.map_blocks(ops.tied_matmul, theta, pattern, method=method, dtype=dtype,
+                        chunks=x.chunks[: x.ndim - n_trailing] + out_tail,
+                        meta=np.empty((0,) * x.ndim, dtype=dtype))
+
+
+def _check_model(model):
+    from .nn import Module
+
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a paramshare_nb.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _run_model(model, xb):
+    from .autograd import no_grad
+
+    with no_grad():
+        out = model(xb)
+    return np.asarray(out.data if hasattr(out, "data") else out)
+
+
+def apply(model, x, max_chunk_bytes: int | None = None):
+    """Apply a (trained) model blockwise to a dask array chunked along the batch.
+
+    Lazy: the model is sent once with the graph and run, without gradients,
+    on each chunk where it lives.  Put the model in evaluation mode first
+    (``model.eval()``) when it has dropout.
+
+    Parameters
+    ----------
+    x : dask.array.Array, shape (batch, ...)
+        Inputs, chunked along axis 0 only; other axes split into several
+        chunks are rechunked with a :class:`ChunkingWarning`.
+    model : paramshare_nb.nn.Module
+        Maps a ``(b, ...)`` array to a ``(b, ...)`` output for any ``b``.
+    max_chunk_bytes : int, optional
+        Largest chunk that rechunking may create (default 256 MiB).
+
+    Returns
+    -------
+    dask.array.Array
+        The outputs, with the batch chunks of ``x``.
+
+    Raises
+    ------
+    ImportError
+        When dask is not installed (``pip install 'paramshare_nb[dask]'``).
+    TypeError
+        When ``model`` is not a Module or ``x`` not a dask array.
+    ValueError
+        When the model does not keep the batch axis, or rechunking would
+        exceed ``max_chunk_bytes``.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, paramshare_nb as ps
+    >>> act = ps.Action.same(ps.groups.cyclic(4))
+    >>> model = ps.nn.EquivariantLinear(act, 1, 2, rng=0)
+    >>> x = da.ones((100, 4, 1), chunks=(25, 4, 1), dtype=np.float32)
+    >>> ps.dask.apply(model, x).shape
+    (100, 4, 2)
+    """
+    _check_model(model)
+    x = _check_dask_array(x, "x")
+    x = _whole_trailing(x, x.ndim - 1, "x", max_chunk_bytes)
+    probe = _run_model(model, np.zeros((1,) + tuple(x.shape[1:]), dtype=x.dtype))
+    if probe.ndim < 1 or probe.shape[0] != 1:
+        raise ValueError(f"the model must keep the batch axis: a (1, ...) input gave "
+                         f"{probe.shape}")
+    tail = tuple((s,) for s in probe.shape[1:])
+    kwargs = {}
+    if probe.ndim != x.ndim:
+        kwargs = {"drop_axis": list(range(1, x.ndim)), "new_axis": list(range(1, probe.ndim))}
+    return x.map_blocks(lambda xb, mdl: _run_model(mdl, xb), model, dtype=probe.dtype,
+                        chunks=(x.chunks[0],) + tail,
+                        meta=np.empty((0,) * probe.ndim, dtype=probe.dtype), **kwargs)
+
+
+def _private_copy(model):
+    """A copy whose parameters are its own, sharing the (immutable) patterns.
+
+    Chunks may run concurrently in one process (the threaded scheduler, or
+    several threads of a worker): each needs its own ``.grad`` slots.
+    """
+    memo = {}
+    for _, pat in model.named_patterns():
+        memo[id(pat)] = pat
+    return copy.deepcopy(model, memo)
+
+
+def _chunk_gradients(model, xb, yb, loss_fn, weight):
+    """Weighted loss and gradients of one chunk (runs on a worker)."""
+    model = _private_copy(model)
+    params = model.parameters()
+    for p in params:
+        p.grad = None
+    loss = loss_fn(model(xb), yb)
+    loss.backward()
+    grads = [np.zeros(p.shape, dtype=np.float64) if p.grad is None
+             else np.asarray(p.grad, dtype=np.float64) * weight for p in params]
+    return float(np.asarray(loss.data)) * weight, grads
+
+
+def _add(*parts):
+    loss = sum(p[0] for p in parts)
+    grads = [sum(gs) for gs in zip(*(p[1] for p in parts), strict=True)]
+    return loss, grads
+
+
+def gradients(model, loss_fn, x, y, split_every: int = 4, client=None):
+    """Loss and gradients of a model over a dask array, chunk by chunk.
+
+    Each chunk's loss and gradients are computed with the library's kernels
+    where the chunk lives, weighted by the chunk's share of the batch, and
+    summed by Dask in a tree; the result equals the full-batch gradient of
+    ``loss_fn`` to float tolerance.
+
+    Parameters
+    ----------
+    model : paramshare_nb.nn.Module
+        The model (sent once with the graph; not modified).
+    loss_fn : callable
+        ``loss_fn(output, target)`` returns a scalar Tensor, the **mean**
+        over the batch (as :func:`paramshare_nb.nn.cross_entropy` and
+        :func:`paramshare_nb.nn.mse` do by default).  Must be picklable for a
+        distributed cluster (a module-level function).
+    x : dask.array.Array, shape (batch, ...)
+        Inputs, chunked along axis 0 only.
+    y : dask.array.Array or numpy.ndarray, shape (batch, ...)
+        Targets; rechunked to the batch chunks of ``x``.
+    split_every : int, optional
+        Fan-in of the tree sum (default 4).
+    client : distributed.Client, optional
+        Compute on this cluster (default: the default client if one exists,
+        else the local threaded scheduler).
+
+    Returns
+    -------
+    loss : float
+        The full-batch loss.
+    grads : list of numpy.ndarray
+        One float64 gradient per ``model.parameters()`` entry.
+
+    Raises
+    ------
+    ImportError
+        When dask is not installed (``pip install 'paramshare_nb[dask]'``).
+    TypeError
+        For a non-Module model, a non-callable ``loss_fn`` or a non-dask ``x``.
+    ValueError
+        When ``x`` and ``y`` differ in batch size, or ``split_every < 2``.
+    """
+    dask, da = _da()
+    _check_model(model)
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    if (isinstance(split_every, bool) or not isinstance(split_every, (int, np.integer))
+            or split_every < 2):
+        raise ValueError(f"split_every must be an int >= 2, got {split_every!r}")
+    x = _check_dask_array(x, "x")
+    x = _whole_trailing(x, x.ndim - 1, "x", None)
+    if not isinstance(y, da.Array):
+        y = np.asarray(y)
+        if y.ndim < 1:
+            raise ValueError("y must have a batch axis")
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"x and y must have one batch size, got {x.shape[0]} and "
+                             f"{y.shape[0]}")
+        y = da.from_array(y, chunks=(x.chunks[0],) + tuple((s,) for s in y.shape[1:]))
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"x and y must have one batch size, got {x.shape[0]} and {y.shape[0]}")
+    y = y.rechunk((x.chunks[0],) + tuple((s,) for s in y.shape[1:]))
+    total = x.shape[0]
+    if total == 0:
+        raise ValueError("x is empty: no samples to compute gradients on")
+    delayed = dask.delayed
+    model_d = delayed(model, pure=True)
+    xs, ys = x.to_delayed().ravel(), y.to_delayed().ravel()
+    parts = [delayed(_chunk_gradients, pure=True)(model_d, xb, yb, loss_fn, size / total)
+             for xb, yb, size in zip(xs, ys, x.chunks[0], strict=True) if size]
+    while len(parts) > 1:
+        parts = [delayed(_add, pure=True)(*parts[i:i + split_every])
+                 for i in range(0, len(parts), split_every)]
+    if client is not None:
+        loss, grads = client.compute(parts[0]).result()
+    else:
+        (loss, grads), = dask.compute(parts[0])
+    return float(loss), grads
+
+
+def train_step(model, loss_fn, optimizer, x, y, split_every: int = 4, client=None):
+    """One data-parallel training step: chunk gradients, tree sum, one update.
+
+    Parameters
+    ----------
+    model : paramshare_nb.nn.Module
+        The model; its parameters are updated in place.
+    loss_fn : callable
+        ``loss_fn(output, target)``: a scalar Tensor, the mean over the batch.
+    optimizer : paramshare_nb.optim.Optimizer
+        Built on ``model.parameters()``; stepped once.
+    x : dask.array.Array, shape (batch, ...)
+        Inputs, chunked along axis 0.
+    y : dask.array.Array or numpy.ndarray, shape (batch, ...)
+        Targets.
+    split_every : int, optional
+        Fan-in of the tree sum (default 4).
+    client : distributed.Client, optional
+        Compute on this cluster.
+
+    Returns
+    -------
+    float
+        The full-batch loss before the update.
+
+    Raises
+    ------
+    ImportError
+        When dask is not installed (``pip install 'paramshare_nb[dask]'``).
+    TypeError
+        When ``optimizer`` is not an Optimizer (or see :func:`gradients`).
+    ValueError
+        When the optimizer holds parameters the model does not have (or see
+        :func:`gradients`).
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, paramshare_nb as ps
+    >>> act = ps.Action.same(ps.groups.cyclic(4))
+    >>> model = ps.nn.Sequential(ps.nn.EquivariantLinear(act, 1, 1, rng=0), ps.nn.Flatten())
+    >>> opt = ps.optim.SGD(model.parameters(), lr=0.1)
+    >>> x = da.ones((64, 4, 1), chunks=(16, 4, 1), dtype=np.float32)
+    >>> y = np.zeros((64, 4), np.float32)
+    >>> loss = ps.dask.train_step(model, ps.nn.mse, opt, x, y)
+    """
+    from .optim import Optimizer
+
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a paramshare_nb.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    params = _check_model(model).parameters()
+    known = {id(p) for p in params}
+    if any(id(p) not in known for p in optimizer.params):
+        raise ValueError("the optimizer holds parameters that are not the model's; build it "
+                         "with optimizer = Adam(model.parameters(), ...)")
+    loss, grads = gradients(model, loss_fn, x, y, split_every=split_every, client=client)
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.astype(p.dtype, copy=False)
+    optimizer.step()
+    for p in params:
+        p.grad = None
+    return loss

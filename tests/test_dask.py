@@ -1,0 +1,207 @@
+"""Scale-out: blockwise results and data-parallel gradients equal in-process ones.
+
+The cluster tests start one ``LocalCluster`` (2 worker processes on
+127.0.0.1) for the whole module and close it at the end.
+"""
+
+import copy
+import logging
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import paramshare_nb as ps
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+psd = ps.dask
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None,
+                                       worker_dashboard_address=None, memory_limit="2GiB",
+                                       silence_logs=logging.ERROR)
+    cl = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield cl
+    finally:
+        cl.close()
+        cluster.close()
+
+
+def _model(act, gens, seed=0):
+    nn = ps.nn
+    return nn.Sequential(nn.EquivariantLinear(act, 2, 4, rng=seed), nn.ReLU(),
+                         nn.EquivariantLinear(act, 4, 4, rng=seed + 1), nn.ReLU(),
+                         nn.OrbitPool(gens, reduce="mean"), nn.Flatten(),
+                         nn.Linear(4, 3, rng=seed + 2))
+
+
+@pytest.fixture
+def problem(rng):
+    gens = ps.groups.dihedral(6)
+    act = ps.Action.same(gens)
+    x = rng.standard_normal((120, 6, 2)).astype(np.float32)
+    y = rng.integers(0, 3, 120)
+    return act, gens, x, y
+
+
+# -- tied_matmul -------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels", [False, True])
+def test_tied_matmul_blockwise_equals_in_process(rng, channels):
+    pat = ps.sparse_pattern(ps.Action.same(ps.groups.cyclic(8)))
+    if channels:
+        x = rng.standard_normal((3, 50, 8, 2))
+        theta = rng.standard_normal((pat.n_params, 5, 2))
+        chunks = (1, 20, 8, 2)
+    else:
+        x = rng.standard_normal((100, 8))
+        theta = rng.standard_normal(pat.n_params)
+        chunks = (30, 8)
+    xd = da.from_array(x, chunks=chunks)
+    yd = psd.tied_matmul(xd, theta, pat)
+    assert yd.chunks[: x.ndim - (2 if channels else 1)] == xd.chunks[: x.ndim - (2 if channels
+                                                                                  else 1)]
+    np.testing.assert_allclose(yd.compute(), ps.tied_matmul(x, theta, pat), rtol=1e-12)
+
+
+def test_tied_matmul_is_lazy_and_keeps_float32(rng):
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(4)))
+    calls = []
+    xd = da.from_array(rng.standard_normal((40, 4)).astype(np.float32), chunks=(10, 4))
+    xd = xd.map_blocks(lambda b: calls.append(b.size) or b, dtype=np.float32,
+                       meta=np.empty((0, 0), np.float32))
+    yd = psd.tied_matmul(xd, np.ones(4, np.float32), pat)
+    assert not calls and yd.dtype == np.float32
+    assert yd.compute().dtype == np.float32 and calls == [40] * 4
+
+
+def test_index_axis_chunks_are_rechunked_with_warning(rng):
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(6)))
+    x = rng.standard_normal((20, 6))
+    xd = da.from_array(x, chunks=(10, 3))
+    with pytest.warns(psd.ChunkingWarning, match="axis 1"):
+        yd = psd.tied_matmul(xd, np.ones(6), pat)
+    np.testing.assert_allclose(yd.compute(), ps.tied_matmul(x, np.ones(6), pat))
+    with pytest.raises(ValueError, match="max_chunk_bytes"):
+        psd.tied_matmul(xd, np.ones(6), pat, max_chunk_bytes=64)
+
+
+def test_tied_matmul_bad_input(rng):
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(4)))
+    xd = da.ones((8, 4), chunks=(4, 4))
+    with pytest.raises(TypeError, match="dask array"):
+        psd.tied_matmul(np.ones((8, 4)), np.ones(4), pat)
+    with pytest.raises(TypeError, match="Pattern"):
+        psd.tied_matmul(xd, np.ones(4), "pattern")
+    with pytest.raises(ValueError, match="theta must have shape"):
+        psd.tied_matmul(xd, np.ones(3), pat)
+    with pytest.raises(TypeError, match="float"):
+        psd.tied_matmul(xd, np.ones(4, dtype=int), pat)
+    with pytest.raises(TypeError, match="compute"):
+        psd.tied_matmul(xd, da.ones(4, chunks=2), pat)
+    with pytest.raises(ValueError, match="end with shape"):
+        psd.tied_matmul(da.ones((8, 5), chunks=(4, 5)), np.ones(4), pat)
+    with pytest.raises(TypeError, match="float"):
+        psd.tied_matmul(da.ones((8, 4), chunks=(4, 4), dtype=int), np.ones(4), pat)
+    with pytest.raises(ValueError, match="method"):
+        psd.tied_matmul(xd, np.ones(4), pat, method="fastest")
+
+
+# -- apply and gradients, in process ---------------------------------------------------
+
+def test_apply_equals_in_process(problem):
+    act, gens, x, _ = problem
+    model = _model(act, gens)
+    out = psd.apply(model, da.from_array(x, chunks=(25, 6, 2)))
+    assert out.shape == (120, 3) and out.chunks[0] == (25, 25, 25, 25, 20)
+    np.testing.assert_allclose(out.compute(), model(x).data, rtol=1e-5, atol=1e-6)
+
+
+def test_apply_same_rank_output(problem):
+    act, _, x, _ = problem
+    layer = ps.nn.EquivariantLinear(act, 2, 5, rng=3)
+    out = psd.apply(layer, da.from_array(x, chunks=(50, 6, 2)))
+    np.testing.assert_allclose(out.compute(), layer(x).data, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_equal_full_batch(problem):
+    act, gens, x, y = problem
+    model = _model(act, gens)
+    loss, grads = psd.gradients(model, ps.nn.cross_entropy,
+                                da.from_array(x, chunks=(16, 6, 2)), y, split_every=2)
+    ref = copy.deepcopy(model)
+    full = ps.nn.cross_entropy(ref(x), y)
+    full.backward()
+    assert loss == pytest.approx(float(full.data), rel=1e-5)
+    for p, g in zip(ref.parameters(), grads, strict=True):
+        np.testing.assert_allclose(g, p.grad, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())  # the model is not touched
+
+
+def test_bad_model_and_targets(problem):
+    act, gens, x, y = problem
+    model = _model(act, gens)
+    xd = da.from_array(x, chunks=(40, 6, 2))
+    with pytest.raises(TypeError, match="Module"):
+        psd.apply(lambda a: a, xd)
+    with pytest.raises(ValueError, match="batch size"):
+        psd.gradients(model, ps.nn.cross_entropy, xd, y[:10])
+    with pytest.raises(ValueError, match="split_every"):
+        psd.gradients(model, ps.nn.cross_entropy, xd, y, split_every=1)
+    with pytest.raises(TypeError, match="callable"):
+        psd.gradients(model, "cross_entropy", xd, y)
+    opt = ps.optim.SGD(_model(act, gens).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="not the model's"):
+        psd.train_step(model, ps.nn.cross_entropy, opt, xd, y)
+    with pytest.raises(TypeError, match="Optimizer"):
+        psd.train_step(model, ps.nn.cross_entropy, "adam", xd, y)
+
+
+# -- on a distributed cluster -------------------------------------------------------------
+
+def test_cluster_tied_matmul_and_apply(client, problem, rng):
+    act, gens, x, _ = problem
+    pat = ps.dense_pattern(act)
+    theta = rng.standard_normal((pat.n_params, 3, 2)).astype(np.float32)
+    xd = da.from_array(x, chunks=(30, 6, 2))
+    y = client.compute(psd.tied_matmul(xd, theta, pat)).result()
+    np.testing.assert_allclose(y, ps.tied_matmul(x, theta, pat), rtol=1e-5, atol=1e-6)
+    model = _model(act, gens)
+    out = client.compute(psd.apply(model, xd)).result()
+    np.testing.assert_allclose(out, model(x).data, rtol=1e-5, atol=1e-6)
+
+
+def test_cluster_train_steps_equal_single_process(client, problem):
+    act, gens, x, y = problem
+    model = _model(act, gens)
+    ref = copy.deepcopy(model)
+    opt = ps.optim.Adam(model.parameters(), lr=1e-2)
+    ref_opt = ps.optim.Adam(ref.parameters(), lr=1e-2)
+    xd = da.from_array(x, chunks=(20, 6, 2))
+    for _ in range(3):
+        loss = psd.train_step(model, ps.nn.cross_entropy, opt, xd, da.from_array(y, chunks=20),
+                              client=client)
+        ref_opt.zero_grad()
+        ref_loss = ps.nn.cross_entropy(ref(x), y)
+        ref_loss.backward()
+        ref_opt.step()
+        assert loss == pytest.approx(float(ref_loss.data), rel=1e-4)
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-4, atol=1e-5)
+
+
+def test_missing_dask_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask", None)
+    monkeypatch.setitem(sys.modules, "dask.array", None)
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(3)))
+    with pytest.raises(ImportError, match=r"paramshare_nb\[dask\]"):
+        psd.tied_matmul(np.ones((2, 3)), np.ones(3), pat)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert psd.__all__  # the module itself imported without dask
