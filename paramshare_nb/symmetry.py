@@ -27,7 +27,11 @@ here):
    in one orbit of the automorphisms found so far that fix the node's
    individualised vertices have equivalent subtrees, and only one is
    explored.  The first path is processed bottom-up, so at level ``l`` every
-   automorphism found fixes the first ``l`` base points.
+   automorphism found fixes the first ``l`` base points.  At an inner node
+   whose trace matches, the position-by-position map from the first path's
+   node is tried first: when it is an automorphism (checked exactly) it is
+   as good as a leaf, and symmetric structures such as Deep Sets need no
+   descent at all.
 4. **Order.**  The first path's vertices are a base and the automorphisms
    found a strong generating set for it: ``|Aut|`` is the product over
    levels of the orbit of the base point under the generators found at or
@@ -174,6 +178,19 @@ def _search(g: _Graph, budget: int) -> _SearchResult:
         gamma[zeta] = leaf_lab
         return gamma if g.is_automorphism(gamma) else None
 
+    def aligned_automorphism(d, node_lab, level):
+        # Cheap try at an inner node whose trace matches the first path's: map the first
+        # path's node at depth d onto this one position by position.  When that is an
+        # automorphism it fixes the first `level` base points (their singleton cells sit at
+        # the same positions in both) and sends fp_v[level] to this subtree's root vertex,
+        # which is all that the search needs from a leaf equivalent to zeta.
+        gamma = np.empty(nv, dtype=INDEX)
+        gamma[fp[d][0]] = node_lab
+        prefix = fp_v[:level]
+        if prefix and not np.array_equal(gamma[prefix], prefix):
+            return None
+        return gamma if g.is_automorphism(gamma) else None
+
     def candidates(part, d, fixed):
         t = fp_tgt[d]
         members = np.sort(part[0][t:t + part[3][t]])
@@ -194,6 +211,9 @@ def _search(g: _Graph, budget: int) -> _SearchResult:
             return None
         if res[2] < 0:
             return leaf_automorphism(dst[0])
+        gamma = aligned_automorphism(d, dst[0], level)
+        if gamma is not None:
+            return gamma
         fixed = fp_v[:level] + [w]
         stack = [[d, candidates(dst, d, fixed), 0]]
         while stack:
@@ -216,6 +236,9 @@ def _search(g: _Graph, budget: int) -> _SearchResult:
                 if gamma is not None:
                     return gamma
                 continue
+            gamma = aligned_automorphism(d + 1, dst[0], level)
+            if gamma is not None:
+                return gamma
             fixed.append(x)
             stack.append([d + 1, candidates(dst, d + 1, fixed), 0])
         return None
