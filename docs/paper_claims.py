@@ -17,13 +17,12 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 import paramshare_nb as ps
-
 
 # -- constructions -----------------------------------------------------------
 

@@ -575,8 +575,8 @@ def _layers_graph(patterns):
         col.append(coff + p.params)
         coff += max(p.n_params, 1)
     colors = np.repeat(np.arange(len(sizes), dtype=INDEX), sizes)
-    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=INDEX))
-    return _Graph(int(offs[-1]), cat(src), cat(dst), cat(col), colors), tuple(sizes)
+    return (_Graph(int(offs[-1]), np.concatenate(src), np.concatenate(dst), np.concatenate(col),
+                   colors), tuple(sizes))
 
 
 def symmetry_group(pattern, max_nodes: int | None = None) -> SymmetryGroup:

@@ -13,7 +13,6 @@ import paramshare_nb as ps
 from paramshare_nb import config
 from paramshare_nb.symmetry import SearchBudgetError
 
-
 # -- brute-force oracle ------------------------------------------------------------
 
 def _entry_codes(pat):
