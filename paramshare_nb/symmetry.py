@@ -304,21 +304,23 @@ class SymmetryGroup:
 
     Points are the layers' index sets one after the other: for one pattern,
     the ``N`` inputs then the ``M`` outputs (outputs shifted by ``N``).
+    Made by :func:`symmetry_group` and :func:`symmetry_group_layers`; the
+    parameters are kept as attributes of the same names.
 
-    Attributes
+    Parameters
     ----------
     generators : numpy.ndarray
-        ``(k, sum(sizes))`` generators, read-only; ``k = 0`` for the trivial
-        group.
+        ``(k, sum(sizes))`` generators, stored read-only; ``k = 0`` for the
+        trivial group.
     order : int
         Exact order (Python int).
     sizes : tuple of int
         Sizes of the parts: ``(N, M)`` for one pattern, ``(N, H, M)`` for two
         layers.
-    base : tuple of int
+    base : tuple of int, optional
         The search's first path: a base for which the generators are a strong
         generating set.
-    nodes : int
+    nodes : int, optional
         Search-tree nodes visited.
     """
 
@@ -391,7 +393,18 @@ class SymmetryGroup:
         return _frozen(_orbits(np.ascontiguousarray(self.generators)))
 
     def orbits_of(self, part: int) -> np.ndarray:
-        """Orbit ids of one part's points, renumbered by first appearance."""
+        """Orbit ids of one part's points, renumbered by first appearance.
+
+        Parameters
+        ----------
+        part : int
+            Index into :attr:`sizes` (``0`` inputs, ``-1`` outputs).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(sizes[part],)`` int64 orbit ids.
+        """
         part = range(len(self.sizes))[part]
         lo, hi = self._offsets[part], self._offsets[part + 1]
         return _frozen(_canonical_labels(self.orbits[lo:hi]))
@@ -407,18 +420,39 @@ class SymmetryGroup:
         return self.orbits_of(-1)
 
     def order_of(self, part: int) -> int:
-        """Order of the projection of the group on one part (exact)."""
+        """Order of the projection of the group on one part (exact).
+
+        Parameters
+        ----------
+        part : int
+            Index into :attr:`sizes` (``0`` inputs, ``-1`` outputs).
+
+        Returns
+        -------
+        int
+            Order of the group the projected generators generate.
+        """
         gens = self.projection(part)
         if gens.shape[0] == 0:
             return 1
         return StabChain(np.ascontiguousarray(gens)).order()
 
     def order_in(self) -> int:
-        """Order of the projection on the inputs."""
+        """Order of the projection on the inputs.
+
+        Returns
+        -------
+        int
+        """
         return self.order_of(0)
 
     def order_out(self) -> int:
-        """Order of the projection on the outputs."""
+        """Order of the projection on the outputs.
+
+        Returns
+        -------
+        int
+        """
         return self.order_of(-1)
 
     # -- membership ----------------------------------------------------------------
@@ -475,7 +509,10 @@ def _as_full_perm(p, n, name="permutation"):
 class UniquenessResult:
     """Outcome of :func:`is_uniquely_equivariant`.
 
-    Attributes
+    The parameters are kept as attributes of the same names; the result is
+    truthy iff ``unique``.
+
+    Parameters
     ----------
     unique : bool
         ``G == Aut(Omega)``: equivariant, and to nothing more.
@@ -505,7 +542,13 @@ class UniquenessResult:
         return self.unique
 
     def witness_cycles(self) -> str | None:
-        """The witness in cycle notation, one part after the other."""
+        """The witness in cycle notation, one part after the other.
+
+        Returns
+        -------
+        str or None
+            ``"inputs (...); outputs (...)"``, or ``None`` without a witness.
+        """
         if self.witness is None:
             return None
         names = ["inputs", "outputs"] if len(self.witness) == 2 else \
@@ -834,6 +877,7 @@ def check_lift(action, design: str = "dense", max_nodes: int | None = None) -> U
     Parameters
     ----------
     action : Action
+        ``G`` acting on the inputs and outputs.
     design : {"dense", "sparse"}, optional
         Design of both layers (default dense).
     max_nodes : int, optional
@@ -926,7 +970,10 @@ def graph_action(adjacency, colors=None) -> Action:
     Parameters
     ----------
     adjacency : array_like of int or bool, shape (n, n)
+        Edge colours, 0 for no edge (see
+        :func:`paramshare_nb.groups.graph_automorphisms`).
     colors : array_like of int, shape (n,), optional
+        Vertex colours to preserve.
 
     Returns
     -------
@@ -1018,6 +1065,7 @@ def explain(pattern, action=None, file=None, max_nodes: int | None = None) -> No
     Parameters
     ----------
     pattern : Pattern
+        The tying pattern to describe.
     action : Action, optional
         The group the layer is meant for; without it only the pattern and
         its symmetry group are described.
