@@ -1079,7 +1079,8 @@ def explain(pattern, action=None, file=None, max_nodes: int | None = None) -> No
     >>> import paramshare_nb as ps
     >>> act = ps.Action.same(ps.groups.cyclic(4))
     >>> ps.explain(ps.dense_pattern(act), act)  # doctest: +ELLIPSIS
-    Pattern of shape (4, 4) ...
+    Pattern of shape (4, 4): ...
+    Uniquely equivariant: yes ...
     """
     print(_explain_text(pattern, action, max_nodes), file=file or sys.stdout)
 
