@@ -161,10 +161,10 @@ def main(argv=None):
         bench = TrainStep()
         bench.setup(threads)
         try:
-            ours = _median(lambda: bench.time_paramshare_nb(threads), args.repeat)
+            ours = _median(lambda b=bench, t=threads: b.time_paramshare_nb(t), args.repeat)
             line = f"threads={threads}: paramshare_nb {ours * 1e3:.2f} ms"
             if bench.twin is not None:
-                theirs = _median(lambda: bench.time_torch(threads), args.repeat)
+                theirs = _median(lambda b=bench, t=threads: b.time_torch(t), args.repeat)
                 line += f", torch {theirs * 1e3:.2f} ms, ratio torch/ours {theirs / ours:.2f}"
             print(line)
         finally:

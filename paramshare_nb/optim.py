@@ -2,6 +2,8 @@
 
 Updates are done in place on each parameter's numpy data, in the
 parameter's own dtype (float32 stays float32), outside the autograd graph.
+Parameters on a CUDA device are updated on a host copy that is written back
+(the optimizer state stays on the host).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import math
 
 import numpy as np
 
-from .autograd.function import no_grad
+from .autograd.function import no_grad, to_host
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR"]
 
@@ -57,13 +59,19 @@ class Optimizer:
             for p in self.params:
                 if p.grad is None:
                     continue
-                if p.device != "cpu":
-                    raise RuntimeError(f"{type(self).__name__}.step: CUDA parameters are not "
-                                       f"supported yet; train on the CPU")
                 st = self.state.setdefault(id(p), {})
-                self._update(p, np.asarray(p.grad), st)
+                g = np.asarray(to_host(p.grad))
+                if g.shape != p.shape:
+                    raise ValueError(f"{type(self).__name__}.step: a gradient of shape {g.shape} "
+                                     f"for a parameter of shape {p.shape}")
+                if p.device == "cpu":
+                    self._update(p.data, g, st)
+                else:  # CUDA: update a host copy, write it back
+                    w = p.data.copy_to_host()
+                    self._update(w, g, st)
+                    p.data.copy_to_device(w)
 
-    def _update(self, p, g, state):  # pragma: no cover - abstract
+    def _update(self, w, g, state):  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -93,16 +101,16 @@ class SGD(Optimizer):
             raise ValueError("SGD: nesterov needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
-    def _update(self, p, g, state):
-        t = p.data.dtype.type
+    def _update(self, w, g, state):
+        t = w.dtype.type
         if self.weight_decay:
-            g = g + t(self.weight_decay) * p.data
+            g = g + t(self.weight_decay) * w
         if self.momentum:
             buf = state.get("momentum")
             buf = g.copy() if buf is None else t(self.momentum) * buf + g
             state["momentum"] = buf
             g = g + t(self.momentum) * buf if self.nesterov else buf
-        p.data -= t(self.lr) * g
+        w -= t(self.lr) * g
 
 
 class Adam(Optimizer):
@@ -129,21 +137,21 @@ class Adam(Optimizer):
             raise ValueError(f"{type(self).__name__}: betas must lie in [0, 1), got {betas}")
         self.betas, self.eps, self.weight_decay = (float(b1), float(b2)), float(eps), weight_decay
 
-    def _update(self, p, g, state):
-        t = p.data.dtype.type
+    def _update(self, w, g, state):
+        t = w.dtype.type
         b1, b2 = self.betas
         if self.weight_decay:
             if self.decoupled:
-                p.data *= t(1 - self.lr * self.weight_decay)
+                w *= t(1 - self.lr * self.weight_decay)
             else:
-                g = g + t(self.weight_decay) * p.data
+                g = g + t(self.weight_decay) * w
         k = state.get("step", 0) + 1
         state["step"] = k
         m = state.get("m")
         v = state.get("v")
         if m is None:
-            m = np.zeros_like(p.data)
-            v = np.zeros_like(p.data)
+            m = np.zeros_like(w)
+            v = np.zeros_like(w)
         m *= t(b1)
         m += t(1 - b1) * g
         v *= t(b2)
@@ -152,7 +160,7 @@ class Adam(Optimizer):
         step = self.lr / (1 - b1 ** k)
         denom = np.sqrt(v / t(1 - b2 ** k))
         denom += t(self.eps)
-        p.data -= t(step) * m / denom
+        w -= t(step) * m / denom
 
 
 class AdamW(Adam):

@@ -41,8 +41,10 @@ def test_nan_loss_is_reported(monkeypatch, capsys):
     assert "loss became nan" in capsys.readouterr().err
 
 
-def test_cuda_unusable_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="--device cuda"):
+def test_cuda_unusable_is_a_clear_error(monkeypatch):
+    cuda = pytest.importorskip("numba.cuda")
+    monkeypatch.setattr(cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="--device cuda: no usable CUDA GPU"):
         main(["demo", "--quick", "--device", "cuda"])
 
 

@@ -271,3 +271,36 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
         checkpoint.save(path, _model(act, 2))
     assert open(path, "rb").read() == saved
     assert sorted(os.listdir(tmp_path)) == ["m.npz"]  # no temporary left behind
+
+
+# -- the same model on CUDA data (numba's simulator; stand-in tied multiply) -----------------
+def test_training_step_on_cuda_matches_cpu(monkeypatch, rng):
+    from fake_cuda import install
+
+    from paramshare_nb import optim
+
+    calls = install(monkeypatch)
+    gens = ps.groups.cyclic(6)
+    act = ps.Action.same(gens)
+    x = rng.standard_normal((4, 6, 1)).astype(np.float32)
+    y = np.array([0, 1, 2, 1])
+
+    def step(device):
+        model = nn.Sequential(nn.EquivariantLinear(act, 1, 3, rng=5), nn.ReLU(),
+                              nn.OrbitPool(gens, "mean"), nn.Flatten(), nn.Linear(3, 3, rng=6))
+        model.to(device)
+        opt = optim.Adam(model.parameters(), lr=0.1)
+        for _ in range(2):
+            loss = nn.cross_entropy(model(Tensor(x).to(device)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return model
+
+    cpu, gpu = step("cpu"), step("cuda")
+    assert calls.count("forward") == 2 and calls.count("grad") == 2
+    assert all(p.device == "cuda" for p in gpu.parameters())
+    for k, v in cpu.state_dict().items():
+        np.testing.assert_allclose(gpu.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="EquivariantLinear.*input is on cpu"):
+        gpu(x)

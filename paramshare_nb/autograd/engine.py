@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .function import device_of, no_grad
+from .function import device_of, is_cuda_array, no_grad, to_device, to_host
 
 __all__ = ["backward", "toposort"]
 
@@ -49,11 +49,8 @@ def toposort(root) -> list:
 
 
 def _ones_like(data):
-    if device_of(data) == "cuda":
-        from numba import cuda
-
-        return cuda.to_device(np.ones(data.shape, dtype=data.dtype))
-    return np.ones(data.shape, dtype=data.dtype)
+    ones = np.ones(data.shape, dtype=data.dtype)
+    return to_device(ones) if device_of(data) == "cuda" else ones
 
 
 def _accumulate(table, node, grad, op_name):
@@ -69,15 +66,10 @@ def _accumulate(table, node, grad, op_name):
 
 
 def _add(a, b, op_name):
-    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+    if not (is_cuda_array(a) or is_cuda_array(b)):
         return a + b
-    from .. import ops  # the backend-aware add lives with the kernels
-
-    add = getattr(ops, "add", None)
-    if add is None:
-        raise RuntimeError(f"backward of {op_name}: accumulating gradients of CUDA arrays needs "
-                           f"paramshare_nb.ops.add, which this build lacks")
-    return add(a, b)
+    # CUDA gradients: summed on the host (see Function.native_cuda)
+    return to_device(np.asarray(to_host(a)) + np.asarray(to_host(b)))
 
 
 def backward(root, grad=None) -> None:
@@ -112,6 +104,8 @@ def backward(root, grad=None) -> None:
             grad = grad.data
         if device_of(grad) == "cpu":
             grad = np.asarray(grad, dtype=root.dtype)
+            if root.device == "cuda":
+                grad = to_device(grad)
         if tuple(grad.shape) != tuple(root.shape):
             raise ValueError(f"backward: grad has shape {tuple(grad.shape)}, the tensor "
                              f"{tuple(root.shape)}")
@@ -130,9 +124,13 @@ def backward(root, grad=None) -> None:
                     else:
                         node.grad = _add(node.grad, g, "leaf")
                 continue
+            if ctx.host_fallback:
+                g = to_host(g)
             grads = type(ctx).backward(ctx, g)
             if not isinstance(grads, tuple):
                 grads = (grads,)
+            if ctx.host_fallback:
+                grads = tuple(None if x is None else to_device(x) for x in grads)
             op = type(ctx).name()
             if len(grads) != len(ctx.parents):
                 raise RuntimeError(f"backward of {op} returned {len(grads)} gradients for "

@@ -11,6 +11,7 @@ input requires a gradient.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 
 import numpy as np
@@ -59,8 +60,43 @@ def enable_grad():
 
 
 def is_cuda_array(a) -> bool:
-    """Whether ``a`` is a CUDA device array (has ``__cuda_array_interface__``)."""
-    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+    """Whether ``a`` is a CUDA device array.
+
+    Anything with ``__cuda_array_interface__`` counts, and so do the
+    simulator's arrays (``NUMBA_ENABLE_CUDASIM=1``), which lack it.  Never
+    imports ``numba.cuda``: a device array exists only once it is imported.
+    """
+    if isinstance(a, np.ndarray) or a is None or isinstance(a, (int, float)):
+        return False
+    if hasattr(a, "__cuda_array_interface__"):
+        return True
+    cuda = sys.modules.get("numba.cuda")
+    if cuda is None:
+        return False
+    check = getattr(cuda, "is_cuda_array", None)
+    if check is not None:
+        return bool(check(a))
+    try:  # the simulator has no is_cuda_array
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(a, FakeCUDAArray)
+
+
+def to_host(a):
+    """``a`` as a numpy array (copied from the device when needed)."""
+    return a.copy_to_host() if is_cuda_array(a) else a
+
+
+def to_device(a):
+    """Copy a numpy array to the current CUDA device (device arrays pass through)."""
+    if a is None or is_cuda_array(a):
+        return a
+    from numba import cuda
+
+    a = np.asarray(a)
+    # not ascontiguousarray: it turns 0-d arrays into 1-d ones
+    return cuda.to_device(a if a.flags.c_contiguous else a.copy(order="C"))
 
 
 def device_of(a) -> str:
@@ -93,11 +129,17 @@ class Function:
 
     #: Whether all floating-point inputs must share one dtype.
     same_dtype = True
+    #: Whether ``forward``/``backward`` accept CUDA arrays themselves.  Other
+    #: primitives given device data run on host copies and return device
+    #: arrays ("host fallback"), so models run unchanged on the GPU while
+    #: only the tied multiply is a CUDA kernel.
+    native_cuda = False
 
     def __init__(self):
         self.parents = ()
         self.needs_input_grad = ()
         self.saved_tensors = ()
+        self.host_fallback = False
 
     def save_for_backward(self, *arrays) -> None:
         """Keep arrays for :meth:`backward`."""
@@ -140,7 +182,13 @@ class Function:
         _check_inputs(cls, inputs)
         ctx = cls()
         ctx.needs_input_grad = tuple(t.requires_grad for t in inputs)
-        data = cls.forward(ctx, *(t.data for t in inputs), **options)
+        arrays = [t.data for t in inputs]
+        ctx.host_fallback = not cls.native_cuda and any(is_cuda_array(a) for a in arrays)
+        if ctx.host_fallback:
+            arrays = [to_host(a) for a in arrays]
+        data = cls.forward(ctx, *arrays, **options)
+        if ctx.host_fallback:
+            data = to_device(np.asarray(data))
         record = is_grad_enabled() and any(ctx.needs_input_grad)
         out = Tensor(data, requires_grad=record, _copy=False)
         if record:

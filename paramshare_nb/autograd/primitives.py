@@ -2,8 +2,10 @@
 
 Elementwise and shape primitives compute with numpy; :class:`TiedMatmul`
 dispatches through :mod:`paramshare_nb.ops`, so it runs on whatever backend
-the data lives on (numpy on the CPU, CUDA device arrays on the GPU).  The
-other primitives refuse device arrays with a message naming the op.
+the data lives on (numpy on the CPU, CUDA device arrays on the GPU).  Given
+CUDA data, the other primitives run on host copies and hand back device
+arrays (:attr:`Function.native_cuda`): correct and unchanged user code, with
+a transfer per op until they get CUDA kernels of their own.
 """
 
 from __future__ import annotations
@@ -50,11 +52,11 @@ def unbroadcast(grad: np.ndarray, shape) -> np.ndarray:
 
 
 def _host(op: str, *arrays) -> None:
+    # Function.apply hands non-native primitives host copies; this guards direct calls.
     for a in arrays:
         if is_cuda_array(a):
-            raise RuntimeError(f"{op}: this primitive runs on numpy (CPU) arrays only; on CUDA "
-                               f"only the tied multiply is implemented so far. Move the data "
-                               f"with Tensor.to('cpu')")
+            raise RuntimeError(f"{op}: this primitive computes on numpy (CPU) arrays; call it "
+                               f"through Function.apply, which stages CUDA data via the host")
 
 
 # -- arithmetic ---------------------------------------------------------------------------
@@ -521,23 +523,26 @@ class SegmentReduce(Function):
 class TiedMatmul(Function):
     """``y = tied_matmul(x, theta, pattern)`` with backward by ``tied_matmul_grad``.
 
-    Both directions go through :mod:`paramshare_nb.ops`, which picks the CPU
-    or CUDA kernels from where the arrays live.
+    Both directions go through :mod:`paramshare_nb.ops`, which runs the CPU
+    or the CUDA kernels according to where the arrays live.
     """
+
+    native_cuda = True
 
     @staticmethod
     def forward(ctx, x, theta, pattern):
         from .. import ops
 
         ctx.pattern = pattern
+        ctx.backend = "cuda" if is_cuda_array(x) else "cpu"
         ctx.save_for_backward(x, theta)
-        return ops.tied_matmul(x, theta, pattern)
+        return ops.tied_matmul(x, theta, pattern, backend=ctx.backend)
 
     @staticmethod
     def backward(ctx, g):
         from .. import ops
 
         x, theta = ctx.saved_tensors
-        dx, dtheta = ops.tied_matmul_grad(g, x, theta, ctx.pattern)
+        dx, dtheta = ops.tied_matmul_grad(g, x, theta, ctx.pattern, backend=ctx.backend)
         return (dx if ctx.needs_input_grad[0] else None,
                 dtheta if ctx.needs_input_grad[1] else None)

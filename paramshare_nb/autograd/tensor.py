@@ -6,7 +6,7 @@ import numpy as np
 
 from . import primitives as P
 from .engine import backward as _backward
-from .function import device_of, is_cuda_array
+from .function import device_of, is_cuda_array, to_device
 
 __all__ = ["Tensor", "concat", "tied_matmul", "segment_reduce"]
 
@@ -136,13 +136,14 @@ class Tensor:
             return self
         if device == "cpu":
             return Tensor(self.data.copy_to_host(), requires_grad=self.requires_grad)
-        from numba import cuda
-
-        if not cuda.is_available():
+        try:
+            from numba import cuda
+        except ImportError:  # pragma: no cover
+            cuda = None
+        if cuda is None or not cuda.is_available():
             raise RuntimeError("to('cuda'): no usable CUDA device (install the 'cuda' extra "
                                "and check `python -m paramshare_nb info`)")
-        return Tensor(cuda.to_device(np.ascontiguousarray(self.data)),
-                      requires_grad=self.requires_grad)
+        return Tensor(to_device(self.data), requires_grad=self.requires_grad)
 
     # -- autograd ---------------------------------------------------------------------
     def backward(self, grad=None) -> None:
@@ -168,7 +169,8 @@ class Tensor:
         arr = np.asarray(other)
         if np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
             arr = arr.astype(self.dtype, copy=False)  # constants follow the tensor's dtype
-        return Tensor(arr)
+        const = Tensor(arr)
+        return const.to("cuda") if self.device == "cuda" else const  # ...and its device
 
     # -- arithmetic -------------------------------------------------------------------
     def __add__(self, other):

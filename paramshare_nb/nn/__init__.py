@@ -4,8 +4,20 @@ Layers take and return :class:`paramshare_nb.Tensor` (arrays are wrapped);
 equivariant data is ``(batch, N, channels)``.
 """
 
-from .layers import (GELU, Dropout, EquivariantLinear, Flatten, Identity, LeakyReLU, Linear,
-                     OrbitPool, ReLU, Sequential, Sigmoid, Tanh)
+from .layers import (
+                     GELU,
+                     Dropout,
+                     EquivariantLinear,
+                     Flatten,
+                     Identity,
+                     LeakyReLU,
+                     Linear,
+                     OrbitPool,
+                     ReLU,
+                     Sequential,
+                     Sigmoid,
+                     Tanh,
+)
 from .losses import cross_entropy, mse
 from .module import Module, Parameter
 

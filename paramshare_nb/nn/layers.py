@@ -23,6 +23,11 @@ def _as_tensor(x, layer: str) -> Tensor:
 
 
 def _check_dtype(x: Tensor, layer: Module, name: str) -> None:
+    params = layer.parameters()
+    if params and x.device != params[0].device:
+        raise RuntimeError(f"{name}: input is on {x.device}, the layer's parameters on "
+                           f"{params[0].device}; use Tensor(x).to('{params[0].device}') or "
+                           f"model.to('{x.device}')")
     want = layer.dtype
     if want is not None and x.dtype != want:
         raise TypeError(f"{name}: input dtype {x.dtype} does not match the layer's {want}; use "

@@ -60,7 +60,7 @@ def mse(pred, target, reduction: str = "mean") -> Tensor:
     if not isinstance(pred, Tensor):
         pred = Tensor(pred)
     if not isinstance(target, Tensor):
-        target = Tensor(np.asarray(target, dtype=pred.dtype))
+        target = pred._lift(np.asarray(target, dtype=pred.dtype))  # same dtype and device
     if pred.shape != target.shape:
         raise ValueError(f"mse: pred has shape {pred.shape}, target {target.shape}; they must "
                          f"match")
