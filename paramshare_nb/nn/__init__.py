@@ -5,18 +5,18 @@ equivariant data is ``(batch, N, channels)``.
 """
 
 from .layers import (
-                     GELU,
-                     Dropout,
-                     EquivariantLinear,
-                     Flatten,
-                     Identity,
-                     LeakyReLU,
-                     Linear,
-                     OrbitPool,
-                     ReLU,
-                     Sequential,
-                     Sigmoid,
-                     Tanh,
+    GELU,
+    Dropout,
+    EquivariantLinear,
+    Flatten,
+    Identity,
+    LeakyReLU,
+    Linear,
+    OrbitPool,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Tanh,
 )
 from .losses import cross_entropy, mse
 from .module import Module, Parameter
