@@ -57,7 +57,7 @@ def add_arguments(parser) -> None:
                         help="digits: D4-invariant classifier vs MLP (default); sets: Deep Sets "
                              "regression vs MLP")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="training epochs (default: 12 for digits, 30 for sets)")
+                        help="training epochs (default 30)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny models and data: seconds, for CI")

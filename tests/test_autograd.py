@@ -357,3 +357,11 @@ def test_cuda_tied_matmul_real_kernels(cuda, rng):
     np.testing.assert_allclose(yd.numpy(), ag_tied_matmul(x, th, pat).numpy(), rtol=1e-10)
     np.testing.assert_allclose(Tensor(thd.grad).numpy(), th.grad, rtol=1e-10)
     np.testing.assert_allclose(Tensor(xd.grad).numpy(), x.grad, rtol=1e-10)
+
+
+def test_numpy_array_on_the_left(rng):
+    a = t64(rng, 3)
+    out = np.full(3, 2.0) * a - np.ones(3)
+    assert isinstance(out, Tensor)
+    out.sum().backward()
+    np.testing.assert_allclose(a.grad, np.full(3, 2.0))
