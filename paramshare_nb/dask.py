@@ -216,11 +216,11 @@ def apply(model, x, max_chunk_bytes: int | None = None):
 
     Parameters
     ----------
+    model : paramshare_nb.nn.Module
+        Maps a ``(b, ...)`` array to a ``(b, ...)`` output for any ``b``.
     x : dask.array.Array, shape (batch, ...)
         Inputs, chunked along axis 0 only; other axes split into several
         chunks are rechunked with a :class:`ChunkingWarning`.
-    model : paramshare_nb.nn.Module
-        Maps a ``(b, ...)`` array to a ``(b, ...)`` output for any ``b``.
     max_chunk_bytes : int, optional
         Largest chunk that rechunking may create (default 256 MiB).
 

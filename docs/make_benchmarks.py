@@ -1,0 +1,184 @@
+"""Run ``benchmarks/compare.py`` and store its figures for the benchmarks page.
+
+Usage, from the repository root::
+
+    python docs/make_benchmarks.py            # all workloads, default repeats
+    python docs/make_benchmarks.py --quick    # fewer repeats (a smoke run)
+
+It records the machine (CPU model, cores, numba threads, library versions,
+commit, date), runs ``compare.py`` in a fresh process, parses its per-workload
+medians, and writes ``docs/_static/benchmarks.json`` and the side-by-side
+figure ``docs/_static/benchmarks.png``.  Commit both: the docs build renders
+them (:func:`render_rst`, called by ``conf.py``) without re-running anything,
+so the published numbers are always a script's output, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "_static" / "benchmarks.json"
+FIGURE = HERE / "_static" / "benchmarks.png"
+
+_HEAD = re.compile(r"^(?P<key>w\d+): (?P<desc>[^;]+);.*?forward strategy (?P<strategy>\S+)")
+_LINE = re.compile(r"^\s+(?P<name>[\w.\-]+)\s+(?P<ms>[\d.]+) ms\s+\(median of (?P<n>\d+)\)")
+_RATIO = re.compile(r"vs fastest peer: (?P<ratio>[\d.]+)x \(target >= (?P<target>[\d.]+)x\)")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict:
+    """Where the numbers come from."""
+    import numba
+    import numpy as np
+    import scipy
+
+    import paramshare_nb
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "numba": numba.__version__,
+        "paramshare_nb": paramshare_nb.__version__,
+        "commit": _git_commit(),
+        "load_average_before": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def parse(text: str) -> list[dict]:
+    """Workloads and per-implementation medians from ``compare.py``'s output."""
+    rows: list[dict] = []
+    for line in text.splitlines():
+        if m := _HEAD.match(line):
+            rows.append({"key": m["key"], "description": m["desc"].strip(),
+                         "strategy": m["strategy"], "times_ms": {}})
+        elif rows and (m := _LINE.match(line)):
+            rows[-1]["times_ms"][m["name"]] = float(m["ms"])
+        elif rows and (m := _RATIO.search(line)):
+            rows[-1]["ratio"] = float(m["ratio"])
+            rows[-1]["target"] = float(m["target"])
+    return rows
+
+
+def run(args: list[str]) -> dict:
+    """Run ``compare.py`` and return the stored record."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    return {"machine": machine(), "command": "python benchmarks/compare.py " + " ".join(args),
+            "output": proc.stdout.rstrip(), "workloads": parse(proc.stdout)}
+
+
+def figure(record: dict, path: Path = FIGURE) -> None:
+    """Side-by-side bars: median time per implementation, per workload (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = record["workloads"]
+    names = sorted({n for r in rows for n in r["times_ms"]},
+                   key=lambda n: (n != "paramshare_nb", n))
+    fig, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
+    width = 0.8 / max(len(names), 1)
+    x = np.arange(len(rows))
+    for j, name in enumerate(names):
+        vals = [r["times_ms"].get(name, np.nan) for r in rows]
+        ax.bar(x + (j - (len(names) - 1) / 2) * width, vals, width, label=name)
+    ax.set_xticks(x, labels=[f"{r['key']}\n{r['description'][:28]}" for r in rows], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("forward + backward, median ms")
+    ax.legend(fontsize=8)
+    mach = record["machine"]
+    ax.set_title(f"{mach['cpu']}, {mach['numba_threads']} threads", fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render_rst(path: Path = RESULTS) -> str:
+    """reST for the benchmarks page from the stored record (no timing here)."""
+    if not path.exists():
+        return ("No results are stored yet.  Run ``python docs/make_benchmarks.py`` from the "
+                "repository root, then rebuild the documentation.\n")
+    record = json.loads(path.read_text())
+    mach = record["machine"]
+    out = ["Machine", "~~~~~~~", ""]
+    out += [f"* **{k}**: {v}" for k, v in mach.items()]
+    out += ["", f"Command: ``{record['command']}``", ""]
+    rows = record["workloads"]
+    if rows:
+        names = sorted({n for r in rows for n in r["times_ms"]},
+                       key=lambda n: (n != "paramshare_nb", n))
+        out += ["Results", "~~~~~~~", "",
+                "Median time of one forward and backward pass (``y``, ``dx``, ``dtheta``), "
+                "in milliseconds, and the speed-up over the fastest peer.", "",
+                ".. list-table::", "   :header-rows: 1", ""]
+        out += ["   * - workload", "     - strategy"] + [f"     - {n}" for n in names]
+        out += ["     - vs fastest peer"]
+        for r in rows:
+            out += [f"   * - {r['key']}: {r['description']}", f"     - ``{r['strategy']}``"]
+            out += [f"     - {r['times_ms'][n]:.3f}" if n in r["times_ms"] else "     - n/a"
+                    for n in names]
+            ratio = r.get("ratio")
+            out += [f"     - {ratio:.1f}x (target {r.get('target', 0):g}x)" if ratio else
+                    "     - n/a"]
+        out += [""]
+        if FIGURE.exists():
+            out += [".. image:: /_static/benchmarks.png",
+                    "   :alt: median times per implementation and workload", ""]
+    out += ["Full output", "~~~~~~~~~~~", "", ".. code-block:: text", ""]
+    out += ["   " + line if line else "" for line in record["output"].splitlines()]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 repeats per timing")
+    ap.add_argument("--only", default=None, help="workloads, e.g. w1,w3")
+    args = ap.parse_args(argv)
+    passthrough = ["--repeat", "3"] if args.quick else []
+    if args.only:
+        passthrough += ["--only", args.only]
+    record = run(passthrough)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=1) + "\n")
+    if record["workloads"]:
+        figure(record)
+    print(f"wrote {RESULTS.relative_to(ROOT)} ({len(record['workloads'])} workloads)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
