@@ -154,15 +154,115 @@ def _column_blocks(cols, params, n):
     return np.unique(h, return_inverse=True)[1].astype(INDEX)
 
 
+class Split:
+    """Complement sums: ``W = B + R`` with ``B`` constant on (row, column block) cells.
+
+    For each row ``m`` and input block ``k`` (see :func:`_column_blocks`) where
+    one parameter ``q`` fills most of the block's columns, the base puts
+    ``theta_q`` on the whole cell and the residual ``R`` corrects the few
+    exceptions.  ``R`` is again a tied pattern, over *derived* parameters
+    (signed sums such as ``theta_0 - theta_1``), found exactly by grouping
+    equal coefficient lists.  Deep Sets (``theta_0`` on the diagonal,
+    ``theta_1`` elsewhere) becomes one base ``theta_1 * ones`` per row and a
+    diagonal residual holding ``theta_0 - theta_1``:
+    ``y_m = theta_1 @ sum_n x_n + (theta_0 - theta_1) @ x_m``, O(N) per row pair.
+    The base needs one block total per batch element and one small product
+    per distinct (block, parameter) pair, shared by all rows.
+    """
+
+    def __init__(self, plan):
+        m, n = plan.shape
+        npar = max(plan.n_params, 1)
+        rows, cols, params = plan._edges
+        blk = plan.col_block
+        nblk = int(blk.max(initial=-1)) + 1
+        self.n_bases = 0
+        if rows.size == 0 or nblk == 0:
+            return
+        bsize = np.bincount(blk, minlength=nblk)
+        ekey, ecnt = np.unique((rows * n + cols) * npar + params, return_counts=True)
+        e_mn, e_p = ekey // npar, ekey % npar
+        e_m, e_n = e_mn // n, e_mn % n
+        # distinct columns per (row, block, param): pick each cell's dominant parameter
+        ckey, ccnt = np.unique((e_m * nblk + blk[e_n]) * npar + e_p, return_counts=True)
+        cell, cp = ckey // npar, ckey % npar
+        order = np.lexsort((-ccnt, cell))
+        first = np.ones(order.size, bool)
+        first[1:] = cell[order][1:] != cell[order][:-1]
+        best = order[first]
+        b_cell, b_p, b_cnt = cell[best], cp[best], ccnt[best]
+        b_k = b_cell % nblk
+        use = b_cnt > bsize[b_k] - b_cnt + 1
+        if not use.any():
+            return
+        c_m, c_k, c_q = b_cell[use] // nblk, b_k[use], b_p[use]
+        # bases: distinct (block, param) pairs, each shared by several rows
+        bkey, binv = np.unique(c_k * npar + c_q, return_inverse=True)
+        self.base_k, self.base_q = (bkey // npar).astype(INDEX), (bkey % npar).astype(INDEX)
+        self.n_bases = int(bkey.size)
+        self.row_ptr = _ptr(np.bincount(c_m, minlength=m))   # c_m is sorted
+        self.row_u = binv.astype(INDEX)
+        by_u = np.argsort(binv, kind="stable")
+        self.u_ptr = _ptr(np.bincount(binv, minlength=self.n_bases))
+        self.u_rows = c_m[by_u].astype(INDEX)
+        by_q = np.argsort(self.base_q, kind="stable")
+        self.q_ptr = _ptr(np.bincount(self.base_q, minlength=plan.n_params))
+        self.q_us = by_q.astype(INDEX)
+        # residual coefficients per entry: edges (+count) and base (-1 on every cell column)
+        blk_ptr = _ptr(bsize)
+        blk_cols = np.argsort(blk, kind="stable")
+        sizes = bsize[c_k]
+        starts = np.repeat(blk_ptr[c_k] - (np.cumsum(sizes) - sizes), sizes)
+        members = blk_cols[starts + np.arange(int(sizes.sum()))]
+        neg_key = (np.repeat(c_m, sizes) * n + members) * npar + np.repeat(c_q, sizes)
+        allkey = np.concatenate([ekey, neg_key])
+        weight = np.concatenate([ecnt, -np.ones(neg_key.size, INDEX)])
+        rkey, rinv = np.unique(allkey, return_inverse=True)
+        net = np.bincount(rinv, weights=weight).astype(INDEX)
+        keep = net != 0
+        rkey, net = rkey[keep], net[keep]
+        r_mn, r_p = rkey // npar, rkey % npar
+        # exact grouping of coefficient lists into derived parameters
+        mn_u, mn_inv, mn_cnt = np.unique(r_mn, return_inverse=True, return_counts=True)
+        width = int(mn_cnt.max(initial=0))
+        pos = np.arange(r_mn.size) - np.repeat(_ptr(mn_cnt)[:-1], mn_cnt)
+        table = np.full((mn_u.size, 2 * width), -1 << 40, dtype=INDEX)
+        table[mn_inv, 2 * pos] = r_p
+        table[mn_inv, 2 * pos + 1] = net
+        combos, d_of = np.unique(table, axis=0, return_inverse=True)
+        d_of = d_of.reshape(-1)
+        self.n_derived = int(combos.shape[0])
+        dd, jj = np.nonzero(combos[:, 0::2] >= 0)
+        self.d_idx = dd.astype(INDEX)
+        self.p_idx = combos[dd, 2 * jj].astype(INDEX)
+        self.coef = combos[dd, 2 * jj + 1].astype(np.float64)
+        res_rows, res_cols = mn_u // n, mn_u % n
+        self.residual = Plan((m, n), res_rows.astype(INDEX), res_cols.astype(INDEX),
+                             d_of.astype(INDEX), self.n_derived)
+        self.blk_ptr, self.blk_cols = blk_ptr, blk_cols.astype(INDEX)
+        self.n_blocks = nblk
+
+    def derived_theta(self, theta):
+        """``theta_d[d] = sum_j coef_j theta[p_j]`` over the combination of ``d``."""
+        out = np.zeros((self.n_derived,) + theta.shape[1:], dtype=theta.dtype)
+        np.add.at(out, self.d_idx, self.coef.astype(theta.dtype)[:, None, None]
+                  * theta[self.p_idx])
+        return out
+
+    def totals(self, x):
+        tot = np.empty((x.shape[0], self.n_blocks, x.shape[2]), dtype=x.dtype)
+        cpu.block_totals(x, self.blk_ptr, self.blk_cols, tot)
+        return tot
+
+
 class Plan:
     """Everything the fast strategies need for one pattern in one direction."""
 
-    def __init__(self, pattern):
-        m, n = pattern.shape
+    def __init__(self, shape, rows, cols, params, n_params):
+        m, n = shape
         self.shape = (m, n)
-        self.n_params = pattern.n_params
-        self.nnz = pattern.nnz
-        rows, cols, params = pattern.rows, pattern.cols, pattern.params
+        self.n_params = n_params
+        self.nnz = int(rows.size)
         self._edges = (np.asarray(rows, INDEX), np.asarray(cols, INDEX),
                        np.asarray(params, INDEX))
         # groups: distinct (param, row) pairs, parameter-major
@@ -177,6 +277,23 @@ class Plan:
         self.col_block = _column_blocks(cols, params, n)
         self._gather = {}
         self._z = None
+        self._split = None
+        # a single parameter times the identity (Deep Sets' residual): one plain GEMM
+        self.identity_param = -1
+        if (self.n_groups == m == n == self.nnz and np.count_nonzero(np.diff(self.param_ptr)) == 1
+                and np.array_equal(np.asarray(rows), np.arange(m))
+                and np.array_equal(np.asarray(cols), np.arange(n))):
+            self.identity_param = int(self.gparam[0])
+
+    @classmethod
+    def of(cls, pattern):  # noqa: D102
+        return cls(pattern.shape, pattern.rows, pattern.cols, pattern.params, pattern.n_params)
+
+    def split(self):
+        """The complement decomposition (:class:`Split`), or None when nothing gains."""
+        if self._split is None:
+            self._split = Split(self)
+        return self._split if self._split.n_bases else None
 
     def gather(self, complement):
         """Group sums of ``x``: targets are the groups, sources the input columns."""
@@ -203,8 +320,8 @@ class Plan:
 def plan_of(pattern, transposed=False):
     """The cached :class:`Plan` of ``pattern`` (or of its transpose, for ``dx``)."""
     if transposed:
-        return _cached(pattern, "plan_t", lambda: Plan(pattern.transpose()))
-    return _cached(pattern, "plan", lambda: Plan(pattern))
+        return _cached(pattern, "plan_t", lambda: Plan.of(pattern.transpose()))
+    return _cached(pattern, "plan", lambda: Plan.of(pattern))
 
 
 # ---------------------------------------------------------------------------
@@ -220,6 +337,9 @@ def _blas_contract(plan, c_in, c_out):
 def _gather_forward(plan, x, theta, y, complement):
     nb, _, c_in = x.shape
     c_out = theta.shape[1]
+    if plan.identity_param >= 0:
+        np.matmul(x.reshape(-1, c_in), theta[plan.identity_param].T, out=y.reshape(-1, c_out))
+        return
     gp = plan.gather(complement)
     g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
     gp.run(x, g_sums, False)
@@ -237,6 +357,30 @@ def _gather_forward(plan, x, theta, y, complement):
     return g_sums
 
 
+def _complement_forward(plan, x, theta, y):
+    sp = plan.split()
+    if sp is None:
+        return _gather_forward(plan, x, theta, y, False)
+    _gather_forward(sp.residual, x, sp.derived_theta(theta), y, False)
+    tot = sp.totals(x)
+    u = np.empty((x.shape[0], sp.n_bases, theta.shape[1]), dtype=x.dtype)
+    cpu.contract_cols(tot, np.ascontiguousarray(theta.transpose(0, 2, 1)), sp.base_k,
+                      sp.base_q, u)
+    cpu.add_base(u, sp.row_ptr, sp.row_u, y)
+
+
+def _complement_dtheta(plan, dy, x, dtheta):
+    sp = plan.split()
+    if sp is None:
+        return _gather_dtheta(plan, dy, x, dtheta, False)
+    dd = np.empty((sp.n_derived,) + dtheta.shape[1:], dtype=dtheta.dtype)
+    _gather_dtheta(sp.residual, dy, x, dd, False)
+    dtheta[...] = 0
+    np.add.at(dtheta, sp.p_idx, sp.coef.astype(dd.dtype)[:, None, None] * dd[sp.d_idx])
+    cpu.base_dtheta(dy, sp.totals(x), sp.u_ptr, sp.u_rows, sp.base_k, sp.q_ptr, sp.q_us,
+                    dtheta)
+
+
 def _scatter_forward(plan, x, theta, y):
     zcol, zparam, g = plan.zplan()
     theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
@@ -248,6 +392,10 @@ def _scatter_forward(plan, x, theta, y):
 def _gather_dtheta(plan, dy, x, dtheta, complement):
     nb, _, c_in = x.shape
     c_out = dy.shape[2]
+    if plan.identity_param >= 0:
+        dtheta[...] = 0
+        np.matmul(dy.reshape(-1, c_out).T, x.reshape(-1, c_in), out=dtheta[plan.identity_param])
+        return
     gp = plan.gather(complement)
     g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
     gp.run(x, g_sums, False)
@@ -311,6 +459,18 @@ _ADDS = 1.5e9
 _CALL = 4e-6
 
 
+def _gather_cost(plan, nb, c_in, c_out):
+    if plan.identity_param >= 0:
+        return 2 * nb * plan.nnz * c_in * c_out / _BLAS + _CALL
+    used = int(np.count_nonzero(np.diff(plan.param_ptr)))
+    contract = 2 * nb * plan.n_groups * c_in * c_out
+    if _blas_contract(plan, c_in, c_out):
+        ctime = contract / _BLAS + used * _CALL + nb * plan.n_groups * c_out / _ADDS
+    else:
+        ctime = contract / _FUSED
+    return nb * plan.gather(False).n_terms * c_in / _ADDS + ctime + 3 * _CALL
+
+
 def _costs(plan, nb, c_in, c_out, itemsize):
     """Estimated seconds of each strategy for one forward-direction multiply."""
     m, n = plan.shape
@@ -320,16 +480,14 @@ def _costs(plan, nb, c_in, c_out, itemsize):
     if dense * itemsize <= config.max_bytes:
         costs["materialize"] = dense / _ADDS + 2 * nb * dense / _BLAS + 2 * _CALL
     costs["csr"] = 2 * nb * plan.nnz * cc / _FUSED + _CALL
-    used = int(np.count_nonzero(np.diff(plan.param_ptr)))
-    contract = 2 * nb * plan.n_groups * cc
-    if _blas_contract(plan, c_in, c_out):
-        ctime = contract / _BLAS + used * _CALL + nb * plan.n_groups * c_out / _ADDS
+    costs["gather"] = _gather_cost(plan, nb, c_in, c_out)
+    sp = plan.split()
+    if sp is not None:
+        costs["complement"] = (_gather_cost(sp.residual, nb, c_in, c_out)
+                               + (nb * n * c_in + sp.u_rows.size * nb * c_out) / _ADDS
+                               + 2 * nb * sp.n_bases * cc / _FUSED + 4 * _CALL)
     else:
-        ctime = contract / _FUSED
-    for name, comp in (("gather", False), ("complement", True)):
-        gp = plan.gather(comp)
-        extra = nb * n * c_in if gp.uses_blocks else 0
-        costs[name] = (nb * gp.n_terms * c_in + extra) / _ADDS + ctime + 3 * _CALL
+        costs["complement"] = costs["gather"]
     zcol, _, gz = plan.zplan()
     costs["scatter"] = (2 * nb * zcol.size * cc / _FUSED
                         + nb * (gz.n_terms * c_out + (zcol.size * c_out if gz.uses_blocks else 0))
@@ -353,8 +511,10 @@ def _run_forward(how, pattern, x, theta, y, transposed=False):
             _csr_forward(x, theta, pattern, y)
     elif how == "scatter":
         _scatter_forward(plan_of(pattern, transposed), x, theta, y)
+    elif how == "complement":
+        _complement_forward(plan_of(pattern, transposed), x, theta, y)
     else:
-        _gather_forward(plan_of(pattern, transposed), x, theta, y, how == "complement")
+        _gather_forward(plan_of(pattern, transposed), x, theta, y, False)
 
 
 def forward(x, theta, pattern, y, method="auto"):
@@ -390,8 +550,10 @@ def grad(dy, x, theta, pattern, dx, dtheta, method="auto"):
         _mat_grad(dy, x, theta, pattern, None, dtheta)
     elif ht == "csr":
         _csr_dtheta(dy, x, pattern, dtheta)
+    elif ht == "complement":
+        _complement_dtheta(plan_of(pattern), dy, x, dtheta)
     else:
-        _gather_dtheta(plan_of(pattern), dy, x, dtheta, ht == "complement")
+        _gather_dtheta(plan_of(pattern), dy, x, dtheta, False)
     return hx, ht
 
 

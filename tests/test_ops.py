@@ -36,6 +36,16 @@ def _random_multi():
     return Pattern((7, 6), rows, cols, params)
 
 
+def _deepsets_perturbed():
+    """Deep Sets on 6 points with a hole, multi-edges and a repeated edge: complement + residual."""
+    base = ps.dense_pattern(ps.Action.same(ps.groups.symmetric(6)))
+    keep = ~((base.rows == 2) & (base.cols == 4))  # a structural zero inside the block
+    rows = np.r_[base.rows[keep], 1, 1, 5, 0]
+    cols = np.r_[base.cols[keep], 3, 3, 0, 0]
+    params = np.r_[base.params[keep], 2, 1, 0, 2]
+    return Pattern((6, 6), rows, cols, params)
+
+
 def _patterns():
     s5 = ps.Action.same(ps.groups.symmetric(5))
     reg = ps.Action.same(ps.regular(ps.groups.dihedral(3)))
@@ -47,6 +57,7 @@ def _patterns():
         "cayley": ps.sparse_pattern(reg),
         "tensor2to1": ps.dense_pattern(ps.Action(s4_2, ps.groups.symmetric(4))),
         "multi": _random_multi(),
+        "deepsets_perturbed": _deepsets_perturbed(),
     }
 
 
@@ -92,6 +103,16 @@ def test_forward_and_grad_match_reference(data, name, method, dtype, scalar):
         assert_close(dth, rdth, dtype)
         for a, k in zip((theta, x, dy), keep):
             np.testing.assert_array_equal(a, k)  # inputs never modified
+
+
+def test_complement_decomposition_is_used():
+    from paramshare_nb import _dispatch
+    for name in ("deepsets", "deepsets_perturbed", "tensor2to1"):
+        sp = _dispatch.plan_of(PATTERNS[name]).split()
+        assert sp is not None and sp.n_bases > 0, name
+    sp = _dispatch.plan_of(PATTERNS["deepsets"]).split()
+    assert sp.n_derived == 1 and sp.residual.identity_param == 0  # theta_0 - theta_1 on the diagonal
+    assert _dispatch.choose(PATTERNS["deepsets"], 64, 32, 32)[0] == "complement"
 
 
 def test_strategies_agree(data):

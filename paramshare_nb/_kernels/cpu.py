@@ -259,3 +259,53 @@ def gather_rows_tm(src, idx, out):
         s = idx[g]
         for c in range(nc):
             out[g, b, c] = src[b, s, c]
+
+
+# ---------------------------------------------------------------------------
+# complement sums: W = (block-constant base per row) + sparse residual
+# ---------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def add_base(u, row_ptr, row_u, y):
+    """``y[b, m] += sum_{bases j of row m} u[b, j]`` (``u = theta_q @ block total``)."""
+    nb, nm, nco = y.shape
+    for t in prange(nb * nm):
+        b = t // nm
+        m = t - b * nm
+        for i in range(row_ptr[m], row_ptr[m + 1]):
+            j = row_u[i]
+            for co in range(nco):
+                y[b, m, co] += u[b, j, co]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def base_dtheta(dy, tot, u_ptr, u_rows, base_k, q_ptr, q_us, dtheta):
+    """``dtheta[q] += sum_{bases j with param q} sum_b (sum_{rows m of j} dy[b, m]) (x) tot[b, k_j]``.
+
+    Bases are grouped by parameter (``q_ptr, q_us``): each parallel iteration
+    owns one parameter, so there are no races.
+    """
+    nb = dy.shape[0]
+    nco = dy.shape[2]
+    nci = tot.shape[2]
+    npar = q_ptr.shape[0] - 1
+    for q in prange(npar):
+        if q_ptr[q + 1] == q_ptr[q]:
+            continue
+        dsum = np.empty(nco, dtype=dy.dtype)
+        acc = dtheta[q]
+        for i in range(q_ptr[q], q_ptr[q + 1]):
+            j = q_us[i]
+            k = base_k[j]
+            for b in range(nb):
+                for co in range(nco):
+                    dsum[co] = 0
+                for r in range(u_ptr[j], u_ptr[j + 1]):
+                    m = u_rows[r]
+                    for co in range(nco):
+                        dsum[co] += dy[b, m, co]
+                for co in range(nco):
+                    d = dsum[co]
+                    for ci in range(nci):
+                        acc[co, ci] += d * tot[b, k, ci]

@@ -1,0 +1,277 @@
+"""Side-by-side timing of the tied multiply against what a user would write instead.
+
+Run ``python benchmarks/compare.py`` (options: ``--repeat``, ``--only w1,w3``,
+``--dtype float64``).  In one process, for each workload, it times forward +
+backward (``y``, ``dx``, ``dtheta``) of
+
+- **paramshare_nb**: ``tied_matmul`` + ``tied_matmul_grad`` (planner's choice),
+- **numpy**: materialise ``W = theta[idx]``, matmul, ``bincount`` for ``dtheta``,
+- **scipy.sparse**: one 0/1 CSR matrix ``B_k`` per parameter, ``sum_k theta_k B_k x``,
+- **torch** (when installed): index, matmul, autograd,
+
+checks that every peer agrees with paramshare_nb, and prints medians, the
+ratio to each peer, the target, and the achieved GFLOP/s against plain BLAS
+matmuls of the same dense shape.  Compile time is excluded (warm-up calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import paramshare_nb as ps
+
+try:  # optional peer
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+
+# ---------------------------------------------------------------------------
+# workloads
+# ---------------------------------------------------------------------------
+
+def figure1_d5():
+    """The genuine D5 reading of Figure 1 (THEORY.md section 3).
+
+    Pixels of a 4 x 5 image, row-major; the rotation shifts rows 0-1 right
+    and rows 2-3 left, the reflection swaps row i with row 3 - i.  Outputs:
+    D5 on the 5 vertices of a pentagon.
+    """
+    r, c = np.divmod(np.arange(20), 5)
+    rot_in = np.where(r < 2, r * 5 + (c + 1) % 5, r * 5 + (c - 1) % 5)
+    ref_in = (3 - r) * 5 + c
+    v = np.arange(5)
+    rot_out, ref_out = (v + 1) % 5, (-v) % 5
+    # (p . x)[p[i]] = x[i]: a generator array lists the image of each point
+    return ps.Action([rot_in, ref_in], [rot_out, ref_out])
+
+
+def workloads():
+    """``name -> (description, pattern, batch, c_in, c_out, target ratio)``."""
+    return {
+        "w1": ("Deep Sets S_512, 32->32, batch 64",
+               lambda: ps.dense_pattern(ps.Action.same(ps.groups.symmetric(512))),
+               64, 32, 32, 50.0),
+        "w2": ("cyclic C_64 regular, 16->16, batch 64",
+               lambda: ps.dense_pattern(ps.Action.same(ps.groups.cyclic(64))),
+               64, 16, 16, 1.0),
+        "w3": ("D4 on 16x16 image, 8->8, batch 64",
+               lambda: ps.dense_pattern(ps.Action.same(ps.groups.square_symmetries(16))),
+               64, 8, 8, 1.0),
+        "w4": ("Figure-1 D5 (4x5 -> 5), scalar, batch 4096",
+               lambda: ps.dense_pattern(figure1_d5()),
+               4096, None, None, 3.0),
+    }
+
+
+# ---------------------------------------------------------------------------
+# peers (each returns y, dx, dtheta in the library's layout)
+# ---------------------------------------------------------------------------
+
+class NumpyPeer:
+    name = "numpy"
+
+    def __init__(self, pat, scalar):
+        self.idx = pat.index()
+        self.flat = self.idx.ravel()
+        self.pat, self.scalar = pat, scalar
+
+    def __call__(self, x, theta, dy):
+        m, n = self.pat.shape
+        P = self.pat.n_params
+        if self.scalar:
+            w = theta[self.idx]
+            y = x @ w.T
+            dx = dy @ w
+            dw = dy.T @ x
+            dth = np.bincount(self.flat, weights=dw.ravel(), minlength=P).astype(theta.dtype)
+            return y, dx, dth
+        nb, _, ci = x.shape
+        co = theta.shape[1]
+        w = theta[self.idx].transpose(0, 2, 1, 3).reshape(m * co, n * ci)
+        x2, dy2 = x.reshape(nb, -1), dy.reshape(nb, -1)
+        y = (x2 @ w.T).reshape(nb, m, co)
+        dx = (dy2 @ w).reshape(nb, n, ci)
+        dw = (dy2.T @ x2).reshape(m, co, n, ci).transpose(0, 2, 1, 3).reshape(m * n, co * ci)
+        dth = np.stack([np.bincount(self.flat, weights=dw[:, k], minlength=P)
+                        for k in range(co * ci)], axis=1)
+        return y, dx, dth.reshape(P, co, ci).astype(theta.dtype)
+
+
+class ScipyPeer:
+    name = "scipy.sparse"
+
+    def __init__(self, pat, scalar):
+        import scipy.sparse as sp
+        m, n = pat.shape
+        self.mats = []
+        for k in range(pat.n_params):
+            sel = pat.params == k
+            b = sp.csr_matrix((np.ones(int(sel.sum()), np.float32), (pat.rows[sel], pat.cols[sel])),
+                              shape=(m, n))
+            self.mats.append((b, b.T.tocsr()))
+        self.pat, self.scalar = pat, scalar
+
+    def __call__(self, x, theta, dy):
+        m, n = self.pat.shape
+        x3 = x[..., None] if self.scalar else x
+        dy3 = dy[..., None] if self.scalar else dy
+        t3 = theta[:, None, None] if self.scalar else theta
+        nb, _, ci = x3.shape
+        co = t3.shape[1]
+        xs = x3.transpose(1, 0, 2).reshape(n, nb * ci)  # (N, B*Ci)
+        dys = dy3.transpose(1, 0, 2).reshape(m * nb, co)  # (M*B, Co)
+        y = np.zeros((m * nb, co), x.dtype)
+        dx = np.zeros((n, nb * ci), x.dtype)
+        dth = np.empty_like(t3)
+        for k, (b, bt) in enumerate(self.mats):
+            z = (b @ xs).reshape(m * nb, ci)
+            y += z @ t3[k].T
+            dth[k] = dys.T @ z
+            dx += bt @ (dys @ t3[k]).reshape(m, nb * ci)
+        y = y.reshape(m, nb, co).transpose(1, 0, 2)
+        dx = dx.reshape(n, nb, ci).transpose(1, 0, 2)
+        if self.scalar:
+            return y[..., 0], dx[..., 0], dth[:, 0, 0]
+        return y, dx, dth
+
+
+class TorchPeer:
+    name = "torch"
+
+    def __init__(self, pat, scalar):
+        self.idx = torch.from_numpy(pat.index())
+        self.pat, self.scalar = pat, scalar
+
+    def __call__(self, x, theta, dy):
+        m, n = self.pat.shape
+        xt = torch.from_numpy(x).requires_grad_(True)
+        tt = torch.from_numpy(theta).requires_grad_(True)
+        if self.scalar:
+            w = tt[self.idx]
+            y = xt @ w.T
+        else:
+            nb, _, ci = x.shape
+            co = theta.shape[1]
+            w = tt[self.idx].permute(0, 2, 1, 3).reshape(m * co, n * ci)
+            y = (xt.reshape(nb, -1) @ w.T).reshape(nb, m, co)
+        y.backward(torch.from_numpy(dy))
+        return y.detach().numpy(), xt.grad.numpy(), tt.grad.numpy()
+
+
+class Ours:
+    name = "paramshare_nb"
+
+    def __init__(self, pat, scalar):
+        self.pat = pat
+
+    def __call__(self, x, theta, dy):
+        y = ps.tied_matmul(x, theta, self.pat)
+        dx, dth = ps.tied_matmul_grad(dy, x, theta, self.pat)
+        return y, dx, dth
+
+
+# ---------------------------------------------------------------------------
+
+def _median_time(fn, args, repeat, budget=20.0):
+    fn(*args)  # warm-up: compile, plans, caches
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget and len(times) >= 3:
+            break
+    return statistics.median(times), len(times)
+
+
+def _blas_time(pat, x, theta, dy, repeat):
+    """Plain BLAS on the dense shape: forward, dx and dW matmuls."""
+    m, n = pat.shape
+    nb = x.shape[0]
+    ci = 1 if theta.ndim == 1 else theta.shape[2]
+    co = 1 if theta.ndim == 1 else theta.shape[1]
+    w = np.random.default_rng(0).standard_normal((m * co, n * ci)).astype(x.dtype)
+    x2, dy2 = x.reshape(nb, -1), dy.reshape(nb, -1)
+
+    def run():
+        x2 @ w.T
+        dy2 @ w
+        dy2.T @ x2
+    t, _ = _median_time(run, (), repeat)
+    return t, 3 * 2.0 * nb * m * n * ci * co
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--only", default="w1,w2,w3,w4")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args(argv)
+    dtype = np.dtype(args.dtype)
+    import numba
+    threads = numba.get_num_threads()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    peers = [NumpyPeer, ScipyPeer] + ([TorchPeer] if torch is not None and not args.no_torch else [])
+    print(f"# paramshare_nb compare: dtype {dtype}, numba threads {threads}, "
+          f"cpus {os.cpu_count()}, torch {'yes ' + torch.__version__ if torch else 'not installed'}")
+    rng = np.random.default_rng(0)
+    for key, (desc, make, nb, ci, co, target) in workloads().items():
+        if key not in args.only.split(","):
+            continue
+        t0 = time.perf_counter()
+        pat = make()
+        t_build = time.perf_counter() - t0
+        m, n = pat.shape
+        scalar = ci is None
+        if scalar:
+            theta = rng.standard_normal(pat.n_params).astype(dtype)
+            x = rng.standard_normal((nb, n)).astype(dtype)
+            dy = rng.standard_normal((nb, m)).astype(dtype)
+        else:
+            theta = (rng.standard_normal((pat.n_params, co, ci)) / np.sqrt(n * ci)).astype(dtype)
+            x = rng.standard_normal((nb, n, ci)).astype(dtype)
+            dy = rng.standard_normal((nb, m, co)).astype(dtype)
+        from paramshare_nb import _dispatch
+        hf = _dispatch.choose(pat, x.shape[0], 1 if scalar else ci, 1 if scalar else co,
+                              dtype.itemsize)[0]
+        ours = Ours(pat, scalar)
+        t_first = time.perf_counter()
+        ref = ours(x, theta, dy)
+        t_first = time.perf_counter() - t_first
+        t_ours, k = _median_time(ours, (x, theta, dy), args.repeat)
+        print(f"\n{key}: {desc}; pattern {pat}; built in {t_build:.2f} s; "
+              f"first call (plans + compile or cache load) {t_first:.2f} s; forward strategy {hf}")
+        print(f"  {'paramshare_nb':14s} {t_ours * 1e3:10.3f} ms  (median of {k})")
+        best = None
+        for cls in peers:
+            peer = cls(pat, scalar)
+            out = peer(x, theta, dy)
+            for a, b, what in zip(out, ref, ("y", "dx", "dtheta")):
+                scale = max(1.0, float(np.abs(b).max()))
+                tol = 1e-3 if dtype == np.float32 else 1e-9
+                if not np.allclose(np.asarray(a, np.float64), b, rtol=tol, atol=tol * scale):
+                    print(f"  !! {peer.name} disagrees on {what}", file=sys.stderr)
+            t, k = _median_time(peer, (x, theta, dy), max(3, args.repeat // 3))
+            best = t if best is None else min(best, t)
+            print(f"  {peer.name:14s} {t * 1e3:10.3f} ms  (median of {k})  "
+                  f"ours is {t / t_ours:8.1f}x faster")
+        ratio = best / t_ours
+        verdict = "MET" if ratio >= target else "MISSED"
+        print(f"  vs fastest peer: {ratio:.1f}x (target >= {target:g}x): {verdict}")
+        t_blas, flops = _blas_time(pat, x, theta, dy, args.repeat)
+        print(f"  dense-equivalent GFLOP/s: ours {flops / t_ours / 1e9:.1f}, plain BLAS "
+              f"matmuls of the dense shape {flops / t_blas / 1e9:.1f} ({t_blas * 1e3:.3f} ms)")
+
+
+if __name__ == "__main__":
+    main()
