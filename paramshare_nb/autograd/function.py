@@ -135,6 +135,17 @@ class Function:
     #: only the tied multiply is a CUDA kernel.
     native_cuda = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        docs = {"forward": f"Forward of {cls.__name__}: the result from plain arrays.",
+                "backward": f"Backward of {cls.__name__}: one gradient per input, from the "
+                            f"output's gradient."}
+        for name, doc in docs.items():  # primitives get a docstring stating the contract
+            fn = vars(cls).get(name)
+            fn = getattr(fn, "__func__", fn)
+            if fn is not None and not fn.__doc__:
+                fn.__doc__ = doc
+
     def __init__(self):
         self.parents = ()
         self.needs_input_grad = ()
@@ -147,10 +158,12 @@ class Function:
 
     @staticmethod
     def forward(ctx, *arrays, **options):  # pragma: no cover - abstract
+        """Compute the op's result from plain arrays (override)."""
         raise NotImplementedError
 
     @staticmethod
     def backward(ctx, grad):  # pragma: no cover - abstract
+        """Return one gradient per input, given the output's gradient (override)."""
         raise NotImplementedError
 
     @classmethod

@@ -135,6 +135,7 @@ class EquivariantLinear(Module):
         return out
 
     def extra_repr(self) -> str:
+        """Shape, channels, design and parameter count, for ``repr``."""
         m, n = self.pattern.shape
         return (f"N={n}, M={m}, c_in={self.c_in}, c_out={self.c_out}, design={self.design!r}, "
                 f"params={self.pattern.n_params}, bias={self.bias is not None}")
@@ -178,6 +179,7 @@ class Linear(Module):
         self.bias = Parameter(np.zeros(out_features, dtype)) if bias else None
 
     def extra_repr(self) -> str:
+        """Features in and out, for ``repr``."""
         return f"{self.in_features} -> {self.out_features}, bias={self.bias is not None}"
 
     def forward(self, x):
@@ -249,6 +251,7 @@ class OrbitPool(Module):
         self.reduce = reduce
 
     def extra_repr(self) -> str:
+        """Points, orbits and reduction, for ``repr``."""
         return f"n={self.n}, n_orbits={self.n_orbits}, reduce={self.reduce!r}"
 
     def forward(self, x):
@@ -296,6 +299,7 @@ class Dropout(Module):
         self.rng = np.random.default_rng(rng)
 
     def extra_repr(self) -> str:
+        """Drop probability, for ``repr``."""
         return f"p={self.p}"
 
     def forward(self, x):

@@ -46,6 +46,7 @@ class Module:
         self.training = True
 
     def forward(self, x):  # pragma: no cover - abstract
+        """Compute the module's output (override in subclasses)."""
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
     def __call__(self, *args, **kwargs):
