@@ -215,13 +215,14 @@ class Function:
 def _check_inputs(cls, inputs) -> None:
     if len(inputs) < 2:
         return
-    devices = {t.device for t in inputs}
-    if len(devices) > 1:
+    first = inputs[0].data
+    cuda0 = is_cuda_array(first)
+    if any(is_cuda_array(t.data) != cuda0 for t in inputs[1:]):
         desc = ", ".join(f"{t.device}" for t in inputs)
         raise RuntimeError(f"{cls.name()}: inputs are on different devices ({desc}); move them "
                            f"to one device first (Tensor.to('cpu') or .to('cuda'))")
     if cls.same_dtype:
-        floats = {np.dtype(t.dtype) for t in inputs if np.issubdtype(t.dtype, np.floating)}
+        floats = {t.data.dtype for t in inputs if t.data.dtype.kind == "f"}
         if len(floats) > 1:
             desc = ", ".join(str(t.dtype) for t in inputs)
             raise TypeError(f"{cls.name()}: inputs mix dtypes ({desc}); convert one side, e.g. "
