@@ -115,8 +115,15 @@ def _out_shape(lead, pattern: Pattern, scalar: bool, c_out: int):
     return tuple(lead) + ((m,) if scalar else (m, c_out))
 
 
+def _is_cuda_array(obj) -> bool:
+    """CUDA arrays: anything with ``__cuda_array_interface__``, or a numba device array
+    (the simulator's arrays lack the interface).  Never imports ``numba.cuda``."""
+    return (hasattr(obj, "__cuda_array_interface__")
+            or type(obj).__module__.startswith(("numba.cuda.", "numba_cuda.")))
+
+
 def _cuda_like(*objs) -> bool:
-    return any(hasattr(o, "__cuda_array_interface__") for o in objs)
+    return any(_is_cuda_array(o) for o in objs)
 
 
 def _check_backend(backend, *objs) -> str:
