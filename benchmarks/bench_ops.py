@@ -1,0 +1,113 @@
+"""asv suite for the tied multiply: forward, backward, peak memory, compile time.
+
+Workloads are those of ``compare.py`` (w1-w4).  Kernels compile and plans are
+built in ``setup`` (a warm call), so timings exclude JIT time; compile time is
+tracked separately in a fresh subprocess.  The numpy peer (materialised ``W``,
+matmul, ``bincount``) lives in the same class so that a ratio comes from one
+run.  Numba's thread count is recorded in the benchmark's note (``setup``).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import paramshare_nb as ps
+
+sys.path.insert(0, os.path.dirname(__file__))
+from compare import NumpyPeer, workloads  # noqa: E402
+
+WORKLOADS = workloads()
+METHODS = ["auto", "materialize", "gather", "complement", "scatter", "csr"]
+
+
+def _data(key, dtype):
+    desc, make, nb, ci, co, _ = WORKLOADS[key]
+    pat = make()
+    rng = np.random.default_rng(0)
+    m, n = pat.shape
+    if ci is None:
+        shapes = ((pat.n_params,), (nb, n), (nb, m))
+    else:
+        shapes = ((pat.n_params, co, ci), (nb, n, ci), (nb, m, co))
+    theta, x, dy = (rng.standard_normal(s).astype(dtype) for s in shapes)
+    return pat, theta, x, dy
+
+
+class TiedMatmul:
+    """Forward and backward per workload and dtype, planner's choice."""
+
+    params = (list(WORKLOADS), ["float32", "float64"])
+    param_names = ["workload", "dtype"]
+    timeout = 600
+
+    def setup(self, key, dtype):
+        import numba
+        self.threads = numba.get_num_threads()
+        self.pat, self.theta, self.x, self.dy = _data(key, np.dtype(dtype))
+        ps.tied_matmul(self.x, self.theta, self.pat)
+        ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat)
+        self.peer = NumpyPeer(self.pat, self.theta.ndim == 1) if key != "w1" else None
+
+    def time_forward(self, key, dtype):
+        ps.tied_matmul(self.x, self.theta, self.pat)
+
+    def time_backward(self, key, dtype):
+        ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat)
+
+    def time_forward_backward(self, key, dtype):
+        ps.tied_matmul(self.x, self.theta, self.pat)
+        ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat)
+
+    def time_numpy_peer_forward_backward(self, key, dtype):
+        # w1's numpy peer takes tens of seconds (1024 bincounts of 262144): skipped there
+        if self.peer is not None:
+            self.peer(self.x, self.theta, self.dy)
+
+    def peakmem_forward(self, key, dtype):
+        ps.tied_matmul(self.x, self.theta, self.pat)
+
+    def peakmem_backward(self, key, dtype):
+        ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat)
+
+
+class Strategies:
+    """Every strategy forced on the small workloads (w2 and w4), float32."""
+
+    params = (["w2", "w4"], METHODS)
+    param_names = ["workload", "method"]
+    timeout = 300
+
+    def setup(self, key, method):
+        self.pat, self.theta, self.x, self.dy = _data(key, np.float32)
+        ps.tied_matmul(self.x, self.theta, self.pat, method=method)
+        ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat, method=method)
+
+    def time_forward(self, key, method):
+        ps.tied_matmul(self.x, self.theta, self.pat, method=method)
+
+    def time_backward(self, key, method):
+        ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat, method=method)
+
+
+def track_compile_seconds():
+    """First forward + backward in a fresh process with an empty numba cache dir."""
+    code = ("import time, numpy as np, paramshare_nb as ps\n"
+            "pat = ps.dense_pattern(ps.Action.same(ps.groups.symmetric(6)))\n"
+            "x = np.ones((2, 6, 3), np.float32); th = np.ones((2, 4, 3), np.float32)\n"
+            "t = time.perf_counter()\n"
+            "for m in ('materialize', 'gather', 'complement', 'scatter', 'csr'):\n"
+            "    y = ps.tied_matmul(x, th, pat, method=m)\n"
+            "    ps.tied_matmul_grad(y, x, th, pat, method=m)\n"
+            "print(time.perf_counter() - t)\n")
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, NUMBA_CACHE_DIR=tmp)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+track_compile_seconds.unit = "seconds"
+track_compile_seconds.timeout = 600
