@@ -43,6 +43,64 @@ def _mix(h, x):
 
 
 @njit(cache=True, nogil=True)
+def _merge_sort(keys, items, n, kbuf, ibuf):
+    """Stable sort of ``items[:n]`` by ``keys[:n]``, both permuted in place.
+
+    Insertion sort on runs of 16, then bottom-up merging through the
+    buffers.  Written out (rather than ``np.argsort``) because numba's sorts
+    take seconds to compile each time a kernel uses them.
+    """
+    run = 16
+    for lo in range(0, n, run):
+        hi = min(lo + run, n)
+        for i in range(lo + 1, hi):
+            k = keys[i]
+            it = items[i]
+            j = i - 1
+            while j >= lo and keys[j] > k:
+                keys[j + 1] = keys[j]
+                items[j + 1] = items[j]
+                j -= 1
+            keys[j + 1] = k
+            items[j + 1] = it
+    src_k, src_i, dst_k, dst_i = keys, items, kbuf, ibuf
+    flipped = False
+    width = run
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            i, j, o = lo, mid, lo
+            while i < mid and j < hi:
+                if src_k[j] < src_k[i]:
+                    dst_k[o] = src_k[j]
+                    dst_i[o] = src_i[j]
+                    j += 1
+                else:
+                    dst_k[o] = src_k[i]
+                    dst_i[o] = src_i[i]
+                    i += 1
+                o += 1
+            while i < mid:
+                dst_k[o] = src_k[i]
+                dst_i[o] = src_i[i]
+                i += 1
+                o += 1
+            while j < hi:
+                dst_k[o] = src_k[j]
+                dst_i[o] = src_i[j]
+                j += 1
+                o += 1
+        src_k, src_i, dst_k, dst_i = dst_k, dst_i, src_k, src_i
+        flipped = not flipped
+        width *= 2
+    if flipped:
+        for i in range(n):
+            keys[i] = kbuf[i]
+            items[i] = ibuf[i]
+
+
+@njit(cache=True, nogil=True)
 def _refine(lab, pos, cell, csize, ncells, queue_init, n_init,
             optr, oadj, ow, iptr, iadj, iw):
     """Refine the ordered partition in place to an equitable one.
@@ -79,7 +137,9 @@ def _refine(lab, pos, cell, csize, ncells, queue_init, n_init,
     cmark = np.zeros(nv, dtype=np.bool_)
     tcells = np.empty(nv, dtype=np.int64)
     keys = np.empty(nv, dtype=np.int64)
-    tmp = np.empty(nv, dtype=np.int64)
+    items = np.empty(nv, dtype=np.int64)
+    kbuf = np.empty(nv, dtype=np.int64)
+    ibuf = np.empty(nv, dtype=np.int64)
     trace = np.int64(ncells) * _MULT
     while qn > 0 and ncells < nv:
         s = queue[head]
@@ -110,10 +170,12 @@ def _refine(lab, pos, cell, csize, ncells, queue_init, n_init,
                 cmark[c] = True
                 tcells[nc] = c
                 nc += 1
-        tc = np.sort(tcells[:nc])
+        for ci in range(nc):
+            items[ci] = tcells[ci]
+        _merge_sort(tcells, items, nc, kbuf, ibuf)  # canonical order: by position
         trace = _mix(trace, s)
         for ci in range(nc):
-            c = tc[ci]
+            c = tcells[ci]
             cmark[c] = False
             k = csize[c]
             lo = val[lab[c]]
@@ -121,6 +183,7 @@ def _refine(lab, pos, cell, csize, ncells, queue_init, n_init,
             for i in range(c, c + k):
                 kv = val[lab[i]]
                 keys[i - c] = kv
+                items[i - c] = lab[i]
                 if kv < lo:
                     lo = kv
                 if kv > hi:
@@ -128,14 +191,11 @@ def _refine(lab, pos, cell, csize, ncells, queue_init, n_init,
             if lo == hi:
                 trace = _mix(_mix(trace, c), lo)
                 continue
-            order = np.argsort(keys[:k], kind="mergesort")
+            _merge_sort(keys, items, k, kbuf, ibuf)
             for i in range(k):
-                tmp[i] = lab[c + order[i]]
-            for i in range(k):
-                v = tmp[i]
+                v = items[i]
                 lab[c + i] = v
                 pos[v] = c + i
-                keys[i] = val[v]
             # fragments: runs of equal value, in increasing value order
             in_queue = inq[c]
             big_start = c
@@ -196,7 +256,9 @@ def _initial(colors, optr, oadj, ow, iptr, iadj, iw, lab, pos, cell, csize):
     non-singleton cell (``-1`` when discrete).
     """
     nv = colors.shape[0]
-    order = np.argsort(colors, kind="mergesort")
+    order = np.arange(nv)
+    ckeys = colors.copy()
+    _merge_sort(ckeys, order, nv, np.empty(nv, dtype=np.int64), np.empty(nv, dtype=np.int64))
     queue = np.empty(max(nv, 1), dtype=np.int64)
     nq = 0
     ncells = 0
@@ -216,7 +278,8 @@ def _initial(colors, optr, oadj, ow, iptr, iadj, iw, lab, pos, cell, csize):
             ncells += 1
             trace = _mix(_mix(trace, i - start), colors[order[i - 1]])
             start = i
-    nc, tr = _refine(lab, pos, cell, csize, ncells, queue, nq, optr, oadj, ow, iptr, iadj, iw)
+    nc, tr = _refine(lab, pos, cell, csize, np.int64(ncells), queue, np.int64(nq), optr, oadj, ow,
+                     iptr, iadj, iw)
     return nc, _mix(trace, tr), _first_nonsingleton(csize, nv)
 
 
@@ -249,8 +312,8 @@ def _child(src_lab, src_pos, src_cell, src_csize, lab, pos, cell, csize, ncells,
         cell[lab[i]] = s + 1
     queue = np.empty(1, dtype=np.int64)
     queue[0] = s
-    nc, tr = _refine(lab, pos, cell, csize, ncells + 1, queue, 1, optr, oadj, ow, iptr, iadj,
-                     iw)
+    nc, tr = _refine(lab, pos, cell, csize, np.int64(ncells + 1), queue, np.int64(1), optr, oadj,
+                     ow, iptr, iadj, iw)
     return nc, _mix(tr, s), _first_nonsingleton(csize, nv)
 
 
@@ -265,7 +328,11 @@ def _is_automorphism(gamma, colors, optr, oadj, okey, ncol):
     the whole coloured edge multiset.
     """
     nv = gamma.shape[0]
-    buf = np.empty(max(okey.shape[0], 1), dtype=np.int64)
+    m = max(okey.shape[0], 1)
+    buf = np.empty(m, dtype=np.int64)
+    items = np.empty(m, dtype=np.int64)
+    kbuf = np.empty(m, dtype=np.int64)
+    ibuf = np.empty(m, dtype=np.int64)
     for u in range(nv):
         g = gamma[u]
         if colors[g] != colors[u]:
@@ -276,10 +343,10 @@ def _is_automorphism(gamma, colors, optr, oadj, okey, ncol):
         for j in range(d):
             e = optr[u] + j
             buf[j] = gamma[oadj[e]] * ncol + okey[e] % ncol
-        b = np.sort(buf[:d])
+        _merge_sort(buf, items, d, kbuf, ibuf)
         base = optr[g]
         for j in range(d):
-            if b[j] != okey[base + j]:
+            if buf[j] != okey[base + j]:
                 return False
     return True
 
