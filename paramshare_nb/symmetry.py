@@ -151,6 +151,7 @@ def _search(g: _Graph, budget: int) -> _SearchResult:
     fp = [root]
     fp_nc, fp_tr, fp_tgt, fp_v = [nc], [tr], [tgt], []
     while tgt >= 0:
+        _check_path_memory(len(fp) + 1, nv)
         v = int(fp[-1][0][tgt])
         nxt = _new_partition(nv)
         nc, tr, tgt = _child(*fp[-1], *nxt, fp_nc[-1], v, *csr)
@@ -266,6 +267,17 @@ def _search(g: _Graph, budget: int) -> _SearchResult:
                 done_labels.add(int(labels[w]))
         order *= int(np.count_nonzero(labels == labels[v]))
     return _SearchResult(gens_arr, order, fp_v, nodes)
+
+
+def _check_path_memory(depth, nv):
+    # the first path and the scratch path each keep one partition (4 int64 arrays) per level
+    need = 2 * depth * 4 * nv * 8
+    if need > config.max_bytes:
+        raise MemoryError(
+            f"the symmetry search's first path is {depth} levels deep on {nv} points and would "
+            f"need about {need / 2**20:.1f} MiB, over config.max_bytes = "
+            f"{config.max_bytes / 2**20:.1f} MiB; raise it with config.override(max_bytes=...)"
+        )
 
 
 def _check_budget(nodes, budget):
@@ -709,7 +721,7 @@ def symmetry_group_layers(patterns, max_nodes: int | None = None) -> SymmetryGro
             g_out = gamma[offs[i + 1]:offs[i + 2]] - offs[i + 1]
             if not _preserves(p, g_in, g_out):
                 raise AssertionError("internal error: a found symmetry does not preserve "
-                                     "layer {i}; please report this")
+                                     f"layer {i}; please report this")
     return SymmetryGroup(res.generators, res.order, sizes,
                          res.base, res.nodes)
 

@@ -372,6 +372,13 @@ def test_node_budget_stops_with_a_clear_error():
     assert ps.symmetry_group(pat).order == math.factorial(12)  # default budget suffices
 
 
+def test_search_memory_bound():
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.symmetric(40)))
+    with config.override(max_bytes=100_000):
+        with pytest.raises(MemoryError, match="max_bytes"):
+            ps.symmetry_group(pat)
+
+
 # -- explain --------------------------------------------------------------------------------
 
 def _explain(*args):
