@@ -1108,8 +1108,8 @@ def _explain_text(pattern, action=None, max_nodes=None) -> str:
 
     entries = m * n
     say(f"Pattern of shape ({m}, {n}): M={m} outputs, N={n} inputs")
-    ratio = f"{entries / pat.n_params:.3g}x fewer" if pat.n_params else "no"
-    say(f"  parameters : {pat.n_params} (a dense W has {entries} entries: {ratio} parameters)")
+    ratio = f"{entries / pat.n_params:.3g}x compression" if pat.n_params else "nothing to learn"
+    say(f"  parameters : {pat.n_params} (a dense W has {entries} entries: {ratio})")
     density = pat.nnz / entries if entries else 0.0
     say(f"  non-zeros  : {pat.nnz} of {entries} entries ({100 * density:.3g}% dense)"
         + (", with multi-edges" if pat.has_multi_edges else ""))
