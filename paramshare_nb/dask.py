@@ -363,7 +363,10 @@ def gradients(model, loss_fn, x, y, split_every: int = 4, client=None):
         raise ValueError("x is empty: no samples to compute gradients on")
     delayed = dask.delayed
     model_d = delayed(model, pure=True)
-    xs, ys = x.to_delayed().ravel(), y.to_delayed().ravel()
+    # unoptimised graphs keep the keys x and y share (y computed from x, say), so a
+    # shared chunk is computed once per step instead of once per consumer
+    xs = x.to_delayed(optimize_graph=False).ravel()
+    ys = y.to_delayed(optimize_graph=False).ravel()
     parts = [delayed(_chunk_gradients, pure=True)(model_d, xb, yb, loss_fn, size / total)
              for xb, yb, size in zip(xs, ys, x.chunks[0], strict=True) if size]
     while len(parts) > 1:

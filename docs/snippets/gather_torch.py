@@ -17,9 +17,9 @@ class TiedLinear(torch.nn.Module):
     def __init__(self, pattern, c_in, c_out):
         super().__init__()
         self.m = pattern.shape[0]
-        self.register_buffer("rows", torch.from_numpy(np.asarray(pattern.rows)))
-        self.register_buffer("cols", torch.from_numpy(np.asarray(pattern.cols)))
-        self.register_buffer("params", torch.from_numpy(np.asarray(pattern.params)))
+        self.register_buffer("rows", torch.tensor(pattern.rows))
+        self.register_buffer("cols", torch.tensor(pattern.cols))
+        self.register_buffer("params", torch.tensor(pattern.params))
         fan_in = max(1, pattern.nnz // max(self.m, 1)) * c_in
         self.theta = torch.nn.Parameter(torch.randn(pattern.n_params, c_out, c_in) / fan_in**0.5)
 
