@@ -83,17 +83,9 @@ class SymmetryGroup:
     def setup(self, name):
         _warm()
         self.pat = _pattern(name)
-        self.nauty = None
-        if pynauty is not None and name in NAUTY_PEER:
-            self.nauty = _nauty_graph(self.pat)
 
     def time_symmetry_group(self, name):
         ps.symmetry_group(self.pat)
-
-    def time_pynauty_autgrp(self, name):
-        if self.nauty is None:
-            raise NotImplementedError("pynauty not installed")
-        pynauty.autgrp(self.nauty)
 
     def track_search_nodes(self, name):
         return ps.symmetry_group(self.pat).nodes
@@ -102,6 +94,29 @@ class SymmetryGroup:
 
     def peakmem_symmetry_group(self, name):
         ps.symmetry_group(self.pat)
+
+
+class NautyPeer:
+    """paramshare_nb against nauty (pynauty) on the same patterns, for a ratio."""
+
+    params = list(NAUTY_PEER)
+    param_names = ["pattern"]
+    timeout = 600
+    number = 1
+    repeat = 1
+
+    def setup(self, name):
+        if pynauty is None:
+            raise NotImplementedError("pynauty is not installed (pip install pynauty)")
+        _warm()
+        self.pat = _pattern(name)
+        self.nauty = _nauty_graph(self.pat)
+
+    def time_symmetry_group(self, name):
+        ps.symmetry_group(self.pat)
+
+    def time_pynauty_autgrp(self, name):
+        pynauty.autgrp(self.nauty)
 
 
 def _hypercube(d):

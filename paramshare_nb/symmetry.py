@@ -36,8 +36,10 @@ here):
    found a strong generating set for it: ``|Aut|`` is the product over
    levels of the orbit of the base point under the generators found at or
    below that level -- the orbit lengths of a stabilizer chain, exact,
-   without sampling.  :attr:`SymmetryGroup.chain` builds the Schreier-Sims
-   chain on that base for membership tests.
+   without sampling.  With few generators the core's Schreier-Sims
+   re-derives the order from the generators as a cross-check;
+   :attr:`SymmetryGroup.chain` builds that chain on demand for membership
+   tests.
 
 Every generator returned is checked to preserve the edge multiset exactly.
 A search that would visit more nodes than ``config.search_nodes`` stops with
@@ -267,6 +269,26 @@ def _search(g: _Graph, budget: int) -> _SearchResult:
                 done_labels.add(int(labels[w]))
         order *= int(np.count_nonzero(labels == labels[v]))
     return _SearchResult(gens_arr, order, fp_v, nodes)
+
+
+_CROSS_CHECK_GENS = 4  # up to this many generators, Schreier-Sims re-derives the order
+
+
+def _checked_order(res: _SearchResult) -> int:
+    """The search's order, re-derived by Schreier-Sims when that is cheap (few generators).
+
+    The search's order is the product of the orbit lengths of the stabilizer
+    chain it proves (base = first path); the core's Schreier-Sims on the
+    generators computes the order of the group they generate independently.
+    """
+    k = res.generators.shape[0]
+    if 0 < k <= _CROSS_CHECK_GENS:
+        chain = StabChain(np.ascontiguousarray(res.generators), base_prefix=res.base)
+        if chain.order() != res.order:
+            raise AssertionError(f"internal error: the search found order {res.order} but its "
+                                 f"generators generate a group of order {chain.order()}; "
+                                 f"please report this")
+    return res.order
 
 
 def _check_path_memory(depth, nv):
@@ -677,7 +699,7 @@ def symmetry_group(pattern, max_nodes: int | None = None) -> SymmetryGroup:
         if not _preserves(pat, gamma[:n], gamma[n:] - n):
             raise AssertionError("internal error: a found symmetry does not preserve the "
                                  "pattern; please report this")
-    return SymmetryGroup(res.generators, res.order, sizes, res.base,
+    return SymmetryGroup(res.generators, _checked_order(res), sizes, res.base,
                          res.nodes)
 
 
@@ -722,7 +744,7 @@ def symmetry_group_layers(patterns, max_nodes: int | None = None) -> SymmetryGro
             if not _preserves(p, g_in, g_out):
                 raise AssertionError("internal error: a found symmetry does not preserve "
                                      f"layer {i}; please report this")
-    return SymmetryGroup(res.generators, res.order, sizes,
+    return SymmetryGroup(res.generators, _checked_order(res), sizes,
                          res.base, res.nodes)
 
 
