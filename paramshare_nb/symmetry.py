@@ -98,27 +98,38 @@ class _Graph:
         src = np.asarray(src, dtype=INDEX)
         dst = np.asarray(dst, dtype=INDEX)
         col = np.asarray(col, dtype=INDEX)
-        if col.size:
-            _, col = np.unique(col, return_inverse=True)
+        if col.size and (col.min() < 0 or col.max() >= max(4 * col.size, 1024)):
+            _, col = np.unique(col, return_inverse=True)  # sparse or negative ids: compact
             col = col.astype(INDEX).ravel()
         self.ncol = int(col.max()) + 1 if col.size else 1
         _, colors = np.unique(np.asarray(colors, dtype=INDEX), return_inverse=True)
         self.colors = np.ascontiguousarray(colors.astype(INDEX).ravel())
         w_out = _splitmix(2 * np.arange(self.ncol, dtype=INDEX) + 1)
         w_in = _splitmix(2 * np.arange(self.ncol, dtype=INDEX) + 2)
-        order = np.lexsort((col, dst, src))
+        order = self._edge_order(src, dst, col)
         s, d, c = src[order], dst[order], col[order]
         self.optr = np.zeros(self.nv + 1, dtype=INDEX)
         np.cumsum(np.bincount(s, minlength=self.nv), out=self.optr[1:])
         self.oadj = np.ascontiguousarray(d)
         self.ow = np.ascontiguousarray(w_out[c])
         self.okey = np.ascontiguousarray(d * self.ncol + c)
-        order = np.lexsort((col, src, dst))
+        order = self._edge_order(dst, src, col)
         s, d, c = src[order], dst[order], col[order]
         self.iptr = np.zeros(self.nv + 1, dtype=INDEX)
         np.cumsum(np.bincount(d, minlength=self.nv), out=self.iptr[1:])
         self.iadj = np.ascontiguousarray(s)
         self.iw = np.ascontiguousarray(w_in[c])
+
+    def _edge_order(self, first, second, col):
+        """Permutation sorting edges by ``(first, second, col)``; identity when already sorted."""
+        if first.size == 0:
+            return np.zeros(0, dtype=INDEX)
+        if self.nv * self.nv * self.ncol < 2**62:
+            key = (first * self.nv + second) * self.ncol + col
+            if bool(np.all(key[1:] >= key[:-1])):
+                return np.arange(key.size, dtype=INDEX)
+            return np.argsort(key, kind="stable")
+        return np.lexsort((col, second, first))
 
     @property
     def csr(self):
