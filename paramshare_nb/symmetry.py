@@ -192,7 +192,7 @@ def _search(g: _Graph, budget: int) -> _SearchResult:
         gamma[zeta] = leaf_lab
         return gamma if g.is_automorphism(gamma) else None
 
-    def aligned_automorphism(d, node_lab, level):
+    def aligned_automorphism(d, node_lab, level, w):
         # Cheap try at an inner node whose trace matches the first path's: map the first
         # path's node at depth d onto this one position by position.  When that is an
         # automorphism it fixes the first `level` base points (their singleton cells sit at
@@ -201,7 +201,7 @@ def _search(g: _Graph, budget: int) -> _SearchResult:
         gamma = np.empty(nv, dtype=INDEX)
         gamma[fp[d][0]] = node_lab
         prefix = fp_v[:level]
-        if prefix and not np.array_equal(gamma[prefix], prefix):
+        if gamma[fp_v[level]] != w or (prefix and not np.array_equal(gamma[prefix], prefix)):
             return None
         return gamma if g.is_automorphism(gamma) else None
 
@@ -225,7 +225,7 @@ def _search(g: _Graph, budget: int) -> _SearchResult:
             return None
         if res[2] < 0:
             return leaf_automorphism(dst[0])
-        gamma = aligned_automorphism(d, dst[0], level)
+        gamma = aligned_automorphism(d, dst[0], level, w)
         if gamma is not None:
             return gamma
         fixed = fp_v[:level] + [w]
@@ -250,7 +250,7 @@ def _search(g: _Graph, budget: int) -> _SearchResult:
                 if gamma is not None:
                     return gamma
                 continue
-            gamma = aligned_automorphism(d + 1, dst[0], level)
+            gamma = aligned_automorphism(d + 1, dst[0], level, w)
             if gamma is not None:
                 return gamma
             fixed.append(x)
@@ -274,6 +274,9 @@ def _search(g: _Graph, budget: int) -> _SearchResult:
                 gens.append(gamma)
                 gens_arr = np.array(gens, dtype=INDEX)
                 labels = _orbit_labels_fixing(gens_arr, no_fix, 0)
+                if labels[w] != labels[v]:  # gamma maps fp_v[level] to w by construction
+                    raise AssertionError("internal error: an automorphism from the subtree of "
+                                         f"{w} does not map {v} to it; please report this")
                 done_labels = {int(labels[x]) for x in done}
             else:
                 done.append(w)
