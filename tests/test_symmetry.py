@@ -331,6 +331,34 @@ def test_graph_convolution_pattern_variants():
         ps.graph_convolution_pattern(adj, design="sparse")
 
 
+def test_graph_edge_colours_may_be_large_or_negative():
+    adj = claims_cycle(5) * (10**12)
+    adj[0, 1] = adj[1, 0] = -3  # one distinguished edge: only the reflection through it is left
+    gens = ps.groups.graph_automorphisms(adj)
+    assert ps.order(gens) == 2
+    assert brute_force_graph_order(adj) == 2
+
+
+def claims_cycle(n):
+    a = np.zeros((n, n), dtype=np.int64)
+    i = np.arange(n)
+    a[i, (i + 1) % n] = a[(i + 1) % n, i] = 1
+    return a
+
+
+def test_merge_sort_kernel_is_a_stable_sort():
+    from paramshare_nb._kernels.refine_cpu import _merge_sort
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 5, 16, 17, 100, 1000):
+        keys = rng.integers(-5, 5, n)
+        items = np.arange(n)
+        expect = np.argsort(keys, kind="stable")
+        k2, i2 = keys.copy(), items.copy()
+        _merge_sort(k2, i2, n, np.empty(n, np.int64), np.empty(n, np.int64))
+        assert np.array_equal(i2, expect) and np.array_equal(k2, keys[expect])
+
+
 # -- bad input and the budget ------------------------------------------------------------
 
 def test_bad_inputs():
