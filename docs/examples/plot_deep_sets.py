@@ -52,7 +52,7 @@ print("parameters:", model.n_parameters())
 opt = optim.Adam(model.parameters(), lr=1e-2)
 
 losses = []
-for epoch in range(10):
+for _epoch in range(10):
     order = rng.permutation(len(x_train))
     for start in range(0, len(order), 128):
         idx = order[start:start + 128]

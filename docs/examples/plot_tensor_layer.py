@@ -53,7 +53,7 @@ model = nn.Sequential(
     nn.Linear(2 * 8, 1, rng=2))
 opt = optim.Adam(model.parameters(), lr=1e-2)
 losses = []
-for epoch in range(6):
+for _epoch in range(6):
     perm = rng.permutation(len(x_train))
     for start in range(0, len(perm), 128):
         idx = perm[start:start + 128]
