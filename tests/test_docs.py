@@ -116,3 +116,49 @@ def test_api_reference_covers_public_names():
         obj = getattr(ps, name)
         if callable(obj) and not isinstance(obj, type(ps)):
             assert f"   {name}\n" in api, name
+
+
+def _conf_value(name):
+    """A literal assigned in docs/conf.py (read without running conf.py)."""
+    import ast
+
+    tree = ast.parse((DOCS / "conf.py").read_text())
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return ast.literal_eval(node.value)
+    raise KeyError(name)
+
+
+def _public_objects():
+    import inspect
+
+
+    for _, modname, _ in _conf_value("API_SECTIONS"):
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue
+        for name in getattr(mod, "__all__", []):
+            obj = getattr(mod, name, None)
+            if obj is None or inspect.ismodule(obj) or not callable(obj):
+                continue
+            yield f"{modname}.{name}"  # class members are not validated (see conf.py)
+
+
+def test_numpydoc_validation_of_public_api():
+    """The docs build's numpydoc checks, on every public name, in one report."""
+    validate = pytest.importorskip("numpydoc.validate")
+    checks = _conf_value("numpydoc_validation_checks")
+    excluded = checks - {"all"}
+    problems = []
+    for path in sorted(set(_public_objects())):
+        try:
+            result = validate.validate(path)
+        except Exception as exc:  # noqa: BLE001 - report, do not stop at the first
+            problems.append(f"{path}: cannot validate ({exc})")
+            continue
+        problems += [f"{path}: {code} {msg}" for code, msg in result["errors"]
+                     if code not in excluded]
+    assert not problems, "numpydoc validation failed:\n" + "\n".join(problems)
