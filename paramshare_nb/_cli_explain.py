@@ -175,10 +175,17 @@ def _fallback_explain(pat, act) -> str:
             f"  (uniqueness not checked: paramshare_nb.symmetry is not available)")
 
 
-def _explain(pat, act) -> str:
+def _symmetry():
     try:
-        from .symmetry import explain
+        from . import symmetry
     except ImportError:
+        return None
+    return symmetry
+
+
+def _explain(pat, act) -> str:
+    explain = getattr(_symmetry(), "explain", None)
+    if explain is None:
         return _fallback_explain(pat, act)
     buf = io.StringIO()
     explain(pat, act, file=buf)  # prints; returns None
@@ -191,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
 
     desc, act = build_action(args.spec, args.out)
     print(f"{args.spec}: {desc}")
-    print(act.describe(warn=False))
+    if not hasattr(_symmetry(), "explain"):
+        print(act.describe(warn=False))  # explain() reports the group itself
     designs = ["dense", "sparse"] if args.design == "both" else [args.design]
     for design in designs:
         print()
