@@ -12,6 +12,7 @@ call :func:`forward`, :func:`grad` here.  This module owns
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from . import config
@@ -22,6 +23,29 @@ INDEX = np.int64
 METHODS = ("auto", "materialize", "gather", "complement", "scatter", "csr")
 
 _CACHE_ATTR = "_paramshare_ops_plans"
+
+#: Below this many element operations a kernel runs on one thread: a parallel
+#: region's barrier costs more than it saves (and, on a busy machine, a
+#: descheduled worker can stall it for a whole time slice).
+SERIAL_WORK = 1 << 23
+
+
+def _run(kernel, *args, work=None):
+    """Call a parallel kernel, on one thread when the work is small.
+
+    ``work`` defaults to the number of float elements the arguments hold; the
+    thread count is restored in ``finally``.
+    """
+    if work is None:
+        work = sum(a.size for a in args if isinstance(a, np.ndarray) and a.dtype.kind == "f")
+    threads = numba.get_num_threads()
+    if work >= SERIAL_WORK or threads == 1:
+        return kernel(*args)
+    numba.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
 
 
 def _plans(pattern) -> dict:
@@ -123,10 +147,10 @@ class GatherPlan:
         nb, _, nc = src.shape
         if self.uses_blocks:
             tot = np.empty((nb, self.n_blocks, nc), dtype=src.dtype)
-            cpu.block_totals(src, self.blk_ptr, self.blk_cols, tot)
+            _run(cpu.block_totals, src, self.blk_ptr, self.blk_cols, tot)
         else:
             tot = np.zeros((nb, 1, nc), dtype=src.dtype)
-        cpu.gather_sums(src, tot, self.bptr, self.blks, self.pptr, self.plus, self.mptr,
+        _run(cpu.gather_sums, src, tot, self.bptr, self.blks, self.pptr, self.plus, self.mptr,
                         self.minus, out, batch_major)
 
 
@@ -251,7 +275,7 @@ class Split:
 
     def totals(self, x):
         tot = np.empty((x.shape[0], self.n_blocks, x.shape[2]), dtype=x.dtype)
-        cpu.block_totals(x, self.blk_ptr, self.blk_cols, tot)
+        _run(cpu.block_totals, x, self.blk_ptr, self.blk_cols, tot)
         return tot
 
 
@@ -350,10 +374,11 @@ def _gather_forward(plan, x, theta, y, complement):
             if z > a:
                 np.matmul(g_sums[a:z].reshape(-1, c_in), theta[p].T,
                           out=r[a:z].reshape(-1, c_out))
-        cpu.row_sums(r, plan.row_ptr, plan.row_groups, y)
+        _run(cpu.row_sums, r, plan.row_ptr, plan.row_groups, y)
     else:
         theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
-        cpu.contract_rows(g_sums, theta_t, plan.row_ptr, plan.row_groups, plan.gparam, y)
+        _run(cpu.contract_rows, g_sums, theta_t, plan.row_ptr, plan.row_groups, plan.gparam, y,
+             work=g_sums.size * c_out)
     return g_sums
 
 
@@ -364,9 +389,9 @@ def _complement_forward(plan, x, theta, y):
     _gather_forward(sp.residual, x, sp.derived_theta(theta), y, False)
     tot = sp.totals(x)
     u = np.empty((x.shape[0], sp.n_bases, theta.shape[1]), dtype=x.dtype)
-    cpu.contract_cols(tot, np.ascontiguousarray(theta.transpose(0, 2, 1)), sp.base_k,
+    _run(cpu.contract_cols, tot, np.ascontiguousarray(theta.transpose(0, 2, 1)), sp.base_k,
                       sp.base_q, u)
-    cpu.add_base(u, sp.row_ptr, sp.row_u, y)
+    _run(cpu.add_base, u, sp.row_ptr, sp.row_u, y)
 
 
 def _complement_dtheta(plan, dy, x, dtheta):
@@ -377,7 +402,7 @@ def _complement_dtheta(plan, dy, x, dtheta):
     _gather_dtheta(sp.residual, dy, x, dd, False)
     dtheta[...] = 0
     np.add.at(dtheta, sp.p_idx, sp.coef.astype(dd.dtype)[:, None, None] * dd[sp.d_idx])
-    cpu.base_dtheta(dy, sp.totals(x), sp.u_ptr, sp.u_rows, sp.base_k, sp.q_ptr, sp.q_us,
+    _run(cpu.base_dtheta, dy, sp.totals(x), sp.u_ptr, sp.u_rows, sp.base_k, sp.q_ptr, sp.q_us,
                     dtheta)
 
 
@@ -385,7 +410,7 @@ def _scatter_forward(plan, x, theta, y):
     zcol, zparam, g = plan.zplan()
     theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
     z = np.empty((x.shape[0], zcol.size, theta.shape[1]), dtype=x.dtype)
-    cpu.contract_cols(x, theta_t, zcol, zparam, z)
+    _run(cpu.contract_cols, x, theta_t, zcol, zparam, z, work=z.size * x.shape[2])
     g.run(z, y, True)
 
 
@@ -401,7 +426,7 @@ def _gather_dtheta(plan, dy, x, dtheta, complement):
     gp.run(x, g_sums, False)
     if _blas_contract(plan, c_in, c_out):
         d = np.empty((plan.n_groups, nb, c_out), dtype=x.dtype)
-        cpu.gather_rows_tm(dy, plan.grow, d)
+        _run(cpu.gather_rows_tm, dy, plan.grow, d)
         for p in range(plan.n_params):
             a, z = plan.param_ptr[p], plan.param_ptr[p + 1]
             if z > a:
@@ -410,22 +435,57 @@ def _gather_dtheta(plan, dy, x, dtheta, complement):
             else:
                 dtheta[p] = 0
     else:
-        cpu.dtheta_groups(dy, g_sums, plan.param_ptr, plan.grow, dtheta)
+        _run(cpu.dtheta_groups, dy, g_sums, plan.param_ptr, plan.grow, dtheta,
+             work=g_sums.size * c_out)
 
 
-def _csr_forward(x, theta, pattern, y):
-    indptr, cols, params = csr_of(pattern)
-    cpu.csr_forward(x, theta, indptr, cols, params, y)
+def _chunks(work):
+    return 1 if work < SERIAL_WORK else numba.get_num_threads()
+
+
+def _scalar_edges(pattern, transposed):
+    """``(rows, cols, params)`` int64 edge arrays for the scalar kernels."""
+    def build():
+        src = pattern.transpose() if transposed else pattern
+        return tuple(np.array(a, dtype=INDEX) for a in (src.rows, src.cols, src.params))
+    return _cached(pattern, "edges_t" if transposed else "edges", build)
+
+
+def _csr_forward(x, theta, pattern, y, transposed=False):
+    nb = x.shape[0]
+    if theta.shape[1] == theta.shape[2] == 1:
+        # scalar: tiles of the batch, vectorised along it
+        rows, cols, params = _scalar_edges(pattern, transposed)
+        work = nb * cols.size
+        _run(cpu.scalar_forward, x.reshape(nb, -1), theta.reshape(-1), rows, cols, params,
+             y.reshape(nb, -1), _chunks(work), work=work)
+        return
+    indptr, cols, params = csr_t_of(pattern) if transposed else csr_of(pattern)
+    _run(cpu.csr_forward, x, theta, indptr, cols, params, y,
+         work=nb * cols.size * theta[0].size)
 
 
 def _csr_dx(dy, theta_t, pattern, dx):
-    indptr, cols, params = csr_t_of(pattern)
-    cpu.csr_forward(dy, theta_t, indptr, cols, params, dx)
+    _csr_forward(dy, theta_t, pattern, dx, transposed=True)
 
 
 def _csr_dtheta(dy, x, pattern, dtheta):
     pptr, prows, pcols = param_major_of(pattern)
-    cpu.csr_dtheta(dy, x, pptr, prows, pcols, dtheta)
+    nb = x.shape[0]
+    _run(cpu.csr_dtheta, dy, x, pptr, prows, pcols, dtheta,
+         work=nb * prows.size * dtheta[0].size)
+
+
+def _scalar_grad(dy, x, theta, pattern, dx, dtheta):
+    """Scalar patterns: ``dx`` and ``dtheta`` in one fused pass."""
+    nb = x.shape[0]
+    rows, cols, params = _scalar_edges(pattern, False)
+    work = nb * cols.size
+    nchunks = _chunks(work)
+    part = np.empty((nchunks, pattern.n_params), dtype=dtheta.dtype)
+    _run(cpu.scalar_backward, dy.reshape(nb, -1), x.reshape(nb, -1), theta.reshape(-1), rows,
+         cols, params, dx.reshape(nb, -1), part, nchunks, work=work)
+    np.sum(part, axis=0, out=dtheta.reshape(-1))
 
 
 def _mat_forward(x, theta, pattern, y):
@@ -444,7 +504,7 @@ def _mat_grad(dy, x, theta, pattern, dx, dtheta):
         np.matmul(dy2, w2, out=dx.reshape(nb, -1))
     np.matmul(dy2.T, x.reshape(nb, -1), out=w2)  # dW, reusing W's buffer
     pptr, prows, pcols = param_major_of(pattern)
-    cpu.reduce_dw(w, pptr, prows, pcols, dtheta)
+    _run(cpu.reduce_dw, w, pptr, prows, pcols, dtheta)
 
 
 # ---------------------------------------------------------------------------
@@ -478,8 +538,12 @@ def _costs(plan, nb, c_in, c_out, itemsize):
     dense = m * n * cc
     costs = {}
     if dense * itemsize <= config.max_bytes:
-        costs["materialize"] = dense / _ADDS + 2 * nb * dense / _BLAS + 2 * _CALL
-    costs["csr"] = 2 * nb * plan.nnz * cc / _FUSED + _CALL
+        skinny = min(1.0, min(nb, m * c_out, n * c_in) / 64)  # BLAS is poor on thin matrices
+        costs["materialize"] = dense / _ADDS + 2 * nb * dense / (_BLAS * skinny) + 2 * _CALL
+    if cc == 1:  # scalar: batch-vectorised kernels
+        costs["csr"] = 2 * nb * plan.nnz / (4 * _FUSED) + _CALL
+    else:
+        costs["csr"] = 2 * nb * plan.nnz * cc / _FUSED + _CALL
     costs["gather"] = _gather_cost(plan, nb, c_in, c_out)
     sp = plan.split()
     if sp is not None:
@@ -544,6 +608,9 @@ def grad(dy, x, theta, pattern, dx, dtheta, method="auto"):
     if hx == "materialize" and ht == "materialize":
         _mat_grad(dy, x, theta, pattern, dx, dtheta)
         return hx, ht
+    if hx == ht == "csr" and c_in == c_out == 1:
+        _scalar_grad(dy, x, theta, pattern, dx, dtheta)
+        return hx, ht
     theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
     _run_forward(hx, pattern, dy, theta_t, dx, transposed=True)
     if ht == "materialize":
@@ -581,7 +648,7 @@ def materialize(theta, pattern):
     w = np.empty((m, c_out, n, c_in), dtype=theta.dtype)
     if w.size:
         indptr, cols, params = csr_of(pattern)
-        cpu.gather_w(theta, indptr, cols, params, w)
+        _run(cpu.gather_w, theta, indptr, cols, params, w)
     return w
 
 

@@ -137,35 +137,40 @@ def block_totals(src, blk_ptr, blk_cols, tot):
                 tot[b, k, c] += src[b, s, c]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _gather_one(src, tot, bptr, blks, pptr, plus, mptr, minus, out, o0, o1, g, b):
+    nc = src.shape[2]
+    for c in range(nc):
+        out[o0, o1, c] = 0
+    for i in range(bptr[g], bptr[g + 1]):
+        k = blks[i]
+        for c in range(nc):
+            out[o0, o1, c] += tot[b, k, c]
+    for i in range(pptr[g], pptr[g + 1]):
+        s = plus[i]
+        for c in range(nc):
+            out[o0, o1, c] += src[b, s, c]
+    for i in range(mptr[g], mptr[g + 1]):
+        s = minus[i]
+        for c in range(nc):
+            out[o0, o1, c] -= src[b, s, c]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def gather_sums(src, tot, bptr, blks, pptr, plus, mptr, minus, out, batch_major):
     """Evaluate a gather plan (see the section comment) into ``out``."""
     nb = src.shape[0]
-    nc = src.shape[2]
     nt = bptr.shape[0] - 1
-    for t in prange(nt * nb):
-        if batch_major:
+    if batch_major:
+        for t in prange(nt * nb):
             b = t // nt
             g = t - b * nt
-            o = out[b, g]
-        else:
+            _gather_one(src, tot, bptr, blks, pptr, plus, mptr, minus, out, b, g, g, b)
+    else:
+        for t in prange(nt * nb):
             g = t // nb
             b = t - g * nb
-            o = out[g, b]
-        for c in range(nc):
-            o[c] = 0
-        for i in range(bptr[g], bptr[g + 1]):
-            k = blks[i]
-            for c in range(nc):
-                o[c] += tot[b, k, c]
-        for i in range(pptr[g], pptr[g + 1]):
-            s = plus[i]
-            for c in range(nc):
-                o[c] += src[b, s, c]
-        for i in range(mptr[g], mptr[g + 1]):
-            s = minus[i]
-            for c in range(nc):
-                o[c] -= src[b, s, c]
+            _gather_one(src, tot, bptr, blks, pptr, plus, mptr, minus, out, g, b, g, b)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -180,16 +185,15 @@ def contract_rows(g_sums, theta_t, row_ptr, row_groups, gparam, y):
     for t in prange(nb * nm):
         b = t // nm
         m = t - b * nm
-        acc = y[b, m]
         for co in range(nco):
-            acc[co] = 0
+            y[b, m, co] = 0
         for i in range(row_ptr[m], row_ptr[m + 1]):
             g = row_groups[i]
             p = gparam[g]
             for ci in range(nci):
                 v = g_sums[g, b, ci]
                 for co in range(nco):
-                    acc[co] += v * theta_t[p, ci, co]
+                    y[b, m, co] += v * theta_t[p, ci, co]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -217,13 +221,12 @@ def contract_cols(x, theta_t, zcol, zparam, z):
         j = t - b * nz
         n = zcol[j]
         p = zparam[j]
-        acc = z[b, j]
         for co in range(nco):
-            acc[co] = 0
+            z[b, j, co] = 0
         for ci in range(nci):
             v = x[b, n, ci]
             for co in range(nco):
-                acc[co] += v * theta_t[p, ci, co]
+                z[b, j, co] += v * theta_t[p, ci, co]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -236,17 +239,16 @@ def dtheta_groups(dy, g_sums, param_ptr, grow, dtheta):
     npar, nco, nci = dtheta.shape
     nb = dy.shape[0]
     for p in prange(npar):
-        acc = dtheta[p]
         for co in range(nco):
             for ci in range(nci):
-                acc[co, ci] = 0
+                dtheta[p, co, ci] = 0
         for g in range(param_ptr[p], param_ptr[p + 1]):
             m = grow[g]
             for b in range(nb):
                 for co in range(nco):
                     d = dy[b, m, co]
                     for ci in range(nci):
-                        acc[co, ci] += d * g_sums[g, b, ci]
+                        dtheta[p, co, ci] += d * g_sums[g, b, ci]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -309,3 +311,90 @@ def base_dtheta(dy, tot, u_ptr, u_rows, base_k, q_ptr, q_us, dtheta):
                     d = dsum[co]
                     for ci in range(nci):
                         acc[co, ci] += d * tot[b, k, ci]
+
+
+# ---------------------------------------------------------------------------
+# scalar patterns with a long batch: batch-last layout, vectorised over the batch
+# ---------------------------------------------------------------------------
+# Reassociation lets the batch dot products vectorise; no nnan/ninf (NaN and
+# inf propagate as usual).
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+#: Batch rows per tile of the scalar kernels (a tile of inputs stays in L1).
+TILE_B = 64
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=_FAST)
+def scalar_forward(x, theta, rows, cols, params, y, nchunks):
+    """Scalar patterns: ``y[b, m] = sum_e theta[p_e] x[b, n_e]``, ``x (B, N)``, ``y (B, M)``.
+
+    Each chunk transposes a tile of ``TILE_B`` batch rows into a local
+    ``(N, TILE_B)`` buffer, runs over the edges with the innermost loop along
+    the batch (vectorised), and writes its rows of ``y``: one pass over ``x``,
+    no shared writes.
+    """
+    nb, nn = x.shape
+    nm = y.shape[1]
+    ntile = (nb + TILE_B - 1) // TILE_B
+    for c in prange(nchunks):
+        xt = np.zeros((nn, TILE_B), dtype=x.dtype)
+        acc = np.zeros((nm, TILE_B), dtype=y.dtype)
+        for tile in range(c, ntile, nchunks):
+            b0 = tile * TILE_B
+            w = min(TILE_B, nb - b0)
+            for bb in range(w):
+                for j in range(nn):
+                    xt[j, bb] = x[b0 + bb, j]
+            acc[:, :] = 0
+            for e in range(rows.shape[0]):
+                a = theta[params[e]]
+                r = rows[e]
+                s = cols[e]
+                for bb in range(TILE_B):
+                    acc[r, bb] += a * xt[s, bb]
+            for bb in range(w):
+                for i in range(nm):
+                    y[b0 + bb, i] = acc[i, bb]
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=_FAST)
+def scalar_backward(dy, x, theta, rows, cols, params, dx, dth_part, nchunks):
+    """Scalar patterns, both gradients in one pass over ``dy`` and ``x``.
+
+    ``dx[b, n] = sum_e theta[p_e] dy[b, m_e]``; ``dth_part[c, p]`` is chunk
+    ``c``'s share of ``sum_e sum_b dy[b, m_e] x[b, n_e]`` (summed by the caller
+    in a fixed order: deterministic, race-free).
+    """
+    nb, nn = x.shape
+    nm = dy.shape[1]
+    ntile = (nb + TILE_B - 1) // TILE_B
+    for c in prange(nchunks):
+        xt = np.zeros((nn, TILE_B), dtype=x.dtype)
+        dyt = np.zeros((nm, TILE_B), dtype=dy.dtype)
+        acc = np.zeros((nn, TILE_B), dtype=dx.dtype)
+        for p in range(dth_part.shape[1]):
+            dth_part[c, p] = 0
+        for tile in range(c, ntile, nchunks):
+            b0 = tile * TILE_B
+            w = min(TILE_B, nb - b0)
+            for bb in range(w):
+                for j in range(nn):
+                    xt[j, bb] = x[b0 + bb, j]
+                for i in range(nm):
+                    dyt[i, bb] = dy[b0 + bb, i]
+            acc[:, :] = 0
+            for e in range(rows.shape[0]):
+                p = params[e]
+                a = theta[p]
+                r = rows[e]
+                s = cols[e]
+                d = dth_part.dtype.type(0)
+                for bb in range(TILE_B):
+                    g = dyt[r, bb]
+                    acc[s, bb] += a * g
+                    d += g * xt[s, bb]
+                dth_part[c, p] += d
+            for bb in range(w):
+                for j in range(nn):
+                    dx[b0 + bb, j] = acc[j, bb]
