@@ -461,8 +461,8 @@ def _csr_forward(x, theta, pattern, y, transposed=False):
              y.reshape(nb, -1), _chunks(work), work=work)
         return
     indptr, cols, params = csr_t_of(pattern) if transposed else csr_of(pattern)
-    _run(cpu.csr_forward, x, theta, indptr, cols, params, y,
-         work=nb * cols.size * theta[0].size)
+    _run(cpu.csr_forward, x, np.ascontiguousarray(theta.transpose(0, 2, 1)), indptr, cols,
+         params, y, work=nb * cols.size * theta[0].size)
 
 
 def _csr_dx(dy, theta_t, pattern, dx):

@@ -19,6 +19,33 @@ theta                 x                       y = tied_matmul(x, ...)
 ``y[..., m, :] = sum_n sum_{p on (m, n)} theta[p] @ x[..., n, :]``: entries
 with several parameters (multi-edges) sum them, structural zeros cost
 nothing.
+
+Strategies (``method=``; ``"auto"`` lets a cost model pick from the pattern's
+statistics, the batch size and the channels; forward, ``dx`` (the transposed
+multiply, planned on ``pattern.T``) and ``dtheta`` are planned separately):
+
+``"materialize"``
+    Gather ``W`` (bounded by ``config.max_bytes``) and call BLAS; ``dtheta``
+    reduces the dense ``dW`` by parameter.
+``"gather"``
+    Gather-contract: per output row and distinct parameter, sum the inputs
+    that share it, then one small product per (row, parameter) group,
+    fused in numba or one BLAS call per parameter across rows.
+``"complement"``
+    Complement sums: ``W`` = a block-constant base per (row, input block)
+    plus a residual tied pattern over derived parameters (differences such as
+    ``theta_0 - theta_1``).  Deep Sets costs O(N) per row pair.  Falls back
+    to ``"gather"`` when no block is dominated by one parameter.
+``"scatter"``
+    The transposed order: contract each (input, parameter) pair first, then
+    scatter-add to the outputs (with complement sums over blocks); its
+    ``dtheta`` uses ``"complement"``.
+``"csr"``
+    One pass over the edges (sparse patterns); scalar patterns use fused,
+    batch-tiled kernels that compute ``dx`` and ``dtheta`` together.
+
+On CUDA, ``"auto"``, ``"gather"`` (shared-memory tiled contraction) and
+``"csr"`` are available.
 """
 
 from __future__ import annotations

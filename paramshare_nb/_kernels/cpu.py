@@ -27,8 +27,12 @@ from numba import njit, prange
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def csr_forward(x, theta, indptr, cols, params, y):
-    """``y[b, m] = sum_e theta[params[e]] @ x[b, cols[e]]`` over row ``m``'s edges."""
+def csr_forward(x, theta_t, indptr, cols, params, y):
+    """``y[b, m] = sum_e theta[params[e]] @ x[b, cols[e]]`` over row ``m``'s edges.
+
+    ``theta_t`` is ``(P, C_in, C_out)``: the innermost loop runs along the
+    contiguous output channels (an axpy), so it vectorises.
+    """
     nb, nm, nco = y.shape
     nci = x.shape[2]
     for t in prange(nb * nm):
@@ -39,11 +43,10 @@ def csr_forward(x, theta, indptr, cols, params, y):
         for e in range(indptr[m], indptr[m + 1]):
             n = cols[e]
             p = params[e]
-            for co in range(nco):
-                s = y[b, m, co]
-                for ci in range(nci):
-                    s += theta[p, co, ci] * x[b, n, ci]
-                y[b, m, co] = s
+            for ci in range(nci):
+                v = x[b, n, ci]
+                for co in range(nco):
+                    y[b, m, co] += v * theta_t[p, ci, co]
 
 
 @njit(parallel=True, cache=True, nogil=True)
