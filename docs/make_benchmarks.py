@@ -4,6 +4,7 @@ Usage, from the repository root::
 
     python docs/make_benchmarks.py            # all workloads, default repeats
     python docs/make_benchmarks.py --quick    # fewer repeats (a smoke run)
+    python docs/make_benchmarks.py --figure-only   # redraw the figure, time nothing
 
 It records the machine (CPU model, cores, numba threads, library versions,
 commit, date), runs ``compare.py`` in a fresh process, parses its per-workload
@@ -23,6 +24,7 @@ import platform
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -111,13 +113,14 @@ def figure(record: dict, path: Path = FIGURE) -> None:
     rows = record["workloads"]
     names = sorted({n for r in rows for n in r["times_ms"]},
                    key=lambda n: (n != "paramshare_nb", n))
-    fig, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
     width = 0.8 / max(len(names), 1)
     x = np.arange(len(rows))
     for j, name in enumerate(names):
         vals = [r["times_ms"].get(name, np.nan) for r in rows]
         ax.bar(x + (j - (len(names) - 1) / 2) * width, vals, width, label=name)
-    ax.set_xticks(x, labels=[f"{r['key']}\n{r['description'][:28]}" for r in rows], fontsize=7)
+    labels = [f"{r['key']}\n" + textwrap.fill(r["description"], 26) for r in rows]
+    ax.set_xticks(x, labels=labels, fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("forward + backward, median ms")
     ax.legend(fontsize=8)
@@ -167,7 +170,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 repeats per timing")
     ap.add_argument("--only", default=None, help="workloads, e.g. w1,w3")
+    ap.add_argument("--figure-only", action="store_true",
+                    help="redraw the figure from the stored results, timing nothing")
     args = ap.parse_args(argv)
+    if args.figure_only:
+        figure(json.loads(RESULTS.read_text()))
+        print(f"wrote {FIGURE.relative_to(ROOT)}")
+        return 0
     passthrough = ["--repeat", "3"] if args.quick else []
     if args.only:
         passthrough += ["--only", args.only]
