@@ -283,7 +283,8 @@ def cayley(action, ax=None, max_order: int = 120, title: str | None = None):
     ax.set_aspect("equal")
     ax.axis("off")
     ax.margins(0.12)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=min(3, reg.shape[0] + 1),
+              fontsize=8, frameon=False)
     ax.set_title(title if title is not None
                  else f"Cayley diagram: |G| = {size}, {reg.shape[0]} generator(s)")
     return fig
