@@ -128,7 +128,8 @@ def _extract_summary(doc, settings):
     return " ".join(stanza)
 
 
-_autosummary.extract_summary = _extract_summary
+if all(hasattr(_autosummary, n) for n in ("_parse_summary", "periods_re", "literal_re")):
+    _autosummary.extract_summary = _extract_summary  # else: a Sphinx whose internals moved
 
 # -- pictures in the user guide (matplotlib's plot directive) ---------------------
 plot_include_source = True
