@@ -276,6 +276,16 @@ def write_benchmarks_page() -> None:
     _write_if_changed(GENERATED / "benchmarks.rst", make_benchmarks.render_rst())
 
 
+def write_cli_example() -> None:
+    """The real output of ``python -m paramshare_nb explain dihedral:5`` for the CLI page."""
+    proc = subprocess.run([sys.executable, "-m", "paramshare_nb", "explain", "dihedral:5"],
+                          capture_output=True, text=True, cwd=str(ROOT), timeout=600,
+                          check=True)
+    _write_if_changed(GENERATED / "cli_explain.txt",
+                      "$ python -m paramshare_nb explain dihedral:5\n" + proc.stdout)
+
+
 write_api_sections()
 write_claims_table()
 write_benchmarks_page()
+write_cli_example()

@@ -98,7 +98,7 @@ def run(args: list[str]) -> dict:
     """Run ``compare.py`` and return the stored record."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), *args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-    return {"machine": machine(), "command": "python benchmarks/compare.py " + " ".join(args),
+    return {"machine": machine(), "command": " ".join(["python benchmarks/compare.py", *args]),
             "output": proc.stdout.rstrip(), "workloads": parse(proc.stdout)}
 
 
@@ -139,7 +139,7 @@ def render_rst(path: Path = RESULTS) -> str:
     mach = record["machine"]
     out = ["Machine", "~~~~~~~", ""]
     out += [f"* **{k}**: {v}" for k, v in mach.items()]
-    out += ["", f"Command: ``{record['command']}``", ""]
+    out += ["", f"Command: ``{record['command'].strip()}``", ""]
     rows = record["workloads"]
     if rows:
         names = sorted({n for r in rows for n in r["times_ms"]},

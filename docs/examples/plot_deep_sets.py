@@ -9,6 +9,8 @@ We stack two such layers with channels, pool over the set, and learn to
 predict the **range** (max - min) of a set of numbers.
 """
 
+# sphinx_gallery_thumbnail_number = 2
+
 import matplotlib.pyplot as plt
 import numpy as np
 

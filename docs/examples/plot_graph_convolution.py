@@ -10,6 +10,8 @@ graph (none but the identity), then fit a node-level function with a
 two-layer graph network.
 """
 
+# sphinx_gallery_thumbnail_number = 2
+
 import matplotlib.pyplot as plt
 import numpy as np
 

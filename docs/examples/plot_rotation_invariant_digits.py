@@ -10,6 +10,8 @@ over pixel orbits.  Its prediction cannot change when an image is turned by
 MLP trained on the same upright data does not.
 """
 
+# sphinx_gallery_thumbnail_number = 2
+
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.datasets import load_digits

@@ -11,6 +11,8 @@ sparse pattern and the Cayley diagram it draws, and check that the identity
 offset is essential.
 """
 
+# sphinx_gallery_thumbnail_number = 2
+
 import time
 import warnings
 

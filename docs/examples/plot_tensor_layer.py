@@ -9,6 +9,8 @@ gives the equivariant layers between tensors of any orders, with parameter
 counts given by Bell numbers: 2 (1 -> 1), 5 (1 -> 2), 15 (2 -> 2), 2 (2 -> 0).
 """
 
+# sphinx_gallery_thumbnail_number = 2
+
 import matplotlib.pyplot as plt
 import numpy as np
 
