@@ -490,21 +490,41 @@ def _scalar_grad(dy, x, theta, pattern, dx, dtheta):
 
 def _mat_forward(x, theta, pattern, y):
     w = materialize(theta, pattern)
+    # keep W for the backward of the same step (validated against theta there)
+    _plans(pattern)["last_w"] = (theta.copy(), w)
     nb = x.shape[0]
     np.matmul(x.reshape(nb, -1), w.reshape(y.shape[1] * y.shape[2], -1).T,
               out=y.reshape(nb, -1))
 
 
+def _weights_for_grad(theta, pattern):
+    """The forward's ``W`` when ``theta`` is unchanged (consumed once), else a fresh one."""
+    last = _plans(pattern).pop("last_w", None)
+    if (last is not None and last[0].dtype == theta.dtype and last[0].shape == theta.shape
+            and np.array_equal(last[0], theta)):
+        return last[1]
+    return materialize(theta, pattern)
+
+
 def _mat_grad(dy, x, theta, pattern, dx, dtheta):
-    w = materialize(theta, pattern)
     nb = x.shape[0]
-    w2 = w.reshape(dy.shape[1] * dy.shape[2], -1)
     dy2 = dy.reshape(nb, -1)
     if dx is not None:
-        np.matmul(dy2, w2, out=dx.reshape(nb, -1))
-    np.matmul(dy2.T, x.reshape(nb, -1), out=w2)  # dW, reusing W's buffer
-    pptr, prows, pcols = param_major_of(pattern)
-    _run(cpu.reduce_dw, w, pptr, prows, pcols, dtheta)
+        w = _weights_for_grad(theta, pattern)
+        np.matmul(dy2, w.reshape(dy.shape[1] * dy.shape[2], -1), out=dx.reshape(nb, -1))
+    m, n = pattern.shape
+    _check_w_bytes(pattern, dy.shape[2], x.shape[2], x.itemsize, "the dense dW")
+    w = np.matmul(dy2.T, x.reshape(nb, -1)).reshape(m, dy.shape[2], n, x.shape[2])  # dW
+    indptr, cols, params = csr_of(pattern)
+    work = cols.size * dtheta[0].size
+    nchunks = _chunks(work)
+    if nchunks == 1:
+        dtheta[...] = 0
+        _run(cpu.reduce_dw_rows, w, indptr, cols, params, dtheta[None], 1, work=work)
+    else:
+        part = np.zeros((nchunks,) + dtheta.shape, dtype=dtheta.dtype)
+        _run(cpu.reduce_dw_rows, w, indptr, cols, params, part, nchunks, work=work)
+        np.sum(part, axis=0, out=dtheta)
 
 
 # ---------------------------------------------------------------------------

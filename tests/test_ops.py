@@ -237,3 +237,16 @@ def test_empty_pattern_dimensions():
     pat = Pattern((3, 2), [], [], [], n_params=1)  # every entry a structural zero
     y = ps.tied_matmul(np.ones((2, 2)), np.ones(1), pat)
     np.testing.assert_array_equal(y, np.zeros((2, 3)))
+
+
+def test_materialize_reuse_sees_in_place_updates(data):
+    """The backward reuses the forward's W only while theta is unchanged."""
+    pat = PATTERNS["d4"]
+    theta, x, dy = data("d4", np.float64, False, (3,))
+    theta = theta.copy()
+    ps.tied_matmul(x, theta, pat, method="materialize")
+    theta *= 2.0  # an optimiser step in place
+    dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method="materialize")
+    rdx, rdth = ref.grad(dy, x, theta, pat)
+    assert_close(dx, rdx)
+    assert_close(dth, rdth)

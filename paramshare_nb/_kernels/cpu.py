@@ -401,3 +401,22 @@ def scalar_backward(dy, x, theta, rows, cols, params, dx, dth_part, nchunks):
             for bb in range(w):
                 for j in range(nn):
                     dx[b0 + bb, j] = acc[j, bb]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def reduce_dw_rows(dw, indptr, cols, params, part, nchunks):
+    """``part[c, p] += dw[m, :, n, :]`` over the edges of chunk ``c``'s rows.
+
+    Reads ``dw`` once, in memory order (row-major CSR), and scatters into a
+    per-chunk ``(P, Co, Ci)`` buffer: no races; the caller sums the chunks in
+    a fixed order.  ``part`` must be zeroed.
+    """
+    nm, nco, _, nci = dw.shape
+    for c in prange(nchunks):
+        for m in range(c, nm, nchunks):
+            for e in range(indptr[m], indptr[m + 1]):
+                n = cols[e]
+                p = params[e]
+                for co in range(nco):
+                    for ci in range(nci):
+                        part[c, p, co, ci] += dw[m, co, n, ci]
