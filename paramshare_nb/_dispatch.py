@@ -580,9 +580,16 @@ def _costs(plan, nb, c_in, c_out, itemsize):
 
 
 def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
-    """The cheapest strategy by the cost model, with the estimates."""
-    costs = _costs(plan_of(pattern, transposed), batch, c_in, c_out, itemsize)
-    return min(costs, key=costs.get), costs
+    """The cheapest strategy by the cost model, with the estimates (memoised per pattern)."""
+    memo = _plans(pattern).setdefault("choices", {})
+    key = (batch, c_in, c_out, itemsize, transposed, config.max_bytes)
+    hit = memo.get(key)
+    if hit is None:
+        if len(memo) > 256:  # many batch sizes: keep the memo small
+            memo.clear()
+        costs = _costs(plan_of(pattern, transposed), batch, c_in, c_out, itemsize)
+        hit = memo[key] = (min(costs, key=costs.get), costs)
+    return hit
 
 
 def _run_forward(how, pattern, x, theta, y, transposed=False):
@@ -645,7 +652,7 @@ def grad(dy, x, theta, pattern, dx, dtheta, method="auto"):
 
 
 def _choose_dtheta(pattern, nb, c_in, c_out, itemsize):
-    costs = _costs(plan_of(pattern), nb, c_in, c_out, itemsize)
+    costs = dict(choose(pattern, nb, c_in, c_out, itemsize)[1])
     costs.pop("scatter")
     return min(costs, key=costs.get)
 

@@ -94,26 +94,6 @@ def gather_w(theta, indptr, cols, params, w):
                     w[m, co, n, ci] += theta[p, co, ci]
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def reduce_dw(dw, pptr, prows, pcols, dtheta):
-    """``dtheta[p] = sum_{edges (m, n) of p} dw[m, :, n, :]``: a segmented reduction.
-
-    ``pptr, prows, pcols`` is the parameter-major CSR; each parallel iteration
-    owns one parameter.
-    """
-    npar, nco, nci = dtheta.shape
-    for p in prange(npar):
-        for co in range(nco):
-            for ci in range(nci):
-                dtheta[p, co, ci] = 0
-        for e in range(pptr[p], pptr[p + 1]):
-            m = prows[e]
-            n = pcols[e]
-            for co in range(nco):
-                for ci in range(nci):
-                    dtheta[p, co, ci] += dw[m, co, n, ci]
-
-
 # ---------------------------------------------------------------------------
 # gather-contract: sums of inputs that share a parameter, then small products
 # ---------------------------------------------------------------------------
