@@ -537,6 +537,7 @@ _BLAS = 40e9
 _FUSED = 6e9
 _ADDS = 1.5e9
 _CALL = 4e-6
+_ITER = 2e-8  # overhead of one (target, batch) iteration of a fused kernel: dominates at C = 1
 
 
 def _gather_cost(plan, nb, c_in, c_out):
@@ -548,7 +549,8 @@ def _gather_cost(plan, nb, c_in, c_out):
         ctime = contract / _BLAS + used * _CALL + nb * plan.n_groups * c_out / _ADDS
     else:
         ctime = contract / _FUSED
-    return nb * plan.gather(False).n_terms * c_in / _ADDS + ctime + 3 * _CALL
+    iters = nb * (plan.n_groups + plan.shape[0]) * _ITER
+    return nb * plan.gather(False).n_terms * c_in / _ADDS + ctime + iters + 3 * _CALL
 
 
 def _costs(plan, nb, c_in, c_out, itemsize):
@@ -563,17 +565,18 @@ def _costs(plan, nb, c_in, c_out, itemsize):
     if cc == 1:  # scalar: batch-vectorised kernels
         costs["csr"] = 2 * nb * plan.nnz / (4 * _FUSED) + _CALL
     else:
-        costs["csr"] = 2 * nb * plan.nnz * cc / _FUSED + _CALL
+        costs["csr"] = 2 * nb * plan.nnz * cc / _FUSED + nb * m * _ITER + _CALL
     costs["gather"] = _gather_cost(plan, nb, c_in, c_out)
     sp = plan.split()
     if sp is not None:
         costs["complement"] = (_gather_cost(sp.residual, nb, c_in, c_out)
                                + (nb * n * c_in + sp.u_rows.size * nb * c_out) / _ADDS
-                               + 2 * nb * sp.n_bases * cc / _FUSED + 4 * _CALL)
+                               + 2 * nb * sp.n_bases * cc / _FUSED + nb * m * _ITER
+                               + 4 * _CALL)
     else:
         costs["complement"] = costs["gather"]
     zcol, _, gz = plan.zplan()
-    costs["scatter"] = (2 * nb * zcol.size * cc / _FUSED
+    costs["scatter"] = (2 * nb * zcol.size * cc / _FUSED + nb * (zcol.size + m) * _ITER
                         + nb * (gz.n_terms * c_out + (zcol.size * c_out if gz.uses_blocks else 0))
                         / _ADDS + 3 * _CALL)
     return costs
