@@ -13,7 +13,6 @@ from . import dask, plot  # dask / matplotlib load only when used
 from .actions import Action, product, regular, tensor_power
 from .equivariance import equivariance_error, is_equivariant
 from .ops import materialize, tied_matmul, tied_matmul_grad
-from .ops import materialize, tied_matmul, tied_matmul_grad
 from .groups import (closure, contains, is_regular, is_semiregular, is_transitive, orbits,
                      order, stabilizer)
 from .patterns import (Pattern, bias_pattern, dense_pattern, load_pattern, save_pattern,
