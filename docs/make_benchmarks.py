@@ -74,7 +74,7 @@ def machine() -> dict:
         "numba": numba.__version__,
         "paramshare_nb": paramshare_nb.__version__,
         "commit": _git_commit(),
-        "load_average_before": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "load_average": " ".join(f"{v:.2f}" for v in os.getloadavg()),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -97,8 +97,9 @@ def parse(text: str) -> list[dict]:
 def run(args: list[str]) -> dict:
     """Run ``compare.py`` and return the stored record."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), *args]
+    mach = machine()  # before the run, so the load average is the machine's, not ours
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-    return {"machine": machine(), "command": " ".join(["python benchmarks/compare.py", *args]),
+    return {"machine": mach, "command": " ".join(["python benchmarks/compare.py", *args]),
             "output": proc.stdout.rstrip(), "workloads": parse(proc.stdout)}
 
 
