@@ -16,7 +16,7 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["save", "load", "save_checkpoint", "load_checkpoint"]
+__all__ = ["save", "load"]
 
 _FORMAT = "paramshare_nb.checkpoint/1"
 _PARAM = "param/"
@@ -113,6 +113,6 @@ def load(path, model) -> None:
     model.load_state_dict(state, strict=True)
 
 
-#: Aliases with explicit names.
+#: Aliases with explicit names (documented by save and load).
 save_checkpoint = save
 load_checkpoint = load

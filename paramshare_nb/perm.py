@@ -226,13 +226,34 @@ def random(n: int, size: int | None = None, rng=None) -> np.ndarray:
 
 
 def is_identity(p) -> bool:
-    """Whether ``p`` fixes every point."""
+    """Whether ``p`` fixes every point.
+
+    Parameters
+    ----------
+    p : array_like of int
+        A permutation.
+
+    Returns
+    -------
+    bool
+    """
     p = as_perm(p, "p")
     return bool(np.array_equal(p, np.arange(p.shape[0])))
 
 
 def order_of(p) -> int:
-    """Order of one permutation: the lcm of its cycle lengths."""
+    """Order of one permutation: the lcm of its cycle lengths.
+
+    Parameters
+    ----------
+    p : array_like of int
+        A permutation.
+
+    Returns
+    -------
+    int
+        Smallest ``k >= 1`` with ``p**k`` the identity.
+    """
     p = as_perm(p, "p")
 
     seen = np.zeros(p.shape[0], dtype=bool)

@@ -22,7 +22,13 @@ _state = threading.local()
 
 
 def is_grad_enabled() -> bool:
-    """Whether operations are being recorded for backpropagation (per thread)."""
+    """Whether operations are being recorded for backpropagation (per thread).
+
+    Returns
+    -------
+    bool
+        ``False`` inside :func:`no_grad`, else ``True``.
+    """
     return getattr(_state, "enabled", True)
 
 
@@ -42,6 +48,11 @@ def no_grad():
     Inside ``with no_grad():`` results never require gradients and no graph is
     kept: use it for evaluation and for optimizer updates.
 
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        Restores the previous recording state on exit.
+
     Examples
     --------
     >>> import numpy as np, paramshare_nb as ps
@@ -55,7 +66,13 @@ def no_grad():
 
 
 def enable_grad():
-    """Context manager that turns graph recording back on (inside ``no_grad``)."""
+    """Context manager that turns graph recording back on (inside ``no_grad``).
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        Restores the previous recording state on exit.
+    """
     return _set_grad(True)
 
 
@@ -203,7 +220,7 @@ class Function:
         if ctx.host_fallback:
             data = to_device(np.asarray(data))
         record = is_grad_enabled() and any(ctx.needs_input_grad)
-        out = Tensor(data, requires_grad=record, _copy=False)
+        out = Tensor(data, requires_grad=record)
         if record:
             ctx.parents = inputs
             out._ctx = ctx

@@ -25,6 +25,8 @@ class Tensor:
         floating-point data.
     dtype : numpy dtype, optional
         Convert to this dtype (numpy data only).
+    copy : bool, optional
+        Copy numpy data instead of wrapping it (parameters own their values).
 
     Attributes
     ----------
@@ -44,7 +46,7 @@ class Tensor:
 
     __array_priority__ = 1000  # ndarray (op) Tensor defers to Tensor's reflected op
 
-    def __init__(self, data, requires_grad: bool = False, dtype=None, _copy: bool = False):
+    def __init__(self, data, requires_grad: bool = False, dtype=None, copy: bool = False):
         if isinstance(data, Tensor):
             data = data.data
         if is_cuda_array(data):
@@ -52,7 +54,7 @@ class Tensor:
                 raise TypeError("Tensor: cannot change the dtype of CUDA data here; convert it "
                                 "before wrapping")
         else:
-            data = np.array(data, dtype=dtype, copy=True) if _copy else np.asarray(data, dtype)
+            data = np.array(data, dtype=dtype, copy=True) if copy else np.asarray(data, dtype)
         if requires_grad and not np.issubdtype(np.dtype(data.dtype), np.floating):
             raise TypeError(f"Tensor: requires_grad needs floating-point data, got dtype "
                             f"{data.dtype}; use .astype(np.float32)")
@@ -114,7 +116,7 @@ class Tensor:
 
     def detach(self) -> Tensor:
         """The same data, cut from the graph (never requires a gradient)."""
-        return Tensor(self.data, _copy=False)
+        return Tensor(self.data)
 
     def astype(self, dtype) -> Tensor:
         """A copy with another dtype, cut from the graph (keeps ``requires_grad``)."""

@@ -21,8 +21,8 @@ class Parameter(Tensor):
     """
 
     def __init__(self, data):
-        super().__init__(data, requires_grad=True, _copy=not hasattr(data,
-                                                                     "__cuda_array_interface__"))
+        on_device = hasattr(data, "__cuda_array_interface__")
+        super().__init__(data, requires_grad=True, copy=not on_device)
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, device={self.device})"
