@@ -120,7 +120,7 @@ class Action:
 
     @cached_property
     def _chain(self) -> StabChain:
-        return StabChain(self.joint)
+        return groups._chain(self.joint)
 
     # -- group queries -----------------------------------------------------------
     def order(self) -> int:
@@ -129,11 +129,11 @@ class Action:
 
     def order_in(self) -> int:
         """Order of ``G_N``, the group the input permutations generate."""
-        return StabChain(self.gens_in).order()
+        return groups._chain(self.gens_in).order()
 
     def order_out(self) -> int:
         """Order of ``G_M``, the group the output permutations generate."""
-        return StabChain(self.gens_out).order()
+        return groups._chain(self.gens_out).order()
 
     def contains(self, g_in, g_out) -> bool:
         """Whether the pair ``(g_in, g_out)`` belongs to ``G_{N,M}``.

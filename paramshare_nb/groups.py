@@ -20,7 +20,7 @@ __all__ = [
     "orbits", "orbit_sizes", "closure", "order", "contains", "stabilizer",
     "is_transitive", "is_semiregular", "is_regular", "random_element",
     "cyclic", "dihedral", "symmetric", "alternating", "trivial",
-    "grid_translations", "square_symmetries", "graph_automorphisms",
+    "grid_translations", "square_symmetries", "rubik_cube", "graph_automorphisms",
 ]
 
 
@@ -74,8 +74,24 @@ def orbit_sizes(gens, n: int | None = None) -> np.ndarray:
     return np.bincount(orbits(gens, n)).astype(INDEX)
 
 
+_CHAINS: dict = {}
+_CHAINS_KEPT = 16
+
+
 def _chain(gens, base_prefix=()) -> StabChain:
-    return StabChain(gens, base_prefix)
+    """Stabilizer chain of validated generators, memoised on their bytes.
+
+    Reports and CLI commands ask several questions of one group in a row;
+    the chain is the expensive part, so the last few are kept.
+    """
+    key = (gens.shape, gens.tobytes(), tuple(base_prefix))
+    chain = _CHAINS.pop(key, None)
+    if chain is None:
+        chain = StabChain(gens, base_prefix)
+    _CHAINS[key] = chain  # most recent last
+    while len(_CHAINS) > _CHAINS_KEPT:
+        del _CHAINS[next(iter(_CHAINS))]
+    return chain
 
 
 def order(gens, n: int | None = None) -> int:
@@ -448,6 +464,33 @@ def _from_image_map(moved: np.ndarray) -> np.ndarray:
     p = np.empty_like(src)
     p[src] = np.arange(src.size, dtype=INDEX)
     return p
+
+
+_RUBIK_FACE_TURNS = (
+    "(0 2 7 5)(1 4 6 3)(8 32 24 16)(9 33 25 17)(10 34 26 18)",
+    "(8 10 15 13)(9 12 14 11)(0 16 40 39)(3 19 43 36)(5 21 45 34)",
+    "(16 18 23 21)(17 20 22 19)(5 24 42 15)(6 27 41 12)(7 29 40 10)",
+    "(24 26 31 29)(25 28 30 27)(2 37 42 18)(4 35 44 20)(7 32 47 23)",
+    "(32 34 39 37)(33 36 38 35)(2 8 45 31)(1 11 46 28)(0 13 47 26)",
+    "(40 42 47 45)(41 44 46 43)(13 21 29 37)(14 22 30 38)(15 23 31 39)",
+)
+
+
+def rubik_cube() -> np.ndarray:
+    """The Rubik's cube group on its 48 movable facelets (order about 4.3e19).
+
+    A classic test of stabilizer-chain code: ``order(rubik_cube())`` is
+    43252003274489856000 and is computed without listing any element.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(6, 48)``: the six quarter turns of the faces (facelets numbered
+        as in GAP's well-known example, from 0).
+    """
+    from .perm import from_cycles
+
+    return np.stack([from_cycles(c, 48) for c in _RUBIK_FACE_TURNS])
 
 
 def graph_automorphisms(adjacency, colors=None) -> np.ndarray:

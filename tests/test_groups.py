@@ -1,5 +1,4 @@
 import math
-import re
 
 import numpy as np
 import pytest
@@ -83,19 +82,8 @@ def test_stabilizer_and_membership():
     assert ps.stabilizer(groups.cyclic(5), 0).shape == (0, 5)
 
 
-def _rubik():
-    cyc = ["(1,3,8,6)(2,5,7,4)(9,33,25,17)(10,34,26,18)(11,35,27,19)",
-           "(9,11,16,14)(10,13,15,12)(1,17,41,40)(4,20,44,37)(6,22,46,35)",
-           "(17,19,24,22)(18,21,23,20)(6,25,43,16)(7,28,42,13)(8,30,41,11)",
-           "(25,27,32,30)(26,29,31,28)(3,38,43,19)(5,36,45,21)(8,33,48,24)",
-           "(33,35,40,38)(34,37,39,36)(3,9,46,32)(2,12,47,29)(1,14,48,27)",
-           "(41,43,48,46)(42,45,47,44)(14,22,30,38)(15,23,31,39)(16,24,32,40)"]
-    shifted = [re.sub(r"\d+", lambda m: str(int(m.group()) - 1), c) for c in cyc]
-    return np.array([perm.from_cycles(c, 48) for c in shifted])
-
-
 def test_rubik_order_without_enumeration():
-    assert ps.order(_rubik()) == 43252003274489856000
+    assert ps.order(groups.rubik_cube()) == 43252003274489856000
 
 
 def test_large_symmetric_order_is_exact():
