@@ -116,7 +116,8 @@ class StabChain:
             row = level.pos[g[level.point]]
             if row < 0:
                 return g, depth
-            g = level.inv_reps[row][g]
+            if row:  # row 0 is the identity: nothing to strip
+                g = level.inv_reps[row][g]
         return g, len(self.levels)
 
     def _complete(self) -> None:
