@@ -250,3 +250,25 @@ def test_materialize_reuse_sees_in_place_updates(data):
     rdx, rdth = ref.grad(dy, x, theta, pat)
     assert_close(dx, rdx)
     assert_close(dth, rdth)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_parallel_drivers_match_reference(data, monkeypatch, method):
+    """Small inputs run the serial twins; force the ``parallel=True`` drivers too."""
+    from paramshare_nb import _dispatch
+    monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
+    for name in ("multi", "deepsets_perturbed", "tensor2to1"):
+        pat = PATTERNS[name]
+        for scalar in (True, False):
+            theta, x, dy = data(name, np.float32, scalar, (3, 2))
+            assert_close(ps.tied_matmul(x, theta, pat, method=method), ref.forward(x, theta, pat))
+            dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method=method)
+            rdx, rdth = ref.grad(dy, x, theta, pat)
+            assert_close(dx, rdx)
+            assert_close(dth, rdth)
+
+
+def test_serial_twins_exist():
+    from paramshare_nb._kernels import cpu
+    for k in (cpu.csr_forward, cpu.gather_sums, cpu.scalar_forward, cpu.reduce_dw_rows):
+        assert k.serial.py_func.__qualname__ == k.py_func.__qualname__ + "_serial"

@@ -18,15 +18,45 @@ parameters or write per-chunk partial buffers merged serially.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
+
+# Reassociation lets the batch dot products vectorise; no nnan/ninf (NaN and
+# inf propagate as usual).
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+def kernel(fastmath=False):
+    """``parallel=True`` driver with a serial twin compiled from the same body.
+
+    The returned dispatcher carries ``.serial``: the same loop nest compiled
+    without ``parallel`` (``prange`` runs as ``range``), which the dispatcher
+    calls for small work instead of changing numba's thread count (a
+    ``set_num_threads`` pair costs more than a small kernel).  The twin gets
+    its own qualified name, hence its own on-disk cache entry.
+    """
+    opts = {"cache": True, "nogil": True}
+    if fastmath:
+        opts["fastmath"] = _FAST
+
+    def deco(py):
+        twin = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial",
+                                  py.__defaults__, py.__closure__)
+        twin.__qualname__ = py.__qualname__ + "_serial"
+        twin.__doc__ = py.__doc__
+        par = njit(parallel=True, **opts)(py)
+        par.serial = njit(**opts)(twin)
+        return par
+    return deco
 
 # ---------------------------------------------------------------------------
 # sparse rows: one CSR pass, used for sparse patterns and as the simple baseline
 # ---------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def csr_forward(x, theta_t, indptr, cols, params, y):
     """``y[b, m] = sum_e theta[params[e]] @ x[b, cols[e]]`` over row ``m``'s edges.
 
@@ -49,7 +79,7 @@ def csr_forward(x, theta_t, indptr, cols, params, y):
                     y[b, m, co] += v * theta_t[p, ci, co]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def csr_dtheta(dy, x, pptr, prows, pcols, dtheta):
     """``dtheta[p] = sum_{edges of p} sum_b dy[b, m] (x) x[b, n]``.
 
@@ -77,7 +107,7 @@ def csr_dtheta(dy, x, pptr, prows, pcols, dtheta):
 # ---------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def gather_w(theta, indptr, cols, params, w):
     """``w[m, :, n, :] = sum_{edges (m, n, p)} theta[p]``; ``w`` is ``(M, Co, N, Ci)``."""
     nm, nco, nn, nci = w.shape
@@ -105,7 +135,7 @@ def gather_w(theta, indptr, cols, params, w):
 # out[t, b, :] (``(T, B, C)``) or batch-major out[b, t, :] (``(B, T, C)``).
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def block_totals(src, blk_ptr, blk_cols, tot):
     """``tot[b, k] = sum_{s in block k} src[b, s]``; ``tot`` is ``(B, K, C)``."""
     nb, nk, nc = tot.shape
@@ -139,7 +169,7 @@ def _gather_one(src, tot, bptr, blks, pptr, plus, mptr, minus, out, o0, o1, g, b
             out[o0, o1, c] -= src[b, s, c]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def gather_sums(src, tot, bptr, blks, pptr, plus, mptr, minus, out, batch_major):
     """Evaluate a gather plan (see the section comment) into ``out``."""
     nb = src.shape[0]
@@ -156,7 +186,7 @@ def gather_sums(src, tot, bptr, blks, pptr, plus, mptr, minus, out, batch_major)
             _gather_one(src, tot, bptr, blks, pptr, plus, mptr, minus, out, g, b, g, b)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def contract_rows(g_sums, theta_t, row_ptr, row_groups, gparam, y):
     """``y[b, m] = sum_{groups g of row m} theta[p_g] @ G[g, b]`` (fused, no BLAS).
 
@@ -179,7 +209,7 @@ def contract_rows(g_sums, theta_t, row_ptr, row_groups, gparam, y):
                     y[b, m, co] += v * theta_t[p, ci, co]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def row_sums(r, row_ptr, row_groups, y):
     """``y[b, m] = sum_{groups g of row m} r[g, b]`` (after per-parameter BLAS)."""
     nb, nm, nco = y.shape
@@ -194,7 +224,7 @@ def row_sums(r, row_ptr, row_groups, y):
                 y[b, m, co] += r[g, b, co]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def contract_cols(x, theta_t, zcol, zparam, z):
     """``z[b, j] = theta[zparam[j]] @ x[b, zcol[j]]``: contract first (transposed order)."""
     nb, nz, nco = z.shape
@@ -212,7 +242,7 @@ def contract_cols(x, theta_t, zcol, zparam, z):
                 z[b, j, co] += v * theta_t[p, ci, co]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def dtheta_groups(dy, g_sums, param_ptr, grow, dtheta):
     """``dtheta[p] = sum_{groups g of p} sum_b dy[b, m_g] (x) G[g, b]``.
 
@@ -234,7 +264,7 @@ def dtheta_groups(dy, g_sums, param_ptr, grow, dtheta):
                         dtheta[p, co, ci] += d * g_sums[g, b, ci]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def gather_rows_tm(src, idx, out):
     """``out[g, b] = src[b, idx[g]]``: batch-major rows to a target-major copy."""
     ng, nb, nc = out.shape
@@ -251,7 +281,7 @@ def gather_rows_tm(src, idx, out):
 # ---------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def add_base(u, row_ptr, row_u, y):
     """``y[b, m] += sum_{bases j of row m} u[b, j]`` (``u = theta_q @ block total``)."""
     nb, nm, nco = y.shape
@@ -264,7 +294,7 @@ def add_base(u, row_ptr, row_u, y):
                 y[b, m, co] += u[b, j, co]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def base_dtheta(dy, tot, u_ptr, u_rows, base_k, q_ptr, q_us, dtheta):
     """``dtheta[q] += sum_{bases j with param q} sum_b (sum_{rows m of j} dy[b, m]) (x) tot[b, k_j]``.
 
@@ -299,16 +329,11 @@ def base_dtheta(dy, tot, u_ptr, u_rows, base_k, q_ptr, q_us, dtheta):
 # ---------------------------------------------------------------------------
 # scalar patterns with a long batch: batch-last layout, vectorised over the batch
 # ---------------------------------------------------------------------------
-# Reassociation lets the batch dot products vectorise; no nnan/ninf (NaN and
-# inf propagate as usual).
-_FAST = {"reassoc", "contract", "nsz", "arcp"}
-
-
 #: Batch rows per tile of the scalar kernels (a tile of inputs stays in L1).
 TILE_B = 64
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=_FAST)
+@kernel(fastmath=True)
 def scalar_forward(x, theta, rows, cols, params, y, nchunks):
     """Scalar patterns: ``y[b, m] = sum_e theta[p_e] x[b, n_e]``, ``x (B, N)``, ``y (B, M)``.
 
@@ -341,7 +366,7 @@ def scalar_forward(x, theta, rows, cols, params, y, nchunks):
                     y[b0 + bb, i] = acc[i, bb]
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=_FAST)
+@kernel(fastmath=True)
 def scalar_backward(dy, x, theta, rows, cols, params, dx, dth_part, nchunks):
     """Scalar patterns, both gradients in one pass over ``dy`` and ``x``.
 
@@ -383,7 +408,7 @@ def scalar_backward(dy, x, theta, rows, cols, params, dx, dth_part, nchunks):
                     dx[b0 + bb, j] = acc[j, bb]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel()
 def reduce_dw_rows(dw, indptr, cols, params, part, nchunks):
     """``part[c, p] += dw[m, :, n, :]`` over the edges of chunk ``c``'s rows.
 
