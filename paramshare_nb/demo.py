@@ -68,6 +68,9 @@ def add_arguments(parser) -> None:
                         help="numba and BLAS threads while training (default 1: a batch-64 "
                              "step is too small to gain from splitting across cores)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--plot", metavar="PATH", default=None,
+                        help="also save the digits accuracy table as a bar chart (PNG, needs "
+                             "matplotlib: pip install 'paramshare_nb[plot]')")
 
 
 # -- progress ----------------------------------------------------------------------------
@@ -312,7 +315,7 @@ def _digits(args, cfg):
     models = [("D4-invariant (dense, orbit pool)", "D4-invariant", invariant,
                lambda a: a[:, :, None]),
               ("MLP (unconstrained)", "MLP", mlp, lambda a: a)]
-    rows = []
+    rows, chart = [], {}
     for name, tag, model, shape in models:
         model.to(args.device)
         seconds, _ = _train(model, shape(xtr), ytr, nn.cross_entropy, cfg["epochs"],
@@ -323,14 +326,22 @@ def _digits(args, cfg):
             out = _predict(model, shape(apply(g, xte, axis=1)), device=args.device)
             accs.append(float(np.mean(out.argmax(1) == yte)))
             err = max(err, float(np.max(np.abs(out - base))))
-        rows.append([name, model.n_parameters(), f"{seconds:.1f} s",
-                     f"{np.mean(base.argmax(1) == yte):.3f}",
+        upright = float(np.mean(base.argmax(1) == yte))
+        rows.append([name, model.n_parameters(), f"{seconds:.1f} s", f"{upright:.3f}",
                      f"{np.mean(accs):.3f} (worst {min(accs):.3f})", f"{err:.1e}"])
+        chart[tag] = {"upright": upright, "mean of 8": float(np.mean(accs)),
+                      "worst of 8": min(accs)}
     print()
     print(_table(["model", "parameters", "training time", "accuracy upright",
                   "accuracy, 8 transforms", "invariance error"], rows))
     print("\ninvariance error: max |logits(g . x) - logits(x)| over the test set and the 8 "
           "symmetries")
+    if args.plot:
+        from . import plot
+
+        plot.accuracy(chart, title="upright training, tested on the 8 symmetries").savefig(
+            args.plot, dpi=100)
+        print(f"accuracy chart saved to {args.plot}")
     return 0
 
 

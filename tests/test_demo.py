@@ -14,9 +14,12 @@ def _rows(out):
     return {line.split("  ")[0]: line for line in out.splitlines() if "  " in line}
 
 
-def test_digits_quick(capsys):
-    assert main(["demo", "--quick", "--no-progress"]) == 0
+def test_digits_quick(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    chart = tmp_path / "accuracy.png"
+    assert main(["demo", "--quick", "--no-progress", "--plot", str(chart)]) == 0
     out = capsys.readouterr().out
+    assert chart.stat().st_size > 1000 and chart.read_bytes()[:4] == b"\x89PNG"
     assert "invariance error" in out
     rows = _rows(out)
     inv = rows["D4-invariant (dense, orbit pool)"].split()
