@@ -1205,7 +1205,9 @@ def _suggest(pat, act, res) -> str:
     if free_in or free_out:
         return ("ps.dense_pattern(action) is uniquely equivariant for this action (free on one "
                 "side, faithful on the other)")
-    return ("the group may not be determined by its orbits on pairs (not 2-closed); try "
-            "ps.dense_pattern(action), and if that is not unique either, add a hidden layer on "
-            "which G acts regularly: a1, a2 = ps.lift(action), dense on each (verify with "
-            "ps.check_lift(action))")
+    lifted = ("add a hidden layer on which G acts regularly: a1, a2 = ps.lift(action), dense "
+              "on each (verify with ps.check_lift(action))")
+    if pat == dense_pattern(act):
+        return "the group is not determined by its orbits on pairs (not 2-closed); " + lifted
+    return ("try ps.dense_pattern(action), the most expressive equivariant layer; if that is "
+            "not unique either, " + lifted)
