@@ -301,7 +301,21 @@ def _generating_pairs(act: Action, generators) -> tuple[np.ndarray, np.ndarray]:
     return alt.gens_in, alt.gens_out
 
 
-def sparse_pattern(action, generators=None) -> Pattern:
+def _representatives(labels: np.ndarray, chosen, name: str) -> np.ndarray:
+    """One point per orbit: the smallest, or the caller's choice (validated)."""
+    if chosen is None:
+        return np.unique(labels, return_index=True)[1]
+    chosen = as_int_array(chosen, name, ndim=1)
+    n_orbits = int(labels.max(initial=-1)) + 1
+    if chosen.size and (chosen.min() < 0 or chosen.max() >= labels.size):
+        raise ValueError(f"{name} must be points in 0..{labels.size - 1}")
+    if chosen.size != n_orbits or np.unique(labels[chosen]).size != n_orbits:
+        raise ValueError(f"{name} must hold exactly one point of each of the {n_orbits} "
+                         f"orbits, got {chosen.tolist()} (orbit ids {labels[chosen].tolist()})")
+    return chosen[np.argsort(labels[chosen])]
+
+
+def sparse_pattern(action, generators=None, base_in=None, base_out=None) -> Pattern:
     """The sparse (Cayley-diagram) design of THEORY.md section 4.
 
     For orbit representatives ``n_i`` of the inputs and ``m_j`` of the
@@ -316,6 +330,10 @@ def sparse_pattern(action, generators=None) -> Pattern:
     generators : Action or (gens_in, gens_out), optional
         The generating set ``A`` (default: the action's own generators).
         Each pair must lie in the group and together generate it.
+    base_in, base_out : array_like of int, optional
+        The orbit representatives ``n_i`` and ``m_j``, one point per orbit
+        (default: the smallest point of each).  For free actions the choice
+        does not matter; for others it can change the symmetry group.
 
     Returns
     -------
@@ -339,8 +357,8 @@ def sparse_pattern(action, generators=None) -> Pattern:
     m, n = act.n_out, act.n_in
     _check_bytes(m * n * 8 * 4, "sparse_pattern")
     labels = _pair_orbits(act.gens_in, act.gens_out)
-    reps_in = np.unique(act.orbits_in(), return_index=True)[1]
-    reps_out = np.unique(act.orbits_out(), return_index=True)[1]
+    reps_in = _representatives(act.orbits_in(), base_in, "base_in")
+    reps_out = _representatives(act.orbits_out(), base_out, "base_out")
     offsets = [np.arange(m, dtype=INDEX), *gout]  # A+ = {e} ∪ A; repeats share a label
     param_of = np.full(int(labels.max(initial=-1)) + 1, -1, dtype=INDEX)
     count = 0

@@ -106,13 +106,28 @@ def test_figure1_actions():
 
 
 def test_figure1_sparse_genuine_reading_is_unique():
-    import warnings
-
+    """THEORY.md section 4: 4 or 6 parameters by the output base point, unique either way."""
     act = claims.figure1_d5()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pat = ps.sparse_pattern(act)
-    assert ps.is_uniquely_equivariant(pat, act).unique
+    counts = set()
+    for m in range(5):
+        with pytest.warns(UserWarning, match="not free"):
+            pat = ps.sparse_pattern(act, base_out=[m])
+        counts.add(pat.n_params)
+        assert ps.is_uniquely_equivariant(pat, act).unique
+    assert counts == {4, 6}
+
+
+def test_sparse_regular_a4_to_points_depends_on_the_base_point():
+    """THEORY.md section 4: regular A_4 to 4 points: order 12 or 24 by the base point."""
+    a4 = ps.groups.alternating(4)
+    act = ps.Action(ps.regular(a4), a4)
+    orders = {}
+    for m in range(4):
+        with pytest.warns(UserWarning, match="not free"):
+            pat = ps.sparse_pattern(act, base_out=[m])
+        assert ps.is_equivariant(pat, act)
+        orders[m] = ps.is_uniquely_equivariant(pat, act).symmetry_order
+    assert set(orders.values()) == {12, 24}
 
 
 @pytest.mark.parametrize("name, adj_fn, order", [

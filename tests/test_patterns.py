@@ -87,6 +87,17 @@ def test_sparse_with_custom_generators():
                                            perm.from_cycles("(0 1)", 6)[None]))
 
 
+def test_sparse_base_points_are_validated():
+    act = ps.Action.same(groups.cyclic(6))
+    np.testing.assert_array_equal(ps.sparse_pattern(act, base_in=[3], base_out=[2]).index(),
+                                  ps.sparse_pattern(act).index()[np.ix_(
+                                      (np.arange(6) - 2) % 6, (np.arange(6) - 3) % 6)])
+    with pytest.raises(ValueError, match="one point of each"):
+        ps.sparse_pattern(act, base_in=[0, 1])
+    with pytest.raises(ValueError, match="0..5"):
+        ps.sparse_pattern(act, base_out=[6])
+
+
 def test_bias_pattern():
     act = ps.Action(groups.cyclic(4), np.array([perm.from_cycles("(0 1)", 3)]))
     b = ps.bias_pattern(act)
