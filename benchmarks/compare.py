@@ -31,6 +31,8 @@ if __name__ == "__main__" and "--threads" in sys.argv:
 
 import numpy as np  # noqa: E402
 
+# time the checkout this script lives in, not whatever copy happens to be installed
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import paramshare_nb as ps  # noqa: E402
 
 try:  # optional peer
@@ -238,7 +240,8 @@ def main(argv=None):
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# paramshare_nb compare: dtype {dtype}, numba threads {threads}, "
           f"cpus {os.cpu_count()}, load average {load:.1f} at start, "
-          f"torch {'yes ' + torch.__version__ if torch else 'not installed'}")
+          f"torch {'yes ' + torch.__version__ if torch else 'not installed'}; "
+          f"paramshare_nb from {os.path.dirname(ps.__file__)}")
     rng = np.random.default_rng(0)
     for key, (desc, make, nb, ci, co, target) in workloads().items():
         if key not in args.only.split(","):
@@ -257,15 +260,18 @@ def main(argv=None):
             x = rng.standard_normal((nb, n, ci)).astype(dtype)
             dy = rng.standard_normal((nb, m, co)).astype(dtype)
         from paramshare_nb import _dispatch
-        hf = _dispatch.choose(pat, x.shape[0], 1 if scalar else ci, 1 if scalar else co,
-                              dtype.itemsize)[0]
+        c_in, c_out = (1, 1) if scalar else (ci, co)
+        hf = _dispatch.choose(pat, x.shape[0], c_in, c_out, dtype.itemsize)[0]
+        hx = _dispatch.choose(pat, x.shape[0], c_out, c_in, dtype.itemsize, transposed=True)[0]
+        ht = _dispatch._choose_dtheta(pat, x.shape[0], c_in, c_out, dtype.itemsize)
         ours = Ours(pat, scalar)
         t_first = time.perf_counter()
         ref = ours(x, theta, dy)
         t_first = time.perf_counter() - t_first
         t_ours, k = _median_time(ours, (x, theta, dy), args.repeat)
         print(f"\n{key}: {desc}; pattern {pat}; built in {t_build:.2f} s; "
-              f"first call (plans + compile or cache load) {t_first:.2f} s; forward strategy {hf}")
+              f"first call (plans + compile or cache load) {t_first:.2f} s; strategies: forward {hf}, "
+              f"dx {hx}, dtheta {ht}")
         print(f"  {'paramshare_nb':14s} {t_ours * 1e3:10.3f} ms  (median of {k})")
         best = None
         for cls in peers:
@@ -282,7 +288,9 @@ def main(argv=None):
                   f"ours is {t / t_ours:8.1f}x faster")
         ratio = best / t_ours
         verdict = "MET" if ratio >= target else "MISSED"
-        print(f"  vs fastest peer: {ratio:.1f}x (target >= {target:g}x): {verdict}")
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"  vs fastest peer: {ratio:.1f}x (target >= {target:g}x): {verdict}  "
+              f"(load average {load:.1f})")
         t_blas, flops = _blas_time(pat, x, theta, dy, args.repeat)
         print(f"  dense-equivalent GFLOP/s: ours {flops / t_ours / 1e9:.1f}, plain BLAS "
               f"matmuls of the dense shape {flops / t_blas / 1e9:.1f} ({t_blas * 1e3:.3f} ms)")
