@@ -150,7 +150,8 @@ def _is_cuda_array(obj) -> bool:
 
 
 def _cuda_like(*objs) -> bool:
-    return any(_is_cuda_array(o) for o in objs)
+    # numpy arrays and None (the common case) skip the attribute probes
+    return any(o is not None and type(o) is not np.ndarray and _is_cuda_array(o) for o in objs)
 
 
 def _check_backend(backend, *objs) -> str:
