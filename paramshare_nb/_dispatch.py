@@ -380,18 +380,49 @@ def _gather_forward(plan, x, theta, y, complement):
 
 
 def _complement_forward(plan, x, theta, y):
+    """Complement sums into ``y``; returns the block totals of ``x`` (None on fallback)."""
     sp = plan.split()
     if sp is None:
-        return _gather_forward(plan, x, theta, y, False)
+        _gather_forward(plan, x, theta, y, False)
+        return None
     _gather_forward(sp.residual, x, sp.derived_theta(theta), y, False)
     tot = sp.totals(x)
     u = np.empty((x.shape[0], sp.n_bases, theta.shape[1]), dtype=x.dtype)
     _run(cpu.contract_cols, tot, np.ascontiguousarray(theta.transpose(0, 2, 1)), sp.base_k,
                       sp.base_q, u)
     _run(cpu.add_base, u, sp.row_ptr, sp.row_u, y)
+    return tot
 
 
-def _complement_dtheta(plan, dy, x, dtheta):
+def _dy_blocks(pattern):
+    """Per base of the forward split, the block of the ``dx`` split that holds exactly its rows.
+
+    Then the base's ``sum_{rows m} dy[b, m]`` is a block total of ``dy`` that the ``dx``
+    pass has already computed (Deep Sets: the one base spans every row, the one block of
+    ``pattern.T``).  ``(ptr, blocks)`` in :func:`cpu.base_dtheta`'s ``u_ptr, u_rows``
+    form (one entry per base), or None when some base spans no single block.
+    """
+    def build():
+        sp, spt = plan_of(pattern).split(), plan_of(pattern, True).split()
+        if sp is None or spt is None:
+            return False
+        blk = plan_of(pattern, True).col_block
+        bsize = np.diff(spt.blk_ptr)
+        out = np.empty(sp.n_bases, INDEX)
+        for j in range(sp.n_bases):
+            rows = sp.u_rows[sp.u_ptr[j]:sp.u_ptr[j + 1]]
+            k = blk[rows]
+            if rows.size == 0 or (k != k[0]).any() or np.unique(rows).size != bsize[k[0]]:
+                return False
+            out[j] = k[0]
+        return np.arange(sp.n_bases + 1, dtype=INDEX), out
+    hit = _cached(pattern, "dy_blocks", build)
+    return hit or None
+
+
+def _complement_dtheta(plan, dy, x, dtheta, dy_tot=None, dy_blocks=None):
+    """``dtheta`` by complement sums; ``dy_tot`` (block totals of ``dy`` from the ``dx``
+    pass) with ``dy_blocks`` (see :func:`_dy_blocks`) saves a pass over ``dy``."""
     sp = plan.split()
     if sp is None:
         return _gather_dtheta(plan, dy, x, dtheta, False)
@@ -399,8 +430,12 @@ def _complement_dtheta(plan, dy, x, dtheta):
     _gather_dtheta(sp.residual, dy, x, dd, False)
     dtheta[...] = 0
     np.add.at(dtheta, sp.p_idx, sp.coef.astype(dd.dtype)[:, None, None] * dd[sp.d_idx])
-    _run(cpu.base_dtheta, dy, sp.totals(x), sp.u_ptr, sp.u_rows, sp.base_k, sp.q_ptr, sp.q_us,
-                    dtheta)
+    if dy_tot is not None and dy_blocks is not None:
+        _run(cpu.base_dtheta, dy_tot, sp.totals(x), dy_blocks[0], dy_blocks[1], sp.base_k,
+             sp.q_ptr, sp.q_us, dtheta)
+    else:
+        _run(cpu.base_dtheta, dy, sp.totals(x), sp.u_ptr, sp.u_rows, sp.base_k, sp.q_ptr,
+             sp.q_us, dtheta)
 
 
 def _scatter_forward(plan, x, theta, y):
@@ -641,6 +676,10 @@ def grad(dy, x, theta, pattern, dx, dtheta, method="auto"):
         _scalar_grad(dy, x, theta, pattern, dx, dtheta)
         return hx, ht
     theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
+    if hx == ht == "complement":
+        dy_tot = _complement_forward(plan_of(pattern, True), dy, theta_t, dx)
+        _complement_dtheta(plan_of(pattern), dy, x, dtheta, dy_tot, _dy_blocks(pattern))
+        return hx, ht
     _run_forward(hx, pattern, dy, theta_t, dx, transposed=True)
     if ht == "materialize":
         _mat_grad(dy, x, theta, pattern, None, dtheta)

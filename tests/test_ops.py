@@ -272,3 +272,17 @@ def test_serial_twins_exist():
     from paramshare_nb._kernels import cpu
     for k in (cpu.csr_forward, cpu.gather_sums, cpu.scalar_forward, cpu.reduce_dw_rows):
         assert k.serial.py_func.__qualname__ == k.py_func.__qualname__ + "_serial"
+
+
+def test_complement_grad_reuses_dy_block_totals(data):
+    """Deep Sets: the base's row sum of dy is the dx pass's block total (one pass saved)."""
+    from paramshare_nb import _dispatch
+    pat = PATTERNS["deepsets"]
+    ptr, blocks = _dispatch._dy_blocks(pat)
+    assert ptr.tolist() == [0, 1] and blocks.tolist() == [0]
+    for name in ("deepsets", "deepsets_perturbed", "tensor2to1"):
+        theta, x, dy = data(name, np.float32, False, (3, 2))
+        dx, dth = ps.tied_matmul_grad(dy, x, theta, PATTERNS[name], method="complement")
+        rdx, rdth = ref.grad(dy, x, theta, PATTERNS[name])
+        assert_close(dx, rdx)
+        assert_close(dth, rdth)
