@@ -270,8 +270,8 @@ def main(argv=None):
         t_first = time.perf_counter() - t_first
         t_ours, k = _median_time(ours, (x, theta, dy), args.repeat)
         print(f"\n{key}: {desc}; pattern {pat}; built in {t_build:.2f} s; "
-              f"first call (plans + compile or cache load) {t_first:.2f} s; strategies: forward {hf}, "
-              f"dx {hx}, dtheta {ht}")
+              f"first call (plans + compile or cache load) {t_first:.2f} s; strategies: "
+              f"forward {hf}, dx {hx}, dtheta {ht}")
         print(f"  {'paramshare_nb':14s} {t_ours * 1e3:10.3f} ms  (median of {k})")
         best = None
         for cls in peers:
