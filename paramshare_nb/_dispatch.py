@@ -713,11 +713,24 @@ def materialize(theta, pattern):
     _, c_out, c_in = theta.shape
     _check_w_bytes(pattern, c_out, c_in, theta.itemsize, "materialize")
     m, n = pattern.shape
+    if m * n * c_out * c_in <= _SMALL_W and not pattern.has_multi_edges:
+        # a small W: one numpy gather beats a kernel call (11 us -> about 1 us for 5 x 20)
+        if pattern.nnz == m * n:  # every entry once, row-major: params is the index
+            w = theta[pattern.params].reshape(m, n, c_out, c_in)
+        else:
+            w = np.zeros((m, n, c_out, c_in), dtype=theta.dtype)
+            w[pattern.rows, pattern.cols] = theta[pattern.params]
+        return np.ascontiguousarray(w.transpose(0, 2, 1, 3)) if c_out * c_in > 1 else \
+            w.reshape(m, 1, n, 1)
     w = np.empty((m, c_out, n, c_in), dtype=theta.dtype)
     if w.size:
         indptr, cols, params = csr_of(pattern)
         _run(cpu.gather_w, theta, indptr, cols, params, w)
     return w
+
+
+#: ``W`` up to this many entries is gathered with numpy (no kernel call overhead).
+_SMALL_W = 1 << 12
 
 
 def _no_cuda(exc=None):
