@@ -84,6 +84,7 @@ class StabChain:
     def __init__(self, gens: np.ndarray, base_prefix=()):
         self.n = int(gens.shape[1])
         self.identity = np.arange(self.n, dtype=np.int64)
+        self.identity.setflags(write=False)  # chains are memoised and shared: never hand it out
         self.levels: list[_Level] = []
         for b in base_prefix:
             self.levels.append(_Level(int(b), self.n))
@@ -183,7 +184,7 @@ class StabChain:
 
     def random_element(self, rng: np.random.Generator) -> np.ndarray:
         """A uniformly random element: one random coset representative per level."""
-        g = self.identity
+        g = self.identity.copy()
         for level in reversed(self.levels):
             g = level.reps[rng.integers(level.orbit_size)][g]
         return g

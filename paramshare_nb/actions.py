@@ -285,7 +285,7 @@ def product(act1: Action, act2: Action) -> Action:
         i2 = np.arange(n2, dtype=INDEX)[None, :]
         first = [(g[i1] * n2 + i2).ravel() for g in gens1]
         second = [(i1 * n2 + g[i2]).ravel() for g in gens2]
-        return np.array(first + second, dtype=INDEX).reshape(-1, n1 * n2)
+        return np.array(first + second, dtype=INDEX).reshape(len(first) + len(second), n1 * n2)
 
     return Action(
         lift(act1.gens_in, act2.gens_in), lift(act1.gens_out, act2.gens_out),
@@ -312,8 +312,8 @@ def tensor_power(gens, k: int) -> np.ndarray:
     k = as_positive_int(k, "k")
     n = gens.shape[1]
     out = np.zeros((gens.shape[0], 1), dtype=INDEX)
-    for _ in range(k):
-        out = (out[:, :, None] * n + gens[:, None, :]).reshape(gens.shape[0], -1)
+    for j in range(1, k + 1):
+        out = (out[:, :, None] * n + gens[:, None, :]).reshape(gens.shape[0], n**j)
     return out
 
 

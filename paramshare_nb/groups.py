@@ -225,7 +225,9 @@ def is_regular(gens, n: int | None = None) -> bool:
     """
     gens = as_gens(gens, "gens", n=_degree_hint(n))
     labels, size = _orbits_and_order(gens)
-    return int(labels.max(initial=0)) == 0 and size == gens.shape[1]
+    if gens.shape[1] == 0:  # no points: vacuously transitive and free, like the helpers above
+        return True
+    return int(labels.max()) == 0 and size == gens.shape[1]
 
 
 def closure(gens, n: int | None = None, max_bytes: int | None = None) -> np.ndarray:
@@ -347,6 +349,9 @@ def cyclic(n: int) -> np.ndarray:
 
 def dihedral(n: int) -> np.ndarray:
     """Dihedral group ``D_n`` (order ``2n``) on the vertices of an n-gon.
+
+    For ``n <= 2`` the action on ``n`` points cannot be faithful: the group
+    generated has order 1 (``n = 1``) or 2 (``n = 2``).
 
     Parameters
     ----------

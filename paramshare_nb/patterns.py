@@ -14,6 +14,7 @@ import hashlib
 import os
 import warnings
 import zipfile
+import zlib
 from functools import cached_property
 
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 _FORMAT = "paramshare_nb.pattern/1"
+_MAX_SIDE = 1 << 31  # sizes a loaded file may claim (a sanity bound against hostile files)
 
 
 class Pattern:
@@ -433,11 +435,14 @@ def load_pattern(path) -> Pattern:
         ``allow_pickle=False``: a hostile file never runs code.
     """
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as data:
+        data = np.load(os.fspath(path), allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not an .npz archive")
+        with data:
             arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, TypeError) as exc:
         raise ValueError(f"{path} is not a readable pattern file: {exc}") from None
     needed = {"format", "shape", "n_params", "rows", "cols", "params"}
     if not needed <= set(arrays) or str(arrays["format"]) != _FORMAT:
@@ -448,6 +453,9 @@ def load_pattern(path) -> Pattern:
         n_params = as_int_array(arrays["n_params"], "n_params", ndim=0)
         if shape.size != 2:
             raise ValueError("shape must hold two numbers")
+        if shape.max(initial=0) >= _MAX_SIDE or int(n_params) >= _MAX_SIDE:
+            raise ValueError(f"shape {tuple(shape.tolist())} or n_params {int(n_params)} is "
+                             f"implausibly large (limit {_MAX_SIDE})")
         return Pattern(tuple(shape), arrays["rows"], arrays["cols"], arrays["params"],
                        int(n_params))
     except (TypeError, ValueError) as exc:

@@ -148,6 +148,9 @@ def from_cycles(cycles, n: int) -> np.ndarray:
         cycles = parsed
     p = np.arange(n, dtype=INDEX)
     for c in reversed(list(cycles)):  # rightmost cycle acts first
+        if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
+               for v in c):
+            raise TypeError(f"cycle {tuple(c)} must hold integer points")
         c = [int(v) for v in c]
         if len(set(c)) != len(c):
             raise ValueError(f"cycle {tuple(c)} repeats a point")

@@ -142,3 +142,10 @@ def test_random_pair_orbits_match_burnside(gens):
         brute_pair_orbits(ein, eout, act.n_out, act.n_in))
     assert labels.max() + 1 == burnside_pair_count(ein, eout)
     assert ps.is_equivariant(ps.dense_pattern(act), act)
+
+
+def test_empty_generator_sets_and_point_sets():
+    t = ps.tensor_power(groups.trivial(3), 2)
+    assert t.shape == (0, 9)
+    p = ps.product(ps.Action.same(groups.trivial(0)), ps.Action.same(groups.trivial(3)))
+    assert (p.n_in, p.n_out, p.order()) == (0, 0, 1)

@@ -158,3 +158,17 @@ def test_bad_input_is_refused(call):
 def test_error_names_the_generator():
     with pytest.raises(ValueError, match=r"gens\[1\]"):
         ps.order([[1, 0, 2], [0, 0, 2]])
+
+
+def test_trivial_group_elements_are_private_copies():
+    """A memoised chain must not hand out its own identity (review finding)."""
+    e = groups.random_element(groups.trivial(4))
+    e[:] = [1, 0, 2, 3]
+    act = ps.Action(groups.trivial(3), groups.trivial(1))
+    assert act.contains([0, 1, 2], [0])
+    assert groups.random_element(groups.trivial(4)).tolist() == [0, 1, 2, 3]
+
+
+def test_empty_point_set_is_regular_like_transitive_and_free():
+    assert ps.is_transitive(groups.trivial(0)) and ps.is_semiregular(groups.trivial(0))
+    assert ps.is_regular(groups.trivial(0))

@@ -174,6 +174,25 @@ def test_hostile_files_are_refused(tmp_path):
     np.savez(other, a=np.arange(3))
     with pytest.raises(ValueError, match="not a paramshare_nb pattern"):
         ps.load_pattern(other)
+    single = tmp_path / "single.npy"
+    np.save(single, np.arange(3))
+    with pytest.raises(ValueError, match="single array"):
+        ps.load_pattern(single)
+    huge = tmp_path / "huge.npz"
+    np.savez(huge, format=np.array("paramshare_nb.pattern/1"), shape=np.array([10**15, 3]),
+             n_params=np.array(1), rows=np.array([0]), cols=np.array([0]), params=np.array([0]))
+    with pytest.raises(ValueError, match="implausibly large"):
+        ps.load_pattern(huge)
+    corrupt = tmp_path / "corrupt.npz"
+    pat = ps.dense_pattern(ps.Action.same(groups.cyclic(50)))
+    np.savez_compressed(corrupt, format=np.array("paramshare_nb.pattern/1"),
+                        shape=np.array(pat.shape), n_params=np.array(pat.n_params),
+                        rows=pat.rows, cols=pat.cols, params=pat.params)
+    raw = bytearray(corrupt.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    corrupt.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="not a readable"):
+        ps.load_pattern(corrupt)
 
 
 @pytest.mark.parametrize("args, exc", [

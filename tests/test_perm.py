@@ -80,3 +80,8 @@ def test_bad_cycles():
         perm.from_cycles("0 1", 3)
     with pytest.raises(ValueError, match="length"):
         perm.compose([1, 0], [0, 1, 2])
+
+
+def test_from_cycles_refuses_float_points():
+    with pytest.raises(TypeError, match="integer"):
+        perm.from_cycles([[0, 1.7]], 3)
