@@ -115,10 +115,14 @@ def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None
         raise TypeError("f must be callable")
     x = np.asarray(x)
     out_axis = axis if out_axis is None else out_axis
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis={axis} is out of range for x of shape {x.shape}")
     if x.ndim == 0 or x.shape[axis] != act.n_in:
         raise ValueError(f"x must have {act.n_in} entries along axis {axis}, got shape {x.shape}")
     y = np.asarray(f(x))
-    if y.ndim == 0 or y.shape[out_axis] != act.n_out:
+    if not -y.ndim <= out_axis < y.ndim:
+        raise ValueError(f"out_axis={out_axis} is out of range for f(x) of shape {y.shape}")
+    if y.shape[out_axis] != act.n_out:
         raise ValueError(f"f(x) must have {act.n_out} entries along axis {out_axis}, "
                          f"got shape {y.shape}")
     g_in, g_out = act.random_elements(n_samples, rng)

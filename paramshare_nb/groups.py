@@ -9,6 +9,8 @@ in ``config.max_bytes``.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import config
@@ -75,6 +77,7 @@ def orbit_sizes(gens, n: int | None = None) -> np.ndarray:
 
 
 _CHAINS: dict = {}
+_CHAINS_LOCK = threading.Lock()
 _CHAINS_KEPT = 16
 
 
@@ -85,12 +88,14 @@ def _chain(gens, base_prefix=()) -> StabChain:
     the chain is the expensive part, so the last few are kept.
     """
     key = (gens.shape, gens.tobytes(), tuple(base_prefix))
-    chain = _CHAINS.pop(key, None)
+    with _CHAINS_LOCK:
+        chain = _CHAINS.pop(key, None)
     if chain is None:
-        chain = StabChain(gens, base_prefix)
-    _CHAINS[key] = chain  # most recent last
-    while len(_CHAINS) > _CHAINS_KEPT:
-        del _CHAINS[next(iter(_CHAINS))]
+        chain = StabChain(gens, base_prefix)  # outside the lock: it can take a while
+    with _CHAINS_LOCK:
+        _CHAINS[key] = chain  # most recent last
+        while len(_CHAINS) > _CHAINS_KEPT:
+            del _CHAINS[next(iter(_CHAINS))]
     return chain
 
 

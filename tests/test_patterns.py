@@ -221,3 +221,11 @@ def test_memory_guard_on_materialize():
     pat = ps.dense_pattern(deep_sets(4))
     with ps.config.override(max_bytes=64), pytest.raises(MemoryError, match="max_bytes"):
         pat.materialize(np.ones(2))
+
+
+def test_equivariance_error_validates_axes():
+    act = deep_sets(3)
+    with pytest.raises(ValueError, match="axis=2"):
+        ps.equivariance_error(lambda x: x, act, np.ones((2, 3)), axis=2)
+    with pytest.raises(ValueError, match="out_axis=3"):
+        ps.equivariance_error(lambda x: x, act, np.ones((2, 3)), axis=1, out_axis=3)
