@@ -98,9 +98,16 @@ class GatherPlan:
     ``blk_ptr, blk_cols`` (block members), and per target ``bptr, blks``
     (block totals added), ``pptr, plus`` (columns added), ``mptr, minus``
     (columns subtracted).  ``n_terms`` counts the column reads.
+
+    With complement sums, :meth:`run` falls back to the plain sums (no block
+    totals) when a block total is not finite: ``total - exceptions`` would
+    turn an ``inf`` input into ``inf - inf = nan`` where the plain sum gives
+    ``inf``.
     """
 
     def __init__(self, tgt, src, n_tgt, n_src, block_of, complement):
+        self._args = (tgt, src, n_tgt, n_src, block_of)
+        self._plain = None
         self.n_blocks = int(block_of.max()) + 1 if n_src and complement else 0
         nblk = max(self.n_blocks, 1)
         key = tgt * n_src + src
@@ -145,10 +152,25 @@ class GatherPlan:
         if self.uses_blocks:
             tot = np.empty((nb, self.n_blocks, nc), dtype=src.dtype)
             _run(cpu.block_totals, src, self.blk_ptr, self.blk_cols, tot)
+            if not _finite(tot):
+                self.plain().run(src, out, batch_major)
+                return
         else:
             tot = np.zeros((nb, 1, nc), dtype=src.dtype)
         _run(cpu.gather_sums, src, tot, self.bptr, self.blks, self.pptr, self.plus, self.mptr,
                         self.minus, out, batch_major)
+
+
+    def plain(self):
+        """The same sums without block totals (built on first use)."""
+        if self._plain is None:
+            self._plain = GatherPlan(*self._args, False)
+        return self._plain
+
+
+def _finite(a):
+    """Whether every entry of ``a`` is finite (block totals: small, one pass)."""
+    return bool(np.isfinite(a).all())
 
 
 def _ptr(counts):
@@ -380,13 +402,18 @@ def _gather_forward(plan, x, theta, y, complement):
 
 
 def _complement_forward(plan, x, theta, y):
-    """Complement sums into ``y``; returns the block totals of ``x`` (None on fallback)."""
+    """Complement sums into ``y``; returns the block totals of ``x`` (None on fallback).
+
+    Falls back to ``"gather"`` when a block total is not finite (an ``inf`` or
+    ``nan`` in ``x``, or an overflow): ``total - exceptions`` would give
+    ``inf - inf = nan`` where the dense product gives ``inf``.
+    """
     sp = plan.split()
-    if sp is None:
+    tot = None if sp is None else sp.totals(x)
+    if tot is None or not _finite(tot):
         _gather_forward(plan, x, theta, y, False)
         return None
     _gather_forward(sp.residual, x, sp.derived_theta(theta), y, False)
-    tot = sp.totals(x)
     u = np.empty((x.shape[0], sp.n_bases, theta.shape[1]), dtype=x.dtype)
     _run(cpu.contract_cols, tot, np.ascontiguousarray(theta.transpose(0, 2, 1)), sp.base_k,
                       sp.base_q, u)
@@ -422,20 +449,28 @@ def _dy_blocks(pattern):
 
 def _complement_dtheta(plan, dy, x, dtheta, dy_tot=None, dy_blocks=None):
     """``dtheta`` by complement sums; ``dy_tot`` (block totals of ``dy`` from the ``dx``
-    pass) with ``dy_blocks`` (see :func:`_dy_blocks`) saves a pass over ``dy``."""
+    pass) with ``dy_blocks`` (see :func:`_dy_blocks`) saves a pass over ``dy``.
+
+    Non-finite inputs (seen in the block totals of ``x`` or ``dy``, or as a
+    non-finite ``dtheta``, which is small) go through ``"gather"``: the
+    derived parameters' differences would turn ``inf`` into ``nan``.
+    """
     sp = plan.split()
-    if sp is None:
+    tot_x = None if sp is None else sp.totals(x)
+    if tot_x is None or not _finite(tot_x) or (dy_tot is not None and not _finite(dy_tot)):
         return _gather_dtheta(plan, dy, x, dtheta, False)
     dd = np.empty((sp.n_derived,) + dtheta.shape[1:], dtype=dtheta.dtype)
     _gather_dtheta(sp.residual, dy, x, dd, False)
     dtheta[...] = 0
     np.add.at(dtheta, sp.p_idx, sp.coef.astype(dd.dtype)[:, None, None] * dd[sp.d_idx])
     if dy_tot is not None and dy_blocks is not None:
-        _run(cpu.base_dtheta, dy_tot, sp.totals(x), dy_blocks[0], dy_blocks[1], sp.base_k,
+        _run(cpu.base_dtheta, dy_tot, tot_x, dy_blocks[0], dy_blocks[1], sp.base_k,
              sp.q_ptr, sp.q_us, dtheta)
     else:
-        _run(cpu.base_dtheta, dy, sp.totals(x), sp.u_ptr, sp.u_rows, sp.base_k, sp.q_ptr,
+        _run(cpu.base_dtheta, dy, tot_x, sp.u_ptr, sp.u_rows, sp.base_k, sp.q_ptr,
              sp.q_us, dtheta)
+    if not _finite(dtheta):  # an inf or nan in dy: redo without the differences
+        _gather_dtheta(plan, dy, x, dtheta, False)
 
 
 def _scatter_forward(plan, x, theta, y):
@@ -720,8 +755,8 @@ def materialize(theta, pattern):
         else:
             w = np.zeros((m, n, c_out, c_in), dtype=theta.dtype)
             w[pattern.rows, pattern.cols] = theta[pattern.params]
-        return np.ascontiguousarray(w.transpose(0, 2, 1, 3)) if c_out * c_in > 1 else \
-            w.reshape(m, 1, n, 1)
+        return np.ascontiguousarray(w.transpose(0, 2, 1, 3)) if (c_out, c_in) != (1, 1) \
+            else w.reshape(m, 1, n, 1)
     w = np.empty((m, c_out, n, c_in), dtype=theta.dtype)
     if w.size:
         indptr, cols, params = csr_of(pattern)

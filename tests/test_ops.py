@@ -286,3 +286,150 @@ def test_complement_grad_reuses_dy_block_totals(data):
         rdx, rdth = ref.grad(dy, x, theta, PATTERNS[name])
         assert_close(dx, rdx)
         assert_close(dth, rdth)
+
+
+def _zero_size_cases():
+    """(name, call(method) -> arrays, expected shapes): every empty dimension in turn."""
+    pd = ps.dense_pattern(ps.Action.same(ps.groups.symmetric(4)))  # (4, 4), 2 params
+    p0 = Pattern((3, 4), [], [], [], n_params=0)
+    pn0 = Pattern((3, 0), [], [], [], n_params=0)
+    pz = Pattern((3, 4), [], [], [], n_params=2)  # nnz == 0 with parameters
+    one = np.ones
+    return {
+        "fwd_N0": (lambda mt: ps.tied_matmul(one((2, 0)), one(0), pn0, method=mt), [(2, 3)]),
+        "fwd_Cin0": (lambda mt: ps.tied_matmul(one((2, 4, 0)), one((2, 5, 0)), pd, method=mt),
+                     [(2, 4, 5)]),
+        "fwd_P0_channels": (lambda mt: ps.tied_matmul(one((2, 4, 3)), one((0, 2, 3)), p0,
+                                                      method=mt), [(2, 3, 2)]),
+        "fwd_P0_scalar": (lambda mt: ps.tied_matmul(one((2, 4)), one(0), p0, method=mt), [(2, 3)]),
+        "fwd_nnz0": (lambda mt: ps.tied_matmul(one((2, 4, 3)), one((2, 5, 3)), pz, method=mt),
+                     [(2, 3, 5)]),
+        "fwd_batch0": (lambda mt: ps.tied_matmul(one((0, 4, 3)), one((2, 5, 3)), pd, method=mt),
+                       [(0, 4, 5)]),
+        "grad_N0": (lambda mt: ps.tied_matmul_grad(one((2, 3)), one((2, 0)), one(0), pn0,
+                                                   method=mt), [(2, 0), (0,)]),
+        "grad_Cout0": (lambda mt: ps.tied_matmul_grad(one((2, 4, 0)), one((2, 4, 3)),
+                                                      one((2, 0, 3)), pd, method=mt),
+                       [(2, 4, 3), (2, 0, 3)]),
+        "grad_Cin0": (lambda mt: ps.tied_matmul_grad(one((2, 4, 3)), one((2, 4, 0)),
+                                                     one((2, 3, 0)), pd, method=mt),
+                      [(2, 4, 0), (2, 3, 0)]),
+        "grad_P0_scalar": (lambda mt: ps.tied_matmul_grad(one((2, 3)), one((2, 4)), one(0), p0,
+                                                          method=mt), [(2, 4), (0,)]),
+        "grad_P0_channels": (lambda mt: ps.tied_matmul_grad(one((2, 3, 2)), one((2, 4, 3)),
+                                                            one((0, 2, 3)), p0, method=mt),
+                             [(2, 4, 3), (0, 2, 3)]),
+        "grad_nnz0": (lambda mt: ps.tied_matmul_grad(one((2, 3, 5)), one((2, 4, 3)),
+                                                     one((2, 5, 3)), pz, method=mt),
+                      [(2, 4, 3), (2, 5, 3)]),
+        "grad_batch0": (lambda mt: ps.tied_matmul_grad(one((0, 4, 5)), one((0, 4, 3)),
+                                                       one((2, 5, 3)), pd, method=mt),
+                        [(0, 4, 3), (2, 5, 3)]),
+    }
+
+
+ZERO_SIZE = _zero_size_cases()
+
+
+@pytest.mark.parametrize("method", METHODS + ["auto"])
+@pytest.mark.parametrize("case", list(ZERO_SIZE))
+def test_zero_size_dimensions_give_zeros(case, method):
+    """Empty sums (N, C_in, C_out, P, nnz or batch zero) give correctly shaped zeros."""
+    call, shapes = ZERO_SIZE[case]
+    res = call(method)
+    res = res if isinstance(res, tuple) else (res,)
+    assert [r.shape for r in res] == shapes
+    for r in res:
+        assert r.dtype == np.float64
+        np.testing.assert_array_equal(r, np.zeros(r.shape))
+
+
+def test_zero_size_out_and_materialize():
+    p0 = Pattern((3, 4), [], [], [], n_params=0)
+    pd = ps.dense_pattern(ps.Action.same(ps.groups.symmetric(4)))
+    out = np.full((2, 3, 2), np.nan, np.float32)
+    y = ps.tied_matmul(np.ones((2, 4, 3), np.float32), np.ones((0, 2, 3), np.float32), p0, out=out)
+    assert y is out
+    np.testing.assert_array_equal(out, 0)
+    out = np.full((2, 4, 5), np.nan)
+    ps.tied_matmul(np.ones((2, 4, 0)), np.ones((2, 5, 0)), pd, out=out)
+    np.testing.assert_array_equal(out, 0)
+    np.testing.assert_array_equal(ps.materialize(np.ones(0), p0), np.zeros((3, 4)))
+    np.testing.assert_array_equal(ps.materialize(np.ones((0, 2, 3)), p0), np.zeros((3, 2, 4, 3)))
+    assert ps.materialize(np.ones((2, 0, 3)), pd).shape == (4, 0, 4, 3)
+    assert ps.materialize(np.ones((2, 3, 0)), pd).shape == (4, 3, 4, 0)
+
+
+def _same_nonfinite(actual, expected):
+    """Equal inf/nan pattern (infinities with their sign), finite entries close."""
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(actual), np.isinf(expected))
+    np.testing.assert_array_equal(actual[np.isinf(actual)], expected[np.isinf(expected)])
+    fin = np.isfinite(expected)
+    assert_close(actual[fin], expected[fin])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("method", METHODS + ["auto"])
+@pytest.mark.parametrize("name", ["deepsets", "tensor2to1"])
+@pytest.mark.parametrize("scalar", [True, False], ids=["scalar", "channels"])
+def test_nonfinite_inputs_match_reference(method, name, scalar):
+    """An inf or nan in x (or dy) gives the dense product's inf/nan pattern, not
+    ``inf - inf = nan`` from complement sums.  Dense patterns, one non-finite entry:
+    then the pattern does not depend on the summation order."""
+    pat = PATTERNS[name]
+    m, n = pat.shape
+    rng = np.random.default_rng(5)
+    for value in (np.inf, -np.inf, np.nan):
+        for dtype in DTYPES:
+            if scalar:
+                shapes = ((pat.n_params,), (3, n), (3, m))
+            else:
+                shapes = ((pat.n_params, 2, 3), (3, n, 3), (3, m, 2))
+            theta, x, dy = (rng.standard_normal(s).astype(dtype) for s in shapes)
+            xb = x.copy()
+            xb[1, 2] = value
+            _same_nonfinite(ps.tied_matmul(xb, theta, pat, method=method),
+                            ref.forward(xb, theta, pat))
+            _same_nonfinite(ps.tied_matmul_grad(dy, xb, theta, pat, method=method)[1],
+                            ref.grad(dy, xb, theta, pat)[1])
+            dyb = dy.copy()
+            dyb[1, 2] = value
+            dx, dth = ps.tied_matmul_grad(dyb, x, theta, pat, method=method)
+            _same_nonfinite(dx, ref.grad(dyb, x, theta, pat)[0])
+            # dtheta with a non-finite dy: summing x before multiplying by dy (gather)
+            # legitimately differs from the reference's per-entry products (inf * (a + b)
+            # against inf * a + inf * b); the complement sums must agree with gather
+            if method in ("complement", "scatter"):
+                _same_nonfinite(dth, ps.tied_matmul_grad(dyb, x, theta, pat,
+                                                         method="gather")[1])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_nonfinite_input_with_auto_on_deepsets():
+    """The brief's case: auto picks complement sums in float32 and must not return nan."""
+    from paramshare_nb import _dispatch
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.symmetric(64)))
+    theta = np.zeros((2, 8, 8), np.float32)
+    theta[0] = np.eye(8)
+    theta[1] = 2 * np.eye(8)
+    x = np.ones((32, 64, 8), np.float32)
+    assert _dispatch.choose(pat, 32, 8, 8, 4)[0] == "complement"
+    x[0, 3, 1] = np.inf
+    y = ps.tied_matmul(x, theta, pat)
+    # channel 1 sums the inf with positive weights: inf, not inf - inf = nan (the zero
+    # off-diagonal weights of theta give 0 * inf = nan in the other channels, as in
+    # the dense product)
+    assert np.isposinf(y[0, :, 1]).all() and not np.isnan(y[..., 1]).any()
+    np.testing.assert_array_equal(y, ps.tied_matmul(x, theta, pat, method="gather"))
+    _same_nonfinite(y[:2, :5], ref.forward(x[:2], theta, pat)[:, :5])
+
+
+def test_materialize_float16_computes_in_float32():
+    pat = PATTERNS["d4"]
+    theta = np.arange(pat.n_params, dtype=np.float16)
+    w = ps.materialize(theta, pat)
+    assert w.dtype == np.float32  # as tied_matmul: float16 computes in float32
+    np.testing.assert_array_equal(w, ps.materialize(theta.astype(np.float32), pat))
+    y = ps.tied_matmul(np.ones(pat.shape[1], np.float16), theta, pat)
+    assert y.dtype == np.float32
