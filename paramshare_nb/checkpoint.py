@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -69,6 +70,15 @@ def save(path, model) -> str:
     return path
 
 
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, ValueError, TypeError, OSError, EOFError,
+               KeyError)
+
+
+def _unreadable(path: str, exc: BaseException) -> ValueError:
+    return ValueError(f"checkpoint {path!r} is not a readable checkpoint .npz file "
+                      f"({type(exc).__name__}: {exc})")
+
+
 def load(path, model) -> None:
     """Load parameters saved by :func:`save` into ``model`` (in place).
 
@@ -82,18 +92,32 @@ def load(path, model) -> None:
     Raises
     ------
     ValueError
-        The file is not a checkpoint, or the model's patterns differ from the
-        saved ones (a different action or design), or shapes differ.
+        The file is not a readable checkpoint (not an ``.npz`` archive, a
+        corrupt one, pickled objects), or the model's patterns differ from the
+        saved ones (a different action or design), or a parameter's shape or
+        dtype is refused (see :meth:`nn.Module.load_state_dict`).  Nothing is
+        loaded then: the model is unchanged.
+    FileNotFoundError
+        ``path`` does not exist.
     KeyError
         Parameter names differ.
     """
     current = _model_arrays(model)
+    path = os.fspath(path)
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except _UNREADABLE as exc:
+        raise _unreadable(path, exc) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):  # a plain .npy gives an ndarray
+        raise ValueError(f"checkpoint {path!r} is not a readable checkpoint (a "
+                         f"{type(data).__name__}, not an .npz archive)")
+    try:
+        with data:
             saved = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
-        raise ValueError(f"checkpoint {os.fspath(path)!r} is not a readable .npz file "
-                         f"({exc})") from None
+    except _UNREADABLE as exc:  # corrupt members: bad deflate stream, CRC, pickled objects
+        raise _unreadable(path, exc) from None
     if str(saved.get("__format__", "")) != _FORMAT:
         raise ValueError(f"{os.fspath(path)!r} is not a paramshare_nb checkpoint (format tag "
                          f"{saved.get('__format__')!r}, expected {_FORMAT!r})")

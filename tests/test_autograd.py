@@ -365,3 +365,52 @@ def test_numpy_array_on_the_left(rng):
     assert isinstance(out, Tensor)
     out.sum().backward()
     np.testing.assert_allclose(a.grad, np.full(3, 2.0))
+
+
+# -- regressions --------------------------------------------------------------------------
+def test_segment_reduce_validates_labels():
+    x = Tensor(np.arange(6.0).reshape(1, 3, 2), requires_grad=True)
+    with pytest.raises(ValueError, match="label 5 at position 1"):
+        segment_reduce(x, [0, 5, 1], 2)
+    with pytest.raises(ValueError, match="label -1"):
+        segment_reduce(x, [0, -1, 1], 2)
+    with pytest.raises(TypeError, match="integers"):
+        segment_reduce(x, [0.0, 1.0, 1.0], 2)
+    with pytest.raises(TypeError, match="n_segments"):
+        segment_reduce(x, [0, 1, 1], 2.0)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+@pytest.mark.parametrize("labels", [[0, 0, 2], [0, 0, 1]])
+def test_segment_reduce_empty_segments_are_zero(labels, reduce, rng):
+    labels = np.array(labels)
+    a = t64(rng, 2, 3, 2)
+    out = segment_reduce(a, labels, 3, reduce).numpy()
+    ref = np.stack([getattr(np, reduce)(a.data[:, labels == k], axis=1) if (labels == k).any()
+                    else np.zeros((2, 2)) for k in range(3)], 1)
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+    assert gradcheck(lambda x: segment_reduce(x, labels, 3, reduce), a, rng=rng)
+    with pytest.raises(ValueError, match="segment [12] is empty"):
+        segment_reduce(a, labels, 3, "max")
+
+
+def test_getitem_copies_the_index():
+    idx = np.array([0, 0])
+    a = Tensor(np.arange(3.0), requires_grad=True)
+    y = a[idx].sum()
+    idx[:] = 2
+    y.backward()
+    np.testing.assert_array_equal(a.grad, [2.0, 0.0, 0.0])
+    rows, cols = np.array([1, 1]), [0, 0]
+    b = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    y = b[rows, cols].sum()
+    rows[:], cols[:] = 0, [2, 2]
+    y.backward()
+    np.testing.assert_array_equal(b.grad, [[0, 0, 0], [2, 0, 0]])
+
+
+def test_pow_gradient_at_zero():
+    for p, want in [(0, [0.0, 0.0]), (1, [1.0, 1.0]), (2, [0.0, 4.0]), (3, [0.0, 12.0])]:
+        a = Tensor(np.array([0.0, 2.0]), requires_grad=True)
+        (a ** p).sum().backward()
+        np.testing.assert_array_equal(a.grad, want)

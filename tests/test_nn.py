@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -316,3 +317,63 @@ def test_training_step_on_cuda_matches_cpu(kernels, monkeypatch, rng):
         np.testing.assert_allclose(gpu.state_dict()[k], v, rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="EquivariantLinear.*input is on cpu"):
         gpu(x)
+
+
+# -- checkpoint loading: refused without touching the model -------------------------------
+def _saved_arrays(path):
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _assert_unchanged(model, before):
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("bad", [
+    "shape", "structured", "structured2", "datetime", "complex", "overflow", "nan", "string"])
+def test_checkpoint_load_is_atomic_and_checks_dtypes(tmp_path, bad):
+    act = ps.Action.same(ps.groups.cyclic(5))
+    path = checkpoint.save(tmp_path / "m.npz", _model(act, 1))
+    arrays = _saved_arrays(path)
+    last = sorted(k for k in arrays if k.startswith("param/"))[-1]  # the first one stays valid
+    shape = arrays[last].shape
+    arrays[last] = {
+        "shape": np.zeros(shape + (1,)),
+        "structured": np.zeros(shape, dtype=[("a", "f8")]),
+        "structured2": np.zeros(shape, dtype=[("a", "f8"), ("b", "f8")]),
+        "datetime": np.zeros(shape, dtype="datetime64[s]"),
+        "complex": np.ones(shape, dtype=complex),
+        "overflow": np.full(shape, 1e300),
+        "nan": np.full(shape, np.nan),
+        "string": np.full(shape, "1.0"),
+    }[bad]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    model = _model(act, 2)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=f"'{last[len('param/'):]}'"):
+        checkpoint.load(tmp_path / "bad.npz", model)
+    _assert_unchanged(model, before)
+
+
+def test_checkpoint_load_refuses_unreadable_files(tmp_path):
+    act = ps.Action.same(ps.groups.cyclic(5))
+    path = checkpoint.save(tmp_path / "m.npz", _model(act, 1))
+    np.save(tmp_path / "plain.npy", np.ones(3))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip at all" * 8)
+    with zipfile.ZipFile(path) as src, \
+            zipfile.ZipFile(tmp_path / "deflate.npz", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    raw = bytearray((tmp_path / "deflate.npz").read_bytes())
+    with zipfile.ZipFile(tmp_path / "deflate.npz") as z:
+        info = z.infolist()[-1]
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start:start + info.compress_size] = b"\xff" * info.compress_size  # corrupt deflate data
+    (tmp_path / "deflate.npz").write_bytes(bytes(raw))
+    model = _model(act, 2)
+    before = model.state_dict()
+    for name in ["plain.npy", "junk.npz", "deflate.npz"]:
+        with pytest.raises(ValueError, match="is not a readable checkpoint"):
+            checkpoint.load(tmp_path / name, model)
+    _assert_unchanged(model, before)

@@ -148,7 +148,14 @@ class Pow(Function):
     def backward(ctx, g):
         (a,) = ctx.saved_tensors
         p = a.dtype.type(ctx.p)
-        return (g * p * a ** (p - 1),)
+        if p == 0:  # d/da a**0 = 0 everywhere (p * a**-1 would be 0 * inf = nan at a = 0)
+            return (np.zeros(np.broadcast_shapes(np.shape(g), a.shape),
+                             dtype=np.result_type(g, a)),)
+        if p == 1:  # d/da a = 1 (no a**0 needed)
+            return (g * np.ones_like(a),)
+        if p == 2:
+            return (g * (p * a),)
+        return (g * (p * a ** (p - 1)),)
 
 
 class MatMul(Function):
@@ -311,12 +318,27 @@ class Concat(Function):
         return tuple(np.split(g, splits, axis=ctx.axis))
 
 
+def _freeze_index(index):
+    """Copy the mutable parts (arrays, lists; also inside tuples) of an index."""
+    if isinstance(index, tuple):
+        return tuple(_freeze_index(i) for i in index)
+    if isinstance(index, list):
+        return [_freeze_index(i) for i in index]
+    if isinstance(index, np.ndarray):
+        return index.copy()
+    if hasattr(index, "numpy") and callable(index.numpy):  # a Tensor inside a tuple
+        return np.array(index.numpy(), copy=True)
+    return index
+
+
 class GetItem(Function):
     """Indexing ``a[index]`` (basic or fancy); repeated indices sum their gradients."""
 
     @staticmethod
     def forward(ctx, a, index):
         _host("getitem", a)
+        # a private copy: the caller may change its index array before backward
+        index = _freeze_index(index)
         ctx.shape, ctx.dtype, ctx.index = a.shape, a.dtype, index
         return np.asarray(a[index])
 
@@ -486,28 +508,44 @@ class LogSoftmax(Function):
 class SegmentReduce(Function):
     """Reduce axis 1 of ``(batch, n, ...)`` over segments given by labels.
 
-    ``labels`` (``n`` ints in ``0..n_segments-1``, every segment non-empty)
-    group the entries; the result is ``(batch, n_segments, ...)`` holding
-    their sum, mean or max (ties share the gradient).
+    ``labels`` (``n`` int64 in ``0..n_segments-1``, checked by
+    :func:`~paramshare_nb.autograd.segment_reduce`) group the entries; the
+    result is ``(batch, n_segments, ...)`` holding their sum, mean or max (ties
+    share the gradient).  Empty segments give 0 for sum and mean; max refuses
+    them.
     """
 
     @staticmethod
     def forward(ctx, a, labels, n_segments, reduce="sum"):
         _host("segment_reduce", a)
-        order = np.argsort(labels, kind="stable")
         counts = np.bincount(labels, minlength=n_segments)
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        sorted_a = np.take(a, order, axis=1)
+        full = counts.all()
+        if not full and reduce == "max":
+            empty = np.flatnonzero(counts == 0)
+            raise ValueError(f"segment_reduce: segment {int(empty[0])} is empty (no label names "
+                             f"it; {empty.size} empty of {n_segments}); 'max' needs every segment "
+                             f"non-empty")
         ctx.labels, ctx.reduce, ctx.shape = labels, reduce, a.shape
+        order = np.argsort(labels, kind="stable")
+        sorted_a = np.take(a, order, axis=1)
+        nonempty = counts > 0
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))[nonempty]
         if reduce == "max":
             out = np.maximum.reduceat(sorted_a, starts, axis=1)
             mask = a == np.take(out, labels, axis=1)
             ties = np.add.reduceat(np.take(mask, order, axis=1).astype(a.dtype), starts, axis=1)
             ctx.weight = mask / np.take(ties, labels, axis=1)
             return out
-        out = np.add.reduceat(sorted_a, starts, axis=1)
+        if full:
+            out = np.add.reduceat(sorted_a, starts, axis=1)
+        else:  # reduce the non-empty segments only; the empty ones stay 0
+            out = np.zeros(a.shape[:1] + (n_segments,) + a.shape[2:], dtype=a.dtype)
+            if starts.size:
+                out[:, nonempty] = np.add.reduceat(sorted_a, starts, axis=1)
         if reduce == "mean":
-            scale = (1 / counts).astype(a.dtype).reshape((1, -1) + (1,) * (a.ndim - 2))
+            inv = np.zeros(n_segments, dtype=np.float64)
+            inv[nonempty] = 1 / counts[nonempty]
+            scale = inv.astype(a.dtype).reshape((1, -1) + (1,) * (a.ndim - 2))
             out = out * scale
             ctx.scale = scale
         return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from . import primitives as P
@@ -345,19 +347,57 @@ def segment_reduce(x: Tensor, labels, n_segments: int, reduce: str = "sum") -> T
     x : Tensor
         ``(batch, n, ...)``.
     labels : array_like of int, shape (n,)
-        Segment id of each entry, ``0..n_segments-1``; every segment non-empty.
+        Segment id of each entry, each in ``0..n_segments-1``.  Segments that no
+        entry names are empty.
     n_segments : int
     reduce : {"sum", "mean", "max"}
+        An empty segment reduces to 0 for ``"sum"`` and ``"mean"``; ``"max"``
+        has no value for an empty segment and refuses it (``ValueError``).
 
     Returns
     -------
     Tensor
         ``(batch, n_segments, ...)``.
+
+    Raises
+    ------
+    TypeError
+        ``labels`` are not integers (floats are not truncated), or
+        ``n_segments`` is not an integer.
+    ValueError
+        A label outside ``0..n_segments-1``, labels that are not 1-D or do not
+        match axis 1 of ``x``, or an empty segment with ``reduce="max"``.
     """
     if reduce not in ("sum", "mean", "max"):
         raise ValueError(f"segment_reduce: reduce must be 'sum', 'mean' or 'max', got {reduce!r}")
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = _segment_labels(labels, n_segments)
+    n_segments = int(n_segments)
     if x.ndim < 2 or x.shape[1] != labels.shape[0]:
         raise ValueError(f"segment_reduce: x must be (batch, {labels.shape[0]}, ...), got shape "
                          f"{x.shape}")
-    return P.SegmentReduce.apply(x, labels=labels, n_segments=int(n_segments), reduce=reduce)
+    return P.SegmentReduce.apply(x, labels=labels, n_segments=n_segments, reduce=reduce)
+
+
+def _segment_labels(labels, n_segments) -> np.ndarray:
+    """Checked int64 copy of ``labels``: 1-D integers in ``0..n_segments-1``."""
+    try:
+        n_segments = operator.index(n_segments)
+    except TypeError:
+        raise TypeError(f"segment_reduce: n_segments must be an integer, got "
+                        f"{type(n_segments).__name__}") from None
+    if n_segments < 0:
+        raise ValueError(f"segment_reduce: n_segments must be >= 0, got {n_segments}")
+    if isinstance(labels, Tensor):
+        labels = labels.numpy()
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise ValueError(f"segment_reduce: labels must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind in "f"):
+        raise TypeError(f"segment_reduce: labels must be integers, got dtype {arr.dtype}")
+    if arr.size:
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi >= n_segments:
+            pos = int(np.flatnonzero((arr < 0) | (arr >= n_segments))[0])
+            raise ValueError(f"segment_reduce: label {arr[pos]} at position {pos} is outside "
+                             f"0..{n_segments - 1} (n_segments={n_segments})")
+    return np.array(arr, dtype=np.int64, copy=True)

@@ -152,7 +152,13 @@ class Module:
         KeyError
             Missing or unexpected names (with ``strict``).
         ValueError
-            A shape that differs from the parameter's.
+            A shape that differs from the parameter's, a dtype that is not
+            bool, integer or float (structured, datetime, complex, object,
+            strings), or a value that is not finite once cast to the
+            parameter's dtype.
+
+        Every value is checked before any parameter is assigned: a refused
+        state leaves the model unchanged.
         """
         params = dict(self.named_parameters())
         if strict:
@@ -160,15 +166,16 @@ class Module:
             unexpected = [k for k in state if k not in params]
             if missing or unexpected:
                 raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+        staged = []
         for name, p in params.items():
             if name not in state:
                 continue
-            value = np.asarray(state[name])
-            if value.shape != p.shape:
-                raise ValueError(f"load_state_dict: '{name}' has shape {value.shape} in the "
-                                 f"state, {p.shape} in the model")
-            value = value.astype(p.dtype, copy=True)
-            p.data = value if p.device == "cpu" else Tensor(value).to(p.device).data
+            staged.append((p, _checked_value(name, state[name], p)))
+        # all values are valid: move them (a device copy may still fail, so move all first)
+        moved = [(p, v if p.device == "cpu" else Tensor(v).to(p.device).data)
+                 for p, v in staged]
+        for p, v in moved:
+            p.data = v
             p.grad = None
 
     def extra_repr(self) -> str:
@@ -185,3 +192,26 @@ class Module:
             sub = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {sub}")
         return "\n".join(lines) + "\n)"
+
+
+def _checked_value(name: str, raw, p) -> np.ndarray:
+    """``raw`` as a fresh array of ``p``'s dtype, or ValueError saying why it cannot be."""
+    try:
+        value = np.asarray(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"load_state_dict: '{name}' is not an array ({exc})") from None
+    if value.dtype.kind not in "biuf":
+        raise ValueError(f"load_state_dict: '{name}' has dtype {value.dtype}; expected a bool, "
+                         f"integer or float array")
+    if value.shape != p.shape:
+        raise ValueError(f"load_state_dict: '{name}' has shape {value.shape} in the "
+                         f"state, {p.shape} in the model")
+    target = np.dtype(p.dtype)
+    if value.dtype.kind == "f" and target.kind != "f" and not np.isfinite(value).all():
+        raise ValueError(f"load_state_dict: '{name}' holds non-finite values")
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = value.astype(target, copy=True)
+    if cast.dtype.kind == "f" and not np.isfinite(cast).all():
+        raise ValueError(f"load_state_dict: '{name}' holds values that are not finite as "
+                         f"{target} (nan, inf, or overflow from {value.dtype})")
+    return cast
