@@ -236,7 +236,8 @@ def main(argv=None):
     threads = numba.get_num_threads()
     if torch is not None:
         torch.set_num_threads(threads)
-    peers = [NumpyPeer, ScipyPeer] + ([TorchPeer] if torch is not None and not args.no_torch else [])
+    with_torch = torch is not None and not args.no_torch
+    peers = [NumpyPeer, ScipyPeer] + ([TorchPeer] if with_torch else [])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# paramshare_nb compare: dtype {dtype}, numba threads {threads}, "
           f"cpus {os.cpu_count()}, load average {load:.1f} at start, "

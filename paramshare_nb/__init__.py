@@ -8,21 +8,20 @@ tied multiply on CPU and GPU, and trains models without a framework.
 This module re-exports the public face; it never imports ``numba.cuda``.
 """
 
-from . import config, groups, perm
-from . import dask, plot  # dask / matplotlib load only when used
+from . import autograd, checkpoint, config, groups, nn, optim, perm
+from . import dask, plot  # their heavy extras load only when used
 from .actions import Action, product, regular, tensor_power
+from .autograd import Tensor, gradcheck, no_grad
 from .equivariance import equivariance_error, is_equivariant
-from .ops import materialize, tied_matmul, tied_matmul_grad
 from .groups import (closure, contains, is_regular, is_semiregular, is_transitive, orbits,
                      order, stabilizer)
+from .ops import materialize, tied_matmul, tied_matmul_grad
 from .patterns import (Pattern, bias_pattern, dense_pattern, load_pattern, save_pattern,
                        sparse_pattern)
 from .symmetry import (SearchBudgetError, SymmetryGroup, UniquenessResult, check_lift,
                        explain, graph_action, graph_convolution_pattern,
                        is_uniquely_equivariant, is_uniquely_equivariant_layers, lift,
                        symmetry_group, symmetry_group_layers)
-from . import autograd, checkpoint, nn, optim
-from .autograd import Tensor, gradcheck, no_grad
 
 __version__ = "0.1.0"
 

@@ -3,8 +3,9 @@
 Public, numpy-style wrappers.  They validate every argument (errors name the
 argument and the expected shape), resolve the dtype once (float32 stays
 float32, float64 stays float64, mixed floats follow numpy's promotion,
-float16 computes and returns in float32, integers are refused), copy inputs only when the layout or dtype requires it
-(inputs are never modified), reshape to canonical 3-D arrays and hand them to
+float16 computes and returns in float32, integers are refused), copy inputs
+only when the layout or dtype requires it (inputs are never modified), reshape
+to canonical 3-D arrays and hand them to
 :mod:`paramshare_nb._dispatch`, which picks the backend and the strategy.
 
 Shapes, with ``pattern.shape == (M, N)`` and ``P == pattern.n_params``:

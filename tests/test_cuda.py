@@ -8,12 +8,11 @@ arrays are small.  On a GPU machine run with ``NUMBA_ENABLE_CUDASIM=0``.
 
 import numpy as np
 import pytest
+import reference_ops as ref
 
 import paramshare_nb as ps
 from paramshare_nb import config
 from paramshare_nb.patterns import Pattern
-
-import reference_ops as ref
 
 cuda = pytest.importorskip("numba.cuda")
 pytestmark = pytest.mark.skipif(not cuda.is_available(), reason="no CUDA device or simulator")
@@ -26,7 +25,8 @@ def tiny_grids():
 
 
 def _patterns():
-    multi = Pattern((4, 3), [0, 0, 0, 1, 3, 3], [1, 1, 2, 0, 0, 2], [0, 2, 1, 1, 2, 2])  # row 2 empty
+    # row 2 empty, a multi-edge at (0, 1)
+    multi = Pattern((4, 3), [0, 0, 0, 1, 3, 3], [1, 1, 2, 0, 0, 2], [0, 2, 1, 1, 2, 2])
     return {
         "deepsets": ps.dense_pattern(ps.Action.same(ps.groups.symmetric(4))),
         "multi": multi,

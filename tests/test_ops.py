@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+import reference_ops as ref
 
 import paramshare_nb as ps
 from paramshare_nb import config, ops
 from paramshare_nb.patterns import Pattern
-
-import reference_ops as ref
 
 DTYPES = [np.float32, np.float64]
 BATCHES = [(), (1,), (3, 2), (0,)]
@@ -111,7 +110,8 @@ def test_complement_decomposition_is_used():
         sp = _dispatch.plan_of(PATTERNS[name]).split()
         assert sp is not None and sp.n_bases > 0, name
     sp = _dispatch.plan_of(PATTERNS["deepsets"]).split()
-    assert sp.n_derived == 1 and sp.residual.identity_param == 0  # theta_0 - theta_1 on the diagonal
+    # theta_0 - theta_1 on the diagonal
+    assert sp.n_derived == 1 and sp.residual.identity_param == 0
     assert _dispatch.choose(PATTERNS["deepsets"], 64, 32, 32)[0] == "complement"
 
 
@@ -192,7 +192,8 @@ def test_bad_inputs_raise_clear_errors(data):
         ps.tied_matmul(x, theta, "not a pattern")
     with pytest.raises(ValueError, match=r"theta must have shape \(2,\) or \(2, C_out, C_in\)"):
         ps.tied_matmul(x, theta[:1], pat)
-    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., N, C_in\) = \(\.\.\., 5, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"x must have shape \(\.\.\., N, C_in\) = \(\.\.\., 5, 3\)"):
         ps.tied_matmul(x[..., :2], theta, pat)
     with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., N\) = \(\.\.\., 5\)"):
         ps.tied_matmul(x[..., 0][..., :4], theta[:, 0, 0], pat)

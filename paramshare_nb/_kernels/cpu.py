@@ -296,7 +296,7 @@ def add_base(u, row_ptr, row_u, y):
 
 @kernel()
 def base_dtheta(dy, tot, u_ptr, u_rows, base_k, q_ptr, q_us, dtheta):
-    """``dtheta[q] += sum_{bases j with param q} sum_b (sum_{rows m of j} dy[b, m]) (x) tot[b, k_j]``.
+    """``dtheta[q] += sum_{bases j of q} sum_b (sum_{rows m of j} dy[b, m]) (x) tot[b, k_j]``.
 
     Bases are grouped by parameter (``q_ptr, q_us``): each parallel iteration
     owns one parameter, so there are no races.
