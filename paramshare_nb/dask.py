@@ -99,19 +99,15 @@ def _whole_trailing(x, n_trailing: int, name: str, max_chunk_bytes: int | None):
 
 
 def _pattern_and_theta(theta, pattern):
-    from .ops import _check_pattern
+    # the tied multiply's own checks, so chunks never fail later for a reason found here
+    from .ops import _as_float, _check_pattern, _theta_layout
 
     pattern = _check_pattern(pattern)
     if hasattr(theta, "dask") or type(theta).__module__.startswith("dask"):
         raise TypeError("theta must be a numpy array (it is small and sent to every chunk), "
                         "got a dask collection; call .compute() on it first")
-    theta = np.asarray(theta)
-    if not np.issubdtype(theta.dtype, np.floating):
-        raise TypeError(f"theta must be a float array, got dtype {theta.dtype}; use "
-                        f".astype(np.float32) or .astype(np.float64)")
-    if theta.ndim not in (1, 3) or theta.shape[0] != pattern.n_params:
-        raise ValueError(f"theta must have shape ({pattern.n_params},) or "
-                         f"({pattern.n_params}, C_out, C_in), got {theta.shape}")
+    theta = _as_float(theta, "theta")
+    _theta_layout(theta, pattern)
     return pattern, theta
 
 
