@@ -47,8 +47,11 @@ multiply, planned on ``pattern.T``) and ``dtheta`` are planned separately):
     One pass over the edges (sparse patterns); scalar patterns use fused,
     batch-tiled kernels that compute ``dx`` and ``dtheta`` together.
 
-On CUDA, ``"auto"``, ``"gather"`` (shared-memory tiled contraction) and
-``"csr"`` are available.
+On CUDA every strategy is available, as ``numba.cuda`` kernels over the same
+plans (``"gather"`` and ``"scatter"`` contract through shared-memory tiles,
+``"materialize"`` gathers ``W`` on the device under the same
+``config.max_bytes`` bound and runs a tiled GEMM); there ``"auto"`` picks only
+between ``"gather"`` and ``"csr"`` (the cost model is calibrated for CPUs).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ thread, so grids are patched tiny (4 x 4 tiles, at most 4 blocks) and the
 arrays are small.  On a GPU machine run with ``NUMBA_ENABLE_CUDASIM=0``.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 import reference_ops as ref
@@ -41,30 +43,130 @@ def _close(a, b, dtype):
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, np.abs(b).max(initial=0)))
 
 
-@pytest.mark.parametrize("name", list(PATTERNS))
-@pytest.mark.parametrize("method", ["gather", "csr"])
-@pytest.mark.parametrize("dtype,scalar", [(np.float32, False), (np.float64, True)])
-def test_cuda_matches_reference_and_cpu(name, method, dtype, scalar):
-    pat = PATTERNS[name]
+METHODS = ["auto", "materialize", "gather", "complement", "scatter", "csr"]
+#: (dtype, scalar theta, batch shape): both dtypes, both theta layouts, three batch shapes
+CASES = [pytest.param(np.float32, False, (3, 2), id="f32-channels-batch3x2"),
+         pytest.param(np.float64, True, (), id="f64-scalar-nobatch"),
+         pytest.param(np.float64, False, (0,), id="f64-channels-emptybatch")]
+
+
+def _data(pat, dtype, scalar, batch, seed=11):
+    """``theta, x, dy`` for ``pat`` (channels: C_out = 3, C_in = 2)."""
     m, n = pat.shape
-    rng = np.random.default_rng(11)
-    batch = (2,)
-    if scalar:
-        theta, x, dy = (rng.standard_normal(s).astype(dtype)
-                        for s in ((pat.n_params,), batch + (n,), batch + (m,)))
-    else:
-        theta, x, dy = (rng.standard_normal(s).astype(dtype)
-                        for s in ((pat.n_params, 5, 3), batch + (n, 3), batch + (m, 5)))
-    xd, td, dyd = cuda.to_device(x), cuda.to_device(theta), cuda.to_device(dy)
+    rng = np.random.default_rng(seed)
+    shapes = (((pat.n_params,), batch + (n,), batch + (m,)) if scalar else
+              ((pat.n_params, 3, 2), batch + (n, 2), batch + (m, 3)))
+    return (rng.standard_normal(s).astype(dtype) for s in shapes)
+
+
+def _cuda_run(pat, method, theta, x, dy):
+    """Forward and gradients on the device, copied back."""
+    xd, td = cuda.to_device(x), cuda.to_device(theta)
     y = ps.tied_matmul(xd, td, pat, method=method)
-    assert ps.ops._is_cuda_array(y) and y.dtype == dtype
-    _close(y.copy_to_host(), ref.forward(x, theta, pat), dtype)
-    _close(y.copy_to_host(), ps.tied_matmul(x, theta, pat), dtype)
-    dx, dth = ps.tied_matmul_grad(dyd, xd, td, pat, method=method)
-    rdx, rdth = ref.grad(dy, x, theta, pat)
-    _close(dx.copy_to_host(), rdx, dtype)
-    _close(dth.copy_to_host(), rdth, dtype)
+    assert ps.ops._is_cuda_array(y) and y.dtype == x.dtype
+    dx, dth = ps.tied_matmul_grad(cuda.to_device(dy), xd, td, pat, method=method)
     np.testing.assert_array_equal(xd.copy_to_host(), x)  # inputs never modified
+    np.testing.assert_array_equal(td.copy_to_host(), theta)
+    return y.copy_to_host(), dx.copy_to_host(), dth.copy_to_host()
+
+
+def _device_plans(pat, method):
+    """Device plans that ``method`` must upload: complement splits (where the CPU finds
+    one) for the complement sums, the scatter order's plans for ``"scatter"``."""
+    from paramshare_nb import _dispatch
+    if method not in ("complement", "scatter"):
+        return []
+    fwd, bwd = (_dispatch.plan_of(pat, t).split() is not None for t in (False, True))
+    keys = ["cuda_split"] if fwd else []  # dtheta by complement sums, for both methods
+    if method == "complement" and bwd:
+        keys.append("cuda_split_t")  # dx
+    if method == "scatter":
+        keys += ["cuda_zplan", "cuda_zplan_t"]  # forward and dx
+    return keys
+
+
+@contextlib.contextmanager
+def _uploaded(pat, keys):
+    """Assert that the block builds the device plans ``keys`` (so their strategy ran)."""
+    from paramshare_nb import _dispatch
+    for k in keys:
+        _dispatch._plans(pat).pop(k, None)  # built by an earlier test: forget it
+    yield
+    for k in keys:
+        assert k in _dispatch._plans(pat), k
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype,scalar,batch", CASES)
+def test_cuda_matches_reference_and_cpu(name, method, dtype, scalar, batch):
+    pat = PATTERNS[name]
+    theta, x, dy = _data(pat, dtype, scalar, batch)
+    keys = _device_plans(pat, method) if x.size else []
+    with _uploaded(pat, keys):
+        y, dx, dth = _cuda_run(pat, method, theta, x, dy)
+    assert y.shape == dy.shape and dx.shape == x.shape and dth.shape == theta.shape
+    _close(y, ref.forward(x, theta, pat), dtype)
+    _close(y, ps.tied_matmul(x, theta, pat, method=method), dtype)
+    rdx, rdth = ref.grad(dy, x, theta, pat)
+    _close(dx, rdx, dtype)
+    _close(dth, rdth, dtype)
+
+
+def test_cuda_complement_on_deep_sets_and_an_empty_residual():
+    from paramshare_nb import _dispatch
+    deep = PATTERNS["deepsets"]
+    # Deep Sets: one base per row and a diagonal residual, in both directions
+    assert _dispatch.plan_of(deep).split() is not None
+    assert _dispatch.plan_of(deep, True).split() is not None
+    assert _dispatch.plan_of(deep).zplan()[2].uses_blocks  # scatter adds by block totals
+    # one parameter everywhere: the base is all of W, the residual has no entries
+    ones = Pattern((3, 3), np.repeat(np.arange(3), 3), np.tile(np.arange(3), 3), np.zeros(9, int))
+    sp = _dispatch.plan_of(ones).split()
+    assert sp is not None and sp.n_derived == 0
+    theta, x, dy = _data(ones, np.float64, False, (2,))
+    with _uploaded(ones, ["cuda_split"]):
+        y, dx, dth = _cuda_run(ones, "complement", theta, x, dy)
+    _close(y, ref.forward(x, theta, ones), np.float64)
+    rdx, rdth = ref.grad(dy, x, theta, ones)
+    _close(dx, rdx, np.float64)
+    _close(dth, rdth, np.float64)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator's inf arithmetic
+@pytest.mark.parametrize("method", ["complement", "scatter"])
+def test_cuda_non_finite_falls_back_like_the_cpu(method):
+    pat = PATTERNS["deepsets"]
+    theta, x, dy = _data(pat, np.float64, False, (2,))
+    x_inf, dy_inf = x.copy(), dy.copy()
+    x_inf[0, 1] = [np.inf, -np.inf]  # with theta's signs: inf, -inf and nan outputs
+    dy_inf[1, 2, :2] = [np.inf, -np.inf]
+    for xx, dd in ((x_inf, dy_inf), (x_inf, dy), (x, dy_inf)):
+        got = _cuda_run(pat, method, theta, xx, dd)
+        want = (ps.tied_matmul(xx, theta, pat, method=method),
+                *ps.tied_matmul_grad(dd, xx, theta, pat, method=method))
+        assert not all(np.isfinite(w).all() for w in want)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-11, equal_nan=True)
+    assert np.isnan(want[0]).any() or np.isnan(want[1]).any()
+
+
+def test_cuda_materialize_respects_max_bytes():
+    pat = PATTERNS["multi"]
+    theta, x, dy = _data(pat, np.float32, False, (2,))
+    w_bytes = 4 * 3 * 3 * 2 * 4  # M N C_out C_in float32
+    xd, td = cuda.to_device(x), cuda.to_device(theta)
+    with ps.config.override(max_bytes=w_bytes - 1):
+        with pytest.raises(MemoryError, match=r"materialize needs W of shape \(12, 6\)") as cu:
+            ps.tied_matmul(xd, td, pat, method="materialize")
+        with pytest.raises(MemoryError) as cpu:
+            ps.tied_matmul(x, theta, pat, method="materialize")
+        assert str(cu.value) == str(cpu.value)
+        with pytest.raises(MemoryError, match="config.max_bytes"):
+            ps.tied_matmul_grad(cuda.to_device(dy), xd, td, pat, method="materialize")
+    with ps.config.override(max_bytes=w_bytes):  # exactly at the bound: allowed
+        y = ps.tied_matmul(xd, td, pat, method="materialize")
+    _close(y.copy_to_host(), ref.forward(x, theta, pat), np.float32)
 
 
 def test_cuda_out_batches_and_host_inputs():

@@ -18,6 +18,30 @@ Canonical device layouts are those of the CPU kernels: ``x (B, N, Ci)``,
 - ``dtheta`` is a deterministic two-pass reduction: per-block partial sums
   over chunks of one parameter's groups, then a fixed-order sum of the
   chunks.  No atomics, no races.
+
+Every strategy of the CPU has a twin here, built on the CPU's numpy plans
+(:class:`~paramshare_nb._dispatch.Plan`, ``Split``, ``GatherPlan``: host
+side, cached per pattern) uploaded once per pattern:
+
+``"gather"`` / ``"csr"``
+    Group sums then the tiled contraction; or one pass over each row's edges.
+``"materialize"``
+    ``W (M, Co, N, Ci)`` gathered on the device (bounded by
+    ``config.max_bytes`` as on the CPU), then a shared-memory tiled GEMM for
+    ``y = x2 @ W2.T``, ``dx = dy2 @ W2`` and ``dW = dy2.T @ x2``;
+    ``dtheta`` sums each parameter's edges of ``dW`` in a fixed order (one
+    block per ``(p, co, ci)``, its threads' partials added in thread order).
+``"complement"``
+    Block totals, one small product per (block, parameter) base shared by its
+    rows, and the residual pattern through ``"gather"`` over derived
+    parameters; ``dtheta`` maps the residual's back by ``coef`` and adds the
+    bases' terms.  Non-finite block totals (or ``dtheta``) fall back to
+    ``"gather"``, as on the CPU; the finiteness test is a flag set on the
+    device and read back (one int).
+``"scatter"``
+    Contract each used (input column, parameter) pair, then the complement
+    gather plan of :meth:`Plan.zplan` adds them into the outputs; ``dtheta``
+    by ``"complement"``.
 """
 
 from __future__ import annotations
@@ -74,6 +98,8 @@ def kernels(dtype, tile):
     zero = np.dtype(dtype).type(0)
     nbtype = numba.from_dtype(np.dtype(dtype))
     T = tile
+    TP = tile + 1  # padded shared rows
+    TT = tile * tile  # threads of a block reduction
 
     @cuda.jit
     def csr_forward(x, theta, indptr, cols, params, y):
@@ -222,9 +248,261 @@ def kernels(dtype, tile):
             dst[i] = zero
             i += stride
 
+    # -- materialize: W on the device, a tiled GEMM, dW reduced by parameter --
+
+    @cuda.jit
+    def scatter_w(theta, indptr, cols, params, w):
+        # w (M, Co, N, Ci), zeroed; one thread owns w[m, co, :, ci] (multi-edges: no race)
+        nm, nco, _, nci = w.shape
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        total = nm * nco * nci
+        while i < total:
+            ci = i % nci
+            t = i // nci
+            co = t % nco
+            m = t // nco
+            for e in range(indptr[m], indptr[m + 1]):
+                w[m, co, cols[e], ci] += theta[params[e], co, ci]
+            i += stride
+
+    @cuda.jit
+    def gemm(a, b, c, ta, tb):
+        # c (R, S) = op(a) (R, K) @ op(b) (K, S); op(a) = a.T when ta, op(b) = b.T when tb.
+        # One block = one T x T tile of c; K is walked in tiles held in shared memory.
+        # Transposed operands are read along their contiguous axis with threadIdx.x and
+        # stored transposed (rows padded to T + 1: no bank conflicts).
+        nr, ns = c.shape
+        nk = a.shape[0] if ta else a.shape[1]
+        s_a = cuda.shared.array((T, TP), dtype=nbtype)  # s_a[r, k] = op(a)[r0 + r, k0 + k]
+        s_b = cuda.shared.array((T, TP), dtype=nbtype)  # s_b[k, s] = op(b)[k0 + k, s0 + s]
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        nrt = (nr + T - 1) // T
+        nst = (ns + T - 1) // T
+        w = cuda.blockIdx.x
+        while w < nrt * nst:  # uniform across the block: syncthreads stay convergent
+            r0 = (w // nst) * T
+            s0 = (w % nst) * T
+            acc = zero
+            for k0 in range(0, nk, T):
+                if ta:
+                    r = r0 + tx
+                    k = k0 + ty
+                    s_a[tx, ty] = a[k, r] if r < nr and k < nk else zero
+                else:
+                    r = r0 + ty
+                    k = k0 + tx
+                    s_a[ty, tx] = a[r, k] if r < nr and k < nk else zero
+                if tb:
+                    s = s0 + ty
+                    k = k0 + tx
+                    s_b[tx, ty] = b[s, k] if s < ns and k < nk else zero
+                else:
+                    s = s0 + tx
+                    k = k0 + ty
+                    s_b[ty, tx] = b[k, s] if s < ns and k < nk else zero
+                cuda.syncthreads()
+                for kk in range(T):
+                    acc += s_a[ty, kk] * s_b[kk, tx]
+                cuda.syncthreads()
+            if r0 + ty < nr and s0 + tx < ns:
+                c[r0 + ty, s0 + tx] = acc
+            w += cuda.gridDim.x
+
+    @cuda.jit
+    def reduce_dw(dw, pptr, prows, pcols, dtheta):
+        # dtheta[p, co, ci] = sum over p's edges (parameter-major CSR) of dW[m, co, n, ci].
+        # One block per (p, co, ci): thread t sums edges t, t + TT, ..., its partial goes to
+        # shared memory and thread 0 adds the partials in thread order: the same order on
+        # every run (deterministic, no atomics).
+        npar, nco, nci = dtheta.shape
+        buf = cuda.shared.array(TT, dtype=nbtype)
+        t = cuda.threadIdx.x
+        w = cuda.blockIdx.x
+        while w < npar * nco * nci:  # uniform across the block
+            ci = w % nci
+            r = w // nci
+            co = r % nco
+            p = r // nco
+            s = zero
+            for e in range(pptr[p] + t, pptr[p + 1], TT):
+                s += dw[prows[e], co, pcols[e], ci]
+            buf[t] = s
+            cuda.syncthreads()
+            if t == 0:  # the partials in thread order: two barriers per item
+                for k in range(1, TT):
+                    s += buf[k]
+                dtheta[p, co, ci] = s
+            cuda.syncthreads()  # buf is reused by the next item
+            w += cuda.gridDim.x
+
+    # -- complement sums and the scatter order --
+
+    @cuda.jit
+    def block_totals(src, blk_ptr, blk_cols, tot):
+        # tot[b, k, c] = sum over the columns s of block k of src[b, s, c]
+        nb, nk, nc = tot.shape
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        total = nb * nk * nc
+        while i < total:
+            c = i % nc
+            t = i // nc
+            k = t % nk
+            b = t // nk
+            s = zero
+            for j in range(blk_ptr[k], blk_ptr[k + 1]):
+                s += src[b, blk_cols[j], c]
+            tot[b, k, c] = s
+            i += stride
+
+    @cuda.jit
+    def flag_nonfinite(a, flag):
+        # flag[0] = 1 when some entry is inf or nan (every writer writes the same 1)
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while i < a.shape[0]:
+            if not math.isfinite(a[i]):
+                flag[0] = 1
+            i += stride
+
+    @cuda.jit
+    def gather_sums(src, tot, bptr, blks, pptr, plus, mptr, minus, out):
+        # a gather plan, batch-major out[b, t, c]: block totals + columns - exceptions
+        nb, nt, nc = out.shape
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        total = nb * nt * nc
+        while i < total:
+            c = i % nc
+            r = i // nc
+            g = r % nt
+            b = r // nt
+            s = zero
+            for j in range(bptr[g], bptr[g + 1]):
+                s += tot[b, blks[j], c]
+            for j in range(pptr[g], pptr[g + 1]):
+                s += src[b, plus[j], c]
+            for j in range(mptr[g], mptr[g + 1]):
+                s -= src[b, minus[j], c]
+            out[b, g, c] = s
+            i += stride
+
+    @cuda.jit
+    def row_sums(src, ptr, idx, out, accumulate):
+        # out[b, t, c] (+)= sum_{j in ptr[t]:ptr[t + 1]} src[b, idx[j], c]
+        nb, nt, nc = out.shape
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        total = nb * nt * nc
+        while i < total:
+            c = i % nc
+            r = i // nc
+            t = r % nt
+            b = r // nt
+            s = zero
+            for j in range(ptr[t], ptr[t + 1]):
+                s += src[b, idx[j], c]
+            if accumulate:
+                out[b, t, c] += s
+            else:
+                out[b, t, c] = s
+            i += stride
+
+    @cuda.jit
+    def combine(theta, ptr, idx, coef, out):
+        # out[d] = sum_{j in ptr[d]:ptr[d + 1]} coef[j] * theta[idx[j]]  (fixed order)
+        nd, nco, nci = out.shape
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        total = nd * nco * nci
+        while i < total:
+            ci = i % nci
+            t = i // nci
+            co = t % nco
+            d = t // nco
+            s = zero
+            for j in range(ptr[d], ptr[d + 1]):
+                s += coef[j] * theta[idx[j], co, ci]
+            out[d, co, ci] = s
+            i += stride
+
+    @cuda.jit
+    def contract_cols(x, theta, zcol, zparam, z):
+        # z[b, j] = theta[zparam[j]] @ x[b, zcol[j]]; one block = one column j,
+        # a tile of T batch rows and a tile of T output channels
+        nb, nz, nco = z.shape
+        nci = x.shape[2]
+        s_x = cuda.shared.array((T, TP), dtype=nbtype)
+        s_t = cuda.shared.array((T, TP), dtype=nbtype)
+        tx = cuda.threadIdx.x  # output channel within the tile
+        ty = cuda.threadIdx.y  # batch row within the tile
+        nbt = (nb + T - 1) // T
+        nct = (nco + T - 1) // T
+        w = cuda.blockIdx.x
+        while w < nz * nbt * nct:  # uniform across the block
+            ct = w % nct
+            r = w // nct
+            bt = r % nbt
+            j = r // nbt
+            n = zcol[j]
+            p = zparam[j]
+            b = bt * T + ty
+            acc = zero
+            for c0 in range(0, nci, T):
+                if b < nb and c0 + tx < nci:
+                    s_x[ty, tx] = x[b, n, c0 + tx]
+                else:
+                    s_x[ty, tx] = zero
+                if ct * T + ty < nco and c0 + tx < nci:
+                    s_t[ty, tx] = theta[p, ct * T + ty, c0 + tx]
+                else:
+                    s_t[ty, tx] = zero
+                cuda.syncthreads()
+                for k in range(T):
+                    acc += s_x[ty, k] * s_t[tx, k]
+                cuda.syncthreads()
+            if b < nb and ct * T + tx < nco:
+                z[b, j, ct * T + tx] = acc
+            w += cuda.gridDim.x
+
+    @cuda.jit
+    def base_dtheta(dsum, tot, base_k, q_ptr, q_us, dtheta):
+        # dtheta[q] += sum_{bases j of q} sum_b dsum[b, j] (x) tot[b, k_j].  One block per
+        # (q, co, ci): thread t takes the (base, batch) items t, t + TT, ..., and thread 0
+        # adds the partials in thread order (fixed order, no atomics)
+        npar, nco, nci = dtheta.shape
+        nb = dsum.shape[0]
+        buf = cuda.shared.array(TT, dtype=nbtype)
+        t = cuda.threadIdx.x
+        w = cuda.blockIdx.x
+        while w < npar * nco * nci:  # uniform across the block
+            ci = w % nci
+            r = w // nci
+            co = r % nco
+            q = r // nco
+            s = zero
+            for i in range(t, (q_ptr[q + 1] - q_ptr[q]) * nb, TT):
+                j = q_us[q_ptr[q] + i // nb]
+                b = i % nb
+                s += dsum[b, j, co] * tot[b, base_k[j], ci]
+            buf[t] = s
+            cuda.syncthreads()
+            if t == 0:  # the partials in thread order: two barriers per item
+                for k in range(1, TT):
+                    s += buf[k]
+                if q_ptr[q + 1] > q_ptr[q]:
+                    dtheta[q, co, ci] += s
+            cuda.syncthreads()
+            w += cuda.gridDim.x
+
     ks = dict(csr_forward=csr_forward, gather=gather, contract_tiled=contract_tiled,
               dtheta_partial=dtheta_partial, reduce_chunks=reduce_chunks,
-              transpose_theta=transpose_theta, cast_copy=cast_copy, fill_zero=fill_zero)
+              transpose_theta=transpose_theta, cast_copy=cast_copy, fill_zero=fill_zero,
+              scatter_w=scatter_w, gemm=gemm, reduce_dw=reduce_dw, block_totals=block_totals,
+              flag_nonfinite=flag_nonfinite, gather_sums=gather_sums, row_sums=row_sums,
+              combine=combine, contract_cols=contract_cols, base_dtheta=base_dtheta)
     _KERNELS[key] = ks
     return ks
 
@@ -288,77 +566,364 @@ def _wrap_like(template, dev):
     return dev.copy_to_host()  # numpy in, backend="cuda" forced: numpy out
 
 
+def _index(a):
+    return cuda.to_device(np.ascontiguousarray(a, dtype=INDEX))
+
+
+def _ptr(counts):
+    ptr = np.zeros(len(counts) + 1, dtype=INDEX)
+    np.cumsum(counts, out=ptr[1:])
+    return ptr
+
+
+def _plan_arrays(plan):
+    """Device arrays of one CPU :class:`~paramshare_nb._dispatch.Plan`: the plain group
+    sums, the per-row groups for the contraction and the ``dtheta`` chunks."""
+    gp = plan.gather(False)
+    # dtheta chunks: each parameter's groups cut into runs of at most CHUNK
+    lo, hi, ptr = [], [], [0]
+    for p in range(plan.n_params):
+        a, z = int(plan.param_ptr[p]), int(plan.param_ptr[p + 1])
+        for s in range(a, z, CHUNK):
+            lo.append(s)
+            hi.append(min(s + CHUNK, z))
+        ptr.append(len(lo))
+    d = {k: _index(v) for k, v in dict(
+        pptr=gp.pptr, plus=gp.plus, row_ptr=plan.row_ptr, row_groups=plan.row_groups,
+        gparam=plan.gparam, grow=plan.grow, chunk_lo=lo, chunk_hi=hi, chunk_ptr=ptr).items()}
+    d["n_groups"] = plan.n_groups
+    d["n_chunks"] = len(lo)
+    return d
+
+
 def _device_plan(pattern, transposed):
-    """Plan arrays on the device, cached on the pattern beside the CPU plans."""
+    """Plan arrays on the device (with the CSR), cached on the pattern beside the CPU plans."""
     from .. import _dispatch
     key = ("cuda_plan_t" if transposed else "cuda_plan")
 
     def build():
-        plan = _dispatch.plan_of(pattern, transposed)
-        gp = plan.gather(False)
-        # dtheta chunks: each parameter's groups cut into runs of at most CHUNK
-        lo, hi, ptr = [], [], [0]
-        for p in range(plan.n_params):
-            a, z = int(plan.param_ptr[p]), int(plan.param_ptr[p + 1])
-            for s in range(a, z, CHUNK):
-                lo.append(s)
-                hi.append(min(s + CHUNK, z))
-            ptr.append(len(lo))
+        d = _plan_arrays(_dispatch.plan_of(pattern, transposed))
         src = pattern.transpose() if transposed else pattern
-        indptr, cols, params = (np.array(a, dtype=INDEX) for a in src.csr())
-        d = {k: cuda.to_device(np.ascontiguousarray(v, dtype=INDEX)) for k, v in dict(
-            pptr=gp.pptr, plus=gp.plus, row_ptr=plan.row_ptr, row_groups=plan.row_groups,
-            gparam=plan.gparam, grow=plan.grow, chunk_lo=np.array(lo, INDEX),
-            chunk_hi=np.array(hi, INDEX), chunk_ptr=np.array(ptr, INDEX),
-            indptr=indptr, cols=cols, params=params).items()}
-        d["n_groups"] = plan.n_groups
-        d["n_chunks"] = len(lo)
+        d.update(zip(("indptr", "cols", "params"), (_index(a) for a in src.csr())))
         return d
     return _dispatch._cached(pattern, key, build)
 
 
+def _device_param_major(pattern):
+    """The pattern's parameter-major CSR ``(pptr, rows, cols)`` on the device."""
+    from .. import _dispatch
+    return _dispatch._cached(pattern, "cuda_param_major", lambda: tuple(
+        _index(a) for a in _dispatch.param_major_of(pattern)))
+
+
+def _device_gather_plan(gp):
+    """A CPU ``GatherPlan``'s arrays on the device (its plain twin added on first use)."""
+    d = {k: _index(getattr(gp, k)) for k in
+         ("blk_ptr", "blk_cols", "bptr", "blks", "pptr", "plus", "mptr", "minus")}
+    d["n_blocks"] = gp.n_blocks
+    d["uses_blocks"] = gp.uses_blocks
+    d["cpu"] = gp
+    return d
+
+
+def _plain_of(dg):
+    if "plain" not in dg:
+        dg["plain"] = _device_gather_plan(dg["cpu"].plain())
+    return dg["plain"]
+
+
+def _device_zplan(pattern, transposed):
+    """The scatter order's plan (:meth:`Plan.zplan`) on the device."""
+    from .. import _dispatch
+    key = "cuda_zplan_t" if transposed else "cuda_zplan"
+
+    def build():
+        zcol, zparam, g = _dispatch.plan_of(pattern, transposed).zplan()
+        return dict(zcol=_index(zcol), zparam=_index(zparam), n_z=int(zcol.size),
+                    g=_device_gather_plan(g))
+    return _dispatch._cached(pattern, key, build)
+
+
+def _device_split(pattern, transposed):
+    """The complement split (:class:`Split`) on the device, or None when the CPU has none
+    (then ``"complement"`` is ``"gather"``, as on the CPU)."""
+    from .. import _dispatch
+    key = "cuda_split_t" if transposed else "cuda_split"
+
+    def build():
+        sp = _dispatch.plan_of(pattern, transposed).split()
+        if sp is None:
+            return False
+        npar = _dispatch.plan_of(pattern, transposed).n_params
+        # derived parameters' terms grouped by derived parameter (derive theta_d) and by
+        # original parameter (map the residual's dtheta back); stable: a fixed order
+        by_d = np.argsort(sp.d_idx, kind="stable")
+        by_p = np.argsort(sp.p_idx, kind="stable")
+        d = {k: _index(v) for k, v in dict(
+            blk_ptr=sp.blk_ptr, blk_cols=sp.blk_cols,
+            d_ptr=_ptr(np.bincount(sp.d_idx, minlength=sp.n_derived)), d_p=sp.p_idx[by_d],
+            p_ptr=_ptr(np.bincount(sp.p_idx, minlength=npar)), p_d=sp.d_idx[by_p],
+            base_k=sp.base_k, base_q=sp.base_q, row_ptr=sp.row_ptr, row_u=sp.row_u,
+            u_ptr=sp.u_ptr, u_rows=sp.u_rows, q_ptr=sp.q_ptr, q_us=sp.q_us).items()}
+        d.update(n_blocks=sp.n_blocks, n_bases=sp.n_bases, n_derived=sp.n_derived,
+                 coef_d=sp.coef[by_d], coef_p=sp.coef[by_p], coef={},
+                 res=_plan_arrays(sp.residual))
+        return d
+    hit = _dispatch._cached(pattern, key, build)
+    return hit or None
+
+
+def _coef(ds, dtype):
+    """The split's coefficients in ``dtype`` on the device (by derived, by original param)."""
+    k = np.dtype(dtype).str
+    if k not in ds["coef"]:
+        ds["coef"][k] = (cuda.to_device(ds["coef_d"].astype(dtype)),
+                         cuda.to_device(ds["coef_p"].astype(dtype)))
+    return ds["coef"][k]
+
+
+def _device_dy_blocks(pattern):
+    """:func:`_dispatch._dy_blocks` on the device: forward bases as blocks of ``dy``'s
+    totals from the ``dx`` pass, or None."""
+    from .. import _dispatch
+
+    def build():
+        hit = _dispatch._dy_blocks(pattern)
+        return False if hit is None else tuple(_index(a) for a in hit)
+    return _dispatch._cached(pattern, "cuda_dy_blocks", build) or None
+
+
 def _choose(pattern, method):
-    if method in ("csr", "gather"):
+    """The strategy to run.  ``"auto"`` keeps the gather/csr rule: the CPU cost model's
+    constants are CPU throughputs (BLAS, fused loops, call overhead), not calibrated for a
+    GPU, so it is not reused here; every other method runs as asked."""
+    if method in ("materialize", "gather", "complement", "scatter", "csr"):
         return method
     if method != "auto":
-        raise ValueError(f"method={method!r} is not implemented on CUDA; use 'auto', 'gather' "
-                         f"or 'csr' (every CPU method is available with numpy inputs)")
+        raise ValueError(f"method={method!r} is not a tied-multiply strategy; use 'auto', "
+                         f"'materialize', 'gather', 'complement', 'scatter' or 'csr'")
     from .. import _dispatch
     plan = _dispatch.plan_of(pattern)
     return "gather" if plan.n_groups * 2 <= pattern.nnz else "csr"
 
 
-def _forward(x, theta, pattern, y, how, transposed, ks):
-    dp = _device_plan(pattern, transposed)
-    threads = config.cuda_threads
-    nb = x.shape[0]
-    c_in, c_out = x.shape[2], y.shape[2]
-    if how == "csr":
-        ks["csr_forward"][_grid(y.size, threads), threads](
-            x, theta, dp["indptr"], dp["cols"], dp["params"], y)
-        return
+def _launch1(ks, name, size, *args):
+    """A 1-D grid-stride launch over ``size`` work items (nothing when empty)."""
+    if size:
+        threads = config.cuda_threads
+        ks[name][_grid(size, threads), threads](*args)
+
+
+def _tiled(ks, name, work, *args):
+    """A launch of a shared-memory tiled kernel: ``work`` tile-blocks, ``tile x tile`` threads."""
+    if work:
+        t = _tile()
+        ks[name][max(1, min(config.cuda_max_blocks, work)), (t, t)](*args)
+
+
+def _reduce(ks, name, items, *args):
+    """A launch of a block-reduction kernel: one block of ``tile**2`` threads per item."""
+    if items:
+        t = _tile()
+        ks[name][max(1, min(config.cuda_max_blocks, items)), t * t](*args)
+
+
+def _nonfinite(a, ks) -> bool:
+    """Whether the device array ``a`` holds an inf or a nan (one int comes back)."""
+    if a.size == 0:
+        return False
+    flag = cuda.to_device(np.zeros(1, np.int32))
+    _launch1(ks, "flag_nonfinite", a.size, a.reshape(a.size), flag)
+    return bool(flag.copy_to_host()[0])
+
+
+def _gather_forward(dp, x, theta, y, ks):
+    """Plain group sums of ``x``, then the tiled contraction into ``y``."""
+    nb, _, c_in = x.shape
     g_sums = cuda.device_array((dp["n_groups"], nb, c_in), dtype=x.dtype)
-    if g_sums.size:
-        ks["gather"][_grid(g_sums.size, threads), threads](x, dp["pptr"], dp["plus"], g_sums)
+    _launch1(ks, "gather", g_sums.size, x, dp["pptr"], dp["plus"], g_sums)
     t = _tile()
-    work = y.shape[1] * math.ceil(nb / t) * math.ceil(c_out / t)
-    ks["contract_tiled"][max(1, min(config.cuda_max_blocks, work)), (t, t)](
-        g_sums, theta, dp["row_ptr"], dp["row_groups"], dp["gparam"], y)
+    _tiled(ks, "contract_tiled", y.shape[1] * math.ceil(nb / t) * math.ceil(y.shape[2] / t),
+           g_sums, theta, dp["row_ptr"], dp["row_groups"], dp["gparam"], y)
 
 
-def _dtheta(dy, x, pattern, dtheta, ks):
-    dp = _device_plan(pattern, False)
-    threads = config.cuda_threads
+def _gather_dtheta(dp, dy, x, dtheta, ks):
+    """``dtheta`` by group sums: chunked partial sums, then a fixed-order sum of chunks."""
     nb, _, c_in = x.shape
     if dp["n_chunks"] == 0:
-        ks["fill_zero"][_grid(dtheta.size, threads), threads](dtheta.reshape(dtheta.size))
+        _launch1(ks, "fill_zero", dtheta.size, dtheta.reshape(dtheta.size))
         return
     g_sums = cuda.device_array((dp["n_groups"], nb, c_in), dtype=x.dtype)
-    ks["gather"][_grid(g_sums.size, threads), threads](x, dp["pptr"], dp["plus"], g_sums)
+    _launch1(ks, "gather", g_sums.size, x, dp["pptr"], dp["plus"], g_sums)
     partial = cuda.device_array((dp["n_chunks"],) + dtheta.shape[1:], dtype=x.dtype)
-    ks["dtheta_partial"][min(config.cuda_max_blocks, dp["n_chunks"]), threads](
+    ks["dtheta_partial"][min(config.cuda_max_blocks, dp["n_chunks"]), config.cuda_threads](
         dy, g_sums, dp["chunk_lo"], dp["chunk_hi"], dp["grow"], partial)
-    ks["reduce_chunks"][_grid(dtheta.size, threads), threads](partial, dp["chunk_ptr"], dtheta)
+    _launch1(ks, "reduce_chunks", dtheta.size, partial, dp["chunk_ptr"], dtheta)
+
+
+def _block_totals(src, blk_ptr, blk_cols, n_blocks, ks):
+    nb, _, nc = src.shape
+    tot = cuda.device_array((nb, n_blocks, nc), dtype=src.dtype)
+    _launch1(ks, "block_totals", tot.size, src, blk_ptr, blk_cols, tot)
+    return tot
+
+
+def _run_gather(dg, src, out, ks):
+    """Evaluate a device gather plan batch-major into ``out (B, T, C)``; like the CPU's
+    ``GatherPlan.run``, non-finite block totals switch to the plain sums."""
+    if dg["uses_blocks"]:
+        tot = _block_totals(src, dg["blk_ptr"], dg["blk_cols"], dg["n_blocks"], ks)
+        if _nonfinite(tot, ks):
+            dg = _plain_of(dg)
+            tot = src  # never read: the plain sums use no block totals
+    else:
+        tot = src
+    _launch1(ks, "gather_sums", out.size, src, tot, dg["bptr"], dg["blks"], dg["pptr"],
+             dg["plus"], dg["mptr"], dg["minus"], out)
+
+
+def _contract_cols(x, theta, zcol, zparam, n_z, ks):
+    """``z[b, j] = theta[zparam[j]] @ x[b, zcol[j]]``, ``z (B, n_z, Co)``."""
+    nb = x.shape[0]
+    z = cuda.device_array((nb, n_z, theta.shape[1]), dtype=x.dtype)
+    t = _tile()
+    _tiled(ks, "contract_cols", n_z * math.ceil(nb / t) * math.ceil(theta.shape[1] / t),
+           x, theta, zcol, zparam, z)
+    return z
+
+
+def _scatter_forward(pattern, transposed, x, theta, y, ks):
+    """The transposed order: contract each used (column, parameter) pair, then add them
+    into the outputs by the gather plan of :meth:`Plan.zplan` (complement sums)."""
+    dz = _device_zplan(pattern, transposed)
+    z = _contract_cols(x, theta, dz["zcol"], dz["zparam"], dz["n_z"], ks)
+    _run_gather(dz["g"], z, y, ks)
+
+
+def _complement_forward(pattern, transposed, x, theta, y, ks):
+    """Complement sums into ``y``; returns the block totals of ``x`` (None on fallback).
+
+    Falls back to ``"gather"`` when there is no split or a block total is not finite
+    (``total - exceptions`` would turn an ``inf`` into ``inf - inf = nan``).
+    """
+    ds = _device_split(pattern, transposed)
+    tot = None
+    if ds is not None:
+        tot = _block_totals(x, ds["blk_ptr"], ds["blk_cols"], ds["n_blocks"], ks)
+    if tot is None or _nonfinite(tot, ks):
+        _gather_forward(_device_plan(pattern, transposed), x, theta, y, ks)
+        return None
+    coef_d, _ = _coef(ds, x.dtype)
+    theta_d = cuda.device_array((ds["n_derived"],) + tuple(theta.shape[1:]), dtype=x.dtype)
+    _launch1(ks, "combine", theta_d.size, theta, ds["d_ptr"], ds["d_p"], coef_d, theta_d)
+    _gather_forward(ds["res"], x, theta_d, y, ks)
+    u = _contract_cols(tot, theta, ds["base_k"], ds["base_q"], ds["n_bases"], ks)
+    _launch1(ks, "row_sums", y.size, u, ds["row_ptr"], ds["row_u"], y, 1)
+    return tot
+
+
+def _complement_dtheta(pattern, dy, x, dtheta, ks, dy_tot=None):
+    """``dtheta`` by complement sums (``dy_tot``: the ``dx`` pass's totals of ``dy``).
+
+    Non-finite block totals of ``x``, or a non-finite result (an inf or nan in ``dy``),
+    go through ``"gather"``, as on the CPU.
+    """
+    dp = _device_plan(pattern, False)
+    ds = _device_split(pattern, False)
+    tot_x = None
+    if ds is not None:
+        tot_x = _block_totals(x, ds["blk_ptr"], ds["blk_cols"], ds["n_blocks"], ks)
+    if tot_x is None or _nonfinite(tot_x, ks):
+        _gather_dtheta(dp, dy, x, dtheta, ks)
+        return
+    nb, _, c_out = dy.shape
+    dd = cuda.device_array((ds["n_derived"],) + tuple(dtheta.shape[1:]), dtype=x.dtype)
+    _gather_dtheta(ds["res"], dy, x, dd, ks)
+    _, coef_p = _coef(ds, x.dtype)
+    _launch1(ks, "combine", dtheta.size, dd, ds["p_ptr"], ds["p_d"], coef_p, dtheta)
+    # the bases: per base, dy summed over its rows, against the block total of x
+    dsum = cuda.device_array((nb, ds["n_bases"], c_out), dtype=x.dtype)
+    blocks = _device_dy_blocks(pattern) if dy_tot is not None else None
+    if blocks is not None:
+        _launch1(ks, "row_sums", dsum.size, dy_tot, blocks[0], blocks[1], dsum, 0)
+    else:
+        _launch1(ks, "row_sums", dsum.size, dy, ds["u_ptr"], ds["u_rows"], dsum, 0)
+    _reduce(ks, "base_dtheta", dtheta.size, dsum, tot_x, ds["base_k"], ds["q_ptr"],
+            ds["q_us"], dtheta)
+    if _nonfinite(dtheta, ks):  # an inf or nan in dy: redo without the differences
+        _gather_dtheta(dp, dy, x, dtheta, ks)
+
+
+def _materialize(pattern, theta, ks):
+    """``W (M, Co, N, Ci)`` on the device, bounded by ``config.max_bytes`` as on the CPU."""
+    from .. import _dispatch
+    m, n = pattern.shape
+    _, c_out, c_in = theta.shape
+    _dispatch._check_w_bytes(pattern, c_out, c_in, np.dtype(theta.dtype).itemsize,
+                             "materialize")
+    dp = _device_plan(pattern, False)
+    w = cuda.device_array((m, c_out, n, c_in), dtype=theta.dtype)
+    _launch1(ks, "fill_zero", w.size, w.reshape(w.size))
+    _launch1(ks, "scatter_w", m * c_out * c_in, theta, dp["indptr"], dp["cols"], dp["params"],
+             w)
+    return w
+
+
+def _gemm(a, b, c, ta, tb, ks):
+    """``c = op(a) @ op(b)`` by the tiled kernel (``op`` transposes when ``ta``/``tb``).
+
+    With CuPy importable and CuPy arrays in, ``cupy.matmul`` could take this place; this
+    numba GEMM is the one path, and the one the tests exercise.
+    """
+    t = _tile()
+    _tiled(ks, "gemm", math.ceil(c.shape[0] / t) * math.ceil(c.shape[1] / t),
+           a, b, c, int(ta), int(tb))
+
+
+def _mat_forward(pattern, x, theta, y, ks):
+    nb = x.shape[0]
+    w = _materialize(pattern, theta, ks)
+    m, c_out, n, c_in = w.shape
+    _gemm(x.reshape(nb, n * c_in), w.reshape(m * c_out, n * c_in),
+          y.reshape(nb, m * c_out), False, True, ks)
+
+
+def _mat_grad(pattern, dy, x, theta, dx, dtheta, ks):
+    """``dx = dy2 @ W2``, ``dW = dy2.T @ x2`` (each bounded like ``W``), ``dtheta`` from
+    ``dW`` by parameter (one block per ``(p, co, ci)``, edges in a fixed order)."""
+    from .. import _dispatch
+    nb = x.shape[0]
+    m, n = pattern.shape
+    _, c_out, c_in = theta.shape
+    dy2 = dy.reshape(nb, m * c_out)
+    x2 = x.reshape(nb, n * c_in)
+    w = _materialize(pattern, theta, ks)
+    _gemm(dy2, w.reshape(m * c_out, n * c_in), dx.reshape(nb, n * c_in), False, False, ks)
+    del w
+    _dispatch._check_w_bytes(pattern, c_out, c_in, np.dtype(x.dtype).itemsize, "the dense dW")
+    dw = cuda.device_array((m * c_out, n * c_in), dtype=x.dtype)
+    _gemm(dy2, x2, dw, True, False, ks)
+    pptr, prows, pcols = _device_param_major(pattern)
+    _reduce(ks, "reduce_dw", dtheta.size, dw.reshape(m, c_out, n, c_in), pptr, prows, pcols,
+            dtheta)
+
+
+def _forward(x, theta, pattern, y, how, transposed, ks):
+    """One multiply by ``how``; returns the block totals of ``x`` when complement sums
+    computed them (reused by ``dtheta``), else None."""
+    if how == "csr":
+        dp = _device_plan(pattern, transposed)
+        _launch1(ks, "csr_forward", y.size, x, theta, dp["indptr"], dp["cols"], dp["params"],
+                 y)
+    elif how == "materialize":  # forward only: the gradient has its own (_mat_grad)
+        _mat_forward(pattern, x, theta, y, ks)
+    elif how == "complement":
+        return _complement_forward(pattern, transposed, x, theta, y, ks)
+    elif how == "scatter":
+        _scatter_forward(pattern, transposed, x, theta, y, ks)
+    else:
+        _gather_forward(_device_plan(pattern, transposed), x, theta, y, ks)
+    return None
 
 
 def _layout(x, theta, pattern, name="x"):
@@ -371,6 +936,11 @@ def _layout(x, theta, pattern, name="x"):
     scalar, c_out, c_in = _theta_layout(theta, pattern)
     lead = _x_layout(x, pattern, scalar, c_in, name)
     return scalar, c_out, c_in, lead, _out_shape(lead, pattern, scalar, c_out)
+
+
+def _nothing_to_sum(pattern, n, c_in):
+    from ..ops import _nothing_to_sum
+    return _nothing_to_sum(pattern, n, c_in)
 
 
 def tied_matmul(x, theta, pattern, out=None, method="auto"):
@@ -400,9 +970,8 @@ def tied_matmul(x, theta, pattern, out=None, method="auto"):
     else:
         od = cuda.device_array(shape, dtype=dtype)
     if od.size:
-        if b * n == 0 or pattern.nnz == 0:
-            ks["fill_zero"][_grid(od.size, config.cuda_threads), config.cuda_threads](
-                od.reshape(od.size))
+        if b * n == 0 or _nothing_to_sum(pattern, n, c_in):
+            _launch1(ks, "fill_zero", od.size, od.reshape(od.size))
         else:
             xc = _canonical(xd, dtype, (b, n, c_in), ks)
             tc = _canonical(td, dtype, (pattern.n_params, c_out, c_in), ks)
@@ -411,7 +980,12 @@ def tied_matmul(x, theta, pattern, out=None, method="auto"):
 
 
 def tied_matmul_grad(dy, x, theta, pattern, method="auto"):
-    """CUDA twin of :func:`paramshare_nb.tied_matmul_grad`: ``(dx, dtheta)`` on the device."""
+    """CUDA twin of :func:`paramshare_nb.tied_matmul_grad`: ``(dx, dtheta)`` on the device.
+
+    ``"scatter"`` computes ``dx`` in the scatter order and ``dtheta`` by complement sums;
+    ``"complement"`` reuses ``dy``'s block totals from ``dx`` in ``dtheta`` where the CPU
+    does (:func:`_dispatch._dy_blocks`).
+    """
     template = x
     dyd, xd, td = _as_device(dy, "dy"), _as_device(x, "x"), _as_device(theta, "theta")
     for a, name in ((dyd, "dy"), (xd, "x"), (td, "theta")):
@@ -429,18 +1003,25 @@ def tied_matmul_grad(dy, x, theta, pattern, method="auto"):
     b = math.prod(lead)
     dx = cuda.device_array(tuple(xd.shape), dtype=dtype)
     dth = cuda.device_array(tuple(td.shape), dtype=dtype)
-    threads = config.cuda_threads
-    if b == 0 or m == 0 or n == 0:
+    if b == 0 or m == 0 or c_out == 0 or _nothing_to_sum(pattern, n, c_in):
         for a in (dx, dth):
-            if a.size:
-                ks["fill_zero"][_grid(a.size, threads), threads](a.reshape(a.size))
+            _launch1(ks, "fill_zero", a.size, a.reshape(a.size))
         return _wrap_like(template, dx), _wrap_like(template, dth)
     dyc = _canonical(dyd, dtype, (b, m, c_out), ks)
     xc = _canonical(xd, dtype, (b, n, c_in), ks)
     tc = _canonical(td, dtype, (pattern.n_params, c_out, c_in), ks)
+    dx3 = dx.reshape(b, n, c_in)
+    dth3 = dth.reshape(pattern.n_params, c_out, c_in)
+    if how == "materialize":
+        _mat_grad(pattern, dyc, xc, tc, dx3, dth3, ks)
+        return _wrap_like(template, dx), _wrap_like(template, dth)
     theta_t = cuda.device_array((pattern.n_params, c_in, c_out), dtype=dtype)
-    if theta_t.size:
-        ks["transpose_theta"][_grid(theta_t.size, threads), threads](tc, theta_t)
-    _forward(dyc, theta_t, pattern, dx.reshape(b, n, c_in), how, True, ks)
-    _dtheta(dyc, xc, pattern, dth.reshape(pattern.n_params, c_out, c_in), ks)
+    _launch1(ks, "transpose_theta", theta_t.size, tc, theta_t)
+    dy_tot = _forward(dyc, theta_t, pattern, dx3, how, True, ks)
+    if how == "complement":
+        _complement_dtheta(pattern, dyc, xc, dth3, ks, dy_tot)
+    elif how == "scatter":
+        _complement_dtheta(pattern, dyc, xc, dth3, ks)
+    else:
+        _gather_dtheta(_device_plan(pattern, False), dyc, xc, dth3, ks)
     return _wrap_like(template, dx), _wrap_like(template, dth)
