@@ -557,8 +557,10 @@ def _scalar_grad(dy, x, theta, pattern, dx, dtheta):
 
 def _mat_forward(x, theta, pattern, y):
     w = materialize(theta, pattern)
-    # keep W for the backward of the same step (validated against theta there)
-    _plans(pattern)["last_w"] = (theta.copy(), w)
+    if w.size > _SMALL_W:
+        # keep a large W for the backward of the same step (validated against theta
+        # there); a small one is cheaper to gather again than to compare theta
+        _plans(pattern)["last_w"] = (theta.copy(), w)
     nb = x.shape[0]
     np.matmul(x.reshape(nb, -1), w.reshape(y.shape[1] * y.shape[2], -1).T,
               out=y.reshape(nb, -1))
@@ -566,6 +568,8 @@ def _mat_forward(x, theta, pattern, y):
 
 def _weights_for_grad(theta, pattern):
     """The forward's ``W`` when ``theta`` is unchanged (consumed once), else a fresh one."""
+    if pattern.shape[0] * pattern.shape[1] * theta[0].size <= _SMALL_W:
+        return materialize(theta, pattern)
     last = _plans(pattern).pop("last_w", None)
     if (last is not None and last[0].dtype == theta.dtype and last[0].shape == theta.shape
             and np.array_equal(last[0], theta)):

@@ -434,3 +434,18 @@ def test_materialize_float16_computes_in_float32():
     np.testing.assert_array_equal(w, ps.materialize(theta.astype(np.float32), pat))
     y = ps.tied_matmul(np.ones(pat.shape[1], np.float16), theta, pat)
     assert y.dtype == np.float32
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_import_defaults_openmp_waits_to_passive(preset, expected):
+    # a fresh interpreter: the policy must be in place before numba loads OpenMP
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import os, paramshare_nb; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == expected
