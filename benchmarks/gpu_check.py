@@ -1,0 +1,195 @@
+"""One short GPU session: the CUDA tests on the device, then timings.
+
+Run on a machine with an NVIDIA GPU (about 3-5 minutes, most of it numba
+compiling the kernels)::
+
+    python benchmarks/gpu_check.py            # tests + timings, w1-w4
+    python benchmarks/gpu_check.py --no-tests --only w1,w4
+
+1. ``NUMBA_ENABLE_CUDASIM=0 python -m pytest tests/test_cuda.py`` in a
+   subprocess (the real device, not the simulator; real-size grids).
+2. For each workload of ``compare.py``: forward + backward of
+   ``tied_matmul`` on device arrays, per strategy and ``"auto"``, against
+   what a user would write on the GPU: materialise ``W`` and call cuBLAS
+   (CuPy, or PyTorch when CuPy is missing), with ``dtheta`` by a
+   scatter-add.  Results are checked against the CPU before timing.
+   Times are medians of synchronised wall-clock runs after a warm-up call.
+
+Prints a table and, when ``$OUT`` is set, writes ``$OUT/gpu_check.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_tests() -> dict:
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_cuda.py"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+    print("\n".join(tail))
+    return {"returncode": proc.returncode, "seconds": time.perf_counter() - t0, "tail": tail}
+
+
+def _median(fn, sync, repeat=20, budget=10.0):
+    fn()
+    sync()
+    times, start = [], time.perf_counter()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget and len(times) >= 3:
+            break
+    return statistics.median(times)
+
+
+def _peer(pat, scalar):
+    """``(name, to_device, fn(x, theta, dy) -> (y, dx, dtheta), sync)`` for cuBLAS."""
+    idx_host = pat.index()
+    m, n = pat.shape
+    try:
+        import cupy as cp
+        idx = cp.asarray(idx_host.ravel())
+
+        def fn(x, theta, dy):
+            nb = x.shape[0]
+            ci = 1 if scalar else x.shape[2]
+            co = 1 if scalar else theta.shape[1]
+            t3 = theta.reshape(-1, co, ci)
+            w = t3[idx].reshape(m, n, co, ci).transpose(0, 2, 1, 3).reshape(m * co, n * ci)
+            x2, dy2 = x.reshape(nb, -1), dy.reshape(nb, -1)
+            y, dx = x2 @ w.T, dy2 @ w
+            dw = (dy2.T @ x2).reshape(m, co, n, ci).transpose(0, 2, 1, 3).reshape(m * n, -1)
+            dth = cp.zeros((t3.shape[0], co * ci), dtype=x.dtype)
+            cp.add.at(dth, idx, dw)
+            return y, dx, dth
+        return "cupy (cuBLAS)", cp.asarray, fn, cp.cuda.Device().synchronize
+    except ImportError:
+        pass
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    idx = torch.as_tensor(idx_host.ravel(), device="cuda")
+
+    def tfn(x, theta, dy):
+        nb = x.shape[0]
+        ci = 1 if scalar else x.shape[2]
+        co = 1 if scalar else theta.shape[1]
+        t3 = theta.reshape(-1, co, ci)
+        w = t3[idx].reshape(m, n, co, ci).permute(0, 2, 1, 3).reshape(m * co, n * ci)
+        x2, dy2 = x.reshape(nb, -1), dy.reshape(nb, -1)
+        y, dx = x2 @ w.T, dy2 @ w
+        dw = (dy2.T @ x2).reshape(m, co, n, ci).permute(0, 2, 1, 3).reshape(m * n, -1)
+        dth = torch.zeros((t3.shape[0], co * ci), dtype=x.dtype, device="cuda")
+        dth.index_add_(0, idx, dw)
+        return y, dx, dth
+    return ("torch (cuBLAS)", lambda a: torch.as_tensor(a, device="cuda"), tfn,
+            torch.cuda.synchronize)
+
+
+def _ours(ps, pat, dev, method):
+    """Forward + backward on device arrays; ``(y, dx, dtheta)``."""
+    x, theta, dy = dev
+    y = ps.tied_matmul(x, theta, pat, method=method)
+    return (y,) + tuple(ps.tied_matmul_grad(dy, x, theta, pat, method=method))
+
+
+def _time_workload(ps, cuda, pat, host, scalar) -> dict:
+    """Milliseconds per strategy and for the cuBLAS peer, after checking each against the CPU."""
+    import numpy as np
+    x, theta, dy = host
+    ref = (ps.tied_matmul(x, theta, pat),) + tuple(ps.tied_matmul_grad(dy, x, theta, pat))
+    tol = 1e-3 * max(1.0, float(np.abs(ref[2]).max()))
+    dev = [cuda.to_device(a) for a in host]
+    ms = {}
+    for method in ps.ops.METHODS:
+        run = functools.partial(_ours, ps, pat, dev, method)
+        try:
+            got = [a.copy_to_host() for a in run()]
+        except (MemoryError, ValueError) as exc:
+            ms[method] = f"skipped: {exc}"[:80]
+            continue
+        ok = all(np.allclose(g.reshape(r.shape), r, rtol=1e-3, atol=tol)
+                 for g, r in zip(got, ref))
+        ms[method] = 1e3 * _median(run, cuda.synchronize) if ok else "MISMATCH"
+    peer = _peer(pat, scalar)
+    if peer is not None:
+        name, put, fn, sync = peer
+        ms[name] = 1e3 * _median(functools.partial(fn, *(put(a) for a in host)), sync)
+    return ms
+
+
+def time_workloads(only, dtype) -> list:
+    """Time the workloads of ``compare.py`` named in ``only``; a row per workload."""
+    import numpy as np
+    from numba import cuda
+
+    sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from compare import workloads
+
+    import paramshare_nb as ps
+
+    rows = []
+    for key, (desc, make, nb, ci, co, _) in workloads().items():
+        if key not in only:
+            continue
+        pat = make()
+        m, n = pat.shape
+        scalar = ci is None
+        shapes = (((pat.n_params,), (nb, n), (nb, m)) if scalar else
+                  ((pat.n_params, co, ci), (nb, n, ci), (nb, m, co)))
+        rng = np.random.default_rng(0)
+        theta, x, dy = (rng.standard_normal(s).astype(dtype) for s in shapes)
+        host = (x, theta, dy)
+        ms = _time_workload(ps, cuda, pat, host, scalar)
+        rows.append({"workload": key, "desc": desc, "ms": ms})
+        cells = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in ms.items())
+        print(f"{key} ({desc}): {cells}  [ms]")
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="w1,w2,w3,w4")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--no-tests", action="store_true")
+    args = ap.parse_args(argv)
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
+    report = {}
+    if not args.no_tests:
+        report["tests"] = run_tests()
+    from numba import cuda
+    if not cuda.is_available():
+        print("no CUDA device: nothing to time")
+        return 1
+    name = cuda.get_current_device().name
+    report["device"] = name.decode() if isinstance(name, bytes) else str(name)
+    print("device:", report["device"])
+    report["workloads"] = time_workloads(args.only.split(","), args.dtype)
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "gpu_check.json"), "w") as fh:
+            json.dump(report, fh, indent=1, default=str)
+    return 0 if report.get("tests", {}).get("returncode", 0) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
