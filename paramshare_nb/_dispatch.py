@@ -732,9 +732,17 @@ def grad(dy, x, theta, pattern, dx, dtheta, method="auto"):
 
 
 def _choose_dtheta(pattern, nb, c_in, c_out, itemsize):
-    costs = dict(choose(pattern, nb, c_in, c_out, itemsize)[1])
-    costs.pop("scatter")
-    return min(costs, key=costs.get)
+    """The cheapest ``dtheta`` strategy (the forward's estimates; no ``"scatter"``)."""
+    memo = _plans(pattern).setdefault("dtheta_choices", {})
+    key = (nb, c_in, c_out, itemsize, config.max_bytes)
+    hit = memo.get(key)
+    if hit is None:
+        if len(memo) > 256:
+            memo.clear()
+        costs = dict(choose(pattern, nb, c_in, c_out, itemsize)[1])
+        costs.pop("scatter")
+        hit = memo[key] = min(costs, key=costs.get)
+    return hit
 
 
 def _check_w_bytes(pattern, c_out, c_in, itemsize, what="method='materialize'"):

@@ -103,7 +103,9 @@ def _as_float(obj, name: str) -> np.ndarray:
 
 
 def _result_dtype(*arrays) -> np.dtype:
-    dt = np.result_type(*arrays)
+    dt = arrays[0].dtype
+    if any(a.dtype != dt for a in arrays[1:]):
+        dt = np.result_type(*arrays)
     return np.dtype(np.float32) if dt.itemsize < 4 else dt  # float16 computes in float32
 
 
@@ -157,7 +159,10 @@ def _is_cuda_array(obj) -> bool:
 
 def _cuda_like(*objs) -> bool:
     # numpy arrays and None (the common case) skip the attribute probes
-    return any(o is not None and type(o) is not np.ndarray and _is_cuda_array(o) for o in objs)
+    for o in objs:
+        if o is not None and type(o) is not np.ndarray and _is_cuda_array(o):
+            return True
+    return False
 
 
 def _check_backend(backend, *objs) -> str:
