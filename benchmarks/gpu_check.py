@@ -56,26 +56,39 @@ def _median(fn, sync, repeat=20, budget=10.0):
     return statistics.median(times)
 
 
+def _materialise_and_multiply(pat, scalar, idx, permute, scatter_add):
+    """The peer's forward + backward, written once for CuPy and PyTorch arrays.
+
+    ``permute(a, axes)`` transposes; ``scatter_add(idx, rows, shape, dtype)``
+    sums ``rows`` into a zero array of ``shape`` at ``idx`` (``dtheta``).
+    """
+    m, n = pat.shape
+
+    def fn(x, theta, dy):
+        nb = x.shape[0]
+        ci = 1 if scalar else x.shape[2]
+        co = 1 if scalar else theta.shape[1]
+        t3 = theta.reshape(-1, co, ci)
+        w = permute(t3[idx].reshape(m, n, co, ci), (0, 2, 1, 3)).reshape(m * co, n * ci)
+        x2, dy2 = x.reshape(nb, -1), dy.reshape(nb, -1)
+        y, dx = x2 @ w.T, dy2 @ w
+        dw = permute((dy2.T @ x2).reshape(m, co, n, ci), (0, 2, 1, 3)).reshape(m * n, -1)
+        return y, dx, scatter_add(idx, dw, (t3.shape[0], co * ci), x.dtype)
+    return fn
+
+
 def _peer(pat, scalar):
     """``(name, to_device, fn(x, theta, dy) -> (y, dx, dtheta), sync)`` for cuBLAS."""
-    idx_host = pat.index()
-    m, n = pat.shape
+    flat = pat.index().ravel()
     try:
         import cupy as cp
-        idx = cp.asarray(idx_host.ravel())
 
-        def fn(x, theta, dy):
-            nb = x.shape[0]
-            ci = 1 if scalar else x.shape[2]
-            co = 1 if scalar else theta.shape[1]
-            t3 = theta.reshape(-1, co, ci)
-            w = t3[idx].reshape(m, n, co, ci).transpose(0, 2, 1, 3).reshape(m * co, n * ci)
-            x2, dy2 = x.reshape(nb, -1), dy.reshape(nb, -1)
-            y, dx = x2 @ w.T, dy2 @ w
-            dw = (dy2.T @ x2).reshape(m, co, n, ci).transpose(0, 2, 1, 3).reshape(m * n, -1)
-            dth = cp.zeros((t3.shape[0], co * ci), dtype=x.dtype)
-            cp.add.at(dth, idx, dw)
-            return y, dx, dth
+        def cp_scatter(idx, rows, shape, dtype):
+            out = cp.zeros(shape, dtype=dtype)
+            cp.add.at(out, idx, rows)
+            return out
+        fn = _materialise_and_multiply(pat, scalar, cp.asarray(flat),
+                                       lambda a, axes: a.transpose(axes), cp_scatter)
         return "cupy (cuBLAS)", cp.asarray, fn, cp.cuda.Device().synchronize
     except ImportError:
         pass
@@ -85,21 +98,12 @@ def _peer(pat, scalar):
         return None
     if not torch.cuda.is_available():
         return None
-    idx = torch.as_tensor(idx_host.ravel(), device="cuda")
 
-    def tfn(x, theta, dy):
-        nb = x.shape[0]
-        ci = 1 if scalar else x.shape[2]
-        co = 1 if scalar else theta.shape[1]
-        t3 = theta.reshape(-1, co, ci)
-        w = t3[idx].reshape(m, n, co, ci).permute(0, 2, 1, 3).reshape(m * co, n * ci)
-        x2, dy2 = x.reshape(nb, -1), dy.reshape(nb, -1)
-        y, dx = x2 @ w.T, dy2 @ w
-        dw = (dy2.T @ x2).reshape(m, co, n, ci).permute(0, 2, 1, 3).reshape(m * n, -1)
-        dth = torch.zeros((t3.shape[0], co * ci), dtype=x.dtype, device="cuda")
-        dth.index_add_(0, idx, dw)
-        return y, dx, dth
-    return ("torch (cuBLAS)", lambda a: torch.as_tensor(a, device="cuda"), tfn,
+    def torch_scatter(idx, rows, shape, dtype):
+        return torch.zeros(shape, dtype=dtype, device="cuda").index_add_(0, idx, rows)
+    fn = _materialise_and_multiply(pat, scalar, torch.as_tensor(flat, device="cuda"),
+                                   lambda a, axes: a.permute(*axes), torch_scatter)
+    return ("torch (cuBLAS)", lambda a: torch.as_tensor(a, device="cuda"), fn,
             torch.cuda.synchronize)
 
 

@@ -26,8 +26,8 @@ against 1.0 ms).  Importing paramshare_nb therefore sets
 ``OMP_WAIT_POLICY=PASSIVE`` when the variable is unset; OpenMP reads it when
 numba first loads its OpenMP layer, at the first parallel kernel (Deep Sets
 512 x 512, 32 channels, batch 512: forward 39 -> 22 ms, backward 68 -> 34 ms,
-medians).  Set
-``OMP_WAIT_POLICY`` yourself, before the import, to keep another policy.
+medians).  Set ``OMP_WAIT_POLICY`` yourself, before the import, to keep
+another policy.
 """
 
 from __future__ import annotations

@@ -32,3 +32,29 @@ def test_gpu_check_times_every_strategy_after_checking_it(monkeypatch):
     for row in rows:
         assert set(ps.ops.METHODS) <= set(row["ms"])
         assert all(v == 1.0 for k, v in row["ms"].items() if k in ps.ops.METHODS), row
+
+
+@pytest.mark.parametrize("scalar", [True, False])
+def test_gpu_check_peer_formula_matches_the_reference(scalar):
+    # the cuBLAS peer's arithmetic, run with numpy arrays in place of CuPy / PyTorch
+    import numpy as np
+    import reference_ops as ref
+
+    def np_scatter(idx, rows, shape, dtype):
+        out = np.zeros(shape, dtype=dtype)
+        np.add.at(out, idx, rows)
+        return out
+
+    pat = ps.dense_pattern(compare.figure1_d5())
+    fn = gpu_check._materialise_and_multiply(pat, scalar, pat.index().ravel(),
+                                             lambda a, axes: a.transpose(axes), np_scatter)
+    rng = np.random.default_rng(3)
+    m, n = pat.shape
+    shapes = (((pat.n_params,), (4, n), (4, m)) if scalar else
+              ((pat.n_params, 3, 2), (4, n, 2), (4, m, 3)))
+    theta, x, dy = (rng.standard_normal(s) for s in shapes)
+    y, dx, dth = fn(x, theta, dy)
+    rdx, rdth = ref.grad(dy, x, theta, pat)
+    np.testing.assert_allclose(y.reshape(dy.shape), ref.forward(x, theta, pat), atol=1e-12)
+    np.testing.assert_allclose(dx.reshape(x.shape), rdx, atol=1e-12)
+    np.testing.assert_allclose(dth.reshape(theta.shape), rdth, atol=1e-12)
