@@ -199,3 +199,13 @@ def test_cuda_unusable_raises_with_a_hint(monkeypatch):
     monkeypatch.setattr(ck.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match=r"pip install paramshare_nb\[cuda\]"):
         ps.tied_matmul(np.ones(4), np.ones(2), PATTERNS["deepsets"], backend="cuda")
+
+
+def test_cuda_out_aliasing_x_goes_through_a_temporary():
+    # out=x in place (a square pattern): the kernels must not read entries of x that
+    # other threads have already overwritten with outputs (the CPU uses a temporary)
+    pat = PATTERNS["deepsets"]
+    theta, x, _ = _data(pat, np.float64, True, (2,))
+    xd = cuda.to_device(x)
+    assert ps.tied_matmul(xd, cuda.to_device(theta), pat, out=xd, method="csr") is xd
+    _close(xd.copy_to_host(), ref.forward(x, theta, pat), np.float64)

@@ -552,6 +552,23 @@ def _canonical(arr, dtype, shape, ks):
     return arr.reshape(shape)
 
 
+def _overlaps(a, b) -> bool:
+    """Whether the device arrays ``a`` and ``b`` may share memory (their byte spans meet)."""
+    if a.size == 0 or b.size == 0:
+        return False
+    if hasattr(a, "_ary") and hasattr(b, "_ary"):  # the simulator: numpy arrays inside
+        return bool(np.may_share_memory(a._ary, b._ary))
+
+    def span(d):
+        lo = hi = int(d.device_ctypes_pointer.value or 0)
+        for size, stride in zip(d.shape, d.strides):
+            lo += min(0, (size - 1) * stride)
+            hi += max(0, (size - 1) * stride)
+        return lo, hi + np.dtype(d.dtype).itemsize
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
 def _wrap_like(template, dev):
     """Return ``dev`` in the array family of ``template`` where possible."""
     mod = type(template).__module__.split(".")[0]
@@ -975,7 +992,14 @@ def tied_matmul(x, theta, pattern, out=None, method="auto"):
         else:
             xc = _canonical(xd, dtype, (b, n, c_in), ks)
             tc = _canonical(td, dtype, (pattern.n_params, c_out, c_in), ks)
-            _forward(xc, tc, pattern, od.reshape(b, m, c_out), how, False, ks)
+            # out=x (or theta) in place: "csr" and the GEMM read inputs that other threads
+            # have already overwritten; compute into a temporary, as the CPU does
+            target = od
+            if _overlaps(od, xc) or _overlaps(od, tc):
+                target = cuda.device_array(shape, dtype=dtype)
+            _forward(xc, tc, pattern, target.reshape(b, m, c_out), how, False, ks)
+            if target is not od:
+                _launch1(ks, "cast_copy", od.size, target.reshape(od.size), od.reshape(od.size))
     return out if out is not None else _wrap_like(template, od)
 
 
