@@ -104,8 +104,8 @@ def _as_float(obj, name: str) -> np.ndarray:
 
 def _result_dtype(*arrays) -> np.dtype:
     dt = arrays[0].dtype
-    if any(a.dtype != dt for a in arrays[1:]):
-        dt = np.result_type(*arrays)
+    if not dt.isnative or any(a.dtype != dt for a in arrays[1:]):
+        dt = np.result_type(*arrays)  # promotes, and gives native byte order
     return np.dtype(np.float32) if dt.itemsize < 4 else dt  # float16 computes in float32
 
 

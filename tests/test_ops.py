@@ -149,6 +149,22 @@ def test_mixed_precision_promotes(data):
     assert_close(y, ref.forward(x.astype(np.float64), theta.astype(np.float64), pat))
 
 
+@pytest.mark.parametrize("scalar", [True, False])
+def test_big_endian_inputs_compute_in_native_order(data, scalar):
+    # every input non-native: no kernel may see a big-endian array (numba refuses them)
+    pat = PATTERNS["deepsets"]
+    theta, x, dy = data("deepsets", np.float64, scalar, (3,))
+    be = [a.astype(a.dtype.newbyteorder(">")) for a in (theta, x, dy)]
+    y = ps.tied_matmul(be[1], be[0], pat)
+    dx, dth = ps.tied_matmul_grad(be[2], be[1], be[0], pat)
+    assert y.dtype.isnative and dx.dtype.isnative and dth.dtype.isnative
+    assert_close(y, ref.forward(x, theta, pat))
+    rdx, rdth = ref.grad(dy, x, theta, pat)
+    assert_close(dx, rdx)
+    assert_close(dth, rdth)
+    assert_close(ps.materialize(be[0], pat), ps.materialize(theta, pat))
+
+
 def test_layouts_and_readonly_are_accepted(data):
     pat = PATTERNS["cyclic"]
     theta, x, _ = data("cyclic", np.float64, False, (3, 2))
