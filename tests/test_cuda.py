@@ -209,3 +209,19 @@ def test_cuda_out_aliasing_x_goes_through_a_temporary():
     xd = cuda.to_device(x)
     assert ps.tied_matmul(xd, cuda.to_device(theta), pat, out=xd, method="csr") is xd
     _close(xd.copy_to_host(), ref.forward(x, theta, pat), np.float64)
+
+
+def test_cuda_device_plans_are_rebuilt_in_a_new_context(monkeypatch):
+    # after cuda.close() or on another GPU, cached device arrays must not be reused
+    from paramshare_nb import _dispatch
+    from paramshare_nb._kernels import cuda as ck
+    pat = PATTERNS["multi"]
+    theta, x, dy = _data(pat, np.float64, False, (2,))
+    first = _cuda_run(pat, "csr", theta, x, dy)
+    old = _dispatch._plans(pat)["cuda_plan"]
+    monkeypatch.setattr(ck.cuda, "current_context", lambda: object())  # a fresh context
+    again = _cuda_run(pat, "csr", theta, x, dy)
+    new = _dispatch._plans(pat)["cuda_plan"]
+    assert new[0] is not old[0] and new[1]["indptr"] is not old[1]["indptr"]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)

@@ -613,6 +613,22 @@ def _plan_arrays(plan):
     return d
 
 
+def _device_cached(pattern, key, build):
+    """``_dispatch._cached`` for device arrays: valid only in the CUDA context that made them.
+
+    After ``cuda.close()`` or on another GPU the current context is a different
+    object, and the arrays are uploaded again instead of handing kernels stale
+    or foreign device pointers.  Holding the context keeps its identity unique.
+    """
+    from .. import _dispatch
+    plans = _dispatch._plans(pattern)
+    ctx = cuda.current_context()
+    hit = plans.get(key)
+    if hit is None or hit[0] is not ctx:
+        hit = plans[key] = (ctx, build())
+    return hit[1]
+
+
 def _device_plan(pattern, transposed):
     """Plan arrays on the device (with the CSR), cached on the pattern beside the CPU plans."""
     from .. import _dispatch
@@ -623,13 +639,13 @@ def _device_plan(pattern, transposed):
         src = pattern.transpose() if transposed else pattern
         d.update(zip(("indptr", "cols", "params"), (_index(a) for a in src.csr())))
         return d
-    return _dispatch._cached(pattern, key, build)
+    return _device_cached(pattern, key, build)
 
 
 def _device_param_major(pattern):
     """The pattern's parameter-major CSR ``(pptr, rows, cols)`` on the device."""
     from .. import _dispatch
-    return _dispatch._cached(pattern, "cuda_param_major", lambda: tuple(
+    return _device_cached(pattern, "cuda_param_major", lambda: tuple(
         _index(a) for a in _dispatch.param_major_of(pattern)))
 
 
@@ -658,7 +674,7 @@ def _device_zplan(pattern, transposed):
         zcol, zparam, g = _dispatch.plan_of(pattern, transposed).zplan()
         return dict(zcol=_index(zcol), zparam=_index(zparam), n_z=int(zcol.size),
                     g=_device_gather_plan(g))
-    return _dispatch._cached(pattern, key, build)
+    return _device_cached(pattern, key, build)
 
 
 def _device_split(pattern, transposed):
@@ -686,7 +702,7 @@ def _device_split(pattern, transposed):
                  coef_d=sp.coef[by_d], coef_p=sp.coef[by_p], coef={},
                  res=_plan_arrays(sp.residual))
         return d
-    hit = _dispatch._cached(pattern, key, build)
+    hit = _device_cached(pattern, key, build)
     return hit or None
 
 
@@ -707,7 +723,7 @@ def _device_dy_blocks(pattern):
     def build():
         hit = _dispatch._dy_blocks(pattern)
         return False if hit is None else tuple(_index(a) for a in hit)
-    return _dispatch._cached(pattern, "cuda_dy_blocks", build) or None
+    return _device_cached(pattern, "cuda_dy_blocks", build) or None
 
 
 def _choose(pattern, method):
