@@ -225,3 +225,18 @@ def test_cuda_device_plans_are_rebuilt_in_a_new_context(monkeypatch):
     assert new[0] is not old[0] and new[1]["indptr"] is not old[1]["indptr"]
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_strided_and_reversed_device_inputs():
+    # non-contiguous device views (a step, a reversed axis) are copied on the device
+    pat = PATTERNS["multi"]
+    theta, x, dy = _data(pat, np.float32, False, (4,))
+    xd, td, dyd = cuda.to_device(x), cuda.to_device(theta), cuda.to_device(dy)
+    views = (xd[::-2], td[:, ::-1], dyd[::-2])
+    hosts = (x[::-2], theta[:, ::-1], dy[::-2])
+    y = ps.tied_matmul(views[0], views[1], pat).copy_to_host()
+    dx, dth = ps.tied_matmul_grad(views[2], views[0], views[1], pat)
+    _close(y, ref.forward(hosts[0], hosts[1], pat), np.float32)
+    rdx, rdth = ref.grad(hosts[2], hosts[0], hosts[1], pat)
+    _close(dx.copy_to_host(), rdx, np.float32)
+    _close(dth.copy_to_host(), rdth, np.float32)

@@ -542,7 +542,12 @@ def _check_float(arr, name):
 def _canonical(arr, dtype, shape, ks):
     """C-contiguous device array of ``dtype`` reshaped to ``shape`` (copies once if needed)."""
     if not arr.is_c_contiguous():
-        arr = cuda.to_device(np.ascontiguousarray(arr.copy_to_host()))
+        # a device-side strided copy (numba's assignment kernel): no host round trip, and
+        # negative strides work (copy_to_host refuses them on a real device)
+        dense = cuda.device_array(arr.shape, dtype=arr.dtype)
+        if arr.size:
+            dense[...] = arr
+        arr = dense
     if np.dtype(arr.dtype) != dtype:
         flat = arr.reshape(arr.size)
         out = cuda.device_array(arr.size, dtype=dtype)
