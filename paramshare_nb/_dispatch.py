@@ -557,7 +557,7 @@ def _scalar_grad(dy, x, theta, pattern, dx, dtheta):
 
 def _mat_forward(x, theta, pattern, y):
     w = materialize(theta, pattern)
-    if w.size > _SMALL_W:
+    if not _small_w(pattern, theta):
         # keep a large W for the backward of the same step (validated against theta
         # there); a small one is cheaper to gather again than to compare theta
         _plans(pattern)["last_w"] = (theta.copy(), w)
@@ -568,7 +568,7 @@ def _mat_forward(x, theta, pattern, y):
 
 def _weights_for_grad(theta, pattern):
     """The forward's ``W`` when ``theta`` is unchanged (consumed once), else a fresh one."""
-    if pattern.shape[0] * pattern.shape[1] * theta[0].size <= _SMALL_W:
+    if _small_w(pattern, theta):
         return materialize(theta, pattern)
     last = _plans(pattern).pop("last_w", None)
     if (last is not None and last[0].dtype == theta.dtype and last[0].shape == theta.shape
@@ -656,7 +656,11 @@ def _costs(plan, nb, c_in, c_out, itemsize):
 
 
 def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
-    """The cheapest strategy by the cost model, with the estimates (memoised per pattern)."""
+    """The cheapest strategy by the cost model, with the estimates (memoised per pattern).
+
+    Returns ``(strategy, costs, dtheta_strategy)``; the last is the cheapest
+    without ``"scatter"`` (which has no ``dtheta`` of its own).
+    """
     memo = _plans(pattern).setdefault("choices", {})
     key = (batch, c_in, c_out, itemsize, transposed, config.max_bytes)
     hit = memo.get(key)
@@ -664,7 +668,9 @@ def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
         if len(memo) > 256:  # many batch sizes: keep the memo small
             memo.clear()
         costs = _costs(plan_of(pattern, transposed), batch, c_in, c_out, itemsize)
-        hit = memo[key] = (min(costs, key=costs.get), costs)
+        no_scatter = {k: v for k, v in costs.items() if k != "scatter"}
+        hit = memo[key] = (min(costs, key=costs.get), costs,
+                           min(no_scatter, key=no_scatter.get))
     return hit
 
 
@@ -733,16 +739,7 @@ def grad(dy, x, theta, pattern, dx, dtheta, method="auto"):
 
 def _choose_dtheta(pattern, nb, c_in, c_out, itemsize):
     """The cheapest ``dtheta`` strategy (the forward's estimates; no ``"scatter"``)."""
-    memo = _plans(pattern).setdefault("dtheta_choices", {})
-    key = (nb, c_in, c_out, itemsize, config.max_bytes)
-    hit = memo.get(key)
-    if hit is None:
-        if len(memo) > 256:
-            memo.clear()
-        costs = dict(choose(pattern, nb, c_in, c_out, itemsize)[1])
-        costs.pop("scatter")
-        hit = memo[key] = min(costs, key=costs.get)
-    return hit
+    return choose(pattern, nb, c_in, c_out, itemsize)[2]
 
 
 def _check_w_bytes(pattern, c_out, c_in, itemsize, what="method='materialize'"):
@@ -760,7 +757,7 @@ def materialize(theta, pattern):
     _, c_out, c_in = theta.shape
     _check_w_bytes(pattern, c_out, c_in, theta.itemsize, "materialize")
     m, n = pattern.shape
-    if m * n * c_out * c_in <= _SMALL_W and not pattern.has_multi_edges:
+    if _small_w(pattern, theta) and not pattern.has_multi_edges:
         # a small W: one numpy gather beats a kernel call (11 us -> about 1 us for 5 x 20)
         if pattern.nnz == m * n:  # every entry once, row-major: params is the index
             w = theta[pattern.params].reshape(m, n, c_out, c_in)
@@ -776,8 +773,14 @@ def materialize(theta, pattern):
     return w
 
 
-#: ``W`` up to this many entries is gathered with numpy (no kernel call overhead).
+#: ``W`` up to this many entries is gathered with numpy (no kernel call overhead) and
+#: gathered again for the backward rather than cached.
 _SMALL_W = 1 << 12
+
+
+def _small_w(pattern, theta):
+    """Whether ``W`` for canonical ``theta (P, Co, Ci)`` has at most ``_SMALL_W`` entries."""
+    return pattern.shape[0] * pattern.shape[1] * theta.shape[1] * theta.shape[2] <= _SMALL_W
 
 
 def _no_cuda(exc=None):

@@ -1,5 +1,9 @@
 """Tests of the tied multiply (CPU): every strategy against the numpy oracle."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import reference_ops as ref
@@ -455,9 +459,6 @@ def test_materialize_float16_computes_in_float32():
 @pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_import_defaults_openmp_waits_to_passive(preset, expected):
     # a fresh interpreter: the policy must be in place before numba loads OpenMP
-    import os
-    import subprocess
-    import sys
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if preset is not None:
         env["OMP_WAIT_POLICY"] = preset
