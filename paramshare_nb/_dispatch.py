@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from . import config
-from ._kernels import cpu
+from ._kernels import cpu, diagonal_cpu, simd
 
 INDEX = np.int64
 
@@ -220,6 +220,7 @@ class Split:
         blk = plan.col_block
         nblk = int(blk.max(initial=-1)) + 1
         self.n_bases = 0
+        self._base_groups = None
         if rows.size == 0 or nblk == 0:
             return
         bsize = np.bincount(blk, minlength=nblk)
@@ -291,6 +292,22 @@ class Split:
         np.add.at(out, self.d_idx, self.coef.astype(theta.dtype)[:, None, None]
                   * theta[self.p_idx])
         return out
+
+    def base_groups(self):
+        """Rows with the same list of bases share one start (Deep Sets: one group).
+
+        ``(group_ptr, group_u, row_group)``: group ``g`` sums the bases
+        ``group_u[group_ptr[g]:group_ptr[g + 1]]``; row ``m`` is in group ``row_group[m]``.
+        """
+        if self._base_groups is None:
+            lists = [tuple(self.row_u[self.row_ptr[m]:self.row_ptr[m + 1]])
+                     for m in range(self.row_ptr.size - 1)]
+            first = {}
+            row_group = np.array([first.setdefault(k, len(first)) for k in lists], dtype=INDEX)
+            group_ptr = _ptr(np.array([len(k) for k in first], dtype=INDEX))
+            group_u = np.array([j for k in first for j in k], dtype=INDEX)
+            self._base_groups = (group_ptr, group_u, row_group)
+        return self._base_groups
 
     def totals(self, x):
         tot = np.empty((x.shape[0], self.n_blocks, x.shape[2]), dtype=x.dtype)
@@ -409,6 +426,8 @@ def _complement_forward(plan, x, theta, y):
     ``inf - inf = nan`` where the dense product gives ``inf``.
     """
     sp = plan.split()
+    if sp is not None and sp.residual.identity_param >= 0:
+        return _diagonal_complement(plan, sp, x, theta, y)
     tot = None if sp is None else sp.totals(x)
     if tot is None or not _finite(tot):
         _gather_forward(plan, x, theta, y, False)
@@ -419,6 +438,33 @@ def _complement_forward(plan, x, theta, y):
                       sp.base_q, u)
     _run(cpu.add_base, u, sp.row_ptr, sp.row_u, y)
     return tot
+
+
+def _diagonal_complement(plan, sp, x, theta, y):
+    """Complement sums with a diagonal residual in one pass (:mod:`._kernels.diagonal_cpu`).
+
+    Returns the block totals of ``x``, or None after falling back to ``"gather"``
+    on non-finite totals.
+    """
+    nb, n, c_in = x.shape
+    c_out = theta.shape[1]
+    lanes = simd.WIDTH // x.itemsize
+    nvec = -(-c_out // lanes)
+    jp = nvec * lanes if nvec <= 2 else -(-nvec // 4) * 4 * lanes  # the kernel's tile widths
+    at = np.zeros((c_in, jp), dtype=x.dtype)
+    at[:, :c_out] = sp.derived_theta(theta)[sp.residual.identity_param].T
+    theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
+    group_ptr, group_u, row_group = sp.base_groups()
+    tot = np.empty((nb, sp.n_blocks, c_in), dtype=x.dtype)
+    work = x.size * c_out
+    nchunks = _chunks(work)
+    starts = np.zeros((nchunks, group_ptr.size - 1, jp), dtype=x.dtype)
+    _run(diagonal_cpu.diagonal_complement, x, at, theta_t, sp.blk_ptr, sp.blk_cols, sp.base_k,
+         sp.base_q, group_ptr, group_u, row_group, y, tot, starts, nchunks, work=work)
+    if _finite(tot):
+        return tot
+    _gather_forward(plan, x, theta, y, False)
+    return None
 
 
 def _dy_blocks(pattern):

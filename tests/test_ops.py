@@ -119,6 +119,43 @@ def test_complement_decomposition_is_used():
     assert _dispatch.choose(PATTERNS["deepsets"], 64, 32, 32)[0] == "complement"
 
 
+def _two_block_diagonal():
+    """8 points in blocks {0..3}, {4..7}; rows of each block have their own bases on
+    both blocks but the same diagonal residual ``theta_0 - theta_1``: two row groups."""
+    rows, cols, params = [], [], []
+    for m in range(8):
+        for n in range(8):
+            same = (m < 4) == (n < 4)
+            p = 0 if m == n else (1 if same else (2 if m < 4 else 3))
+            rows.append(m)
+            cols.append(n)
+            params.append(p)
+    return Pattern((8, 8), rows, cols, params)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_diagonal_complement_tiles(dtype):
+    """The one-pass kernel (diagonal residual): 8-row and 2-row register tiles with tail
+    rows, 1, 2, 3 and 5 vectors of output channels with partial vectors, two row groups."""
+    from paramshare_nb import _dispatch
+    lanes = 32 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(11)
+    pats = [ps.dense_pattern(ps.Action.same(ps.groups.symmetric(19))), _two_block_diagonal()]
+    assert _dispatch.plan_of(pats[1]).split().base_groups()[0].size == 3  # 2 groups
+    for pat in pats:
+        assert _dispatch.plan_of(pat).split().residual.identity_param >= 0
+        for c_out in (1, lanes + 1, 2 * lanes + 1, 4 * lanes + 3):
+            theta = rng.standard_normal((pat.n_params, c_out, 3)).astype(dtype)
+            x = rng.standard_normal((2, pat.shape[1], 3)).astype(dtype)
+            dy = rng.standard_normal((2, pat.shape[0], c_out)).astype(dtype)
+            assert_close(ps.tied_matmul(x, theta, pat, method="complement"),
+                         ref.forward(x, theta, pat))
+            dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method="complement")
+            rdx, rdth = ref.grad(dy, x, theta, pat)
+            assert_close(dx, rdx)
+            assert_close(dth, rdth)
+
+
 def test_strategies_agree(data):
     pat = PATTERNS["tensor2to1"]
     theta, x, dy = data("tensor2to1", np.float64, False, (4,))

@@ -28,7 +28,7 @@ from numba import njit, prange
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
 
 
-def kernel(fastmath=False):
+def kernel(fastmath=False, nrt=True):
     """``parallel=True`` driver with a serial twin compiled from the same body.
 
     The returned dispatcher carries ``.serial``: the same loop nest compiled
@@ -38,6 +38,8 @@ def kernel(fastmath=False):
     its own qualified name, hence its own on-disk cache entry.
     """
     opts = {"cache": True, "nogil": True}
+    if not nrt:  # no reference counting: kernels that only index their arguments
+        opts["_nrt"] = False
     if fastmath:
         opts["fastmath"] = _FAST
 

@@ -1,0 +1,179 @@
+"""Explicit SIMD vectors for numba kernels: one vector type and a few intrinsics.
+
+LLVM does not vectorise numba loops whose arrays it cannot prove disjoint,
+and a small matrix product written as scalar loops runs at a fraction of the
+core's rate.  With these intrinsics a kernel keeps a register tile of vectors
+as ordinary local variables and says exactly which loads, broadcasts and
+fused multiply-adds it wants; LLVM allocates the registers.
+
+A vector is 32 bytes of the array's float dtype (8 float32 or 4 float64: one
+AVX register).  On CPUs with narrower registers LLVM splits each operation,
+and without FMA hardware it calls ``fma``: slower, never wrong.
+
+Every index is a *flat* element offset into a C-contiguous array and is not
+bounds-checked: the calling kernel guarantees ``i + lanes(arr) <= arr.size``
+for :func:`vload`/:func:`vstore`, and ``i + n <= arr.size`` for the partial
+:func:`vload_n`/:func:`vstore_n`, which touch only the first ``n`` lanes
+(none when ``n <= 0``).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.extending import intrinsic, models, register_model
+
+#: Bytes per vector (one AVX register).
+WIDTH = 32
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+
+
+class Vector(types.Type):
+    """``lanes`` values of ``dtype`` held in one SIMD register."""
+
+    def __init__(self, dtype, lanes):
+        self.dtype, self.lanes = dtype, lanes
+        super().__init__(name=f"Vector({dtype} x {lanes})")
+
+
+@register_model(Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
+
+
+def _vector_of(arr):
+    if not (isinstance(arr, types.Array) and arr.layout == "C"
+            and arr.dtype in (types.float32, types.float64)):
+        raise TypeError(f"SIMD intrinsics take C-contiguous float32/float64 arrays, got {arr}")
+    return Vector(arr.dtype, WIDTH // (arr.dtype.bitwidth // 8))
+
+
+def _align(arr):
+    return arr.dtype.bitwidth // 8
+
+
+def _address(context, builder, arrty, arr, i, vt=None):
+    """Pointer to flat element ``i`` of ``arr`` (as a vector pointer when ``vt`` is given)."""
+    data = context.make_array(arrty)(context, builder, arr).data
+    ptr = builder.gep(data, [i])
+    return ptr if vt is None else builder.bitcast(ptr, context.get_value_type(vt).as_pointer())
+
+
+def _splat(builder, llvt, scalar):
+    one = builder.insert_element(ir.Constant(llvt, None), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, llvt.count),
+                                                        [0] * llvt.count))
+
+
+def _mangled(llvt):
+    """LLVM's name suffix for a float vector type: ``v8f32``, ``v4f64``."""
+    return f"v{llvt.count}f{32 if isinstance(llvt.element, ir.FloatType) else 64}"
+
+
+@intrinsic
+def lanes(typingctx, arr):
+    """Lanes per vector of ``arr``'s dtype, a compile-time constant."""
+    n = _vector_of(arr).lanes
+    return types.intp(arr), lambda context, builder, sig, args: ir.Constant(_I64, n)
+
+
+@intrinsic
+def vzero(typingctx, arr):
+    """A vector of zeros in ``arr``'s dtype."""
+    vt = _vector_of(arr)
+    return vt(arr), lambda context, builder, sig, args: ir.Constant(
+        context.get_value_type(vt), None)
+
+
+@intrinsic
+def vload(typingctx, arr, i):
+    """``arr.flat[i : i + lanes]``."""
+    vt = _vector_of(arr)
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_address(context, builder, sig.args[0], args[0], args[1], vt),
+                            align=_align(arr))
+    return vt(arr, types.intp), codegen
+
+
+@intrinsic
+def vload_n(typingctx, arr, i, n):
+    """``arr.flat[i : i + n]`` in the first ``n`` lanes, zeros in the rest (nothing else read)."""
+    vt = _vector_of(arr)
+
+    def codegen(context, builder, sig, args):
+        # one guarded scalar load per lane (LLVM folds the slot into registers); no
+        # masked-load intrinsic, whose name depends on the LLVM version's pointer types
+        slot = cgutils.alloca_once_value(builder, ir.Constant(context.get_value_type(vt), None))
+        for lane in range(vt.lanes):
+            with builder.if_then(builder.icmp_signed(">", args[2], ir.Constant(_I64, lane))):
+                ptr = _address(context, builder, sig.args[0], args[0],
+                               builder.add(args[1], ir.Constant(_I64, lane)))
+                value = builder.load(ptr, align=_align(arr))
+                builder.store(builder.insert_element(builder.load(slot), value,
+                                                     ir.Constant(_I32, lane)), slot)
+        return builder.load(slot)
+    return vt(arr, types.intp, types.intp), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, i, v):
+    """``arr.flat[i : i + lanes] = v``."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], args[1], sig.args[2])
+        builder.store(args[2], ptr, align=_align(arr))
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, v), codegen
+
+
+@intrinsic
+def vstore_n(typingctx, arr, i, v, n):
+    """``arr.flat[i : i + n] = v[:n]`` (nothing else written)."""
+    def codegen(context, builder, sig, args):
+        for lane in range(v.lanes):
+            with builder.if_then(builder.icmp_signed(">", args[3], ir.Constant(_I64, lane))):
+                ptr = _address(context, builder, sig.args[0], args[0],
+                               builder.add(args[1], ir.Constant(_I64, lane)))
+                builder.store(builder.extract_element(args[2], ir.Constant(_I32, lane)), ptr,
+                              align=_align(arr))
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, v, types.intp), codegen
+
+
+@intrinsic
+def vbcast(typingctx, arr, i):
+    """``arr.flat[i]`` in every lane."""
+    vt = _vector_of(arr)
+
+    def codegen(context, builder, sig, args):
+        scalar = builder.load(_address(context, builder, sig.args[0], args[0], args[1]),
+                              align=_align(arr))
+        return _splat(builder, context.get_value_type(vt), scalar)
+    return vt(arr, types.intp), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """``a * b + c``, fused (one rounding)."""
+    if not (isinstance(a, Vector) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        llvt = args[0].type
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(llvt, [llvt] * 3),
+            f"llvm.fma.{_mangled(llvt)}")
+        return builder.call(fn, list(args))
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    """``a + b``."""
+    if not (isinstance(a, Vector) and a == b):
+        return None
+    return a(a, b), lambda context, builder, sig, args: builder.fadd(*args)
