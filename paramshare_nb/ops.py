@@ -35,7 +35,10 @@ multiply, planned on ``pattern.T``) and ``dtheta`` are planned separately):
 ``"complement"``
     Complement sums: ``W`` = a block-constant base per (row, input block)
     plus a residual tied pattern over derived parameters (differences such as
-    ``theta_0 - theta_1``).  Deep Sets costs O(N) per row pair.  Falls back
+    ``theta_0 - theta_1``).  Deep Sets costs O(N) per row pair; when the
+    residual is one matrix on the diagonal (Deep Sets) the CPU runs the
+    block totals, the bases and the diagonal product in one pass per batch
+    element, on explicit SIMD register tiles.  Falls back
     to ``"gather"`` when no block is dominated by one parameter, or when a
     block total is not finite (``inf``/``nan`` inputs).  Its rounding error
     scales with the whole block's magnitudes (see ``tied_matmul``'s Notes).
