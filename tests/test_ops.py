@@ -135,8 +135,9 @@ def _two_block_diagonal():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_diagonal_complement_tiles(dtype):
-    """The one-pass kernel (diagonal residual): 8-row and 2-row register tiles with tail
-    rows, 1, 2, 3 and 5 vectors of output channels with partial vectors, two row groups."""
+    """The one-pass kernels (diagonal residual): 8-row and 2-row register tiles with tail
+    rows, 1, 2, 3 and 5 vectors of output channels and 1 or 2 blocks of 4 vectors of input
+    channels (``dtheta``), with partial vectors; two row groups."""
     from paramshare_nb import _dispatch
     lanes = 32 // np.dtype(dtype).itemsize
     rng = np.random.default_rng(11)
@@ -144,9 +145,10 @@ def test_diagonal_complement_tiles(dtype):
     assert _dispatch.plan_of(pats[1]).split().base_groups()[0].size == 3  # 2 groups
     for pat in pats:
         assert _dispatch.plan_of(pat).split().residual.identity_param >= 0
-        for c_out in (1, lanes + 1, 2 * lanes + 1, 4 * lanes + 3):
-            theta = rng.standard_normal((pat.n_params, c_out, 3)).astype(dtype)
-            x = rng.standard_normal((2, pat.shape[1], 3)).astype(dtype)
+        for c_in, c_out in ((3, 1), (3, lanes + 1), (4 * lanes + 1, 2 * lanes + 1),
+                            (5, 4 * lanes + 3)):
+            theta = rng.standard_normal((pat.n_params, c_out, c_in)).astype(dtype)
+            x = rng.standard_normal((2, pat.shape[1], c_in)).astype(dtype)
             dy = rng.standard_normal((2, pat.shape[0], c_out)).astype(dtype)
             assert_close(ps.tied_matmul(x, theta, pat, method="complement"),
                          ref.forward(x, theta, pat))
