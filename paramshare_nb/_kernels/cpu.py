@@ -36,9 +36,13 @@ def kernel(fastmath=False, nrt=True):
     calls for small work instead of changing numba's thread count (a
     ``set_num_threads`` pair costs more than a small kernel).  The twin gets
     its own qualified name, hence its own on-disk cache entry.
+
+    ``nrt=False`` compiles without numba's reference counting, for kernels
+    that allocate nothing and only index their arguments: helpers inlined
+    into them then pass arrays without atomic increments in inner loops.
     """
     opts = {"cache": True, "nogil": True}
-    if not nrt:  # no reference counting: kernels that only index their arguments
+    if not nrt:
         opts["_nrt"] = False
     if fastmath:
         opts["fastmath"] = _FAST
