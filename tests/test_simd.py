@@ -57,8 +57,25 @@ def test_fma_broadcast_add(dtype):
     assert not out[n:].any()
 
 
+@njit(cache=True)
+def _store_zero_like(src, dst):
+    vstore(dst, 0, vzero(src))
+
+
+@njit(cache=True)
+def _store_zero_like_n(src, dst):
+    vstore_n(dst, 0, vzero(src), 2)
+
+
 def test_refuses_integer_and_non_contiguous_arrays():
     with pytest.raises((TypeError, TypingError), match="C-contiguous float32/float64"):
         _partial_copy(np.arange(8), 0, 2, np.zeros(8, np.int64), 0)
     with pytest.raises((TypeError, TypingError), match="C-contiguous float32/float64"):
         _partial_copy(np.zeros(16)[::2], 0, 2, np.zeros(8), 0)
+    for store in (_store_zero_like, _store_zero_like_n):
+        with pytest.raises((TypeError, TypingError), match="C-contiguous float32/float64"):
+            store(np.zeros(8), np.zeros(16)[::2])
+        with pytest.raises((TypeError, TypingError), match="C-contiguous float32/float64"):
+            store(np.zeros(8), np.zeros(8, np.int64))
+        with pytest.raises((TypeError, TypingError), match="must match the array's dtype"):
+            store(np.zeros(8), np.zeros(8, np.float32))

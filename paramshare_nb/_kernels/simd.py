@@ -15,6 +15,10 @@ bounds-checked: the calling kernel guarantees ``i + lanes(arr) <= arr.size``
 for :func:`vload`/:func:`vstore`, and ``i + n <= arr.size`` for the partial
 :func:`vload_n`/:func:`vstore_n`, which touch only the first ``n`` lanes
 (none when ``n <= 0``).
+
+numba's on-disk cache keys a kernel on its own file only: after editing this
+module, touch the kernel modules that use it (or clear their ``__pycache__``)
+so that they are compiled again.
 """
 
 from __future__ import annotations
@@ -50,6 +54,14 @@ def _vector_of(arr):
             and arr.dtype in (types.float32, types.float64)):
         raise TypeError(f"SIMD intrinsics take C-contiguous float32/float64 arrays, got {arr}")
     return Vector(arr.dtype, WIDTH // (arr.dtype.bitwidth // 8))
+
+
+def _store_checked(arr, v):
+    """The vector type of ``arr``; a TypeError unless ``v`` is exactly it."""
+    vt = _vector_of(arr)
+    if v != vt:
+        raise TypeError(f"cannot store a {v} into {arr}; vectors must match the array's dtype")
+    return vt
 
 
 def _align(arr):
@@ -123,6 +135,8 @@ def vload_n(typingctx, arr, i, n):
 @intrinsic
 def vstore(typingctx, arr, i, v):
     """``arr.flat[i : i + lanes] = v``."""
+    _store_checked(arr, v)
+
     def codegen(context, builder, sig, args):
         ptr = _address(context, builder, sig.args[0], args[0], args[1], sig.args[2])
         builder.store(args[2], ptr, align=_align(arr))
@@ -133,6 +147,8 @@ def vstore(typingctx, arr, i, v):
 @intrinsic
 def vstore_n(typingctx, arr, i, v, n):
     """``arr.flat[i : i + n] = v[:n]`` (nothing else written)."""
+    _store_checked(arr, v)
+
     def codegen(context, builder, sig, args):
         for lane in range(v.lanes):
             with builder.if_then(builder.icmp_signed(">", args[3], ir.Constant(_I64, lane))):
