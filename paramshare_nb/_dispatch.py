@@ -426,7 +426,10 @@ def _complement_forward(plan, x, theta, y):
     ``inf - inf = nan`` where the dense product gives ``inf``.
     """
     sp = plan.split()
-    if sp is not None and sp.residual.identity_param >= 0:
+    # the one-pass kernel splits the batch over threads: with fewer batch elements than
+    # threads the separate passes (BLAS and row-parallel kernels) use more cores
+    if (sp is not None and sp.residual.identity_param >= 0
+            and x.shape[0] >= _chunks(x.size * theta.shape[1])):
         return _diagonal_complement(plan, sp, x, theta, y)
     tot = None if sp is None else sp.totals(x)
     if tot is None or not _finite(tot):

@@ -317,7 +317,7 @@ def test_parallel_drivers_match_reference(data, monkeypatch, method):
     """Small inputs run the serial twins; force the ``parallel=True`` drivers too."""
     from paramshare_nb import _dispatch
     monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
-    for name in ("multi", "deepsets_perturbed", "tensor2to1"):
+    for name in ("multi", "deepsets", "deepsets_perturbed", "tensor2to1"):
         pat = PATTERNS[name]
         for scalar in (True, False):
             theta, x, dy = data(name, np.float32, scalar, (3, 2))
@@ -326,6 +326,24 @@ def test_parallel_drivers_match_reference(data, monkeypatch, method):
             rdx, rdth = ref.grad(dy, x, theta, pat)
             assert_close(dx, rdx)
             assert_close(dth, rdth)
+
+
+def test_one_pass_needs_a_batch_element_per_thread(data, monkeypatch):
+    """With fewer batch elements than threads the Deep Sets complement keeps the
+    separate (row-parallel, BLAS) passes; both routes match the reference."""
+    from paramshare_nb import _dispatch
+    calls = []
+    one_pass = _dispatch._diagonal_complement
+    monkeypatch.setattr(_dispatch, "_diagonal_complement",
+                        lambda *a: calls.append(a[2].shape[0]) or one_pass(*a))
+    pat = PATTERNS["deepsets"]
+    theta, x, _ = data("deepsets", np.float64, False, (3,))
+    for threads, used in ((1, [3]), (4, [])):
+        calls.clear()
+        monkeypatch.setattr(_dispatch, "_chunks", lambda work, t=threads: t)
+        assert_close(ps.tied_matmul(x, theta, pat, method="complement"),
+                     ref.forward(x, theta, pat))
+        assert calls == used
 
 
 def test_serial_twins_exist():
