@@ -158,6 +158,25 @@ def test_diagonal_complement_tiles(dtype):
             assert_close(dth, rdth)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_channel_tiles(dtype):
+    """The SIMD "csr" kernels: 4-element batch tiles with a tail, 1 to 5 vectors of output
+    channels and 1 or 2 pairs of vectors of input channels, partial vectors, multi-edges."""
+    lanes = 32 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(12)
+    for name in ("cayley", "multi"):
+        pat = PATTERNS[name]
+        for c_in, c_out in ((1, 3), (3, 1), (2 * lanes + 1, lanes + 1), (5, 4 * lanes + 3)):
+            theta = rng.standard_normal((pat.n_params, c_out, c_in)).astype(dtype)
+            x = rng.standard_normal((9, pat.shape[1], c_in)).astype(dtype)
+            dy = rng.standard_normal((9, pat.shape[0], c_out)).astype(dtype)
+            assert_close(ps.tied_matmul(x, theta, pat, method="csr"), ref.forward(x, theta, pat))
+            dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method="csr")
+            rdx, rdth = ref.grad(dy, x, theta, pat)
+            assert_close(dx, rdx)
+            assert_close(dth, rdth)
+
+
 def test_strategies_agree(data):
     pat = PATTERNS["tensor2to1"]
     theta, x, dy = data("tensor2to1", np.float64, False, (4,))
@@ -347,8 +366,9 @@ def test_one_pass_needs_a_batch_element_per_thread(data, monkeypatch):
 
 
 def test_serial_twins_exist():
-    from paramshare_nb._kernels import cpu
-    for k in (cpu.csr_forward, cpu.gather_sums, cpu.scalar_forward, cpu.reduce_dw_rows):
+    from paramshare_nb._kernels import cpu, csr_cpu, diagonal_cpu
+    for k in (csr_cpu.csr_rows, cpu.gather_sums, cpu.scalar_forward, cpu.reduce_dw_rows,
+              diagonal_cpu.diagonal_complement):
         assert k.serial.py_func.__qualname__ == k.py_func.__qualname__ + "_serial"
 
 

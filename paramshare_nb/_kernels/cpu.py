@@ -14,6 +14,10 @@ Accumulators start from a zero of the array's own dtype, so float32 stays
 float32.  Each parallel iteration writes only the rows it owns: no races and
 no atomics; reductions that would collide (``dtheta``) either own whole
 parameters or write per-chunk partial buffers merged serially.
+
+Kernels on explicit SIMD register tiles (:mod:`.simd`) live beside these:
+:mod:`.csr_cpu` (sparse rows with channels) and :mod:`.diagonal_cpu` (Deep
+Sets' complement sums in one pass per batch element).
 """
 
 from __future__ import annotations
@@ -57,59 +61,9 @@ def kernel(fastmath=False, nrt=True):
         return par
     return deco
 
-# ---------------------------------------------------------------------------
-# sparse rows: one CSR pass, used for sparse patterns and as the simple baseline
-# ---------------------------------------------------------------------------
-
-
-@kernel()
-def csr_forward(x, theta_t, indptr, cols, params, y):
-    """``y[b, m] = sum_e theta[params[e]] @ x[b, cols[e]]`` over row ``m``'s edges.
-
-    ``theta_t`` is ``(P, C_in, C_out)``: the innermost loop runs along the
-    contiguous output channels (an axpy), so it vectorises.
-    """
-    nb, nm, nco = y.shape
-    nci = x.shape[2]
-    for t in prange(nb * nm):
-        b = t // nm
-        m = t - b * nm
-        for co in range(nco):
-            y[b, m, co] = 0
-        for e in range(indptr[m], indptr[m + 1]):
-            n = cols[e]
-            p = params[e]
-            for ci in range(nci):
-                v = x[b, n, ci]
-                for co in range(nco):
-                    y[b, m, co] += v * theta_t[p, ci, co]
-
-
-@kernel()
-def csr_dtheta(dy, x, pptr, prows, pcols, dtheta):
-    """``dtheta[p] = sum_{edges of p} sum_b dy[b, m] (x) x[b, n]``.
-
-    ``pptr, prows, pcols`` is the parameter-major CSR of the pattern: each
-    parallel iteration owns one parameter, so writes never collide.
-    """
-    npar, nco, nci = dtheta.shape
-    nb = x.shape[0]
-    for p in prange(npar):
-        for co in range(nco):
-            for ci in range(nci):
-                dtheta[p, co, ci] = 0
-        for e in range(pptr[p], pptr[p + 1]):
-            m = prows[e]
-            n = pcols[e]
-            for b in range(nb):
-                for co in range(nco):
-                    g = dy[b, m, co]
-                    for ci in range(nci):
-                        dtheta[p, co, ci] += g * x[b, n, ci]
-
 
 # ---------------------------------------------------------------------------
-# materialize: gather W in the (M, C_out, N, C_in) layout
+# materialize: W gathered from theta (the sparse rows with channels are in csr_cpu)
 # ---------------------------------------------------------------------------
 
 

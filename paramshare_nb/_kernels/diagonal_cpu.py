@@ -32,51 +32,29 @@ Layouts (C-contiguous, one float dtype, ``M == N``):
 
 from __future__ import annotations
 
-from numba import njit, prange
+from numba import prange
 
 from .cpu import kernel
-from .simd import lanes, vadd, vbcast, vfma, vload, vload_n, vstore, vstore_n, vzero
-
-# Helpers are inlined into the kernel, which compiles without NRT: reference
-# counting the arrays handed to an inlined helper put atomic calls into the
-# innermost loops (4x slower).
-_inline = njit(nogil=True, inline="always", _nrt=False)
+from .simd import inline, lanes, load, store, vadd, vbcast, vfma, vload, vzero
 
 
-@_inline
-def _load(a, i, n):
-    """The ``n`` values at flat ``i`` (every lane when ``n >= lanes``), zeros after."""
-    if n >= lanes(a):
-        return vload(a, i)
-    return vload_n(a, i, n)
-
-
-@_inline
-def _store(a, i, v, n):
-    """Flat ``a[i : i + n] = v[:n]`` (a full vector when ``n >= lanes``)."""
-    if n >= lanes(a):
-        vstore(a, i, v)
-    else:
-        vstore_n(a, i, v, n)
-
-
-@_inline
+@inline
 def _start(s, sb, row_group, m, col):
     """Row ``m``'s accumulator start at column ``col``: its group's sum of bases."""
     return vload(s, sb + row_group[m] * s.shape[2] + col)
 
 
-@_inline
+@inline
 def _one_row(x, at, y, s, sb, row_group, r, m):
     nci, nco, jp = x.shape[2], y.shape[2], at.shape[1]
     for col in range(0, jp, lanes(x)):
         acc = _start(s, sb, row_group, m, col)
         for k in range(nci):
             acc = vfma(vbcast(x, r * nci + k), vload(at, k * jp + col), acc)
-        _store(y, r * nco + col, acc, nco - col)
+        store(y, r * nco + col, acc, nco - col)
 
 
-@_inline
+@inline
 def _eight_rows(x, at, y, s, sb, row_group, r, m):
     """Narrow tiles: rows ``r .. r + 7`` x 1 vector; one vector of ``at`` per ``k``."""
     nci, nco, jp = x.shape[2], y.shape[2], at.shape[1]
@@ -102,17 +80,17 @@ def _eight_rows(x, at, y, s, sb, row_group, r, m):
             a7 = vfma(vbcast(x, o + 7 * nci), w, a7)
         n = nco - col
         o = r * nco + col
-        _store(y, o, a0, n)
-        _store(y, o + nco, a1, n)
-        _store(y, o + 2 * nco, a2, n)
-        _store(y, o + 3 * nco, a3, n)
-        _store(y, o + 4 * nco, a4, n)
-        _store(y, o + 5 * nco, a5, n)
-        _store(y, o + 6 * nco, a6, n)
-        _store(y, o + 7 * nco, a7, n)
+        store(y, o, a0, n)
+        store(y, o + nco, a1, n)
+        store(y, o + 2 * nco, a2, n)
+        store(y, o + 3 * nco, a3, n)
+        store(y, o + 4 * nco, a4, n)
+        store(y, o + 5 * nco, a5, n)
+        store(y, o + 6 * nco, a6, n)
+        store(y, o + 7 * nco, a7, n)
 
 
-@_inline
+@inline
 def _two_rows(x, at, y, s, sb, row_group, r, m):
     """Wide tiles: rows ``r, r + 1`` x 4 vectors; one broadcast of ``x`` feeds 4 FMAs."""
     nci, nco, jp = x.shape[2], y.shape[2], at.shape[1]
@@ -136,18 +114,18 @@ def _two_rows(x, at, y, s, sb, row_group, r, m):
             q0, q1, q2, q3 = vfma(h, w0, q0), vfma(h, w1, q1), vfma(h, w2, q2), vfma(h, w3, q3)
         n = nco - col
         o = r * nco + col
-        _store(y, o, p0, n)
-        _store(y, o + L, p1, n - L)
-        _store(y, o + 2 * L, p2, n - 2 * L)
-        _store(y, o + 3 * L, p3, n - 3 * L)
+        store(y, o, p0, n)
+        store(y, o + L, p1, n - L)
+        store(y, o + 2 * L, p2, n - 2 * L)
+        store(y, o + 3 * L, p3, n - 3 * L)
         o += nco
-        _store(y, o, q0, n)
-        _store(y, o + L, q1, n - L)
-        _store(y, o + 2 * L, q2, n - 2 * L)
-        _store(y, o + 3 * L, q3, n - 3 * L)
+        store(y, o, q0, n)
+        store(y, o + L, q1, n - L)
+        store(y, o + 2 * L, q2, n - 2 * L)
+        store(y, o + 3 * L, q3, n - 3 * L)
 
 
-@_inline
+@inline
 def _totals(x, blk_ptr, blk_cols, tot, b):
     """``tot[b, k] = sum_{columns s of block k} x[b, s]``, 4 vectors of channels at a time."""
     n, nci = x.shape[1], x.shape[2]
@@ -158,18 +136,18 @@ def _totals(x, blk_ptr, blk_cols, tot, b):
             a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
             for i in range(blk_ptr[k], blk_ptr[k + 1]):
                 o = (b * n + blk_cols[i]) * nci + col
-                a0 = vadd(a0, _load(x, o, w))
-                a1 = vadd(a1, _load(x, o + L, w - L))
-                a2 = vadd(a2, _load(x, o + 2 * L, w - 2 * L))
-                a3 = vadd(a3, _load(x, o + 3 * L, w - 3 * L))
+                a0 = vadd(a0, load(x, o, w))
+                a1 = vadd(a1, load(x, o + L, w - L))
+                a2 = vadd(a2, load(x, o + 2 * L, w - 2 * L))
+                a3 = vadd(a3, load(x, o + 3 * L, w - 3 * L))
             o = (b * (blk_ptr.shape[0] - 1) + k) * nci + col
-            _store(tot, o, a0, w)
-            _store(tot, o + L, a1, w - L)
-            _store(tot, o + 2 * L, a2, w - 2 * L)
-            _store(tot, o + 3 * L, a3, w - 3 * L)
+            store(tot, o, a0, w)
+            store(tot, o + L, a1, w - L)
+            store(tot, o + 2 * L, a2, w - 2 * L)
+            store(tot, o + 3 * L, a3, w - 3 * L)
 
 
-@_inline
+@inline
 def _group_bases(tot, theta_t, base_k, base_q, group_ptr, group_u, s, c, b):
     """``s[c, g] = sum_{bases j of group g} theta_{q_j} @ tot[b, k_j]`` (columns past C_out
     stay zero)."""

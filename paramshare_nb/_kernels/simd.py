@@ -24,7 +24,7 @@ so that they are compiled again.
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic, models, register_model
 
@@ -193,3 +193,29 @@ def vadd(typingctx, a, b):
     if not (isinstance(a, Vector) and a == b):
         return None
     return a(a, b), lambda context, builder, sig, args: builder.fadd(*args)
+
+
+# ---------------------------------------------------------------------------
+# helpers for kernels built on these intrinsics
+# ---------------------------------------------------------------------------
+#: Decorator of helpers that kernels inline: compiled without NRT, like the kernels
+#: (``cpu.kernel(nrt=False)``), since reference counting the arrays handed to an
+#: inlined helper puts atomic calls into the innermost loops (measured 4x slower).
+inline = njit(nogil=True, inline="always", _nrt=False)
+
+
+@inline
+def load(a, i, n):
+    """The ``n`` values at flat ``i`` (every lane when ``n >= lanes``), zeros after."""
+    if n >= lanes(a):
+        return vload(a, i)
+    return vload_n(a, i, n)
+
+
+@inline
+def store(a, i, v, n):
+    """Flat ``a[i : i + n] = v[:n]`` (a full vector when ``n >= lanes``)."""
+    if n >= lanes(a):
+        vstore(a, i, v)
+    else:
+        vstore_n(a, i, v, n)

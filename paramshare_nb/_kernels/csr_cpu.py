@@ -1,0 +1,149 @@
+"""Sparse rows with channels (the ``"csr"`` strategy) on explicit SIMD tiles.
+
+Each stored entry ``(m, n, p)`` of a sparse pattern (the Cayley design) adds
+``theta[p] @ x[b, n]`` to ``y[b, m]``: a small ``C_out x C_in`` matrix-vector
+product.  Written as scalar loops it runs one multiply-add at a time (LLVM
+cannot vectorise through arrays it cannot prove disjoint); here a register
+tile of 4 batch elements x 2 vectors of output channels reuses every loaded
+vector of ``theta`` four times (:mod:`.simd`).  Scalar patterns
+(``C_in == C_out == 1``) keep the batch-vectorised kernels of :mod:`.cpu`.
+
+Layouts (C-contiguous, one float dtype):
+
+- :func:`csr_rows`: ``x (B, N, Ci)``, ``theta_t (P, Ci, Cop)`` (``theta``
+  transposed, zero-padded to ``Cop``, a multiple of 2 vectors),
+  ``y (B, M, Co)``; row ``m``'s entries are ``indptr[m]:indptr[m + 1]`` of
+  ``cols, params``.
+- :func:`csr_dtheta`: ``dy (B, M, Co)``, ``x (B, N, Ci)``, the pattern's
+  parameter-major edges ``pptr, prows, pcols``, ``dtheta (P, Coq, Cip)``
+  (``Coq`` = ``Co`` rounded up to 4, ``Cip`` = ``Ci`` rounded up to 2
+  vectors; entries past ``(Co, Ci)`` are padding).
+"""
+
+from __future__ import annotations
+
+from numba import prange
+
+from .cpu import kernel
+from .simd import inline, lanes, load, store, vbcast, vfma, vload, vstore, vzero
+
+
+@inline
+def _rows_quad(x, theta_t, indptr, cols, params, y, b, m):
+    """``y[b : b + 4, m]``: 4 batch elements x 2 vectors of output channels per pass."""
+    nn, nci = x.shape[1], x.shape[2]
+    nm, nco, cop = y.shape[1], y.shape[2], theta_t.shape[2]
+    L = lanes(x)
+    step = nn * nci  # from x[b, n] to x[b + 1, n]
+    for col in range(0, cop, 2 * L):
+        a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
+        c0, c1, c2, c3 = vzero(x), vzero(x), vzero(x), vzero(x)
+        for e in range(indptr[m], indptr[m + 1]):
+            xo = (b * nn + cols[e]) * nci
+            to = params[e] * nci * cop + col
+            for ci in range(nci):
+                w0 = vload(theta_t, to + ci * cop)
+                w1 = vload(theta_t, to + ci * cop + L)
+                g0 = vbcast(x, xo + ci)
+                g1 = vbcast(x, xo + step + ci)
+                g2 = vbcast(x, xo + 2 * step + ci)
+                g3 = vbcast(x, xo + 3 * step + ci)
+                a0, c0 = vfma(g0, w0, a0), vfma(g0, w1, c0)
+                a1, c1 = vfma(g1, w0, a1), vfma(g1, w1, c1)
+                a2, c2 = vfma(g2, w0, a2), vfma(g2, w1, c2)
+                a3, c3 = vfma(g3, w0, a3), vfma(g3, w1, c3)
+        n = nco - col
+        o = (b * nm + m) * nco + col
+        rstep = nm * nco  # from y[b, m] to y[b + 1, m]
+        store(y, o, a0, n)
+        store(y, o + L, c0, n - L)
+        store(y, o + rstep, a1, n)
+        store(y, o + rstep + L, c1, n - L)
+        store(y, o + 2 * rstep, a2, n)
+        store(y, o + 2 * rstep + L, c2, n - L)
+        store(y, o + 3 * rstep, a3, n)
+        store(y, o + 3 * rstep + L, c3, n - L)
+
+
+@inline
+def _rows_one(x, theta_t, indptr, cols, params, y, b, m):
+    """``y[b, m]`` alone (the batch's tail), one vector of output channels at a time."""
+    nn, nci = x.shape[1], x.shape[2]
+    nm, nco, cop = y.shape[1], y.shape[2], theta_t.shape[2]
+    for col in range(0, cop, lanes(x)):
+        acc = vzero(x)
+        for e in range(indptr[m], indptr[m + 1]):
+            xo = (b * nn + cols[e]) * nci
+            to = params[e] * nci * cop + col
+            for ci in range(nci):
+                acc = vfma(vbcast(x, xo + ci), vload(theta_t, to + ci * cop), acc)
+        store(y, (b * nm + m) * nco + col, acc, nco - col)
+
+
+@kernel(nrt=False)
+def csr_rows(x, theta_t, indptr, cols, params, y, nchunks):
+    """``y[b, m] = sum_{entries e of row m} theta[params[e]] @ x[b, cols[e]]``.
+
+    Work items are (4 batch elements, row) pairs, dealt round-robin to the
+    chunks; each writes only its own rows of ``y``.
+    """
+    nb, nm = y.shape[0], y.shape[1]
+    nq = (nb + 3) // 4
+    for c in prange(nchunks):
+        for t in range(c, nq * nm, nchunks):
+            q = t // nm
+            m = t - q * nm
+            b = 4 * q
+            if b + 4 <= nb:
+                _rows_quad(x, theta_t, indptr, cols, params, y, b, m)
+            else:
+                for bb in range(b, nb):
+                    _rows_one(x, theta_t, indptr, cols, params, y, bb, m)
+
+
+@inline
+def _dtheta_tile(dy, x, pptr, prows, pcols, dtheta, p, co, col):
+    """``dtheta[p, co : co + 4, col : col + 2L]`` over every entry of ``p`` and batch element."""
+    nb, nn, nci = x.shape[0], x.shape[1], x.shape[2]
+    nm, nco = dy.shape[1], dy.shape[2]
+    coq, cip = dtheta.shape[1], dtheta.shape[2]
+    L = lanes(x)
+    # padding rows past C_out repeat the last channel (their sums are discarded)
+    k1, k2, k3 = min(co + 1, nco - 1), min(co + 2, nco - 1), min(co + 3, nco - 1)
+    a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
+    c0, c1, c2, c3 = vzero(x), vzero(x), vzero(x), vzero(x)
+    w = nci - col
+    for e in range(pptr[p], pptr[p + 1]):
+        for b in range(nb):
+            xo = (b * nn + pcols[e]) * nci + col
+            do = (b * nm + prows[e]) * nco
+            x0, x1 = load(x, xo, w), load(x, xo + L, w - L)
+            g0, g1 = vbcast(dy, do + co), vbcast(dy, do + k1)
+            g2, g3 = vbcast(dy, do + k2), vbcast(dy, do + k3)
+            a0, c0 = vfma(g0, x0, a0), vfma(g0, x1, c0)
+            a1, c1 = vfma(g1, x0, a1), vfma(g1, x1, c1)
+            a2, c2 = vfma(g2, x0, a2), vfma(g2, x1, c2)
+            a3, c3 = vfma(g3, x0, a3), vfma(g3, x1, c3)
+    o = (p * coq + co) * cip + col
+    vstore(dtheta, o, a0)
+    vstore(dtheta, o + L, c0)
+    vstore(dtheta, o + cip, a1)
+    vstore(dtheta, o + cip + L, c1)
+    vstore(dtheta, o + 2 * cip, a2)
+    vstore(dtheta, o + 2 * cip + L, c2)
+    vstore(dtheta, o + 3 * cip, a3)
+    vstore(dtheta, o + 3 * cip + L, c3)
+
+
+@kernel(nrt=False)
+def csr_dtheta(dy, x, pptr, prows, pcols, dtheta):
+    """``dtheta[p] = sum_{entries (m, n) of p} sum_b dy[b, m] (x) x[b, n]`` (padded).
+
+    Each parallel iteration owns one parameter: no races, a fixed order.
+    """
+    npar, coq, cip = dtheta.shape
+    L = lanes(x)
+    for p in prange(npar):
+        for co in range(0, coq, 4):
+            for col in range(0, cip, 2 * L):
+                _dtheta_tile(dy, x, pptr, prows, pcols, dtheta, p, co, col)
