@@ -127,10 +127,19 @@ def _two_rows(x, at, y, s, sb, row_group, r, m):
 
 @inline
 def _totals(x, blk_ptr, blk_cols, tot, b):
-    """``tot[b, k] = sum_{columns s of block k} x[b, s]``, 4 vectors of channels at a time."""
+    """``tot[b, k] = sum_{columns s of block k} x[b, s]``, 4 vectors of channels at a time
+    (a plain sum for one channel)."""
     n, nci = x.shape[1], x.shape[2]
     L = lanes(x)
-    for k in range(blk_ptr.shape[0] - 1):
+    nk = blk_ptr.shape[0] - 1
+    if nci == 1:
+        for k in range(nk):
+            acc = tot[b, k, 0] * 0
+            for i in range(blk_ptr[k], blk_ptr[k + 1]):
+                acc += x[b, blk_cols[i], 0]
+            tot[b, k, 0] = acc
+        return
+    for k in range(nk):
         for col in range(0, nci, 4 * L):
             w = nci - col
             a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
@@ -177,6 +186,11 @@ def diagonal_complement(x, at, theta_t, blk_ptr, blk_cols, base_k, base_q, group
         for b in range(c, nb, nchunks):
             _totals(x, blk_ptr, blk_cols, tot, b)
             _group_bases(tot, theta_t, base_k, base_q, group_ptr, group_u, s, c, b)
+            if x.shape[2] == 1 and y.shape[2] == 1:  # scalar: one multiply-add per row
+                a = at[0, 0]
+                for m in range(n):
+                    y[b, m, 0] = a * x[b, m, 0] + s[c, row_group[m], 0]
+                continue
             m = 0
             while m + step <= n:
                 if wide:
