@@ -151,7 +151,7 @@ class GatherPlan:
         nb, _, nc = src.shape
         if self.uses_blocks:
             tot = np.empty((nb, self.n_blocks, nc), dtype=src.dtype)
-            _run(cpu.block_totals, src, self.blk_ptr, self.blk_cols, tot)
+            _run(diagonal_cpu.block_totals, src, self.blk_ptr, self.blk_cols, tot)
             if not _finite(tot):
                 self.plain().run(src, out, batch_major)
                 return
@@ -311,7 +311,7 @@ class Split:
 
     def totals(self, x):
         tot = np.empty((x.shape[0], self.n_blocks, x.shape[2]), dtype=x.dtype)
-        _run(cpu.block_totals, x, self.blk_ptr, self.blk_cols, tot)
+        _run(diagonal_cpu.block_totals, x, self.blk_ptr, self.blk_cols, tot)
         return tot
 
 
@@ -426,10 +426,7 @@ def _complement_forward(plan, x, theta, y):
     ``inf - inf = nan`` where the dense product gives ``inf``.
     """
     sp = plan.split()
-    # the one-pass kernel splits the batch over threads: with fewer batch elements than
-    # threads the separate passes (BLAS and row-parallel kernels) use more cores
-    if (sp is not None and sp.residual.identity_param >= 0
-            and x.shape[0] >= _chunks(x.size * theta.shape[1])):
+    if _one_pass(sp, x.shape[0], x.size * theta.shape[1]):
         return _diagonal_complement(plan, sp, x, theta, y)
     tot = None if sp is None else sp.totals(x)
     if tot is None or not _finite(tot):
@@ -441,6 +438,13 @@ def _complement_forward(plan, x, theta, y):
                       sp.base_q, u)
     _run(cpu.add_base, u, sp.row_ptr, sp.row_u, y)
     return tot
+
+
+def _one_pass(sp, nb, work):
+    """Whether complement sums run as :func:`_diagonal_complement`: a diagonal residual, and
+    a batch element for every thread (else the separate passes, BLAS and row-parallel
+    kernels, use more cores)."""
+    return sp is not None and sp.residual.identity_param >= 0 and nb >= _chunks(work)
 
 
 def _diagonal_complement(plan, sp, x, theta, y):
@@ -701,7 +705,13 @@ def _costs(plan, nb, c_in, c_out, itemsize):
         costs["csr"] = 2 * nb * plan.nnz * padded / _SIMD + nb * m / 4 * _ITER + _CALL
     costs["gather"] = _gather_cost(plan, nb, c_in, c_out)
     sp = plan.split()
-    if sp is not None:
+    if _one_pass(sp, nb, nb * n * cc):
+        # totals and one multiply-add pass over the rows; output channels padded to vectors
+        lanes = simd.WIDTH // itemsize
+        padded = -(-c_out // lanes) * lanes
+        costs["complement"] = (nb * n * (c_in + c_out) / _ADDS + 2 * nb * n * c_in * padded / _SIMD
+                               + 2 * nb * sp.n_bases * cc / _FUSED + 2 * _CALL)
+    elif sp is not None:
         costs["complement"] = (_gather_cost(sp.residual, nb, c_in, c_out)
                                + (nb * n * c_in + sp.u_rows.size * nb * c_out) / _ADDS
                                + 2 * nb * sp.n_bases * cc / _FUSED + nb * m * _ITER

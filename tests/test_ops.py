@@ -158,6 +158,26 @@ def test_diagonal_complement_tiles(dtype):
             assert_close(dth, rdth)
 
 
+@pytest.mark.parametrize("c", [1, 3, 9])
+def test_simd_kernels_write_every_output(c):
+    """Outputs start as NaN (np.empty may hand back any bytes): the one-pass kernel and
+    the block totals must write every entry, and never read their own outputs."""
+    from paramshare_nb import _dispatch
+    from paramshare_nb._kernels import diagonal_cpu
+    pat = PATTERNS["deepsets"]
+    sp = _dispatch.plan_of(pat).split()
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 5, c))
+    tot = np.full((3, sp.n_blocks, c), np.nan)
+    diagonal_cpu.block_totals.serial(x, sp.blk_ptr, sp.blk_cols, tot)
+    np.testing.assert_allclose(tot[:, 0], x.sum(axis=1))
+    theta = rng.standard_normal((pat.n_params, c, c))
+    y = np.full((3, 5, c), np.nan)
+    got = _dispatch._diagonal_complement(_dispatch.plan_of(pat), sp, x, theta, y)
+    assert got is not None and np.isfinite(got).all()
+    assert_close(y, ref.forward(x, theta, pat))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_csr_channel_tiles(dtype):
     """The SIMD "csr" kernels: 4-element batch tiles with a tail, 1 to 5 vectors of output

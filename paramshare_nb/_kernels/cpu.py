@@ -90,24 +90,9 @@ def gather_w(theta, indptr, cols, params, w):
 # A *gather plan* describes T targets, each a signed sum of source columns:
 #   out[t] = sum_{k in blocks(t)} total[k] + sum_{s in plus(t)} src[s] - sum_{s in minus(t)} src[s]
 # where total[k] is the sum of the source columns in block k (the complement
-# sums: "everything in the block but a few exceptions").  Sources are read as
-# src[b, s, :] (``(B, S, C)``); targets are written target-major
+# sums: "everything in the block but a few exceptions"; diagonal_cpu.block_totals).
+# Sources are read as src[b, s, :] (``(B, S, C)``); targets are written target-major
 # out[t, b, :] (``(T, B, C)``) or batch-major out[b, t, :] (``(B, T, C)``).
-
-
-@kernel()
-def block_totals(src, blk_ptr, blk_cols, tot):
-    """``tot[b, k] = sum_{s in block k} src[b, s]``; ``tot`` is ``(B, K, C)``."""
-    nb, nk, nc = tot.shape
-    for t in prange(nb * nk):
-        b = t // nk
-        k = t - b * nk
-        for c in range(nc):
-            tot[b, k, c] = 0
-        for i in range(blk_ptr[k], blk_ptr[k + 1]):
-            s = blk_cols[i]
-            for c in range(nc):
-                tot[b, k, c] += src[b, s, c]
 
 
 @njit(cache=True, nogil=True, inline="always")

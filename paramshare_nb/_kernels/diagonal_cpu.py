@@ -1,4 +1,5 @@
-"""Complement sums with a diagonal residual, in one pass per batch element.
+"""Complement sums on explicit SIMD vectors: block totals, and a diagonal residual in
+one pass per batch element.
 
 Deep Sets' layer ``y_m = theta_1 @ sum_n x_n + (theta_0 - theta_1) @ x_m``
 is the commonest complement split (see ``_dispatch.Split``): a residual
@@ -132,12 +133,20 @@ def _totals(x, blk_ptr, blk_cols, tot, b):
     n, nci = x.shape[1], x.shape[2]
     L = lanes(x)
     nk = blk_ptr.shape[0] - 1
-    if nci == 1:
+    if nci == 1:  # four running sums: the adds do not wait on each other
         for k in range(nk):
-            acc = tot[b, k, 0] * 0
-            for i in range(blk_ptr[k], blk_ptr[k + 1]):
-                acc += x[b, blk_cols[i], 0]
-            tot[b, k, 0] = acc
+            a0 = a1 = a2 = a3 = tot.dtype.type(0)
+            i, end = blk_ptr[k], blk_ptr[k + 1]
+            while i + 4 <= end:
+                a0 += x[b, blk_cols[i], 0]
+                a1 += x[b, blk_cols[i + 1], 0]
+                a2 += x[b, blk_cols[i + 2], 0]
+                a3 += x[b, blk_cols[i + 3], 0]
+                i += 4
+            while i < end:
+                a0 += x[b, blk_cols[i], 0]
+                i += 1
+            tot[b, k, 0] = (a0 + a1) + (a2 + a3)
         return
     for k in range(nk):
         for col in range(0, nci, 4 * L):
@@ -154,6 +163,14 @@ def _totals(x, blk_ptr, blk_cols, tot, b):
             store(tot, o + L, a1, w - L)
             store(tot, o + 2 * L, a2, w - 2 * L)
             store(tot, o + 3 * L, a3, w - 3 * L)
+
+
+@kernel(nrt=False)
+def block_totals(x, blk_ptr, blk_cols, tot):
+    """``tot[b, k] = sum_{columns s of block k} x[b, s]`` (``(B, K, C)``) for every ``b``:
+    the complement sums' totals wherever they are needed on their own."""
+    for b in prange(x.shape[0]):
+        _totals(x, blk_ptr, blk_cols, tot, b)
 
 
 @inline
@@ -174,6 +191,25 @@ def _group_bases(tot, theta_t, base_k, base_q, group_ptr, group_u, s, c, b):
                     s[c, g, co] += v * theta_t[q, ci, co]
 
 
+@inline
+def _scalar_rows(x, at, y, s, c, row_group, b):
+    """One channel: ``y[b, m] = a x[b, m] + s[c, row_group[m]]``, a vector of rows at a
+    time when every row starts from the same group (Deep Sets)."""
+    n = x.shape[1]
+    m = 0
+    if s.shape[1] == 1:
+        L = lanes(x)
+        a = vbcast(at, 0)
+        start = vbcast(s, c * s.shape[2])
+        while m < n:
+            o = b * n + m
+            store(y, o, vfma(a, load(x, o, n - m), start), n - m)
+            m += L
+        return
+    for m in range(n):
+        y[b, m, 0] = at[0, 0] * x[b, m, 0] + s[c, row_group[m], 0]
+
+
 @kernel(nrt=False)
 def diagonal_complement(x, at, theta_t, blk_ptr, blk_cols, base_k, base_q, group_ptr, group_u,
                         row_group, y, tot, s, nchunks):
@@ -186,10 +222,8 @@ def diagonal_complement(x, at, theta_t, blk_ptr, blk_cols, base_k, base_q, group
         for b in range(c, nb, nchunks):
             _totals(x, blk_ptr, blk_cols, tot, b)
             _group_bases(tot, theta_t, base_k, base_q, group_ptr, group_u, s, c, b)
-            if x.shape[2] == 1 and y.shape[2] == 1:  # scalar: one multiply-add per row
-                a = at[0, 0]
-                for m in range(n):
-                    y[b, m, 0] = a * x[b, m, 0] + s[c, row_group[m], 0]
+            if x.shape[2] == 1 and y.shape[2] == 1:
+                _scalar_rows(x, at, y, s, c, row_group, b)
                 continue
             m = 0
             while m + step <= n:
