@@ -14,6 +14,7 @@ from paramshare_nb._kernels.simd import (
     vload_n,
     vstore,
     vstore_n,
+    vsum,
     vzero,
 )
 
@@ -27,9 +28,10 @@ def _partial_copy(src, i, n, dst, j):
 
 @njit(cache=True)
 def _axpy_plus(a, x, y, z, out):
-    """``out[:L] = a[0] * x[:L] + y[:L] + z[:L]`` (one vector of each)."""
+    """``out[:L] = a[0] * x[:L] + y[:L] + z[:L]`` (one vector of each); returns ``sum(x[:L])``."""
     vstore(out, 0, vadd(vfma(vbcast(a, 0), vload(x, 0), vload(y, 0)),
                         vadd(vload(z, 0), vzero(z))))
+    return vsum(vload(x, 0))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -51,8 +53,9 @@ def test_fma_broadcast_add(dtype):
     x, y, z = (rng.standard_normal(8).astype(dtype) for _ in range(3))
     a = np.array([1.5], dtype)
     out = np.zeros(8, dtype)
-    _axpy_plus(a, x, y, z, out)
+    total = _axpy_plus(a, x, y, z, out)
     n = 32 // np.dtype(dtype).itemsize
+    np.testing.assert_allclose(total, x[:n].sum(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out[:n], 1.5 * x[:n] + y[:n] + z[:n], rtol=1e-6, atol=1e-6)
     assert not out[n:].any()
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 from numba import prange
 
 from .cpu import kernel
-from .simd import inline, lanes, load, store, vadd, vbcast, vfma, vload, vzero
+from .simd import inline, lanes, load, store, vadd, vbcast, vfma, vload, vsum, vzero
 
 
 @inline
@@ -133,10 +133,20 @@ def _totals(x, blk_ptr, blk_cols, tot, b):
     n, nci = x.shape[1], x.shape[2]
     L = lanes(x)
     nk = blk_ptr.shape[0] - 1
-    if nci == 1:  # four running sums: the adds do not wait on each other
+    if nci == 1:
         for k in range(nk):
-            a0 = a1 = a2 = a3 = tot.dtype.type(0)
             i, end = blk_ptr[k], blk_ptr[k + 1]
+            if end > i and blk_cols[end - 1] - blk_cols[i] == end - i - 1:
+                # the block is a run of columns (blk_cols ascend): vectors along it
+                acc = vzero(x)
+                o, stop = b * n + blk_cols[i], b * n + blk_cols[end - 1] + 1
+                while o < stop:
+                    acc = vadd(acc, load(x, o, stop - o))
+                    o += L
+                tot[b, k, 0] = vsum(acc)
+                continue
+            # four running sums: the adds do not wait on each other
+            a0 = a1 = a2 = a3 = tot.dtype.type(0)
             while i + 4 <= end:
                 a0 += x[b, blk_cols[i], 0]
                 a1 += x[b, blk_cols[i + 1], 0]

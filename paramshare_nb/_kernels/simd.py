@@ -188,6 +188,20 @@ def vfma(typingctx, a, b, c):
 
 
 @intrinsic
+def vsum(typingctx, a):
+    """The sum of the lanes of ``a`` (in lane order)."""
+    if not isinstance(a, Vector):
+        return None
+
+    def codegen(context, builder, sig, args):
+        total = builder.extract_element(args[0], ir.Constant(_I32, 0))
+        for lane in range(1, a.lanes):
+            total = builder.fadd(total, builder.extract_element(args[0], ir.Constant(_I32, lane)))
+        return total
+    return a.dtype(a), codegen
+
+
+@intrinsic
 def vadd(typingctx, a, b):
     """``a + b``."""
     if not (isinstance(a, Vector) and a == b):
