@@ -47,8 +47,9 @@ multiply, planned on ``pattern.T``) and ``dtheta`` are planned separately):
     scatter-add to the outputs (with complement sums over blocks); its
     ``dtheta`` uses ``"complement"``.
 ``"csr"``
-    One pass over the edges (sparse patterns); scalar patterns use fused,
-    batch-tiled kernels that compute ``dx`` and ``dtheta`` together.
+    One pass over the edges (sparse patterns): with channels, register tiles
+    of 4 batch elements x 2 SIMD vectors of output channels; scalar patterns
+    use fused, batch-tiled kernels that compute ``dx`` and ``dtheta`` together.
 
 On CUDA every strategy is available, as ``numba.cuda`` kernels over the same
 plans (``"gather"`` and ``"scatter"`` contract through shared-memory tiles,
