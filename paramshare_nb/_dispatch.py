@@ -732,7 +732,9 @@ def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
     without ``"scatter"`` (which has no ``dtheta`` of its own).
     """
     memo = _plans(pattern).setdefault("choices", {})
-    key = (batch, c_in, c_out, itemsize, transposed, config.max_bytes)
+    # the threads and SERIAL_WORK decide whether the one-pass complement applies
+    key = (batch, c_in, c_out, itemsize, transposed, config.max_bytes,
+           numba.get_num_threads(), SERIAL_WORK)
     hit = memo.get(key)
     if hit is None:
         if len(memo) > 256:  # many batch sizes: keep the memo small

@@ -70,7 +70,7 @@ def _rows_one(x, theta_t, indptr, cols, params, y, b, m):
     """``y[b, m]`` alone (the batch's tail), one vector of output channels at a time."""
     nn, nci = x.shape[1], x.shape[2]
     nm, nco, cop = y.shape[1], y.shape[2], theta_t.shape[2]
-    for col in range(0, cop, lanes(x)):
+    for col in range(0, nco, lanes(x)):  # no pass over padding alone
         acc = vzero(x)
         for e in range(indptr[m], indptr[m + 1]):
             xo = (b * nn + cols[e]) * nci

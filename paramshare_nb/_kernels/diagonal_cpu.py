@@ -129,7 +129,9 @@ def _two_rows(x, at, y, s, sb, row_group, r, m):
 @inline
 def _totals(x, blk_ptr, blk_cols, tot, b):
     """``tot[b, k] = sum_{columns s of block k} x[b, s]``, 4 vectors of channels at a time
-    (a plain sum for one channel)."""
+    (for one channel: vectors along a block that is a run of columns, else four running
+    sums).  Each block's columns must ascend without repeats (``np.argsort(block_of,
+    kind="stable")`` gives that): a run is detected from its two ends."""
     n, nci = x.shape[1], x.shape[2]
     L = lanes(x)
     nk = blk_ptr.shape[0] - 1
@@ -178,7 +180,8 @@ def _totals(x, blk_ptr, blk_cols, tot, b):
 @kernel(nrt=False)
 def block_totals(x, blk_ptr, blk_cols, tot):
     """``tot[b, k] = sum_{columns s of block k} x[b, s]`` (``(B, K, C)``) for every ``b``:
-    the complement sums' totals wherever they are needed on their own."""
+    the complement sums' totals wherever they are needed on their own.  ``blk_cols``
+    lists each block's columns in ascending order (see :func:`_totals`)."""
     for b in prange(x.shape[0]):
         _totals(x, blk_ptr, blk_cols, tot, b)
 
