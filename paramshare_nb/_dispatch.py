@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from . import config
-from ._kernels import cpu, csr_cpu, diagonal_cpu, simd
+from ._kernels import cpu, csr_cpu, simd, sums_cpu
 
 INDEX = np.int64
 
@@ -151,15 +151,16 @@ class GatherPlan:
         nb, _, nc = src.shape
         if self.uses_blocks:
             tot = np.empty((nb, self.n_blocks, nc), dtype=src.dtype)
-            _run(diagonal_cpu.block_totals, src, self.blk_ptr, self.blk_cols, tot)
+            _run(sums_cpu.block_totals, src, self.blk_ptr, self.blk_cols, tot)
             if not _finite(tot):
                 self.plain().run(src, out, batch_major)
                 return
         else:
             tot = np.zeros((nb, 1, nc), dtype=src.dtype)
-        _run(cpu.gather_sums, src, tot, self.bptr, self.blks, self.pptr, self.plus, self.mptr,
-                        self.minus, out, batch_major)
-
+        # channels in SIMD registers from 4 on; fewer fill too little of a vector
+        kernel = sums_cpu.gather_sums if nc >= 4 else cpu.gather_sums
+        _run(kernel, src, tot, self.bptr, self.blks, self.pptr, self.plus, self.mptr,
+             self.minus, out, batch_major)
 
     def plain(self):
         """The same sums without block totals (built on first use)."""
@@ -311,7 +312,7 @@ class Split:
 
     def totals(self, x):
         tot = np.empty((x.shape[0], self.n_blocks, x.shape[2]), dtype=x.dtype)
-        _run(diagonal_cpu.block_totals, x, self.blk_ptr, self.blk_cols, tot)
+        _run(sums_cpu.block_totals, x, self.blk_ptr, self.blk_cols, tot)
         return tot
 
 
@@ -333,6 +334,7 @@ class Plan:
         self.param_ptr = _ptr(np.bincount(self.gparam, minlength=self.n_params))
         self.row_ptr = _ptr(np.bincount(self.grow, minlength=m))
         self.row_groups = np.argsort(self.grow, kind="stable").astype(INDEX)
+        self.row_params = self.gparam[self.row_groups]  # parameter of each row's groups
         self._ginv = ginv.astype(INDEX)
         self.col_block = _column_blocks(cols, params, n)
         self._gather = {}
@@ -411,10 +413,14 @@ def _gather_forward(plan, x, theta, y, complement):
                 np.matmul(g_sums[a:z].reshape(-1, c_in), theta[p].T,
                           out=r[a:z].reshape(-1, c_out))
         _run(cpu.row_sums, r, plan.row_ptr, plan.row_groups, y)
-    else:
+    elif c_in == c_out == 1:
         theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
         _run(cpu.contract_rows, g_sums, theta_t, plan.row_ptr, plan.row_groups, plan.gparam, y,
              work=g_sums.size * c_out)
+    else:  # the csr tiles, over the groups' sums (G, B, Ci) as sources
+        work = g_sums.size * c_out
+        _run(csr_cpu.csr_rows, g_sums, _tile_theta_t(theta), plan.row_ptr, plan.row_groups,
+             plan.row_params, c_in, nb * c_in, y, _chunks(work), work=work)
     return g_sums
 
 
@@ -448,7 +454,7 @@ def _one_pass(sp, nb, work):
 
 
 def _diagonal_complement(plan, sp, x, theta, y):
-    """Complement sums with a diagonal residual in one pass (:mod:`._kernels.diagonal_cpu`).
+    """Complement sums with a diagonal residual in one pass (:mod:`._kernels.sums_cpu`).
 
     Returns the block totals of ``x``, or None after falling back to ``"gather"``
     on non-finite totals.
@@ -466,7 +472,7 @@ def _diagonal_complement(plan, sp, x, theta, y):
     work = x.size * c_out
     nchunks = _chunks(work)
     starts = np.zeros((nchunks, group_ptr.size - 1, jp), dtype=x.dtype)
-    _run(diagonal_cpu.diagonal_complement, x, at, theta_t, sp.blk_ptr, sp.blk_cols, sp.base_k,
+    _run(sums_cpu.diagonal_complement, x, at, theta_t, sp.blk_ptr, sp.blk_cols, sp.base_k,
          sp.base_q, group_ptr, group_u, row_group, y, tot, starts, nchunks, work=work)
     if _finite(tot):
         return tot
@@ -581,13 +587,20 @@ def _csr_forward(x, theta, pattern, y, transposed=False):
              y.reshape(nb, -1), _chunks(work), work=work)
         return
     indptr, cols, params = csr_t_of(pattern) if transposed else csr_of(pattern)
+    c_in = x.shape[2]
+    work = nb * cols.size * theta[0].size
+    _run(csr_cpu.csr_rows, x, _tile_theta_t(theta), indptr, cols, params, x.shape[1] * c_in,
+         c_in, y, _chunks(work), work=work)
+
+
+def _tile_theta_t(theta):
+    """``theta (P, Co, Ci)`` transposed to ``(P, Ci, Cop)``, ``Cop`` = ``Co`` zero-padded to
+    the 2 vectors of :func:`csr_cpu.csr_rows`' tiles."""
     npar, c_out, c_in = theta.shape
-    # theta transposed, output channels zero-padded to the tile's 2 vectors
-    pair = 2 * simd.WIDTH // x.itemsize
+    pair = 2 * simd.WIDTH // theta.itemsize
     theta_t = np.zeros((npar, c_in, -(-c_out // pair) * pair), dtype=theta.dtype)
     theta_t[:, :, :c_out] = theta.transpose(0, 2, 1)
-    work = nb * cols.size * c_out * c_in
-    _run(csr_cpu.csr_rows, x, theta_t, indptr, cols, params, y, _chunks(work), work=work)
+    return theta_t
 
 
 def _csr_dx(dy, theta_t, pattern, dx):

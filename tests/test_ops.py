@@ -163,19 +163,45 @@ def test_simd_kernels_write_every_output(c):
     """Outputs start as NaN (np.empty may hand back any bytes): the one-pass kernel and
     the block totals must write every entry, and never read their own outputs."""
     from paramshare_nb import _dispatch
-    from paramshare_nb._kernels import diagonal_cpu
+    from paramshare_nb._kernels import sums_cpu
     pat = PATTERNS["deepsets"]
     sp = _dispatch.plan_of(pat).split()
     rng = np.random.default_rng(13)
     x = rng.standard_normal((3, 5, c))
     tot = np.full((3, sp.n_blocks, c), np.nan)
-    diagonal_cpu.block_totals.serial(x, sp.blk_ptr, sp.blk_cols, tot)
+    sums_cpu.block_totals.serial(x, sp.blk_ptr, sp.blk_cols, tot)
     np.testing.assert_allclose(tot[:, 0], x.sum(axis=1))
     theta = rng.standard_normal((pat.n_params, c, c))
     y = np.full((3, 5, c), np.nan)
     got = _dispatch._diagonal_complement(_dispatch.plan_of(pat), sp, x, theta, y)
     assert got is not None and np.isfinite(got).all()
     assert_close(y, ref.forward(x, theta, pat))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_gather_channel_vectors(dtype, parallel, monkeypatch):
+    """Gather, complement and scatter with 4 or more channels: the SIMD gather sums
+    (partial vectors, two blocks of 4 vectors) and the csr tiles over the group sums,
+    through the serial twins and the parallel drivers."""
+    from paramshare_nb import _dispatch
+    if parallel:
+        monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
+    lanes = 32 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(14)
+    for name in ("tensor2to1", "multi", "deepsets_perturbed", "cayley"):
+        pat = PATTERNS[name]
+        for c_in, c_out in ((4, 5), (4 * lanes + 3, 2 * lanes + 1)):
+            theta = rng.standard_normal((pat.n_params, c_out, c_in)).astype(dtype)
+            x = rng.standard_normal((5, pat.shape[1], c_in)).astype(dtype)
+            dy = rng.standard_normal((5, pat.shape[0], c_out)).astype(dtype)
+            rdx, rdth = ref.grad(dy, x, theta, pat)
+            for method in ("gather", "complement", "scatter"):
+                assert_close(ps.tied_matmul(x, theta, pat, method=method),
+                             ref.forward(x, theta, pat))
+                dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method=method)
+                assert_close(dx, rdx)
+                assert_close(dth, rdth)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -386,9 +412,9 @@ def test_one_pass_needs_a_batch_element_per_thread(data, monkeypatch):
 
 
 def test_serial_twins_exist():
-    from paramshare_nb._kernels import cpu, csr_cpu, diagonal_cpu
+    from paramshare_nb._kernels import cpu, csr_cpu, sums_cpu
     for k in (csr_cpu.csr_rows, cpu.gather_sums, cpu.scalar_forward, cpu.reduce_dw_rows,
-              diagonal_cpu.diagonal_complement):
+              sums_cpu.diagonal_complement):
         assert k.serial.py_func.__qualname__ == k.py_func.__qualname__ + "_serial"
 
 

@@ -16,7 +16,7 @@ no atomics; reductions that would collide (``dtheta``) either own whole
 parameters or write per-chunk partial buffers merged serially.
 
 Kernels on explicit SIMD register tiles (:mod:`.simd`) live beside these:
-:mod:`.csr_cpu` (sparse rows with channels) and :mod:`.diagonal_cpu` (Deep
+:mod:`.csr_cpu` (sparse rows with channels) and :mod:`.sums_cpu` (Deep
 Sets' complement sums in one pass per batch element).
 """
 
@@ -90,7 +90,7 @@ def gather_w(theta, indptr, cols, params, w):
 # A *gather plan* describes T targets, each a signed sum of source columns:
 #   out[t] = sum_{k in blocks(t)} total[k] + sum_{s in plus(t)} src[s] - sum_{s in minus(t)} src[s]
 # where total[k] is the sum of the source columns in block k (the complement
-# sums: "everything in the block but a few exceptions"; diagonal_cpu.block_totals).
+# sums: "everything in the block but a few exceptions"; sums_cpu.block_totals).
 # Sources are read as src[b, s, :] (``(B, S, C)``); targets are written target-major
 # out[t, b, :] (``(T, B, C)``) or batch-major out[b, t, :] (``(B, T, C)``).
 

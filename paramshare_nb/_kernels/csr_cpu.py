@@ -29,17 +29,17 @@ from .simd import inline, lanes, load, store, vbcast, vfma, vload, vstore, vzero
 
 
 @inline
-def _rows_quad(x, theta_t, indptr, cols, params, y, b, m):
+def _rows_quad(x, theta_t, indptr, cols, params, bstride, sstride, y, b, m):
     """``y[b : b + 4, m]``: 4 batch elements x 2 vectors of output channels per pass."""
-    nn, nci = x.shape[1], x.shape[2]
+    nci = theta_t.shape[1]
     nm, nco, cop = y.shape[1], y.shape[2], theta_t.shape[2]
     L = lanes(x)
-    step = nn * nci  # from x[b, n] to x[b + 1, n]
+    step = bstride  # from source (b, s) to (b + 1, s)
     for col in range(0, cop, 2 * L):
         a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
         c0, c1, c2, c3 = vzero(x), vzero(x), vzero(x), vzero(x)
         for e in range(indptr[m], indptr[m + 1]):
-            xo = (b * nn + cols[e]) * nci
+            xo = b * bstride + cols[e] * sstride
             to = params[e] * nci * cop + col
             for ci in range(nci):
                 w0 = vload(theta_t, to + ci * cop)
@@ -66,14 +66,14 @@ def _rows_quad(x, theta_t, indptr, cols, params, y, b, m):
 
 
 @inline
-def _rows_one(x, theta_t, indptr, cols, params, y, b, m):
+def _rows_one(x, theta_t, indptr, cols, params, bstride, sstride, y, b, m):
     """``y[b, m]`` alone (the batch's tail), one vector of output channels at a time."""
-    nn, nci = x.shape[1], x.shape[2]
+    nci = theta_t.shape[1]
     nm, nco, cop = y.shape[1], y.shape[2], theta_t.shape[2]
     for col in range(0, nco, lanes(x)):  # no pass over padding alone
         acc = vzero(x)
         for e in range(indptr[m], indptr[m + 1]):
-            xo = (b * nn + cols[e]) * nci
+            xo = b * bstride + cols[e] * sstride
             to = params[e] * nci * cop + col
             for ci in range(nci):
                 acc = vfma(vbcast(x, xo + ci), vload(theta_t, to + ci * cop), acc)
@@ -81,11 +81,14 @@ def _rows_one(x, theta_t, indptr, cols, params, y, b, m):
 
 
 @kernel(nrt=False)
-def csr_rows(x, theta_t, indptr, cols, params, y, nchunks):
-    """``y[b, m] = sum_{entries e of row m} theta[params[e]] @ x[b, cols[e]]``.
+def csr_rows(x, theta_t, indptr, cols, params, bstride, sstride, y, nchunks):
+    """``y[b, m] = sum_{entries e of row m} theta[params[e]] @ source(b, cols[e])``.
 
-    Work items are (4 batch elements, row) pairs, dealt round-robin to the
-    chunks; each writes only its own rows of ``y``.
+    The source vector ``(b, s)`` (``C_in`` values) starts at flat offset
+    ``b * bstride + s * sstride`` of ``x``: ``x (B, N, C_in)`` has
+    ``(N * C_in, C_in)``; gathered sums ``(G, B, C_in)`` have
+    ``(C_in, B * C_in)``.  Work items are (4 batch elements, row) pairs,
+    dealt round-robin to the chunks; each writes only its own rows of ``y``.
     """
     nb, nm = y.shape[0], y.shape[1]
     nq = (nb + 3) // 4
@@ -95,10 +98,10 @@ def csr_rows(x, theta_t, indptr, cols, params, y, nchunks):
             m = t - q * nm
             b = 4 * q
             if b + 4 <= nb:
-                _rows_quad(x, theta_t, indptr, cols, params, y, b, m)
+                _rows_quad(x, theta_t, indptr, cols, params, bstride, sstride, y, b, m)
             else:
                 for bb in range(b, nb):
-                    _rows_one(x, theta_t, indptr, cols, params, y, bb, m)
+                    _rows_one(x, theta_t, indptr, cols, params, bstride, sstride, y, bb, m)
 
 
 @inline

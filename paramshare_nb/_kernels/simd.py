@@ -209,6 +209,14 @@ def vadd(typingctx, a, b):
     return a(a, b), lambda context, builder, sig, args: builder.fadd(*args)
 
 
+@intrinsic
+def vsub(typingctx, a, b):
+    """``a - b``."""
+    if not (isinstance(a, Vector) and a == b):
+        return None
+    return a(a, b), lambda context, builder, sig, args: builder.fsub(*args)
+
+
 # ---------------------------------------------------------------------------
 # helpers for kernels built on these intrinsics
 # ---------------------------------------------------------------------------

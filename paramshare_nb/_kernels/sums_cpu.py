@@ -1,5 +1,5 @@
-"""Complement sums on explicit SIMD vectors: block totals, and a diagonal residual in
-one pass per batch element.
+"""Sums of inputs on explicit SIMD vectors: block totals, gather-plan sums, and
+complement sums with a diagonal residual in one pass per batch element.
 
 Deep Sets' layer ``y_m = theta_1 @ sum_n x_n + (theta_0 - theta_1) @ x_m``
 is the commonest complement split (see ``_dispatch.Split``): a residual
@@ -36,7 +36,7 @@ from __future__ import annotations
 from numba import prange
 
 from .cpu import kernel
-from .simd import inline, lanes, load, store, vadd, vbcast, vfma, vload, vsum, vzero
+from .simd import inline, lanes, load, store, vadd, vbcast, vfma, vload, vsub, vsum, vzero
 
 
 @inline
@@ -127,6 +127,26 @@ def _two_rows(x, at, y, s, sb, row_group, r, m):
 
 
 @inline
+def _acc4(a0, a1, a2, a3, arr, t, w, sub):
+    """Four accumulators plus (or minus) the ``w`` values at flat ``arr[t:]``, a vector each."""
+    L = lanes(arr)
+    v0, v1 = load(arr, t, w), load(arr, t + L, w - L)
+    v2, v3 = load(arr, t + 2 * L, w - 2 * L), load(arr, t + 3 * L, w - 3 * L)
+    if sub:
+        return vsub(a0, v0), vsub(a1, v1), vsub(a2, v2), vsub(a3, v3)
+    return vadd(a0, v0), vadd(a1, v1), vadd(a2, v2), vadd(a3, v3)
+
+
+@inline
+def _store4(out, o, a0, a1, a2, a3, w):
+    L = lanes(out)
+    store(out, o, a0, w)
+    store(out, o + L, a1, w - L)
+    store(out, o + 2 * L, a2, w - 2 * L)
+    store(out, o + 3 * L, a3, w - 3 * L)
+
+
+@inline
 def _totals(x, blk_ptr, blk_cols, tot, b):
     """``tot[b, k] = sum_{columns s of block k} x[b, s]``, 4 vectors of channels at a time
     (for one channel: vectors along a block that is a run of columns, else four running
@@ -165,16 +185,9 @@ def _totals(x, blk_ptr, blk_cols, tot, b):
             w = nci - col
             a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
             for i in range(blk_ptr[k], blk_ptr[k + 1]):
-                o = (b * n + blk_cols[i]) * nci + col
-                a0 = vadd(a0, load(x, o, w))
-                a1 = vadd(a1, load(x, o + L, w - L))
-                a2 = vadd(a2, load(x, o + 2 * L, w - 2 * L))
-                a3 = vadd(a3, load(x, o + 3 * L, w - 3 * L))
-            o = (b * (blk_ptr.shape[0] - 1) + k) * nci + col
-            store(tot, o, a0, w)
-            store(tot, o + L, a1, w - L)
-            store(tot, o + 2 * L, a2, w - 2 * L)
-            store(tot, o + 3 * L, a3, w - 3 * L)
+                a0, a1, a2, a3 = _acc4(a0, a1, a2, a3, x, (b * n + blk_cols[i]) * nci + col, w,
+                                       False)
+            _store4(tot, (b * nk + k) * nci + col, a0, a1, a2, a3, w)
 
 
 @kernel(nrt=False)
@@ -184,6 +197,39 @@ def block_totals(x, blk_ptr, blk_cols, tot):
     lists each block's columns in ascending order (see :func:`_totals`)."""
     for b in prange(x.shape[0]):
         _totals(x, blk_ptr, blk_cols, tot, b)
+
+
+@inline
+def _gather_one(src, tot, bptr, blks, pptr, plus, mptr, minus, out, o, g, b):
+    """Target ``g`` of batch element ``b`` into flat ``out[o:]``: its block totals, plus
+    and minus columns, 4 vectors of channels at a time in registers."""
+    ns, nc, nk = src.shape[1], src.shape[2], tot.shape[1]
+    for col in range(0, nc, 4 * lanes(src)):
+        w = nc - col
+        a0, a1, a2, a3 = vzero(src), vzero(src), vzero(src), vzero(src)
+        for i in range(bptr[g], bptr[g + 1]):
+            a0, a1, a2, a3 = _acc4(a0, a1, a2, a3, tot, (b * nk + blks[i]) * nc + col, w, False)
+        for i in range(pptr[g], pptr[g + 1]):
+            a0, a1, a2, a3 = _acc4(a0, a1, a2, a3, src, (b * ns + plus[i]) * nc + col, w, False)
+        for i in range(mptr[g], mptr[g + 1]):
+            a0, a1, a2, a3 = _acc4(a0, a1, a2, a3, src, (b * ns + minus[i]) * nc + col, w, True)
+        _store4(out, o + col, a0, a1, a2, a3, w)
+
+
+@kernel(nrt=False)
+def gather_sums(src, tot, bptr, blks, pptr, plus, mptr, minus, out, batch_major):
+    """A gather plan (``cpu``'s section comment) with channels: ``out[g, b]`` (or
+    ``out[b, g]`` when ``batch_major``) = block totals + plus columns - minus columns."""
+    nb, nc = src.shape[0], src.shape[2]
+    nt = bptr.shape[0] - 1
+    for t in prange(nt * nb):
+        if batch_major:
+            b = t // nt
+            g = t - b * nt
+        else:
+            g = t // nb
+            b = t - g * nb
+        _gather_one(src, tot, bptr, blks, pptr, plus, mptr, minus, out, t * nc, g, b)
 
 
 @inline
