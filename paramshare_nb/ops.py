@@ -31,7 +31,7 @@ multiply, planned on ``pattern.T``) and ``dtheta`` are planned separately):
 ``"gather"``
     Gather-contract: per output row and distinct parameter, sum the inputs
     that share it, then one small product per (row, parameter) group,
-    fused in numba or one BLAS call per parameter across rows.
+    in SIMD register tiles or one BLAS call per parameter across rows.
 ``"complement"``
     Complement sums: ``W`` = a block-constant base per (row, input block)
     plus a residual tied pattern over derived parameters (differences such as
