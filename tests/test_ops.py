@@ -413,8 +413,9 @@ def test_one_pass_needs_a_batch_element_per_thread(data, monkeypatch):
 
 def test_serial_twins_exist():
     from paramshare_nb._kernels import cpu, csr_cpu, sums_cpu
-    for k in (csr_cpu.csr_rows, cpu.gather_sums, cpu.scalar_forward, cpu.reduce_dw_rows,
-              sums_cpu.diagonal_complement):
+    for k in (csr_cpu.csr_rows, csr_cpu.csr_dtheta, cpu.gather_sums, cpu.scalar_forward,
+              cpu.reduce_dw_rows, sums_cpu.diagonal_complement, sums_cpu.gather_sums,
+              sums_cpu.block_totals):
         assert k.serial.py_func.__qualname__ == k.py_func.__qualname__ + "_serial"
 
 

@@ -16,8 +16,9 @@ no atomics; reductions that would collide (``dtheta``) either own whole
 parameters or write per-chunk partial buffers merged serially.
 
 Kernels on explicit SIMD register tiles (:mod:`.simd`) live beside these:
-:mod:`.csr_cpu` (sparse rows with channels) and :mod:`.sums_cpu` (Deep
-Sets' complement sums in one pass per batch element).
+:mod:`.csr_cpu` (sparse rows and gather-contract products with channels)
+and :mod:`.sums_cpu` (block totals, gather sums with channels, and Deep Sets'
+complement sums in one pass per batch element).
 """
 
 from __future__ import annotations

@@ -10,10 +10,11 @@ vector of ``theta`` four times (:mod:`.simd`).  Scalar patterns
 
 Layouts (C-contiguous, one float dtype):
 
-- :func:`csr_rows`: ``x (B, N, Ci)``, ``theta_t (P, Ci, Cop)`` (``theta``
-  transposed, zero-padded to ``Cop``, a multiple of 2 vectors),
-  ``y (B, M, Co)``; row ``m``'s entries are ``indptr[m]:indptr[m + 1]`` of
-  ``cols, params``.
+- :func:`csr_rows`: sources ``x`` (``(B, N, Ci)`` inputs, or the group
+  sums ``(G, B, Ci)`` of gather-contract, located by two strides),
+  ``theta_t (P, Ci, Cop)`` (``theta`` transposed, zero-padded to ``Cop``, a
+  multiple of 2 vectors), ``y (B, M, Co)``; row ``m``'s entries are
+  ``indptr[m]:indptr[m + 1]`` of ``cols, params``.
 - :func:`csr_dtheta`: ``dy (B, M, Co)``, ``x (B, N, Ci)``, the pattern's
   parameter-major edges ``pptr, prows, pcols``, ``dtheta (P, Coq, Cip)``
   (``Coq`` = ``Co`` rounded up to 4, ``Cip`` = ``Ci`` rounded up to 2

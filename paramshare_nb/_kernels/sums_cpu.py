@@ -15,7 +15,9 @@ spinning threads fight numpy's for the same cores (a Deep Sets backward ran
 2.5x slower).  Deep Sets 64 x 512 points, 32 -> 32 channels, float32, one
 thread: forward 1.74 -> 1.07 ms, forward + backward 5.1 -> 3.6 ms.
 
-Layouts (C-contiguous, one float dtype, ``M == N``):
+Every array these kernels take must be C-contiguous: they address it by flat
+offsets (:mod:`.simd`), not strides.  Layouts of :func:`diagonal_complement`
+(one float dtype, ``M == N``):
 
 - ``x (B, N, Ci)``, ``y (B, N, Co)``, ``tot (B, K, Ci)`` (written: the
   caller checks it for inf/nan);
