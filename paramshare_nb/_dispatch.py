@@ -335,6 +335,7 @@ class Plan:
         self.row_ptr = _ptr(np.bincount(self.grow, minlength=m))
         self.row_groups = np.argsort(self.grow, kind="stable").astype(INDEX)
         self.row_params = self.gparam[self.row_groups]  # parameter of each row's groups
+        self.group_ids = np.arange(self.n_groups, dtype=INDEX)
         self._ginv = ginv.astype(INDEX)
         self.col_block = _column_blocks(cols, params, n)
         self._gather = {}
@@ -560,9 +561,12 @@ def _gather_dtheta(plan, dy, x, dtheta, complement):
                           out=dtheta[p])
             else:
                 dtheta[p] = 0
-    else:
+    elif c_in == c_out == 1:
         _run(cpu.dtheta_groups, dy, g_sums, plan.param_ptr, plan.grow, dtheta,
              work=g_sums.size * c_out)
+    else:  # the csr dtheta tiles: groups are parameter-major entries over the group sums
+        _tiled_dtheta(dy, g_sums, plan.param_ptr, plan.grow, plan.group_ids, c_in, nb * c_in,
+                      dtheta)
 
 
 def _chunks(work):
@@ -609,11 +613,16 @@ def _csr_dx(dy, theta_t, pattern, dx):
 
 def _csr_dtheta(dy, x, pattern, dtheta):
     pptr, prows, pcols = param_major_of(pattern)
+    _tiled_dtheta(dy, x, pptr, prows, pcols, x.shape[1] * x.shape[2], x.shape[2], dtheta)
+
+
+def _tiled_dtheta(dy, src, pptr, prows, pcols, bstride, sstride, dtheta):
+    """:func:`csr_cpu.csr_dtheta` into a tile-padded buffer, then ``dtheta``."""
     npar, c_out, c_in = dtheta.shape
-    pair = 2 * simd.WIDTH // x.itemsize
+    pair = 2 * simd.WIDTH // src.itemsize
     padded = np.empty((npar, -(-c_out // 4) * 4, -(-c_in // pair) * pair), dtype=dtheta.dtype)
-    _run(csr_cpu.csr_dtheta, dy, x, pptr, prows, pcols, padded,
-         work=x.shape[0] * prows.size * c_out * c_in)
+    _run(csr_cpu.csr_dtheta, dy, src, pptr, prows, pcols, bstride, sstride, padded,
+         work=dy.shape[0] * prows.size * c_out * c_in)
     dtheta[...] = padded[:, :c_out, :c_in]
 
 

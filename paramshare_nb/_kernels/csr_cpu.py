@@ -15,8 +15,8 @@ Layouts (C-contiguous, one float dtype):
   ``theta_t (P, Ci, Cop)`` (``theta`` transposed, zero-padded to ``Cop``, a
   multiple of 2 vectors), ``y (B, M, Co)``; row ``m``'s entries are
   ``indptr[m]:indptr[m + 1]`` of ``cols, params``.
-- :func:`csr_dtheta`: ``dy (B, M, Co)``, ``x (B, N, Ci)``, the pattern's
-  parameter-major edges ``pptr, prows, pcols``, ``dtheta (P, Coq, Cip)``
+- :func:`csr_dtheta`: ``dy (B, M, Co)``, sources as for :func:`csr_rows`,
+  parameter-major entries ``pptr, prows, pcols``, ``dtheta (P, Coq, Cip)``
   (``Coq`` = ``Co`` rounded up to 4, ``Cip`` = ``Ci`` rounded up to 2
   vectors; entries past ``(Co, Ci)`` are padding).
 """
@@ -106,10 +106,10 @@ def csr_rows(x, theta_t, indptr, cols, params, bstride, sstride, y, nchunks):
 
 
 @inline
-def _dtheta_tile(dy, x, pptr, prows, pcols, dtheta, p, co, col):
+def _dtheta_tile(dy, x, pptr, prows, pcols, bstride, sstride, dtheta, p, co, col):
     """``dtheta[p, co : co + 4, col : col + 2L]`` over every entry of ``p`` and batch element."""
-    nb, nn, nci = x.shape[0], x.shape[1], x.shape[2]
-    nm, nco = dy.shape[1], dy.shape[2]
+    nci = x.shape[2]
+    nb, nm, nco = dy.shape[0], dy.shape[1], dy.shape[2]
     coq, cip = dtheta.shape[1], dtheta.shape[2]
     L = lanes(x)
     # padding rows past C_out repeat the last channel (their sums are discarded)
@@ -119,7 +119,7 @@ def _dtheta_tile(dy, x, pptr, prows, pcols, dtheta, p, co, col):
     w = nci - col
     for e in range(pptr[p], pptr[p + 1]):
         for b in range(nb):
-            xo = (b * nn + pcols[e]) * nci + col
+            xo = b * bstride + pcols[e] * sstride + col
             do = (b * nm + prows[e]) * nco
             x0, x1 = load(x, xo, w), load(x, xo + L, w - L)
             g0, g1 = vbcast(dy, do + co), vbcast(dy, do + k1)
@@ -140,14 +140,16 @@ def _dtheta_tile(dy, x, pptr, prows, pcols, dtheta, p, co, col):
 
 
 @kernel(nrt=False)
-def csr_dtheta(dy, x, pptr, prows, pcols, dtheta):
-    """``dtheta[p] = sum_{entries (m, n) of p} sum_b dy[b, m] (x) x[b, n]`` (padded).
+def csr_dtheta(dy, x, pptr, prows, pcols, bstride, sstride, dtheta):
+    """``dtheta[p] = sum_{entries (m, s) of p} sum_b dy[b, m] (x) source(b, s)`` (padded).
 
-    Each parallel iteration owns one parameter: no races, a fixed order.
+    Sources are located by strides as in :func:`csr_rows` (inputs, or the
+    group sums of gather-contract with one entry per group).  Each parallel
+    iteration owns one parameter: no races, a fixed order.
     """
     npar, coq, cip = dtheta.shape
     L = lanes(x)
     for p in prange(npar):
         for co in range(0, coq, 4):
             for col in range(0, cip, 2 * L):
-                _dtheta_tile(dy, x, pptr, prows, pcols, dtheta, p, co, col)
+                _dtheta_tile(dy, x, pptr, prows, pcols, bstride, sstride, dtheta, p, co, col)
