@@ -462,9 +462,10 @@ def _diagonal_complement(plan, sp, x, theta, y):
     """
     nb, n, c_in = x.shape
     c_out = theta.shape[1]
-    lanes = simd.WIDTH // x.itemsize
-    nvec = -(-c_out // lanes)
-    jp = nvec * lanes if nvec <= 2 else -(-nvec // 4) * 4 * lanes  # the kernel's tile widths
+    lanes = _lanes(x.itemsize)
+    nvec = _round_up(c_out, lanes) // lanes
+    # the kernel's tiles: 1 or 2 vectors of outputs (8-row tiles), else groups of 4
+    jp = nvec * lanes if nvec <= 2 else _round_up(nvec, 4) * lanes
     at = np.zeros((c_in, jp), dtype=x.dtype)
     at[:, :c_out] = sp.derived_theta(theta)[sp.residual.identity_param].T
     theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
@@ -597,12 +598,22 @@ def _csr_forward(x, theta, pattern, y, transposed=False):
          c_in, y, _chunks(work), work=work)
 
 
+def _lanes(itemsize):
+    """Values of one dtype per SIMD vector (:data:`simd.WIDTH` bytes)."""
+    return simd.WIDTH // itemsize
+
+
+def _round_up(n, k):
+    """``n`` rounded up to a multiple of ``k`` (padding to whole register tiles)."""
+    return -(-n // k) * k
+
+
 def _tile_theta_t(theta):
     """``theta (P, Co, Ci)`` transposed to ``(P, Ci, Cop)``, ``Cop`` = ``Co`` zero-padded to
     the 2 vectors of :func:`csr_cpu.csr_rows`' tiles."""
     npar, c_out, c_in = theta.shape
-    pair = 2 * simd.WIDTH // theta.itemsize
-    theta_t = np.zeros((npar, c_in, -(-c_out // pair) * pair), dtype=theta.dtype)
+    theta_t = np.zeros((npar, c_in, _round_up(c_out, 2 * _lanes(theta.itemsize))),
+                       dtype=theta.dtype)
     theta_t[:, :, :c_out] = theta.transpose(0, 2, 1)
     return theta_t
 
@@ -619,8 +630,8 @@ def _csr_dtheta(dy, x, pattern, dtheta):
 def _tiled_dtheta(dy, src, pptr, prows, pcols, bstride, sstride, dtheta):
     """:func:`csr_cpu.csr_dtheta` into a tile-padded buffer, then ``dtheta``."""
     npar, c_out, c_in = dtheta.shape
-    pair = 2 * simd.WIDTH // src.itemsize
-    padded = np.empty((npar, -(-c_out // 4) * 4, -(-c_in // pair) * pair), dtype=dtheta.dtype)
+    padded = np.empty((npar, _round_up(c_out, 4), _round_up(c_in, 2 * _lanes(src.itemsize))),
+                      dtype=dtheta.dtype)
     _run(csr_cpu.csr_dtheta, dy, src, pptr, prows, pcols, bstride, sstride, padded,
          work=dy.shape[0] * prows.size * c_out * c_in)
     dtheta[...] = padded[:, :c_out, :c_in]
@@ -722,15 +733,13 @@ def _costs(plan, nb, c_in, c_out, itemsize):
     if cc == 1:  # scalar: batch-vectorised kernels, after transposing tiles of x and y
         costs["csr"] = 2 * nb * plan.nnz / (4 * _FUSED) + nb * (m + n) / _ADDS + _CALL
     else:  # SIMD tiles: 4 batch elements x output channels padded to 2 vectors
-        pair = 2 * simd.WIDTH // itemsize
-        padded = c_in * -(-c_out // pair) * pair
+        padded = c_in * _round_up(c_out, 2 * _lanes(itemsize))
         costs["csr"] = 2 * nb * plan.nnz * padded / _SIMD + nb * m / 4 * _ITER + _CALL
     costs["gather"] = _gather_cost(plan, nb, c_in, c_out)
     sp = plan.split()
     if _one_pass(sp, nb, nb * n * cc):
         # totals and one multiply-add pass over the rows; output channels padded to vectors
-        lanes = simd.WIDTH // itemsize
-        padded = -(-c_out // lanes) * lanes
+        padded = _round_up(c_out, _lanes(itemsize))
         costs["complement"] = (nb * n * (c_in + c_out) / _ADDS + 2 * nb * n * c_in * padded / _SIMD
                                + 2 * nb * sp.n_bases * cc / _FUSED + 2 * _CALL)
     elif sp is not None:
