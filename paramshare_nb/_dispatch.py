@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from . import config
-from ._kernels import cpu, csr_cpu, simd, sums_cpu
+from ._kernels import cpu, csr_cpu, simd, small_cpu, sums_cpu
 
 INDEX = np.int64
 
@@ -643,13 +643,19 @@ def _scalar_grad(dy, x, theta, pattern, dx, dtheta):
     rows, cols, params = _scalar_edges(pattern, False)
     work = nb * cols.size
     nchunks = _chunks(work)
-    part = np.empty((nchunks, pattern.n_params), dtype=dtheta.dtype)
+    # one chunk writes dtheta itself (np.sum over a tiny buffer costs more than the kernel)
+    part = (dtheta.reshape(1, -1) if nchunks == 1
+            else np.empty((nchunks, pattern.n_params), dtype=dtheta.dtype))
     _run(cpu.scalar_backward, dy.reshape(nb, -1), x.reshape(nb, -1), theta.reshape(-1), rows,
          cols, params, dx.reshape(nb, -1), part, nchunks, work=work)
-    np.sum(part, axis=0, out=dtheta.reshape(-1))
+    if nchunks > 1:
+        np.sum(part, axis=0, out=dtheta.reshape(-1))
 
 
 def _mat_forward(x, theta, pattern, y):
+    if _streamed(y.shape[1] * y.shape[2], x.shape[1] * x.shape[2], x.itemsize):
+        _small_forward(x, theta, pattern, y)
+        return
     w = materialize(theta, pattern)
     if not _small_w(pattern, theta):
         # keep a large W for the backward of the same step (validated against theta
@@ -658,6 +664,39 @@ def _mat_forward(x, theta, pattern, y):
     nb = x.shape[0]
     np.matmul(x.reshape(nb, -1), w.reshape(y.shape[1] * y.shape[2], -1).T,
               out=y.reshape(nb, -1))
+
+
+def _streamed(o, k, itemsize):
+    """Whether ``"materialize"`` streams the batch through :mod:`.small_cpu`'s tiles.
+
+    ``W`` is ``o x k`` (``M * Co x N * Ci``, either way round).  A small
+    ``W`` with a thin side: BLAS spends such calls on the shape, not on
+    arithmetic (Figure 1's 4096 x 20 @ 20 x 5 runs at a fraction of its
+    square-matrix rate).  The bounds are where the tiles still beat OpenBLAS
+    in both directions (measured, float32 and float64).
+    """
+    lanes = _lanes(itemsize)
+    return min(o, k) <= 2 * lanes and max(o, k) <= 6 * lanes
+
+
+def _small_forward(x, theta, pattern, y):
+    nb, o = x.shape[0], y.shape[1] * y.shape[2]
+    wt = np.empty((x.shape[1] * x.shape[2], _round_up(o, _lanes(x.itemsize))), x.dtype)
+    work = nb * o * wt.shape[0]
+    _run(small_cpu.small_forward, x.reshape(nb, -1), theta, *csr_of(pattern), wt,
+         y.reshape(nb, -1), _chunks(work), work=work)
+
+
+def _small_grad(dy, x, theta, pattern, dx, dtheta):
+    nb, o, k = x.shape[0], dy.shape[1] * dy.shape[2], x.shape[1] * x.shape[2]
+    lanes = _lanes(x.itemsize)
+    work = nb * o * k
+    nchunks = _chunks(work)
+    w = np.empty((o, _round_up(k, lanes)), x.dtype)
+    # each chunk's dW, with vectors along its longer side (small_backward's layouts)
+    part = np.empty((nchunks, min(o, k), _round_up(max(o, k), 3 * lanes)), x.dtype)
+    _run(small_cpu.small_backward, dy.reshape(nb, -1), x.reshape(nb, -1), theta,
+         *csr_of(pattern), w, part, dx.reshape(nb, -1), dtheta, nchunks, work=work)
 
 
 def _weights_for_grad(theta, pattern):
@@ -701,6 +740,7 @@ def _mat_grad(dy, x, theta, pattern, dx, dtheta):
 _BLAS = 40e9
 _FUSED = 6e9
 _SIMD = 25e9  # explicit-SIMD tiles (csr with channels: Cayley D8, 16 -> 16, batch 64)
+_STREAM = 50e9  # a small W streamed over the batch (padded flops; Figure 1, batch 4096)
 _ADDS = 1.5e9
 _CALL = 4e-6
 _ITER = 2e-8  # overhead of one (target, batch) iteration of a fused kernel: dominates at C = 1
@@ -730,6 +770,9 @@ def _costs(plan, nb, c_in, c_out, itemsize):
         # about 0.4 of the square-matrix rate, not 5/64 of it)
         skinny = min(1.0, min(nb, m * c_out, n * c_in) / 64) ** 0.35
         costs["materialize"] = dense / _ADDS + 2 * nb * dense / (_BLAS * skinny) + 2 * _CALL
+        if _streamed(m * c_out, n * c_in, itemsize):  # output rows padded to vectors
+            padded = _round_up(m * c_out, _lanes(itemsize)) * n * c_in
+            costs["materialize"] = 2 * nb * padded / _STREAM + _CALL
     if cc == 1:  # scalar: batch-vectorised kernels, after transposing tiles of x and y
         costs["csr"] = 2 * nb * plan.nnz / (4 * _FUSED) + nb * (m + n) / _ADDS + _CALL
     else:  # SIMD tiles: 4 batch elements x output channels padded to 2 vectors
@@ -763,9 +806,11 @@ def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
     without ``"scatter"`` (which has no ``dtheta`` of its own).
     """
     memo = _plans(pattern).setdefault("choices", {})
-    # the threads and SERIAL_WORK decide whether the one-pass complement applies
+    # the chunks (threads, when the work passes SERIAL_WORK) decide whether the one-pass
+    # complement applies; small work asks numba nothing (get_num_threads costs ~2 us)
+    n = pattern.shape[0] if transposed else pattern.shape[1]
     key = (batch, c_in, c_out, itemsize, transposed, config.max_bytes,
-           numba.get_num_threads(), SERIAL_WORK)
+           _chunks(batch * n * c_in * c_out), SERIAL_WORK)
     hit = memo.get(key)
     if hit is None:
         if len(memo) > 256:  # many batch sizes: keep the memo small
@@ -818,7 +863,10 @@ def grad(dy, x, theta, pattern, dx, dtheta, method="auto"):
     elif method == "scatter":
         ht = "complement"
     if hx == "materialize" and ht == "materialize":
-        _mat_grad(dy, x, theta, pattern, dx, dtheta)
+        if _streamed(dy.shape[1] * c_out, x.shape[1] * c_in, x.itemsize):
+            _small_grad(dy, x, theta, pattern, dx, dtheta)
+        else:
+            _mat_grad(dy, x, theta, pattern, dx, dtheta)
         return hx, ht
     if hx == ht == "csr" and c_in == c_out == 1:
         _scalar_grad(dy, x, theta, pattern, dx, dtheta)

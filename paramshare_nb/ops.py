@@ -108,7 +108,10 @@ def _as_float(obj, name: str) -> np.ndarray:
 
 def _result_dtype(*arrays) -> np.dtype:
     dt = arrays[0].dtype
-    if not dt.isnative or any(a.dtype != dt for a in arrays[1:]):
+    same = dt.isnative
+    for a in arrays[1:]:  # a loop, not any(generator): this runs on every call
+        same = same and a.dtype == dt
+    if not same:
         dt = np.result_type(*arrays)  # promotes, and gives native byte order
     return np.dtype(np.float32) if dt.itemsize < 4 else dt  # float16 computes in float32
 
@@ -118,7 +121,8 @@ def _canonical(arr: np.ndarray, dtype, shape) -> np.ndarray:
 
     Copies only when needed; kernels never write their inputs.
     """
-    if arr.dtype != dtype or not arr.flags.c_contiguous or not arr.flags.writeable:
+    flags = arr.flags  # a new object on each access
+    if arr.dtype != dtype or not (flags.c_contiguous and flags.writeable):
         arr = np.array(arr, dtype=dtype, order="C", copy=True)
     return arr.reshape(shape)
 

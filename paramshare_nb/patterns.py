@@ -118,7 +118,7 @@ class Pattern:
         return cls(index.shape, r, c, index[r, c])
 
     # -- views -------------------------------------------------------------------
-    @property
+    @cached_property
     def nnz(self) -> int:
         """Number of edges (stored entries, multi-edges counted each)."""
         return int(self.rows.size)

@@ -214,6 +214,72 @@ def test_csr_channel_tiles(dtype):
             _check_channels(pat, ("csr",), dtype, 9, c_in, c_out, rng)
 
 
+def _dense_random(m, n, n_params, seed):
+    """An ``m x n`` pattern with every entry tied at random, plus multi-edges on row 0."""
+    idx = np.random.default_rng(seed).integers(0, n_params, (m, n))
+    r, c = np.nonzero(idx >= 0)
+    return Pattern((m, n), np.r_[r, 0, 0], np.r_[c, n - 1, n - 1],
+                   np.r_[idx[r, c], 0, n_params - 1])
+
+
+def _stream_shapes(lanes):
+    """``(M, N, Co, Ci)`` for the streamed small ``W`` (``o = M * Co``, ``k = N * Ci``):
+    o of one partial vector (8-row tiles); o of two (4 x 2 tiles) with k < o (dW
+    accumulated as dW.T); k of 3 + 1 vectors (the last recomputed with its neighbour)
+    and 3 + 2; o == k; Figure 1's 5 x 20."""
+    return [(lanes - 3, 2 * lanes + 3, 1, 1), (lanes - 1, 1, 2, 3), (2, 4 * lanes - 1, 1, 1),
+            (1, 5 * lanes - 3, 2, 1), (3, 2, 2, 3), (5, 20, 1, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
+    """``"materialize"`` with a small, thin ``W`` streams the batch through the SIMD tiles of
+    ``small_cpu`` (spied): tile shapes, tail rows (batches 1, 7, 13), multi-edges, both
+    ``dW`` orientations, serial twins and parallel chunks."""
+    from paramshare_nb import _dispatch
+    from paramshare_nb._kernels import small_cpu
+    calls = []
+    for name in ("small_forward", "small_backward"):
+        kern = getattr(small_cpu, name)
+        spy = type("Spy", (), {"serial": staticmethod(lambda *a, k=kern, n=name:
+                                                      calls.append(n) or k.serial(*a)),
+                               "__call__": staticmethod(lambda *a, k=kern, n=name:
+                                                        calls.append(n) or k(*a))})()
+        monkeypatch.setattr(small_cpu, name, spy)
+    if parallel:
+        monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
+    rng = np.random.default_rng(17)
+    for i, (m, n, c_out, c_in) in enumerate(_stream_shapes(32 // np.dtype(dtype).itemsize)):
+        pat = _dense_random(m, n, 4, i)
+        assert _dispatch._streamed(m * c_out, n * c_in, np.dtype(dtype).itemsize)
+        for batch in (1, 7, 13):
+            calls.clear()
+            _check_channels(pat, ("materialize",), dtype, batch, c_in, c_out, rng)
+            assert calls == ["small_forward", "small_backward"]
+
+
+def test_small_w_kernels_write_every_output():
+    """NaN-filled outputs and scratch (np.empty may hand back any bytes), and a NaN in
+    the row after the batch's last: the vectors that run past a row into the next only
+    ever reach padding, never an output."""
+    from paramshare_nb import _dispatch
+    pat = _dense_random(5, 20, 4, 3)
+    rng = np.random.default_rng(19)
+    theta = rng.standard_normal((4, 1, 1))
+    x = rng.standard_normal((14, 20, 1))
+    dy = rng.standard_normal((14, 5, 1))
+    x[-1], dy[-1] = np.nan, np.nan  # only the first 13 rows are the batch
+    y = np.full((13, 5, 1), np.nan)
+    dx, dth = np.full((13, 20, 1), np.nan), np.full((4, 1, 1), np.nan)
+    _dispatch._small_forward(x[:13], theta, pat, y)
+    _dispatch._small_grad(dy[:13], x[:13], theta, pat, dx, dth)
+    assert_close(y, ref.forward(x[:13], theta, pat))
+    rdx, rdth = ref.grad(dy[:13], x[:13], theta, pat)
+    assert_close(dx, rdx)
+    assert_close(dth, rdth)
+
+
 def test_strategies_agree(data):
     pat = PATTERNS["tensor2to1"]
     theta, x, dy = data("tensor2to1", np.float64, False, (4,))
@@ -403,10 +469,10 @@ def test_one_pass_needs_a_batch_element_per_thread(data, monkeypatch):
 
 
 def test_serial_twins_exist():
-    from paramshare_nb._kernels import cpu, csr_cpu, sums_cpu
+    from paramshare_nb._kernels import cpu, csr_cpu, small_cpu, sums_cpu
     for k in (csr_cpu.csr_rows, csr_cpu.csr_dtheta, cpu.gather_sums, cpu.scalar_forward,
               cpu.reduce_dw_rows, sums_cpu.diagonal_complement, sums_cpu.gather_sums,
-              sums_cpu.block_totals):
+              sums_cpu.block_totals, small_cpu.small_forward, small_cpu.small_backward):
         assert k.serial.py_func.__qualname__ == k.py_func.__qualname__ + "_serial"
 
 
