@@ -27,7 +27,11 @@ multiply, planned on ``pattern.T``) and ``dtheta`` are planned separately):
 
 ``"materialize"``
     Gather ``W`` (bounded by ``config.max_bytes``) and call BLAS; ``dtheta``
-    reduces the dense ``dW`` by parameter.
+    reduces the dense ``dW`` by parameter.  A small ``W`` with a thin side
+    (``M * C_out`` or ``N * C_in`` within 2 SIMD vectors, the other within
+    6: Figure 1's 5 x 20) skips BLAS: one call gathers ``W`` and streams the
+    batch through SIMD register tiles, and the backward computes ``dx``,
+    ``dW`` and ``dtheta`` in one more.
 ``"gather"``
     Gather-contract: per output row and distinct parameter, sum the inputs
     that share it, then one small product per (row, parameter) group,

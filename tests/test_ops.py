@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 import reference_ops as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import paramshare_nb as ps
 from paramshare_nb import config, ops
@@ -257,6 +259,19 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
             calls.clear()
             _check_channels(pat, ("materialize",), dtype, batch, c_in, c_out, rng)
             assert calls == ["small_forward", "small_backward"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 24), st.integers(1, 3), st.integers(1, 3),
+       st.integers(1, 21), st.sampled_from(DTYPES), st.integers(0, 2**32 - 1))
+def test_small_w_streaming_property(m, n, c_out, c_in, batch, dtype, seed):
+    """Any small thin W: forward, dx and dtheta of the streamed path against the reference."""
+    from paramshare_nb import _dispatch
+    if not _dispatch._streamed(m * c_out, n * c_in, np.dtype(dtype).itemsize):
+        return
+    rng = np.random.default_rng(seed)
+    pat = _dense_random(m, n, int(rng.integers(1, 6)), seed)
+    _check_channels(pat, ("materialize",), dtype, batch, c_in, c_out, rng)
 
 
 def test_small_w_kernels_write_every_output():
