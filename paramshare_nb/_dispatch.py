@@ -675,8 +675,8 @@ def _streamed(o, k, itemsize):
     square-matrix rate).  The bounds are where the tiles still beat OpenBLAS
     in both directions (measured, float32 and float64).
     """
-    lanes = _lanes(itemsize)
-    return min(o, k) <= 2 * lanes and max(o, k) <= 6 * lanes
+    lanes = simd.WIDTH // itemsize  # runs on every call: no helper calls
+    return (o if o < k else k) <= 2 * lanes and (k if o < k else o) <= 6 * lanes
 
 
 def _small_forward(x, theta, pattern, y):
