@@ -680,23 +680,37 @@ def _streamed(o, k, itemsize):
 
 
 def _small_forward(x, theta, pattern, y):
-    nb, o = x.shape[0], y.shape[1] * y.shape[2]
-    wt = np.empty((x.shape[1] * x.shape[2], _round_up(o, _lanes(x.itemsize))), x.dtype)
-    work = nb * o * wt.shape[0]
-    _run(small_cpu.small_forward, x.reshape(nb, -1), theta, *csr_of(pattern), wt,
-         y.reshape(nb, -1), _chunks(work), work=work)
+    _check_w_bytes(pattern, y.shape[2], x.shape[2], x.itemsize, "materialize")
+    nb, o, k = x.shape[0], y.shape[1] * y.shape[2], x.shape[1] * x.shape[2]
+    _streaming_forward(pattern, nb, o, k, x.dtype, _chunks(nb * o * k))(x, theta, y)
 
 
-def _small_grad(dy, x, theta, pattern, dx, dtheta):
-    nb, o, k = x.shape[0], dy.shape[1] * dy.shape[2], x.shape[1] * x.shape[2]
-    lanes = _lanes(x.itemsize)
-    work = nb * o * k
-    nchunks = _chunks(work)
-    w = np.empty((o, _round_up(k, lanes)), x.dtype)
+def _streaming_forward(pattern, nb, o, k, dtype, nchunks):
+    """``run(x, theta, y)``: the streamed small ``W`` (``o x k``), buffer shape decided once."""
+    indptr, cols, params = csr_of(pattern)
+    kernel = small_cpu.small_forward if nchunks > 1 else small_cpu.small_forward.serial
+    wt_shape = (k, _round_up(o, _lanes(dtype.itemsize)))
+
+    def run(x, theta, y):
+        kernel(x.reshape(nb, k), theta, indptr, cols, params, np.empty(wt_shape, dtype),
+               y.reshape(nb, o), nchunks)
+    return run
+
+
+def _streaming_grad(pattern, nb, o, k, dtype, nchunks):
+    """``run(dy, x, theta, dx, dtheta)``: the streamed small ``W``'s backward in one call."""
+    indptr, cols, params = csr_of(pattern)
+    kernel = small_cpu.small_backward if nchunks > 1 else small_cpu.small_backward.serial
+    lanes = _lanes(dtype.itemsize)
+    w_shape = (o, _round_up(k, lanes))
     # each chunk's dW, with vectors along its longer side (small_backward's layouts)
-    part = np.empty((nchunks, min(o, k), _round_up(max(o, k), 3 * lanes)), x.dtype)
-    _run(small_cpu.small_backward, dy.reshape(nb, -1), x.reshape(nb, -1), theta,
-         *csr_of(pattern), w, part, dx.reshape(nb, -1), dtheta, nchunks, work=work)
+    part_shape = (nchunks, min(o, k), _round_up(max(o, k), 3 * lanes))
+
+    def run(dy, x, theta, dx, dtheta):
+        kernel(dy.reshape(nb, o), x.reshape(nb, k), theta, indptr, cols, params,
+               np.empty(w_shape, dtype), np.empty(part_shape, dtype), dx.reshape(nb, k),
+               dtheta, nchunks)
+    return run
 
 
 def _weights_for_grad(theta, pattern):
@@ -840,42 +854,66 @@ def _run_forward(how, pattern, x, theta, y, transposed=False):
 
 def forward(x, theta, pattern, y, method="auto"):
     """Canonical forward: ``x (B, N, Ci)``, ``theta (P, Co, Ci)`` -> ``y (B, M, Co)``."""
+    forward_runner(pattern, x.shape[0], x.shape[2], theta.shape[1], x.dtype, method)(x, theta, y)
+
+
+def forward_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
+    """``run(x, theta, y)`` for canonical arrays of these sizes and ``dtype``.
+
+    The strategy, and the set-up the sizes decide, are settled here, so a
+    caller that keeps the runner (``ops`` does, per call signature, for work
+    below :data:`SERIAL_WORK`) pays only for the kernels on later calls.
+    """
     how = method
     if how == "auto":
-        how = choose(pattern, x.shape[0], x.shape[2], theta.shape[1], x.itemsize)[0]
-    _run_forward(how, pattern, x, theta, y)
-    return how
+        how = choose(pattern, nb, c_in, c_out, dtype.itemsize)[0]
+    m, n = pattern.shape
+    if how == "materialize" and _streamed(m * c_out, n * c_in, dtype.itemsize):
+        _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")  # gathered there
+        return _streaming_forward(pattern, nb, m * c_out, n * c_in, dtype,
+                                  _chunks(nb * m * n * c_out * c_in))
+    return lambda x, theta, y: _run_forward(how, pattern, x, theta, y)
 
 
 def grad(dy, x, theta, pattern, dx, dtheta, method="auto"):
     """Canonical backward: fills ``dx (B, N, Ci)`` and ``dtheta (P, Co, Ci)``.
 
     ``dx`` is the transposed multiply (the planner runs on ``pattern.T``);
-    ``dtheta`` a segmented reduction by parameter.  Returns the two
-    strategies used.
+    ``dtheta`` a segmented reduction by parameter.
     """
-    nb, _, c_in = x.shape
-    c_out = theta.shape[1]
+    grad_runner(pattern, x.shape[0], x.shape[2], theta.shape[1], x.dtype, method)(
+        dy, x, theta, dx, dtheta)
+
+
+def grad_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
+    """``run(dy, x, theta, dx, dtheta)`` for these sizes: :func:`forward_runner`'s twin."""
     hx = ht = method
     if method == "auto":
-        hx = choose(pattern, nb, c_out, c_in, x.itemsize, transposed=True)[0]
-        ht = _choose_dtheta(pattern, nb, c_in, c_out, x.itemsize)
+        hx = choose(pattern, nb, c_out, c_in, dtype.itemsize, transposed=True)[0]
+        ht = _choose_dtheta(pattern, nb, c_in, c_out, dtype.itemsize)
     elif method == "scatter":
         ht = "complement"
-    if hx == "materialize" and ht == "materialize":
-        if _streamed(dy.shape[1] * c_out, x.shape[1] * c_in, x.itemsize):
-            _small_grad(dy, x, theta, pattern, dx, dtheta)
-        else:
-            _mat_grad(dy, x, theta, pattern, dx, dtheta)
-        return hx, ht
+    m, n = pattern.shape
+    if hx == ht == "materialize" and _streamed(m * c_out, n * c_in, dtype.itemsize):
+        _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")
+        return _streaming_grad(pattern, nb, m * c_out, n * c_in, dtype,
+                               _chunks(nb * m * n * c_out * c_in))
+    return lambda dy, x, theta, dx, dtheta: _run_grad(hx, ht, pattern, dy, x, theta, dx, dtheta)
+
+
+def _run_grad(hx, ht, pattern, dy, x, theta, dx, dtheta):
+    c_in, c_out = x.shape[2], theta.shape[1]
+    if hx == ht == "materialize":
+        _mat_grad(dy, x, theta, pattern, dx, dtheta)
+        return
     if hx == ht == "csr" and c_in == c_out == 1:
         _scalar_grad(dy, x, theta, pattern, dx, dtheta)
-        return hx, ht
+        return
     theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
     if hx == ht == "complement":
         dy_tot = _complement_forward(plan_of(pattern, True), dy, theta_t, dx)
         _complement_dtheta(plan_of(pattern), dy, x, dtheta, dy_tot, _dy_blocks(pattern))
-        return hx, ht
+        return
     _run_forward(hx, pattern, dy, theta_t, dx, transposed=True)
     if ht == "materialize":
         _mat_grad(dy, x, theta, pattern, None, dtheta)
@@ -885,7 +923,6 @@ def grad(dy, x, theta, pattern, dx, dtheta, method="auto"):
         _complement_dtheta(plan_of(pattern), dy, x, dtheta)
     else:
         _gather_dtheta(plan_of(pattern), dy, x, dtheta, False)
-    return hx, ht
 
 
 def _choose_dtheta(pattern, nb, c_in, c_out, itemsize):

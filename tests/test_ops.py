@@ -287,12 +287,48 @@ def test_small_w_kernels_write_every_output():
     x[-1], dy[-1] = np.nan, np.nan  # only the first 13 rows are the batch
     y = np.full((13, 5, 1), np.nan)
     dx, dth = np.full((13, 20, 1), np.nan), np.full((4, 1, 1), np.nan)
-    _dispatch._small_forward(x[:13], theta, pat, y)
-    _dispatch._small_grad(dy[:13], x[:13], theta, pat, dx, dth)
+    _dispatch.forward(x[:13], theta, pat, y, "materialize")
+    _dispatch.grad(dy[:13], x[:13], theta, pat, dx, dth, "materialize")
     assert_close(y, ref.forward(x[:13], theta, pat))
     rdx, rdth = ref.grad(dy[:13], x[:13], theta, pat)
     assert_close(dx, rdx)
     assert_close(dth, rdth)
+
+
+def test_prepared_calls_replay_and_respect_config(data, monkeypatch):
+    """A call with plain C-contiguous arrays is prepared once per signature and replayed
+    (spied: no second runner); other layouts, dtypes, SERIAL_WORK or config.max_bytes
+    take the validated path again, and bad input still raises."""
+    from paramshare_nb import _dispatch
+    built = []
+    for name in ("forward_runner", "grad_runner"):
+        real = getattr(_dispatch, name)
+        monkeypatch.setattr(_dispatch, name,
+                            lambda *a, r=real, n=name, **k: built.append(n) or r(*a, **k))
+    pat = _dense_random(4, 6, 3, 0)  # a fresh pattern: nothing prepared yet
+    theta, x, dy = data("multi", np.float32, True, (3, 2))
+    theta, x, dy = theta[:3].copy(), x[..., :6].copy(), dy[..., :4].copy()
+    rdx, rdth = ref.grad(dy, x, theta, pat)
+    for _ in range(3):
+        assert_close(ps.tied_matmul(x, theta, pat, method="materialize"),
+                     ref.forward(x, theta, pat))
+        dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method="materialize")
+        assert_close(dx, rdx)
+        assert_close(dth, rdth)
+    assert built == ["forward_runner", "grad_runner"]
+    x_t = np.asfortranarray(x)  # another layout: the validated path, same answer
+    assert_close(ps.tied_matmul(x_t, theta, pat, method="materialize"), ref.forward(x, theta, pat))
+    assert built[-1] == "forward_runner"
+    with pytest.raises(ValueError, match="x must have shape"):
+        ps.tied_matmul(x[..., :5].copy(), theta, pat)
+    with config.override(max_bytes=8):
+        with pytest.raises(MemoryError):
+            ps.tied_matmul(x, theta, pat, method="materialize")
+    monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
+    built.clear()
+    assert_close(ps.tied_matmul(x, theta, pat, method="materialize"), ref.forward(x, theta, pat))
+    assert_close(ps.tied_matmul(x, theta, pat, method="materialize"), ref.forward(x, theta, pat))
+    assert built == ["forward_runner"] * 2  # parallel work: prepared again on each call
 
 
 def test_strategies_agree(data):
