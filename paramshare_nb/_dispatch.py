@@ -713,6 +713,11 @@ def _streaming_grad(pattern, nb, o, k, dtype, nchunks):
     return run
 
 
+def _positions(pattern):
+    """Flat row-major positions ``m * N + n`` of the pattern's entries (cached)."""
+    return _cached(pattern, "positions", lambda: pattern.rows * pattern.shape[1] + pattern.cols)
+
+
 def _weights_for_grad(theta, pattern):
     """The forward's ``W`` when ``theta`` is unchanged (consumed once), else a fresh one."""
     if _small_w(pattern, theta):
@@ -733,6 +738,12 @@ def _mat_grad(dy, x, theta, pattern, dx, dtheta):
     m, n = pattern.shape
     _check_w_bytes(pattern, dy.shape[2], x.shape[2], x.itemsize, "the dense dW")
     w = np.matmul(dy2.T, x.reshape(nb, -1)).reshape(m, dy.shape[2], n, x.shape[2])  # dW
+    if dtheta[0].size == 1 and w.size <= _SMALL_W:
+        # scalar and small: one bincount over the entries' positions (a kernel call costs
+        # more: 7 against 4 us for 32 x 32)
+        dtheta.reshape(-1)[:] = np.bincount(pattern.params, minlength=pattern.n_params,
+                                            weights=w.reshape(-1)[_positions(pattern)])
+        return
     indptr, cols, params = csr_of(pattern)
     work = cols.size * dtheta[0].size
     nchunks = _chunks(work)
@@ -949,7 +960,10 @@ def materialize(theta, pattern):
         # a small W: one numpy gather beats a kernel call (11 us -> about 1 us for 5 x 20);
         # np.take along axis 0 copies whole (C_out, C_in) blocks (3.7x faster than
         # theta[params] for 4096 entries of 4 x 3)
-        per_entry = np.take(theta, pattern.params, axis=0)
+        if (c_out, c_in) == (1, 1):  # a 1-D fancy index: 1.6 against 2.7 us for np.take
+            per_entry = theta.reshape(-1)[pattern.params].reshape(-1, 1, 1)
+        else:
+            per_entry = np.take(theta, pattern.params, axis=0)
         if pattern.nnz == m * n:  # every entry once, row-major: params is the index
             w = per_entry.reshape(m, n, c_out, c_in)
         else:
