@@ -12,8 +12,10 @@ the OpenBLAS product alone; backward 41 against 68 us for its two.
 
 Each tile keeps at least 8 independent accumulators, so the fused
 multiply-adds do not wait on each other's latency: 8 rows x 1 vector when the
-output row fits one vector (the forward of Figure 1), 4 rows x 2 or 3 vectors
-otherwise, up to 3 rows of ``dW`` x 3 vectors for the outer products.
+output row fits one vector (the forward of Figure 1), 4 rows x 2 vectors for
+each pair of vectors otherwise, up to 3 rows of ``dW`` x 3 vectors for the
+outer products.  Larger tiles do not fit the 16 AVX registers: LLVM spilled
+a 4 x 3 tile's accumulators to the stack and ran it at half the rate.
 
 Layouts (C-contiguous, one float dtype; the channel dimensions are folded
 in, so ``W`` is ``(M * Co, N * Ci)`` as a plain matrix):
@@ -33,7 +35,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from .cpu import kernel
-from .simd import inline, lanes, load, store, vbcast, vfma, vload, vzero
+from .simd import inline, lanes, load, store, vbcast, vfma, vload, vstore, vzero
 
 #: The loops over tiles are compiled apart from the kernels (the tiles are inlined into
 #: them): inlined into each kernel and its serial twin, numba's passes took 32 s to
@@ -61,14 +63,14 @@ def _fill_w(theta, indptr, cols, params, w, transposed):
 
 
 @inline
-def _tile8x1(x, w, y, b):
-    """``y[b : b + 8]`` when the output row fits one vector."""
-    k, o = x.shape[1], y.shape[1]
+def _tile8x1(x, w, y, b, col):
+    """``y[b : b + 8, col : col + 1 vector]``."""
+    k, o, op = x.shape[1], y.shape[1], w.shape[1]
     a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
     a4, a5, a6, a7 = vzero(x), vzero(x), vzero(x), vzero(x)
     xo = b * k
     for j in range(k):
-        v = vload(w, j * w.shape[1])
+        v = vload(w, j * op + col)
         a0 = vfma(vbcast(x, xo + j), v, a0)
         a1 = vfma(vbcast(x, xo + k + j), v, a1)
         a2 = vfma(vbcast(x, xo + 2 * k + j), v, a2)
@@ -77,65 +79,47 @@ def _tile8x1(x, w, y, b):
         a5 = vfma(vbcast(x, xo + 5 * k + j), v, a5)
         a6 = vfma(vbcast(x, xo + 6 * k + j), v, a6)
         a7 = vfma(vbcast(x, xo + 7 * k + j), v, a7)
-    yo = b * o
-    store(y, yo, a0, o)
-    store(y, yo + o, a1, o)
-    store(y, yo + 2 * o, a2, o)
-    store(y, yo + 3 * o, a3, o)
-    store(y, yo + 4 * o, a4, o)
-    store(y, yo + 5 * o, a5, o)
-    store(y, yo + 6 * o, a6, o)
-    store(y, yo + 7 * o, a7, o)
-
-
-def _tile4(nv):
-    """A tile of 4 rows x ``nv`` vectors (2 or 3: 8 or 12 accumulators).
-
-    ``nv`` is a closure constant, so each variant compiles without branches
-    in its inner loop (a runtime ``nv`` test there made it twice as slow).
-    """
-    @inline
-    def tile(x, w, y, b, col):
-        k, o, op = x.shape[1], y.shape[1], w.shape[1]
-        L = lanes(x)
-        a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
-        c0, c1, c2, c3 = vzero(x), vzero(x), vzero(x), vzero(x)
-        d0, d1, d2, d3 = vzero(x), vzero(x), vzero(x), vzero(x)
-        xo = b * k
-        for j in range(k):
-            wo = j * op + col
-            v, u = vload(w, wo), vload(w, wo + L)
-            g0, g1 = vbcast(x, xo + j), vbcast(x, xo + k + j)
-            g2, g3 = vbcast(x, xo + 2 * k + j), vbcast(x, xo + 3 * k + j)
-            a0, c0 = vfma(g0, v, a0), vfma(g0, u, c0)
-            a1, c1 = vfma(g1, v, a1), vfma(g1, u, c1)
-            a2, c2 = vfma(g2, v, a2), vfma(g2, u, c2)
-            a3, c3 = vfma(g3, v, a3), vfma(g3, u, c3)
-            if nv > 2:
-                t = vload(w, wo + 2 * L)
-                d0, d1 = vfma(g0, t, d0), vfma(g1, t, d1)
-                d2, d3 = vfma(g2, t, d2), vfma(g3, t, d3)
-        r = o - col
-        yo = b * o + col
-        _store3(y, yo, a0, c0, d0, r, nv)
-        _store3(y, yo + o, a1, c1, d1, r, nv)
-        _store3(y, yo + 2 * o, a2, c2, d2, r, nv)
-        _store3(y, yo + 3 * o, a3, c3, d3, r, nv)
-    return tile
+    r, yo = o - col, b * o + col
+    store(y, yo, a0, r)
+    store(y, yo + o, a1, r)
+    store(y, yo + 2 * o, a2, r)
+    store(y, yo + 3 * o, a3, r)
+    store(y, yo + 4 * o, a4, r)
+    store(y, yo + 5 * o, a5, r)
+    store(y, yo + 6 * o, a6, r)
+    store(y, yo + 7 * o, a7, r)
 
 
 @inline
-def _store3(y, i, a, c, d, n, nv):
-    """The first ``n`` values of ``nv`` consecutive vectors ``a, c, d`` at flat ``i``."""
-    L = lanes(y)
+def _tile4x2(x, w, y, b, col):
+    """``y[b : b + 4, col : col + 2 vectors]``."""
+    k, o, op = x.shape[1], y.shape[1], w.shape[1]
+    L = lanes(x)
+    a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
+    c0, c1, c2, c3 = vzero(x), vzero(x), vzero(x), vzero(x)
+    xo = b * k
+    for j in range(k):
+        v, u = vload(w, j * op + col), vload(w, j * op + col + L)
+        g = vbcast(x, xo + j)
+        a0, c0 = vfma(g, v, a0), vfma(g, u, c0)
+        g = vbcast(x, xo + k + j)
+        a1, c1 = vfma(g, v, a1), vfma(g, u, c1)
+        g = vbcast(x, xo + 2 * k + j)
+        a2, c2 = vfma(g, v, a2), vfma(g, u, c2)
+        g = vbcast(x, xo + 3 * k + j)
+        a3, c3 = vfma(g, v, a3), vfma(g, u, c3)
+    r, yo = o - col, b * o + col
+    _store2(y, yo, a0, c0, r)
+    _store2(y, yo + o, a1, c1, r)
+    _store2(y, yo + 2 * o, a2, c2, r)
+    _store2(y, yo + 3 * o, a3, c3, r)
+
+
+@inline
+def _store2(y, i, a, c, n):
+    """The first ``n`` values of the consecutive vectors ``a, c`` at flat ``i``."""
     store(y, i, a, n)
-    if nv > 1:
-        store(y, i + L, c, n - L)
-    if nv > 2:
-        store(y, i + 2 * L, d, n - 2 * L)
-
-
-_tile4x2, _tile4x3 = _tile4(2), _tile4(3)
+    store(y, i + lanes(y), c, n - lanes(y))
 
 
 @_apart
@@ -151,23 +135,22 @@ def _row(x, w, y, b):
 
 @_apart
 def _stream(x, w, y, lo, hi):
-    """``y[lo:hi] = x[lo:hi] @ w[:, :O]``."""
+    """``y[lo:hi] = x[lo:hi] @ w[:, :O]``, 8 rows at a time (``w`` stays in L1)."""
     op, L = w.shape[1], lanes(x)
-    if op == L:  # the output row fits one vector
-        tail = lo + (hi - lo) // 8 * 8
+    pairs = op // (2 * L) * (2 * L)  # columns in 4 x 2 tiles; an odd last vector in 8 x 1
+    tail = lo + (hi - lo) // 8 * 8
+    if pairs == 0:
+        # one vector (Figure 1's forward): in a loop of its own it runs 1.4x faster
+        # (23 against 32 us) than inside the general loop below
         for b in range(lo, tail, 8):
-            _tile8x1(x, w, y, b)
+            _tile8x1(x, w, y, b, 0)
     else:
-        tail = lo + (hi - lo) // 4 * 4
-        for col in range(0, op, 3 * L):
-            left = (op - col) // L
-            if left >= 3:
-                for b in range(lo, tail, 4):
-                    _tile4x3(x, w, y, b, col)
-            else:  # 2 vectors left, or 1 (then the one before it again: 8 accumulators)
-                start = col if left == 2 else col - L
-                for b in range(lo, tail, 4):
-                    _tile4x2(x, w, y, b, start)
+        for b in range(lo, tail, 8):
+            for col in range(0, pairs, 2 * L):
+                _tile4x2(x, w, y, b, col)
+                _tile4x2(x, w, y, b + 4, col)
+            if pairs < op:
+                _tile8x1(x, w, y, b, pairs)
     for b in range(tail, hi):
         _row(x, w, y, b)
 
@@ -220,11 +203,14 @@ def _outer(nr):
                 g = vbcast(dy, b * o + r0 + 2)
                 d0, d1, d2 = vfma(g, v, d0), vfma(g, u, d1), vfma(g, t, d2)
         po = (c * o + r0) * kp + col
-        _store3(part, po, a0, a1, a2, 3 * L, 3)
+        _store2(part, po, a0, a1, 2 * L)  # part's rows are whole vectors: no partial stores
+        vstore(part, po + 2 * L, a2)
         if nr > 1:
-            _store3(part, po + kp, c0, c1, c2, 3 * L, 3)
+            _store2(part, po + kp, c0, c1, 2 * L)
+            vstore(part, po + kp + 2 * L, c2)
         if nr > 2:
-            _store3(part, po + 2 * kp, d0, d1, d2, 3 * L, 3)
+            _store2(part, po + 2 * kp, d0, d1, 2 * L)
+            vstore(part, po + 2 * kp + 2 * L, d2)
     return tile
 
 
