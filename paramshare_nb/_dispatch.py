@@ -703,8 +703,10 @@ def _streaming_grad(pattern, nb, o, k, dtype, nchunks):
     kernel = small_cpu.small_backward if nchunks > 1 else small_cpu.small_backward.serial
     lanes = _lanes(dtype.itemsize)
     w_shape = (o, _round_up(k, lanes))
-    # each chunk's dW, with vectors along its longer side (small_backward's layouts)
-    part_shape = (nchunks, min(o, k), _round_up(max(o, k), 3 * lanes))
+    # each chunk's dW, with vectors along its longer side in tiles of 3 vectors when
+    # they divide by 3, else of 2 (small_backward's layouts)
+    vectors = _round_up(max(o, k), lanes) // lanes
+    part_shape = (nchunks, min(o, k), _round_up(max(o, k), (3 if vectors % 3 == 0 else 2) * lanes))
 
     def run(dy, x, theta, dx, dtheta):
         kernel(dy.reshape(nb, o), x.reshape(nb, k), theta, indptr, cols, params,

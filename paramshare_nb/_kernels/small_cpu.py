@@ -13,7 +13,7 @@ the OpenBLAS product alone; backward 41 against 68 us for its two.
 Each tile keeps at least 8 independent accumulators, so the fused
 multiply-adds do not wait on each other's latency: 8 rows x 1 vector when the
 output row fits one vector (the forward of Figure 1), 4 rows x 2 vectors for
-each pair of vectors otherwise, up to 3 rows of ``dW`` x 3 vectors for the
+each pair of vectors otherwise, 3 rows of ``dW`` x 3 vectors or 4 x 2 for the
 outer products.  Larger tiles do not fit the 16 AVX registers: LLVM spilled
 a 4 x 3 tile's accumulators to the stack and ran it at half the rate.
 
@@ -26,7 +26,7 @@ in, so ``W`` is ``(M * Co, N * Ci)`` as a plain matrix):
 - ``theta (P, Co, Ci)``; the pattern's entries row-major as ``indptr, cols,
   params``;
 - ``part``: each chunk's ``dW`` (or ``dW.T``, see :func:`small_backward`),
-  its rows padded to 3 vectors; the padding lanes collect garbage from the
+  its rows padded to whole tiles; the padding lanes collect garbage from the
   next row's values and are never read.
 """
 
@@ -177,12 +177,14 @@ def _xvec(x, i, size):
     return load(x, i, size - i)
 
 
-def _outer(nr):
-    """``part[c, r0 : r0 + nr, col : col + 3 vectors] = dy[lo:hi, r0 : r0 + nr].T @ x[lo:hi]``.
+def _outer(nr, nv):
+    """``part[c, r0 : r0 + nr, col : col + nv vectors] = dy[lo:hi, r0 : r0 + nr].T @ x[lo:hi]``.
 
-    ``nr`` (1 to 3) rows of ``dW`` x 3 vectors: up to 9 accumulators, each
-    ``x`` vector loaded once per batch row and used ``nr`` times; ``nr`` is a
-    closure constant, as in :func:`_tile4`.
+    ``nr`` rows of ``dW`` x ``nv`` vectors (3 x 3 or 4 x 2, or fewer rows at
+    the end): up to 9 or 8 accumulators, each ``x`` vector loaded once per
+    batch row and used ``nr`` times.  ``nr`` and ``nv`` are closure
+    constants, so each variant compiles without branches in its loop (a
+    runtime test there made a tile twice as slow).
     """
     @inline
     def tile(dy, x, part, c, lo, hi, r0, col):
@@ -191,45 +193,83 @@ def _outer(nr):
         a0, a1, a2 = vzero(x), vzero(x), vzero(x)
         c0, c1, c2 = vzero(x), vzero(x), vzero(x)
         d0, d1, d2 = vzero(x), vzero(x), vzero(x)
+        e0, e1 = vzero(x), vzero(x)
         for b in range(lo, hi):
-            xo = b * k + col
-            v, u, t = _xvec(x, xo, size), _xvec(x, xo + L, size), _xvec(x, xo + 2 * L, size)
-            g = vbcast(dy, b * o + r0)
-            a0, a1, a2 = vfma(g, v, a0), vfma(g, u, a1), vfma(g, t, a2)
+            xo, go = b * k + col, b * o + r0
+            v, u = _xvec(x, xo, size), _xvec(x, xo + L, size)
+            t = _xvec(x, xo + 2 * L, size) if nv > 2 else v
+            g = vbcast(dy, go)
+            a0, a1 = vfma(g, v, a0), vfma(g, u, a1)
+            if nv > 2:
+                a2 = vfma(g, t, a2)
             if nr > 1:
-                g = vbcast(dy, b * o + r0 + 1)
-                c0, c1, c2 = vfma(g, v, c0), vfma(g, u, c1), vfma(g, t, c2)
+                g = vbcast(dy, go + 1)
+                c0, c1 = vfma(g, v, c0), vfma(g, u, c1)
+                if nv > 2:
+                    c2 = vfma(g, t, c2)
             if nr > 2:
-                g = vbcast(dy, b * o + r0 + 2)
-                d0, d1, d2 = vfma(g, v, d0), vfma(g, u, d1), vfma(g, t, d2)
+                g = vbcast(dy, go + 2)
+                d0, d1 = vfma(g, v, d0), vfma(g, u, d1)
+                if nv > 2:
+                    d2 = vfma(g, t, d2)
+            if nr > 3:
+                g = vbcast(dy, go + 3)
+                e0, e1 = vfma(g, v, e0), vfma(g, u, e1)
+        # part's rows are whole tiles of vectors: no partial stores
         po = (c * o + r0) * kp + col
-        _store2(part, po, a0, a1, 2 * L)  # part's rows are whole vectors: no partial stores
-        vstore(part, po + 2 * L, a2)
+        _store_row(part, po, a0, a1, a2, nv)
         if nr > 1:
-            _store2(part, po + kp, c0, c1, 2 * L)
-            vstore(part, po + kp + 2 * L, c2)
+            _store_row(part, po + kp, c0, c1, c2, nv)
         if nr > 2:
-            _store2(part, po + 2 * kp, d0, d1, 2 * L)
-            vstore(part, po + 2 * kp + 2 * L, d2)
+            _store_row(part, po + 2 * kp, d0, d1, d2, nv)
+        if nr > 3:
+            _store_row(part, po + 3 * kp, e0, e1, e1, nv)
     return tile
 
 
-_outer1, _outer2, _outer3 = _outer(1), _outer(2), _outer(3)
+@inline
+def _store_row(part, i, a, c, d, nv):
+    vstore(part, i, a)
+    vstore(part, i + lanes(part), c)
+    if nv > 2:
+        vstore(part, i + 2 * lanes(part), d)
+
+
+_outer3x3, _outer2x3, _outer1x3 = _outer(3, 3), _outer(2, 3), _outer(1, 3)
+_outer4x2, _outer3x2, _outer2x2, _outer1x2 = _outer(4, 2), _outer(3, 2), _outer(2, 2), _outer(1, 2)
 
 
 @_apart
 def _outer_rows(dy, x, part, c, lo, hi):
-    """Chunk ``c``'s ``dW = dy[lo:hi].T @ x[lo:hi]`` into ``part[c]``."""
-    o, kp = dy.shape[1], part.shape[2]
-    for col in range(0, kp, 3 * lanes(x)):
+    """Chunk ``c``'s ``dW = dy[lo:hi].T @ x[lo:hi]`` into ``part[c]``.
+
+    ``part``'s rows are 3 vectors per tile when their vector count divides
+    by 3 (Figure 1's 20 values: 3 vectors), else 2 (16 values: 2 vectors, not
+    3 with a third of padding).
+    """
+    o, kp, L = dy.shape[1], part.shape[2], lanes(x)
+    if (kp // L) % 3 == 0:
+        for col in range(0, kp, 3 * L):
+            r0 = 0
+            while r0 + 3 <= o:
+                _outer3x3(dy, x, part, c, lo, hi, r0, col)
+                r0 += 3
+            if o - r0 == 2:
+                _outer2x3(dy, x, part, c, lo, hi, r0, col)
+            elif o - r0 == 1:
+                _outer1x3(dy, x, part, c, lo, hi, r0, col)
+        return
+    for col in range(0, kp, 2 * L):
         r0 = 0
-        while r0 + 3 <= o:
-            _outer3(dy, x, part, c, lo, hi, r0, col)
-            r0 += 3
-        if o - r0 == 2:
-            _outer2(dy, x, part, c, lo, hi, r0, col)
+        while r0 + 4 <= o:
+            _outer4x2(dy, x, part, c, lo, hi, r0, col)
+            r0 += 4
+        if o - r0 == 3:
+            _outer3x2(dy, x, part, c, lo, hi, r0, col)
+        elif o - r0 == 2:
+            _outer2x2(dy, x, part, c, lo, hi, r0, col)
         elif o - r0 == 1:
-            _outer1(dy, x, part, c, lo, hi, r0, col)
+            _outer1x2(dy, x, part, c, lo, hi, r0, col)
 
 
 @kernel(nrt=False)
@@ -241,7 +281,8 @@ def small_backward(dy, x, theta, indptr, cols, params, w, part, dx, dtheta, nchu
     each chunk's ``dW``: ``(nchunks, M * Co, R)`` with vectors along ``dW``'s
     rows, or ``(nchunks, N * Ci, R)`` (``dW.T``) when ``N * Ci < M * Co``, so
     that the vectors run along the longer side (``R`` that side rounded up
-    to 3 vectors).  The chunks' slices are added in a fixed order: the result
+    to 3 vectors when its vectors divide by 3, else to 2; see
+    :func:`_outer_rows`).  The chunks' slices are added in a fixed order: the result
     does not depend on the threads' timing.
     """
     _fill_w(theta, indptr, cols, params, w, False)
