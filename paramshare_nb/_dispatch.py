@@ -957,10 +957,8 @@ def grad_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
 
 
 def _run_grad(hx, ht, pattern, dy, x, theta, dx, dtheta):
+    """Every pair of strategies but materialize for both (see :func:`grad_runner`)."""
     c_in, c_out = x.shape[2], theta.shape[1]
-    if hx == ht == "materialize":
-        _mat_grad(dy, x, theta, pattern, dx, dtheta)
-        return
     if hx == ht == "csr" and c_in == c_out == 1:
         _scalar_grad(dy, x, theta, pattern, dx, dtheta)
         return
@@ -1004,10 +1002,7 @@ def materialize(theta, pattern):
         # a small W: one numpy gather beats a kernel call (11 us -> about 1 us for 5 x 20);
         # np.take along axis 0 copies whole (C_out, C_in) blocks (3.7x faster than
         # theta[params] for 4096 entries of 4 x 3)
-        if (c_out, c_in) == (1, 1):  # a 1-D fancy index: 1.6 against 2.7 us for np.take
-            per_entry = theta.reshape(-1)[pattern.params].reshape(-1, 1, 1)
-        else:
-            per_entry = np.take(theta, pattern.params, axis=0)
+        per_entry = np.take(theta, pattern.params, axis=0)
         if pattern.nnz == m * n:  # every entry once, row-major: params is the index
             w = per_entry.reshape(m, n, c_out, c_in)
         else:

@@ -39,7 +39,7 @@ from .simd import inline, lanes, load, store, vbcast, vfma, vload, vstore, vzero
 
 #: The loops over tiles are compiled apart from the kernels (the tiles are inlined into
 #: them): inlined into each kernel and its serial twin, numba's passes took 32 s to
-#: compile the serial backward and 83 s the parallel one; now both take 7-10 s.
+#: compile the serial backward and 83 s the parallel one; now 9 and 12 s.
 #: No NRT, like the kernels (see ``simd.inline``).
 _apart = njit(nogil=True, _nrt=False)
 
