@@ -178,7 +178,7 @@ def _xvec(x, i, size):
 
 
 def _outer(nr, nv):
-    """``part[c, r0 : r0 + nr, col : col + nv vectors] = dy[lo:hi, r0 : r0 + nr].T @ x[lo:hi]``.
+    """``part[c, r0 : r0 + nr, col : col + nv vectors] += dy[lo:hi, r0 : r0 + nr].T @ x[lo:hi]``.
 
     ``nr`` rows of ``dW`` x ``nv`` vectors (3 x 3 or 4 x 2, or fewer rows at
     the end): up to 9 or 8 accumulators, each ``x`` vector loaded once per
@@ -190,10 +190,17 @@ def _outer(nr, nv):
     def tile(dy, x, part, c, lo, hi, r0, col):
         k, o, kp = x.shape[1], dy.shape[1], part.shape[2]
         L, size = lanes(x), x.size
-        a0, a1, a2 = vzero(x), vzero(x), vzero(x)
-        c0, c1, c2 = vzero(x), vzero(x), vzero(x)
-        d0, d1, d2 = vzero(x), vzero(x), vzero(x)
-        e0, e1 = vzero(x), vzero(x)
+        po = (c * o + r0) * kp + col
+        a0, a1, a2 = _load_row(part, po, nv)
+        c0, c1, c2 = a0, a1, a2  # placeholders for the rows past nr, never stored
+        d0, d1, d2 = a0, a1, a2
+        e0, e1 = a0, a1
+        if nr > 1:
+            c0, c1, c2 = _load_row(part, po + kp, nv)
+        if nr > 2:
+            d0, d1, d2 = _load_row(part, po + 2 * kp, nv)
+        if nr > 3:
+            e0, e1, _ = _load_row(part, po + 3 * kp, nv)
         for b in range(lo, hi):
             xo, go = b * k + col, b * o + r0
             v, u = _xvec(x, xo, size), _xvec(x, xo + L, size)
@@ -215,8 +222,7 @@ def _outer(nr, nv):
             if nr > 3:
                 g = vbcast(dy, go + 3)
                 e0, e1 = vfma(g, v, e0), vfma(g, u, e1)
-        # part's rows are whole tiles of vectors: no partial stores
-        po = (c * o + r0) * kp + col
+        # part's rows are whole tiles of vectors: no partial loads or stores
         _store_row(part, po, a0, a1, a2, nv)
         if nr > 1:
             _store_row(part, po + kp, c0, c1, c2, nv)
@@ -225,6 +231,12 @@ def _outer(nr, nv):
         if nr > 3:
             _store_row(part, po + 3 * kp, e0, e1, e1, nv)
     return tile
+
+
+@inline
+def _load_row(part, i, nv):
+    a, c = vload(part, i), vload(part, i + lanes(part))
+    return a, c, (vload(part, i + 2 * lanes(part)) if nv > 2 else c)
 
 
 @inline
@@ -239,9 +251,25 @@ _outer3x3, _outer2x3, _outer1x3 = _outer(3, 3), _outer(2, 3), _outer(1, 3)
 _outer4x2, _outer3x2, _outer2x2, _outer1x2 = _outer(4, 2), _outer(3, 2), _outer(2, 2), _outer(1, 2)
 
 
+#: Batch rows per block of the outer products: every tile of ``dW`` passes over
+#: a block while its rows of ``x`` and ``dy`` are in L1 (128 rows of 20 float32
+#: values: 10 KB), instead of streaming the whole batch once per tile.
+_BLOCK = 128
+
+
+@_apart
+def _outer_sum(dy, x, part, c, lo, hi):
+    """Chunk ``c``'s ``dW = dy[lo:hi].T @ x[lo:hi]`` into ``part[c]`` (overwritten)."""
+    for i in range(part.shape[1]):
+        for j in range(part.shape[2]):
+            part[c, i, j] = 0
+    for b in range(lo, hi, _BLOCK):
+        _outer_rows(dy, x, part, c, b, min(hi, b + _BLOCK))
+
+
 @_apart
 def _outer_rows(dy, x, part, c, lo, hi):
-    """Chunk ``c``'s ``dW = dy[lo:hi].T @ x[lo:hi]`` into ``part[c]``.
+    """``part[c] += dy[lo:hi].T @ x[lo:hi]``, tile by tile.
 
     ``part``'s rows are 3 vectors per tile when their vector count divides
     by 3 (Figure 1's 20 values: 3 vectors), else 2 (16 values: 2 vectors, not
@@ -293,9 +321,9 @@ def small_backward(dy, x, theta, indptr, cols, params, w, part, dx, dtheta, nchu
         lo, hi = c * per, min(nb, (c + 1) * per)
         _stream(dy, w, dx, lo, hi)
         if by_cols:
-            _outer_rows(x, dy, part, c, lo, hi)
+            _outer_sum(x, dy, part, c, lo, hi)
         else:
-            _outer_rows(dy, x, part, c, lo, hi)
+            _outer_sum(dy, x, part, c, lo, hi)
     nco, nci = dtheta.shape[1], dtheta.shape[2]
     for i in range(dtheta.shape[0]):
         for co in range(nco):
@@ -313,3 +341,4 @@ def small_backward(dy, x, theta, indptr, cols, params, w, part, dx, dtheta, nchu
                     for c in range(1, nchunks):
                         s += part[c, i, j]
                     dtheta[p, co, ci] += s
+
