@@ -237,7 +237,7 @@ def _stream_shapes(lanes):
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
 def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
     """``"materialize"`` with a small, thin ``W`` streams the batch through the SIMD tiles of
-    ``small_cpu`` (spied): tile shapes, tail rows (batches 1, 7, 13), multi-edges, both
+    ``small_cpu`` (spied): tile shapes, tail rows (batches 1, 7, 13, 300), multi-edges, both
     ``dW`` orientations, serial twins and parallel chunks."""
     from paramshare_nb import _dispatch
     from paramshare_nb._kernels import small_cpu
@@ -255,7 +255,7 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
     for i, (m, n, c_out, c_in) in enumerate(_stream_shapes(32 // np.dtype(dtype).itemsize)):
         pat = _dense_random(m, n, 4, i)
         assert _dispatch._streamed(m * c_out, n * c_in, np.dtype(dtype).itemsize)
-        for batch in (1, 7, 13):
+        for batch in (1, 7, 13, 300):  # 300: blocks of 128 rows in the outer products
             calls.clear()
             _check_channels(pat, ("materialize",), dtype, batch, c_in, c_out, rng)
             assert calls == ["small_forward", "small_backward"]
