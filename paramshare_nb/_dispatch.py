@@ -547,7 +547,7 @@ def _gather_dtheta(plan, dy, x, dtheta, complement):
     c_out = dy.shape[2]
     if plan.identity_param >= 0:
         dtheta[...] = 0
-        np.matmul(dy.reshape(-1, c_out).T, x.reshape(-1, c_in), out=dtheta[plan.identity_param])
+        _outer_product(dy.reshape(-1, c_out), x.reshape(-1, c_in), dtheta[plan.identity_param])
         return
     gp = plan.gather(complement)
     g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
@@ -568,6 +568,30 @@ def _gather_dtheta(plan, dy, x, dtheta, complement):
     else:  # the csr dtheta tiles: groups are parameter-major entries over the group sums
         _tiled_dtheta(dy, g_sums, plan.param_ptr, plan.grow, plan.group_ids, c_in, nb * c_in,
                       dtheta)
+
+
+def _outer_product(a, b, out):
+    """``out = a.T @ b`` for long ``a (R, A)`` and ``b (R, K)``: the diagonal's ``dtheta``.
+
+    Up to 32 columns a side, on :mod:`.small_cpu`'s outer-product tiles (one
+    chunk of rows per thread), else BLAS.  The tiles only match OpenBLAS
+    there (Deep Sets, 32768 x 32 each: 1.00 against 1.04 ms; 0.6x at 48 or
+    64 columns), but leave no BLAS threads spinning against the parallel
+    numba kernels that run next: Deep Sets w1's forward + backward went from
+    4.5-5.0 to 3.6-3.8 ms (medians, interleaved runs).
+    """
+    rows, na, nk = a.shape[0], a.shape[1], b.shape[1]
+    if max(na, nk) > 32:
+        np.matmul(a.T, b, out=out)
+        return
+    lanes = _lanes(a.itemsize)
+    vectors = _round_up(nk, lanes) // lanes
+    work = rows * na * nk
+    nchunks = _chunks(work)
+    part = np.empty((nchunks, na, _round_up(nk, (3 if vectors % 3 == 0 else 2) * lanes)),
+                    dtype=a.dtype)
+    _run(small_cpu.outer_products, a, b, part, nchunks, work=work)
+    np.sum(part[:, :, :nk], axis=0, out=out)
 
 
 def _chunks(work):

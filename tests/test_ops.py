@@ -295,6 +295,23 @@ def test_small_w_kernels_write_every_output():
     assert_close(dth, rdth)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_outer_product_tiles(dtype, parallel, monkeypatch):
+    """The diagonal's ``dtheta = a.T @ b`` on the outer-product tiles: widths of partial,
+    2 and 3 vectors, rows over several blocks, chunks of rows; BLAS past 32 columns."""
+    from paramshare_nb import _dispatch
+    if parallel:
+        monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
+    rng = np.random.default_rng(23)
+    for rows, na, nk in ((1, 1, 1), (300, 3, 24), (257, 32, 32), (130, 5, 13), (40, 33, 7)):
+        a = rng.standard_normal((rows, na)).astype(dtype)
+        b = rng.standard_normal((rows, nk)).astype(dtype)
+        out = np.full((na, nk), np.nan, dtype)
+        _dispatch._outer_product(a, b, out)
+        assert_close(out, a.T.astype(np.float64) @ b, dtype)
+
+
 def test_prepared_calls_replay_and_respect_config(data, monkeypatch):
     """A call with plain C-contiguous arrays is prepared once per signature and replayed
     (spied: no second runner); other layouts, dtypes, SERIAL_WORK or config.max_bytes
@@ -523,7 +540,8 @@ def test_serial_twins_exist():
     from paramshare_nb._kernels import cpu, csr_cpu, small_cpu, sums_cpu
     for k in (csr_cpu.csr_rows, csr_cpu.csr_dtheta, cpu.gather_sums, cpu.scalar_forward,
               cpu.reduce_dw_rows, sums_cpu.diagonal_complement, sums_cpu.gather_sums,
-              sums_cpu.block_totals, small_cpu.small_forward, small_cpu.small_backward):
+              sums_cpu.block_totals, small_cpu.small_forward, small_cpu.small_backward,
+              small_cpu.outer_products):
         assert k.serial.py_func.__qualname__ == k.py_func.__qualname__ + "_serial"
 
 

@@ -342,3 +342,19 @@ def small_backward(dy, x, theta, indptr, cols, params, w, part, dx, dtheta, nchu
                         s += part[c, i, j]
                     dtheta[p, co, ci] += s
 
+
+
+@kernel(nrt=False)
+def outer_products(a, b, part, nchunks):
+    """``part[c] = a[rows of chunk c].T @ b[rows of chunk c]``; the caller sums the chunks.
+
+    ``a (R, A)``, ``b (R, K)``, ``part (nchunks, A, KP)`` with ``KP`` = ``K``
+    rounded up to whole tiles (see :func:`_outer_rows`): a long, thin product
+    such as Deep Sets' ``dtheta = sum_(b, n) dy[b, n] x[b, n]^T`` (32768 rows,
+    32 x 32), without calling BLAS, whose spinning threads would slow the
+    parallel kernels that come next.
+    """
+    nr = a.shape[0]
+    per = (nr + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        _outer_sum(a, b, part, c, c * per, min(nr, (c + 1) * per))
