@@ -194,34 +194,24 @@ def _outer(nr, nv):
         a0, a1, a2 = _load_row(part, po, nv)
         c0, c1, c2 = a0, a1, a2  # placeholders for the rows past nr, never stored
         d0, d1, d2 = a0, a1, a2
-        e0, e1 = a0, a1
+        e0, e1, e2 = a0, a1, a2
         if nr > 1:
             c0, c1, c2 = _load_row(part, po + kp, nv)
         if nr > 2:
             d0, d1, d2 = _load_row(part, po + 2 * kp, nv)
         if nr > 3:
-            e0, e1, _ = _load_row(part, po + 3 * kp, nv)
+            e0, e1, e2 = _load_row(part, po + 3 * kp, nv)
         for b in range(lo, hi):
             xo, go = b * k + col, b * o + r0
             v, u = _xvec(x, xo, size), _xvec(x, xo + L, size)
             t = _xvec(x, xo + 2 * L, size) if nv > 2 else v
-            g = vbcast(dy, go)
-            a0, a1 = vfma(g, v, a0), vfma(g, u, a1)
-            if nv > 2:
-                a2 = vfma(g, t, a2)
+            a0, a1, a2 = _fma_row(vbcast(dy, go), v, u, t, a0, a1, a2, nv)
             if nr > 1:
-                g = vbcast(dy, go + 1)
-                c0, c1 = vfma(g, v, c0), vfma(g, u, c1)
-                if nv > 2:
-                    c2 = vfma(g, t, c2)
+                c0, c1, c2 = _fma_row(vbcast(dy, go + 1), v, u, t, c0, c1, c2, nv)
             if nr > 2:
-                g = vbcast(dy, go + 2)
-                d0, d1 = vfma(g, v, d0), vfma(g, u, d1)
-                if nv > 2:
-                    d2 = vfma(g, t, d2)
+                d0, d1, d2 = _fma_row(vbcast(dy, go + 2), v, u, t, d0, d1, d2, nv)
             if nr > 3:
-                g = vbcast(dy, go + 3)
-                e0, e1 = vfma(g, v, e0), vfma(g, u, e1)
+                e0, e1, e2 = _fma_row(vbcast(dy, go + 3), v, u, t, e0, e1, e2, nv)
         # part's rows are whole tiles of vectors: no partial loads or stores
         _store_row(part, po, a0, a1, a2, nv)
         if nr > 1:
@@ -229,8 +219,17 @@ def _outer(nr, nv):
         if nr > 2:
             _store_row(part, po + 2 * kp, d0, d1, d2, nv)
         if nr > 3:
-            _store_row(part, po + 3 * kp, e0, e1, e1, nv)
+            _store_row(part, po + 3 * kp, e0, e1, e2, nv)
     return tile
+
+
+@inline
+def _fma_row(g, v, u, t, a, c, d, nv):
+    """One row of ``dW``'s tile: ``g`` times the ``nv`` vectors ``v, u, t`` added in."""
+    a, c = vfma(g, v, a), vfma(g, u, c)
+    if nv > 2:
+        d = vfma(g, t, d)
+    return a, c, d
 
 
 @inline
