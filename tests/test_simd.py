@@ -7,6 +7,7 @@ from numba.core.errors import TypingError
 
 from paramshare_nb._kernels.simd import (
     lanes,
+    store8,
     vadd,
     vbcast,
     vfma,
@@ -58,6 +59,26 @@ def test_fma_broadcast_add(dtype):
     np.testing.assert_allclose(total, x[:n].sum(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out[:n], 1.5 * x[:n] + y[:n] + z[:n], rtol=1e-6, atol=1e-6)
     assert not out[n:].any()
+
+
+@njit(cache=True)
+def _tile_rows(src, dst, step, n):
+    """Rows ``j = 0..7`` of ``dst`` (flat offsets ``j * step``) from vector ``j`` of ``src``."""
+    L = lanes(src)
+    store8(dst, 0, step, n, vload(src, 0), vload(src, L), vload(src, 2 * L), vload(src, 3 * L),
+           vload(src, 4 * L), vload(src, 5 * L), vload(src, 6 * L), vload(src, 7 * L))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_store8_writes_n_values_per_row(dtype):
+    lane_count = 32 // np.dtype(dtype).itemsize
+    src = np.arange(1, 8 * lane_count + 1, dtype=dtype)
+    for n in (1, lane_count - 1, lane_count):
+        dst = np.full((8, lane_count + 2), -7, dtype)
+        _tile_rows(src, dst, lane_count + 2, n)
+        expected = np.full((8, lane_count + 2), -7, dtype)
+        expected[:, :n] = src.reshape(8, lane_count)[:, :n]
+        np.testing.assert_array_equal(dst, expected)
 
 
 @njit(cache=True)

@@ -241,3 +241,16 @@ def store(a, i, v, n):
         vstore(a, i, v)
     else:
         vstore_n(a, i, v, n)
+
+
+@inline
+def store8(a, i, step, n, v0, v1, v2, v3, v4, v5, v6, v7):
+    """An 8-row register tile: ``v_j``'s first ``n`` values at flat ``i + j * step``."""
+    store(a, i, v0, n)
+    store(a, i + step, v1, n)
+    store(a, i + 2 * step, v2, n)
+    store(a, i + 3 * step, v3, n)
+    store(a, i + 4 * step, v4, n)
+    store(a, i + 5 * step, v5, n)
+    store(a, i + 6 * step, v6, n)
+    store(a, i + 7 * step, v7, n)

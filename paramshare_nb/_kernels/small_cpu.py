@@ -35,7 +35,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from .cpu import kernel
-from .simd import inline, lanes, load, store, vbcast, vfma, vload, vstore, vzero
+from .simd import inline, lanes, load, store, store8, vbcast, vfma, vload, vstore, vzero
 
 #: The loops over tiles are compiled apart from the kernels (the tiles are inlined into
 #: them): inlined into each kernel and its serial twin, numba's passes took 32 s to
@@ -79,15 +79,7 @@ def _tile8x1(x, w, y, b, col):
         a5 = vfma(vbcast(x, xo + 5 * k + j), v, a5)
         a6 = vfma(vbcast(x, xo + 6 * k + j), v, a6)
         a7 = vfma(vbcast(x, xo + 7 * k + j), v, a7)
-    r, yo = o - col, b * o + col
-    store(y, yo, a0, r)
-    store(y, yo + o, a1, r)
-    store(y, yo + 2 * o, a2, r)
-    store(y, yo + 3 * o, a3, r)
-    store(y, yo + 4 * o, a4, r)
-    store(y, yo + 5 * o, a5, r)
-    store(y, yo + 6 * o, a6, r)
-    store(y, yo + 7 * o, a7, r)
+    store8(y, b * o + col, o, o - col, a0, a1, a2, a3, a4, a5, a6, a7)
 
 
 @inline

@@ -38,7 +38,7 @@ from __future__ import annotations
 from numba import prange
 
 from .cpu import kernel
-from .simd import inline, lanes, load, store, vadd, vbcast, vfma, vload, vsub, vsum, vzero
+from .simd import inline, lanes, load, store, store8, vadd, vbcast, vfma, vload, vsub, vsum, vzero
 
 
 @inline
@@ -81,16 +81,7 @@ def _eight_rows(x, at, y, s, sb, row_group, r, m):
             a5 = vfma(vbcast(x, o + 5 * nci), w, a5)
             a6 = vfma(vbcast(x, o + 6 * nci), w, a6)
             a7 = vfma(vbcast(x, o + 7 * nci), w, a7)
-        n = nco - col
-        o = r * nco + col
-        store(y, o, a0, n)
-        store(y, o + nco, a1, n)
-        store(y, o + 2 * nco, a2, n)
-        store(y, o + 3 * nco, a3, n)
-        store(y, o + 4 * nco, a4, n)
-        store(y, o + 5 * nco, a5, n)
-        store(y, o + 6 * nco, a6, n)
-        store(y, o + 7 * nco, a7, n)
+        store8(y, r * nco + col, nco, nco - col, a0, a1, a2, a3, a4, a5, a6, a7)
 
 
 @inline
