@@ -261,6 +261,31 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
             assert calls == ["small_forward", "small_backward"]
 
 
+def test_small_w_kernels_with_more_chunks_than_rows():
+    """5 rows over 4 chunks (2, 2, 1 and none): every row once, nothing written outside
+    the outputs (they are rows 2-6 of larger NaN-filled arrays, the rest must stay NaN)."""
+    from paramshare_nb import _dispatch
+    from paramshare_nb._kernels import small_cpu
+    pat = _dense_random(5, 20, 4, 5)
+    rng = np.random.default_rng(29)
+    theta = rng.standard_normal((4, 1, 1))
+    x, dy = rng.standard_normal((5, 20)), rng.standard_normal((5, 5))
+    indptr, cols, params = _dispatch.csr_of(pat)
+    y_big, dx_big = np.full((9, 5), np.nan), np.full((9, 20), np.nan)
+    y, dx, dth = y_big[2:7], dx_big[2:7], np.empty((4, 1, 1))
+    for kernel in (small_cpu.small_forward, small_cpu.small_forward.serial):
+        kernel(x, theta, indptr, cols, params, np.empty((20, 8)), y, 4)
+        assert_close(y.reshape(5, 5, 1), ref.forward(x.reshape(5, 20, 1), theta, pat))
+    for kernel in (small_cpu.small_backward, small_cpu.small_backward.serial):
+        kernel(dy, x, theta, indptr, cols, params, np.empty((5, 20)), np.empty((4, 5, 24)), dx,
+               dth, 4)
+        rdx, rdth = ref.grad(dy.reshape(5, 5, 1), x.reshape(5, 20, 1), theta, pat)
+        assert_close(dx.reshape(5, 20, 1), rdx)
+        assert_close(dth, rdth)
+    assert np.isnan(np.r_[y_big[:2], y_big[7:]]).all()
+    assert np.isnan(np.r_[dx_big[:2], dx_big[7:]]).all()
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 9), st.integers(1, 24), st.integers(1, 3), st.integers(1, 3),
        st.integers(1, 21), st.sampled_from(DTYPES), st.integers(0, 2**32 - 1))

@@ -154,7 +154,8 @@ def small_forward(x, theta, indptr, cols, params, wt, y, nchunks):
     nb = x.shape[0]
     per = (nb + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        _stream(x, wt, y, c * per, min(nb, (c + 1) * per))
+        # clamped: with more chunks than rows' worth, the last chunks are empty
+        _stream(x, wt, y, min(nb, c * per), min(nb, (c + 1) * per))
 
 
 @inline
@@ -306,7 +307,7 @@ def small_backward(dy, x, theta, indptr, cols, params, w, part, dx, dtheta, nchu
     by_cols = x.shape[1] < dy.shape[1]
     per = (nb + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        lo, hi = c * per, min(nb, (c + 1) * per)
+        lo, hi = min(nb, c * per), min(nb, (c + 1) * per)  # the last chunks may be empty
         _stream(dy, w, dx, lo, hi)
         if by_cols:
             _outer_sum(x, dy, part, c, lo, hi)
@@ -345,4 +346,4 @@ def outer_products(a, b, part, nchunks):
     nr = a.shape[0]
     per = (nr + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        _outer_sum(a, b, part, c, c * per, min(nr, (c + 1) * per))
+        _outer_sum(a, b, part, c, min(nr, c * per), min(nr, (c + 1) * per))
