@@ -913,7 +913,9 @@ def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
 
 def _run_forward(how, pattern, x, theta, y, transposed=False):
     if how == "materialize":
-        _mat_forward(x, theta, pattern.transpose() if transposed else pattern, y)
+        # the transposed pattern cached: its own plans (csr_of) then persist between calls
+        src = _cached(pattern, "transposed", pattern.transpose) if transposed else pattern
+        _mat_forward(x, theta, src, y)
     elif how == "csr":
         if transposed:
             _csr_dx(x, theta, pattern, y)

@@ -261,6 +261,26 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
             assert calls == ["small_forward", "small_backward"]
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_scalar_csr_gradients_over_several_tiles(parallel, monkeypatch):
+    """Scalar "csr" runs tiles of 64 batch rows per chunk: batches past one tile, ending in
+    a partial tile (65, 129, 130), must not count the previous tile's lanes again in
+    dtheta (they did, found by review); inf/nan in the stale lanes must not leak either."""
+    from paramshare_nb import _dispatch
+    if parallel:
+        monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
+    pat = _dense_random(3, 7, 4, 8)
+    rng = np.random.default_rng(31)
+    theta = rng.standard_normal(4)
+    for nb in (63, 64, 65, 129, 130):
+        x, dy = rng.standard_normal((nb, 7)), rng.standard_normal((nb, 3))
+        x[:64] *= 1e3  # large first tile: a stale lane would show
+        dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method="csr")
+        rdx, rdth = ref.grad(dy, x, theta, pat)
+        assert_close(dx, rdx)
+        assert_close(dth, rdth)
+
+
 def test_small_w_kernels_with_more_chunks_than_rows():
     """5 rows over 4 chunks (2, 2, 1 and none): every row once, nothing written outside
     the outputs (they are rows 2-6 of larger NaN-filled arrays, the rest must stay NaN)."""

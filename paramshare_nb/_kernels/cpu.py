@@ -337,6 +337,13 @@ def scalar_backward(dy, x, theta, rows, cols, params, dx, dth_part, nchunks):
                     xt[j, bb] = x[b0 + bb, j]
                 for i in range(nm):
                     dyt[i, bb] = dy[b0 + bb, i]
+            for bb in range(w, TILE_B):
+                # a partial last tile: the dtheta sums run over every lane, so the lanes
+                # left from the chunk's previous tile must not count again
+                for j in range(nn):
+                    xt[j, bb] = 0
+                for i in range(nm):
+                    dyt[i, bb] = 0
             acc[:, :] = 0
             for e in range(rows.shape[0]):
                 p = params[e]
