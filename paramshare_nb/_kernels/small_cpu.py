@@ -299,8 +299,8 @@ def small_backward(dy, x, theta, indptr, cols, params, w, part, dx, dtheta, nchu
     rows, or ``(nchunks, N * Ci, R)`` (``dW.T``) when ``N * Ci < M * Co``, so
     that the vectors run along the longer side (``R`` that side rounded up
     to 3 vectors when its vectors divide by 3, else to 2; see
-    :func:`_outer_rows`).  The chunks' slices are added in a fixed order: the result
-    does not depend on the threads' timing.
+    :func:`_outer_rows`).  The chunks' slices are added in a fixed order:
+    the result does not depend on the threads' timing.
     """
     _fill_w(theta, indptr, cols, params, w, False)
     nb = dy.shape[0]
@@ -330,7 +330,6 @@ def small_backward(dy, x, theta, indptr, cols, params, w, part, dx, dtheta, nchu
                     for c in range(1, nchunks):
                         s += part[c, i, j]
                     dtheta[p, co, ci] += s
-
 
 
 @kernel(nrt=False)
