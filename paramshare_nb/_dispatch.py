@@ -677,11 +677,17 @@ def _scalar_grad(dy, x, theta, pattern, dx, dtheta):
 
 
 def _mat_forward(x, theta, pattern, y):
-    nb, c_in, c_out = x.shape[0], x.shape[2], y.shape[2]
-    if _streamed(y.shape[1] * c_out, x.shape[1] * c_in, x.itemsize):
-        _small_forward(x, theta, pattern, y)
-    else:
-        _blas_forward(pattern, nb, c_in, c_out, x.dtype)(x, theta, y)
+    _materialize_forward(pattern, x.shape[0], x.shape[2], y.shape[2], x.dtype)(x, theta, y)
+
+
+def _materialize_forward(pattern, nb, c_in, c_out, dtype):
+    """``run(x, theta, y)`` for ``"materialize"``: a small thin ``W`` streamed, else BLAS."""
+    m, n = pattern.shape
+    if not _streamed(m * c_out, n * c_in, dtype.itemsize):
+        return _blas_forward(pattern, nb, c_in, c_out, dtype)
+    _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")  # gathered there
+    return _streaming_forward(pattern, nb, m * c_out, n * c_in, dtype,
+                              _chunks(nb * m * n * c_out * c_in))
 
 
 def _blas_forward(pattern, nb, c_in, c_out, dtype):
@@ -723,12 +729,6 @@ def _streamed(o, k, itemsize):
     """
     lanes = simd.WIDTH // itemsize  # runs on every call: no helper calls
     return (o if o < k else k) <= 2 * lanes and (k if o < k else o) <= 6 * lanes
-
-
-def _small_forward(x, theta, pattern, y):
-    _check_w_bytes(pattern, y.shape[2], x.shape[2], x.itemsize, "materialize")
-    nb, o, k = x.shape[0], y.shape[1] * y.shape[2], x.shape[1] * x.shape[2]
-    _streaming_forward(pattern, nb, o, k, x.dtype, _chunks(nb * o * k))(x, theta, y)
 
 
 def _streaming_forward(pattern, nb, o, k, dtype, nchunks):
@@ -798,7 +798,8 @@ def _dw_reducer(pattern, c_out, c_in, small):
     if (c_out, c_in) == (1, 1) and small:
         # one bincount over the entries' positions (a kernel call costs more: 7 against
         # 4 us for 32 x 32)
-        params, positions = pattern.params, pattern.rows * n + pattern.cols
+        params = pattern.params
+        positions = _cached(pattern, "positions", lambda: pattern.rows * n + pattern.cols)
 
         def by_bincount(dw, dtheta):
             dtheta.reshape(-1)[:] = np.bincount(params, weights=dw.reshape(-1)[positions],
@@ -944,13 +945,8 @@ def forward_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
     how = method
     if how == "auto":
         how = choose(pattern, nb, c_in, c_out, dtype.itemsize)[0]
-    m, n = pattern.shape
     if how == "materialize":
-        if not _streamed(m * c_out, n * c_in, dtype.itemsize):
-            return _blas_forward(pattern, nb, c_in, c_out, dtype)
-        _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")  # gathered there
-        return _streaming_forward(pattern, nb, m * c_out, n * c_in, dtype,
-                                  _chunks(nb * m * n * c_out * c_in))
+        return _materialize_forward(pattern, nb, c_in, c_out, dtype)
     return lambda x, theta, y: _run_forward(how, pattern, x, theta, y)
 
 
