@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from . import config
-from ._kernels import cpu, csr_cpu, simd, small_cpu, sums_cpu
+from ._kernels import cpu, csr_cpu, scalar_sums_cpu, simd, small_cpu, sums_cpu
 
 INDEX = np.int64
 
@@ -397,13 +397,19 @@ def _blas_contract(plan, c_in, c_out):
     return c_in * c_out >= 256 and used <= 64
 
 
-def _gather_forward(plan, x, theta, y, complement):
+def _gather_forward(plan, x, theta, y):
     nb, _, c_in = x.shape
     c_out = theta.shape[1]
     if plan.identity_param >= 0:
         np.matmul(x.reshape(-1, c_in), theta[plan.identity_param].T, out=y.reshape(-1, c_out))
         return
-    gp = plan.gather(complement)
+    if c_in == c_out == 1:
+        gp, work = plan.gather(False), nb * (plan.nnz + plan.n_groups)
+        _run(scalar_sums_cpu.gather_forward, x.reshape(nb, -1), theta.reshape(-1), gp.pptr,
+             gp.plus, plan.row_ptr, plan.row_groups, plan.gparam, y.reshape(nb, -1),
+             _chunks(work), work=work)
+        return
+    gp = plan.gather(False)
     g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
     gp.run(x, g_sums, False)
     if _blas_contract(plan, c_in, c_out):
@@ -414,15 +420,10 @@ def _gather_forward(plan, x, theta, y, complement):
                 np.matmul(g_sums[a:z].reshape(-1, c_in), theta[p].T,
                           out=r[a:z].reshape(-1, c_out))
         _run(cpu.row_sums, r, plan.row_ptr, plan.row_groups, y)
-    elif c_in == c_out == 1:
-        theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
-        _run(cpu.contract_rows, g_sums, theta_t, plan.row_ptr, plan.row_groups, plan.gparam, y,
-             work=g_sums.size * c_out)
     else:  # the csr tiles, over the groups' sums (G, B, Ci) as sources
         work = g_sums.size * c_out
         _run(csr_cpu.csr_rows, g_sums, _tile_theta_t(theta), plan.row_ptr, plan.row_groups,
              plan.row_params, c_in, nb * c_in, y, _chunks(work), work=work)
-    return g_sums
 
 
 def _complement_forward(plan, x, theta, y):
@@ -437,9 +438,9 @@ def _complement_forward(plan, x, theta, y):
         return _diagonal_complement(plan, sp, x, theta, y)
     tot = None if sp is None else sp.totals(x)
     if tot is None or not _finite(tot):
-        _gather_forward(plan, x, theta, y, False)
+        _gather_forward(plan, x, theta, y)
         return None
-    _gather_forward(sp.residual, x, sp.derived_theta(theta), y, False)
+    _gather_forward(sp.residual, x, sp.derived_theta(theta), y)
     u = np.empty((x.shape[0], sp.n_bases, theta.shape[1]), dtype=x.dtype)
     _run(cpu.contract_cols, tot, np.ascontiguousarray(theta.transpose(0, 2, 1)), sp.base_k,
                       sp.base_q, u)
@@ -478,7 +479,7 @@ def _diagonal_complement(plan, sp, x, theta, y):
          sp.base_q, group_ptr, group_u, row_group, y, tot, starts, nchunks, work=work)
     if _finite(tot):
         return tot
-    _gather_forward(plan, x, theta, y, False)
+    _gather_forward(plan, x, theta, y)
     return None
 
 
@@ -519,9 +520,9 @@ def _complement_dtheta(plan, dy, x, dtheta, dy_tot=None, dy_blocks=None):
     sp = plan.split()
     tot_x = None if sp is None else sp.totals(x)
     if tot_x is None or not _finite(tot_x) or (dy_tot is not None and not _finite(dy_tot)):
-        return _gather_dtheta(plan, dy, x, dtheta, False)
+        return _gather_dtheta(plan, dy, x, dtheta)
     dd = np.empty((sp.n_derived,) + dtheta.shape[1:], dtype=dtheta.dtype)
-    _gather_dtheta(sp.residual, dy, x, dd, False)
+    _gather_dtheta(sp.residual, dy, x, dd)
     dtheta[...] = 0
     np.add.at(dtheta, sp.p_idx, sp.coef.astype(dd.dtype)[:, None, None] * dd[sp.d_idx])
     if dy_tot is not None and dy_blocks is not None:
@@ -531,7 +532,7 @@ def _complement_dtheta(plan, dy, x, dtheta, dy_tot=None, dy_blocks=None):
         _run(cpu.base_dtheta, dy, tot_x, sp.u_ptr, sp.u_rows, sp.base_k, sp.q_ptr,
              sp.q_us, dtheta)
     if not _finite(dtheta):  # an inf or nan in dy: redo without the differences
-        _gather_dtheta(plan, dy, x, dtheta, False)
+        _gather_dtheta(plan, dy, x, dtheta)
 
 
 def _scatter_forward(plan, x, theta, y):
@@ -542,14 +543,24 @@ def _scatter_forward(plan, x, theta, y):
     g.run(z, y, True)
 
 
-def _gather_dtheta(plan, dy, x, dtheta, complement):
+def _gather_dtheta(plan, dy, x, dtheta):
     nb, _, c_in = x.shape
     c_out = dy.shape[2]
     if plan.identity_param >= 0:
         dtheta[...] = 0
         _outer_product(dy.reshape(-1, c_out), x.reshape(-1, c_in), dtheta[plan.identity_param])
         return
-    gp = plan.gather(complement)
+    if c_in == c_out == 1:
+        gp, work = plan.gather(False), nb * (plan.nnz + plan.n_groups)
+        nchunks = _chunks(work)
+        part = (dtheta.reshape(1, -1) if nchunks == 1
+                else np.empty((nchunks, plan.n_params), dtype=dtheta.dtype))
+        _run(scalar_sums_cpu.gather_dtheta, dy.reshape(nb, -1), x.reshape(nb, -1), gp.pptr,
+             gp.plus, plan.gparam, plan.grow, part, nchunks, work=work)
+        if nchunks > 1:
+            np.sum(part, axis=0, out=dtheta.reshape(-1))
+        return
+    gp = plan.gather(False)
     g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
     gp.run(x, g_sums, False)
     if _blas_contract(plan, c_in, c_out):
@@ -562,9 +573,6 @@ def _gather_dtheta(plan, dy, x, dtheta, complement):
                           out=dtheta[p])
             else:
                 dtheta[p] = 0
-    elif c_in == c_out == 1:
-        _run(cpu.dtheta_groups, dy, g_sums, plan.param_ptr, plan.grow, dtheta,
-             work=g_sums.size * c_out)
     else:  # the csr dtheta tiles: groups are parameter-major entries over the group sums
         _tiled_dtheta(dy, g_sums, plan.param_ptr, plan.grow, plan.group_ids, c_in, nb * c_in,
                       dtheta)
@@ -927,7 +935,7 @@ def _run_forward(how, pattern, x, theta, y, transposed=False):
     elif how == "complement":
         _complement_forward(plan_of(pattern, transposed), x, theta, y)
     else:
-        _gather_forward(plan_of(pattern, transposed), x, theta, y, False)
+        _gather_forward(plan_of(pattern, transposed), x, theta, y)
 
 
 def forward(x, theta, pattern, y, method="auto"):
@@ -997,7 +1005,7 @@ def _run_grad(hx, ht, pattern, dy, x, theta, dx, dtheta):
     elif ht == "complement":
         _complement_dtheta(plan_of(pattern), dy, x, dtheta)
     else:
-        _gather_dtheta(plan_of(pattern), dy, x, dtheta, False)
+        _gather_dtheta(plan_of(pattern), dy, x, dtheta)
 
 
 def _choose_dtheta(pattern, nb, c_in, c_out, itemsize):

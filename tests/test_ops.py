@@ -281,6 +281,60 @@ def test_scalar_csr_gradients_over_several_tiles(parallel, monkeypatch):
         assert_close(dth, rdth)
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_scalar_gather_over_several_tiles(parallel, monkeypatch):
+    """Scalar "gather" and "complement" (its residuals) run ``scalar_sums_cpu``'s 64-row
+    batch tiles (spied): batches within, at and past one tile, ending in a partial tile
+    (whose stale lanes must not count again in dtheta), multi-edges, repeated edges, empty
+    rows; "scatter" (scalar contraction, batch-major sums) on the same data."""
+    from paramshare_nb import _dispatch
+    from paramshare_nb._kernels import scalar_sums_cpu
+    calls = []
+    for name in ("gather_forward", "gather_dtheta"):
+        kern = getattr(scalar_sums_cpu, name)
+        spy = type("Spy", (), {"serial": staticmethod(lambda *a, k=kern, n=name:
+                                                      calls.append(n) or k.serial(*a)),
+                               "__call__": staticmethod(lambda *a, k=kern, n=name:
+                                                        calls.append(n) or k(*a))})()
+        monkeypatch.setattr(scalar_sums_cpu, name, spy)
+    if parallel:
+        monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
+    rng = np.random.default_rng(37)
+    for name in ("multi", "deepsets_perturbed", "cyclic", "d4"):
+        pat = PATTERNS[name]
+        theta = rng.standard_normal(pat.n_params)
+        for nb in (1, 63, 64, 65, 130):
+            x, dy = rng.standard_normal((nb, pat.shape[1])), rng.standard_normal((nb, pat.shape[0]))
+            x[:64] *= 1e3  # large first tile: a stale lane would show
+            rdx, rdth = ref.grad(dy, x, theta, pat)
+            for method in ("gather", "complement", "scatter"):
+                calls.clear()
+                assert_close(ps.tied_matmul(x, theta, pat, method=method),
+                             ref.forward(x, theta, pat))
+                dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method=method)
+                assert_close(dx, rdx)
+                assert_close(dth, rdth)
+                if method == "gather":
+                    assert calls == ["gather_forward", "gather_forward", "gather_dtheta"]
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_gather_sums_over_batch_blocks(parallel, monkeypatch):
+    """Gather, complement and scatter with 1-3 channels over batches of several 256-row
+    blocks of ``cpu.gather_sums`` (target-major) and past them (300, 513)."""
+    from paramshare_nb import _dispatch
+    from paramshare_nb._kernels import cpu
+    assert cpu.SUM_B == 256
+    if parallel:
+        monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
+    rng = np.random.default_rng(38)
+    for name in ("multi", "deepsets_perturbed", "tensor2to1"):
+        for c_in, c_out in ((2, 1), (1, 3)):
+            for batch in (300, 513):
+                _check_channels(PATTERNS[name], ("gather", "complement", "scatter"),
+                                np.float64, batch, c_in, c_out, rng)
+
+
 def test_small_w_kernels_with_more_chunks_than_rows():
     """5 rows over 4 chunks (2, 2, 1 and none): every row once, nothing written outside
     the outputs (they are rows 2-6 of larger NaN-filled arrays, the rest must stay NaN)."""

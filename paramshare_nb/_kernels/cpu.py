@@ -96,63 +96,80 @@ def gather_w(theta, indptr, cols, params, w):
 # out[t, b, :] (``(T, B, C)``) or batch-major out[b, t, :] (``(B, T, C)``).
 
 
+#: Batch rows per block of the gather-contract kernels below: each parallel
+#: iteration owns one target (or output row) and one block of the batch, so its
+#: outputs stay in L1 while every source column is added, and index lists are
+#: read once per block, not once per batch element (per-element iterations cost
+#: 20 ns each for scalar patterns: an integer division and six index loads).
+SUM_B = 256
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _gather_one(src, tot, bptr, blks, pptr, plus, mptr, minus, out, o0, o1, g, b):
+def _gather_block(src, tot, bptr, blks, pptr, plus, mptr, minus, o, g, b0, w):
+    """``o[b] = out[g, b]`` for ``w`` rows from ``b0``; ``o`` is target ``g``'s ``(B, C)`` view.
+
+    The batch is the innermost loop, written ``j in range(w)`` indexing
+    ``b0 + j``: with the (1-3) channels innermost, or the batch running over
+    ``range(b0, b0 + w)``, the same sums ran 3-6x slower (loop overhead per
+    element, numba's negative-index handling not hoisted).
+    """
     nc = src.shape[2]
     for c in range(nc):
-        out[o0, o1, c] = 0
+        for j in range(w):
+            o[b0 + j, c] = 0
     for i in range(bptr[g], bptr[g + 1]):
         k = blks[i]
         for c in range(nc):
-            out[o0, o1, c] += tot[b, k, c]
+            for j in range(w):
+                o[b0 + j, c] += tot[b0 + j, k, c]
     for i in range(pptr[g], pptr[g + 1]):
         s = plus[i]
         for c in range(nc):
-            out[o0, o1, c] += src[b, s, c]
+            for j in range(w):
+                o[b0 + j, c] += src[b0 + j, s, c]
     for i in range(mptr[g], mptr[g + 1]):
         s = minus[i]
         for c in range(nc):
-            out[o0, o1, c] -= src[b, s, c]
+            for j in range(w):
+                o[b0 + j, c] -= src[b0 + j, s, c]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _gather_entry(src, tot, bptr, blks, pptr, plus, mptr, minus, out, b, g):
+    """``out[b, g] =`` target ``g``'s sums for batch element ``b`` (batch-major)."""
+    for c in range(src.shape[2]):
+        v = out.dtype.type(0)
+        for i in range(bptr[g], bptr[g + 1]):
+            v += tot[b, blks[i], c]
+        for i in range(pptr[g], pptr[g + 1]):
+            v += src[b, plus[i], c]
+        for i in range(mptr[g], mptr[g + 1]):
+            v -= src[b, minus[i], c]
+        out[b, g, c] = v
 
 
 @kernel()
 def gather_sums(src, tot, bptr, blks, pptr, plus, mptr, minus, out, batch_major):
-    """Evaluate a gather plan (see the section comment) into ``out``."""
+    """Evaluate a gather plan (see the section comment) into ``out``.
+
+    Target-major outputs are filled a target and a block of the batch at a
+    time, batch-major ones a batch element at a time: either way the writes
+    run along memory (a target's column of a batch-major ``out`` is strided
+    by a whole row, a page for 1024 targets).
+    """
     nb = src.shape[0]
     nt = bptr.shape[0] - 1
     if batch_major:
-        for t in prange(nt * nb):
-            b = t // nt
-            g = t - b * nt
-            _gather_one(src, tot, bptr, blks, pptr, plus, mptr, minus, out, b, g, g, b)
-    else:
-        for t in prange(nt * nb):
-            g = t // nb
-            b = t - g * nb
-            _gather_one(src, tot, bptr, blks, pptr, plus, mptr, minus, out, g, b, g, b)
-
-
-@kernel()
-def contract_rows(g_sums, theta_t, row_ptr, row_groups, gparam, y):
-    """``y[b, m] = sum_{groups g of row m} theta[p_g] @ G[g, b]`` (fused, no BLAS).
-
-    ``theta_t`` is ``(P, C_in, C_out)`` so the innermost loop runs over
-    contiguous outputs and vectorises.
-    """
-    nb, nm, nco = y.shape
-    nci = g_sums.shape[2]
-    for t in prange(nb * nm):
-        b = t // nm
-        m = t - b * nm
-        for co in range(nco):
-            y[b, m, co] = 0
-        for i in range(row_ptr[m], row_ptr[m + 1]):
-            g = row_groups[i]
-            p = gparam[g]
-            for ci in range(nci):
-                v = g_sums[g, b, ci]
-                for co in range(nco):
-                    y[b, m, co] += v * theta_t[p, ci, co]
+        for b in prange(nb):
+            for g in range(nt):
+                _gather_entry(src, tot, bptr, blks, pptr, plus, mptr, minus, out, b, g)
+        return
+    nblk = (nb + SUM_B - 1) // SUM_B
+    for t in prange(nt * nblk):
+        g = t // nblk
+        b0 = (t - g * nblk) * SUM_B
+        _gather_block(src, tot, bptr, blks, pptr, plus, mptr, minus, out[g], g, b0,
+                      min(nb - b0, SUM_B))
 
 
 @kernel()
@@ -172,42 +189,26 @@ def row_sums(r, row_ptr, row_groups, y):
 
 @kernel()
 def contract_cols(x, theta_t, zcol, zparam, z):
-    """``z[b, j] = theta[zparam[j]] @ x[b, zcol[j]]``: contract first (transposed order)."""
+    """``z[b, j] = theta[zparam[j]] @ x[b, zcol[j]]``: contract first (transposed order).
+
+    Each parallel iteration owns a batch element and writes its row of ``z``
+    in memory order.
+    """
     nb, nz, nco = z.shape
     nci = x.shape[2]
-    for t in prange(nb * nz):
-        b = t // nz
-        j = t - b * nz
-        n = zcol[j]
-        p = zparam[j]
-        for co in range(nco):
-            z[b, j, co] = 0
-        for ci in range(nci):
-            v = x[b, n, ci]
+    for b in prange(nb):
+        if nco == nci == 1:  # scalar: no one-trip loops per entry (5x slower)
+            for j in range(nz):
+                z[b, j, 0] = theta_t[zparam[j], 0, 0] * x[b, zcol[j], 0]
+            continue
+        for j in range(nz):
+            n = zcol[j]
+            p = zparam[j]
             for co in range(nco):
-                z[b, j, co] += v * theta_t[p, ci, co]
-
-
-@kernel()
-def dtheta_groups(dy, g_sums, param_ptr, grow, dtheta):
-    """``dtheta[p] = sum_{groups g of p} sum_b dy[b, m_g] (x) G[g, b]``.
-
-    Groups are parameter-major (``param_ptr``); each parallel iteration owns
-    one parameter, so the reduction is race-free and deterministic.
-    """
-    npar, nco, nci = dtheta.shape
-    nb = dy.shape[0]
-    for p in prange(npar):
-        for co in range(nco):
-            for ci in range(nci):
-                dtheta[p, co, ci] = 0
-        for g in range(param_ptr[p], param_ptr[p + 1]):
-            m = grow[g]
-            for b in range(nb):
-                for co in range(nco):
-                    d = dy[b, m, co]
-                    for ci in range(nci):
-                        dtheta[p, co, ci] += d * g_sums[g, b, ci]
+                v = z.dtype.type(0)
+                for ci in range(nci):
+                    v += theta_t[p, ci, co] * x[b, n, ci]
+                z[b, j, co] = v
 
 
 @kernel()
