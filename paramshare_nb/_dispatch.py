@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from . import config
-from ._kernels import cpu, csr_cpu, scalar_sums_cpu, simd, small_cpu, sums_cpu
+from ._kernels import cpu, csr_cpu, simd, small_cpu, sums_cpu, tile_sums_cpu
 
 INDEX = np.int64
 
@@ -338,7 +338,7 @@ class Plan:
         self.group_ids = np.arange(self.n_groups, dtype=INDEX)
         self._ginv = ginv.astype(INDEX)
         self.col_block = _column_blocks(cols, params, n)
-        self._gather = {}
+        self._gather = None
         self._z = None
         self._split = None
         # a single parameter times the identity (Deep Sets' residual): one plain GEMM
@@ -358,12 +358,15 @@ class Plan:
             self._split = Split(self)
         return self._split if self._split.n_bases else None
 
-    def gather(self, complement):
-        """Group sums of ``x``: targets are the groups, sources the input columns."""
-        if complement not in self._gather:
-            self._gather[complement] = GatherPlan(self._ginv, self._edges[1], self.n_groups,
-                                                  self.shape[1], self.col_block, complement)
-        return self._gather[complement]
+    def gather(self):
+        """Group sums of ``x``: targets are the groups, sources the input columns.
+
+        Plain sums: complement sums are :class:`Split`'s (bases and a residual).
+        """
+        if self._gather is None:
+            self._gather = GatherPlan(self._ginv, self._edges[1], self.n_groups, self.shape[1],
+                                      self.col_block, False)
+        return self._gather
 
     def zplan(self):
         """Contract-then-scatter: ``z`` columns are distinct (param, input) pairs."""
@@ -397,19 +400,23 @@ def _blas_contract(plan, c_in, c_out):
     return c_in * c_out >= 256 and used <= 64
 
 
+def _tiled_sums(c_in, c_out):
+    """Whether gather-contract runs on :mod:`.tile_sums_cpu`'s batch tiles (few channels)."""
+    return c_in <= 3 and c_out <= 3
+
+
 def _gather_forward(plan, x, theta, y):
     nb, _, c_in = x.shape
     c_out = theta.shape[1]
     if plan.identity_param >= 0:
         np.matmul(x.reshape(-1, c_in), theta[plan.identity_param].T, out=y.reshape(-1, c_out))
         return
-    if c_in == c_out == 1:
-        gp, work = plan.gather(False), nb * (plan.nnz + plan.n_groups)
-        _run(scalar_sums_cpu.gather_forward, x.reshape(nb, -1), theta.reshape(-1), gp.pptr,
-             gp.plus, plan.row_ptr, plan.row_groups, plan.gparam, y.reshape(nb, -1),
-             _chunks(work), work=work)
+    if _tiled_sums(c_in, c_out):
+        gp, work = plan.gather(), nb * (plan.nnz * c_in + plan.n_groups * c_in * c_out)
+        _run(tile_sums_cpu.gather_forward, x, theta, gp.pptr, gp.plus, plan.row_ptr,
+             plan.row_groups, plan.gparam, y, _chunks(work), work=work)
         return
-    gp = plan.gather(False)
+    gp = plan.gather()
     g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
     gp.run(x, g_sums, False)
     if _blas_contract(plan, c_in, c_out):
@@ -550,17 +557,17 @@ def _gather_dtheta(plan, dy, x, dtheta):
         dtheta[...] = 0
         _outer_product(dy.reshape(-1, c_out), x.reshape(-1, c_in), dtheta[plan.identity_param])
         return
-    if c_in == c_out == 1:
-        gp, work = plan.gather(False), nb * (plan.nnz + plan.n_groups)
+    if _tiled_sums(c_in, c_out):
+        gp, work = plan.gather(), nb * (plan.nnz * c_in + plan.n_groups * c_in * c_out)
         nchunks = _chunks(work)
-        part = (dtheta.reshape(1, -1) if nchunks == 1
-                else np.empty((nchunks, plan.n_params), dtype=dtheta.dtype))
-        _run(scalar_sums_cpu.gather_dtheta, dy.reshape(nb, -1), x.reshape(nb, -1), gp.pptr,
-             gp.plus, plan.gparam, plan.grow, part, nchunks, work=work)
+        part = (dtheta[None] if nchunks == 1
+                else np.empty((nchunks,) + dtheta.shape, dtype=dtheta.dtype))
+        _run(tile_sums_cpu.gather_dtheta, dy, x, gp.pptr, gp.plus, plan.gparam, plan.grow,
+             part, nchunks, work=work)
         if nchunks > 1:
-            np.sum(part, axis=0, out=dtheta.reshape(-1))
+            np.sum(part, axis=0, out=dtheta)
         return
-    gp = plan.gather(False)
+    gp = plan.gather()
     g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
     gp.run(x, g_sums, False)
     if _blas_contract(plan, c_in, c_out):
@@ -847,9 +854,14 @@ _ITER = 2e-8  # overhead of one (target, batch) iteration of a fused kernel: dom
 def _gather_cost(plan, nb, c_in, c_out):
     if plan.identity_param >= 0:
         return 2 * nb * plan.nnz * c_in * c_out / _BLAS + _CALL
-    if c_in == c_out == 1:  # scalar_sums_cpu's batch tiles: as the scalar csr kernels, plus
-        m, n = plan.shape   # a group's sum written and read once more (C_32: 0.3 ms, csr 0.14)
-        return 2 * nb * (plan.nnz + 2 * plan.n_groups) / (4 * _FUSED) + nb * (m + n) / _ADDS + _CALL
+    if _tiled_sums(c_in, c_out):
+        # batch tiles: as the scalar csr kernels, plus each group's sums written and read
+        # once more (scalar C_32, batch 1024: 0.3 ms, csr 0.14); every tile computes all
+        # its lanes, whatever the batch
+        m, n = plan.shape
+        lanes = _round_up(nb, cpu.TILE_B)
+        return (2 * lanes * (plan.nnz * c_in + 2 * plan.n_groups * c_in * c_out) / (4 * _FUSED)
+                + nb * (m * c_out + n * c_in) / _ADDS + _CALL)
     used = int(np.count_nonzero(np.diff(plan.param_ptr)))
     contract = 2 * nb * plan.n_groups * c_in * c_out
     if _blas_contract(plan, c_in, c_out):
@@ -857,7 +869,7 @@ def _gather_cost(plan, nb, c_in, c_out):
     else:  # channels contract on the SIMD tiles (csr_cpu), one channel in scalar loops
         ctime = contract / (_FUSED if c_in == c_out == 1 else _SIMD)
     iters = nb * (plan.n_groups + plan.shape[0]) * _ITER
-    return nb * plan.gather(False).n_terms * c_in / _ADDS + ctime + iters + 3 * _CALL
+    return nb * plan.gather().n_terms * c_in / _ADDS + ctime + iters + 3 * _CALL
 
 
 def _costs(plan, nb, c_in, c_out, itemsize):
@@ -874,18 +886,21 @@ def _costs(plan, nb, c_in, c_out, itemsize):
         if _streamed(m * c_out, n * c_in, itemsize):  # output rows padded to vectors
             padded = _round_up(m * c_out, _lanes(itemsize)) * n * c_in
             costs["materialize"] = 2 * nb * padded / _STREAM + _CALL
-    if cc == 1:  # scalar: batch-vectorised kernels, after transposing tiles of x and y
-        costs["csr"] = 2 * nb * plan.nnz / (4 * _FUSED) + nb * (m + n) / _ADDS + _CALL
+    if cc == 1:  # scalar: batch-vectorised kernels, after transposing tiles of x and y;
+        # every tile computes all its lanes (D4 on 16 x 16 at batch 1: 0.8 ms, materialize 0.15)
+        lanes = _round_up(nb, cpu.TILE_B)
+        costs["csr"] = 2 * lanes * plan.nnz / (4 * _FUSED) + lanes * (m + n) / _ADDS + _CALL
     else:  # SIMD tiles: 4 batch elements x output channels padded to 2 vectors
         padded = c_in * _round_up(c_out, 2 * _lanes(itemsize))
         costs["csr"] = 2 * nb * plan.nnz * padded / _SIMD + nb * m / 4 * _ITER + _CALL
     costs["gather"] = _gather_cost(plan, nb, c_in, c_out)
     sp = plan.split()
     if _one_pass(sp, nb, nb * n * cc):
-        # totals and one multiply-add pass over the rows; output channels padded to vectors
+        # totals and one multiply-add pass over the rows; output channels padded to vectors;
+        # derived parameters, checks and the call: about 30 us of Python (Deep Sets, batch 1)
         padded = _round_up(c_out, _lanes(itemsize))
         costs["complement"] = (nb * n * (c_in + c_out) / _ADDS + 2 * nb * n * c_in * padded / _SIMD
-                               + 2 * nb * sp.n_bases * cc / _FUSED + 2 * _CALL)
+                               + 2 * nb * sp.n_bases * cc / _FUSED + 7 * _CALL)
     elif sp is not None:
         costs["complement"] = (_gather_cost(sp.residual, nb, c_in, c_out)
                                + (nb * n * c_in + sp.u_rows.size * nb * c_out) / _ADDS

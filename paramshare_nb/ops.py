@@ -36,8 +36,9 @@ multiply, planned on ``pattern.T``) and ``dtheta`` are planned separately):
     Gather-contract: per output row and distinct parameter, sum the inputs
     that share it, then one small product per (row, parameter) group,
     in SIMD register tiles or one BLAS call per parameter across rows.
-    Scalar patterns form each group's sum along a tile of 64 batch elements
-    (vectorised) and use it at once, like the scalar ``"csr"`` kernels.
+    With at most 3 channels a side (scalar layers too), each group's sums
+    are formed along a tile of 64 batch elements (vectorised) and used at
+    once, like the scalar ``"csr"`` kernels.
 ``"complement"``
     Complement sums: ``W`` = a block-constant base per (row, input block)
     plus a residual tied pattern over derived parameters (differences such as

@@ -282,46 +282,52 @@ def test_scalar_csr_gradients_over_several_tiles(parallel, monkeypatch):
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
-def test_scalar_gather_over_several_tiles(parallel, monkeypatch):
-    """Scalar "gather" and "complement" (its residuals) run ``scalar_sums_cpu``'s 64-row
-    batch tiles (spied): batches within, at and past one tile, ending in a partial tile
-    (whose stale lanes must not count again in dtheta), multi-edges, repeated edges, empty
-    rows; "scatter" (scalar contraction, batch-major sums) on the same data."""
+def test_gather_tiles_few_channels(parallel, monkeypatch):
+    """"gather" and "complement" (its residuals) with at most 3 channels a side run
+    ``tile_sums_cpu``'s 64-row batch tiles (spied): scalar and channels, batches within, at
+    and past one tile, ending in a partial tile (whose stale lanes must not count again in
+    dtheta), multi-edges, repeated edges, empty rows; "scatter" on the same data."""
     from paramshare_nb import _dispatch
-    from paramshare_nb._kernels import scalar_sums_cpu
+    from paramshare_nb._kernels import tile_sums_cpu
     calls = []
     for name in ("gather_forward", "gather_dtheta"):
-        kern = getattr(scalar_sums_cpu, name)
+        kern = getattr(tile_sums_cpu, name)
         spy = type("Spy", (), {"serial": staticmethod(lambda *a, k=kern, n=name:
                                                       calls.append(n) or k.serial(*a)),
                                "__call__": staticmethod(lambda *a, k=kern, n=name:
                                                         calls.append(n) or k(*a))})()
-        monkeypatch.setattr(scalar_sums_cpu, name, spy)
+        monkeypatch.setattr(tile_sums_cpu, name, spy)
     if parallel:
         monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
     rng = np.random.default_rng(37)
     for name in ("multi", "deepsets_perturbed", "cyclic", "d4"):
         pat = PATTERNS[name]
-        theta = rng.standard_normal(pat.n_params)
-        for nb in (1, 63, 64, 65, 130):
-            x, dy = rng.standard_normal((nb, pat.shape[1])), rng.standard_normal((nb, pat.shape[0]))
-            x[:64] *= 1e3  # large first tile: a stale lane would show
-            rdx, rdth = ref.grad(dy, x, theta, pat)
-            for method in ("gather", "complement", "scatter"):
-                calls.clear()
-                assert_close(ps.tied_matmul(x, theta, pat, method=method),
-                             ref.forward(x, theta, pat))
-                dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method=method)
-                assert_close(dx, rdx)
-                assert_close(dth, rdth)
-                if method == "gather":
-                    assert calls == ["gather_forward", "gather_forward", "gather_dtheta"]
+        m, n = pat.shape
+        for chans in (None, (2, 3), (3, 1)):
+            lead = () if chans is None else (chans[0],)
+            theta = rng.standard_normal((pat.n_params,) if chans is None else
+                                        (pat.n_params, chans[1], chans[0]))
+            for nb in (1, 63, 64, 65, 130):
+                x = rng.standard_normal((nb, n) + lead)
+                dy = rng.standard_normal((nb, m) + (() if chans is None else (chans[1],)))
+                x[:64] *= 1e3  # large first tile: a stale lane would show
+                rdx, rdth = ref.grad(dy, x, theta, pat)
+                for method in ("gather", "complement", "scatter"):
+                    calls.clear()
+                    assert_close(ps.tied_matmul(x, theta, pat, method=method),
+                                 ref.forward(x, theta, pat))
+                    dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method=method)
+                    assert_close(dx, rdx)
+                    assert_close(dth, rdth)
+                    if method == "gather":
+                        assert calls == ["gather_forward", "gather_forward", "gather_dtheta"]
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
 def test_gather_sums_over_batch_blocks(parallel, monkeypatch):
-    """Gather, complement and scatter with 1-3 channels over batches of several 256-row
-    blocks of ``cpu.gather_sums`` (target-major) and past them (300, 513)."""
+    """Gather, complement and scatter with more than 3 channels on one side, over batches
+    of several 256-row blocks of ``cpu.gather_sums`` (target-major sums of 2 or 3 input
+    channels) and past them (300, 513); scatter's contracted columns summed batch-major."""
     from paramshare_nb import _dispatch
     from paramshare_nb._kernels import cpu
     assert cpu.SUM_B == 256
@@ -329,7 +335,7 @@ def test_gather_sums_over_batch_blocks(parallel, monkeypatch):
         monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
     rng = np.random.default_rng(38)
     for name in ("multi", "deepsets_perturbed", "tensor2to1"):
-        for c_in, c_out in ((2, 1), (1, 3)):
+        for c_in, c_out in ((2, 5), (3, 4), (5, 3)):
             for batch in (300, 513):
                 _check_channels(PATTERNS[name], ("gather", "complement", "scatter"),
                                 np.float64, batch, c_in, c_out, rng)
@@ -636,11 +642,12 @@ def test_one_pass_needs_a_batch_element_per_thread(data, monkeypatch):
 
 
 def test_serial_twins_exist():
-    from paramshare_nb._kernels import cpu, csr_cpu, small_cpu, sums_cpu
+    from paramshare_nb._kernels import cpu, csr_cpu, small_cpu, sums_cpu, tile_sums_cpu
     for k in (csr_cpu.csr_rows, csr_cpu.csr_dtheta, cpu.gather_sums, cpu.scalar_forward,
               cpu.reduce_dw_rows, sums_cpu.diagonal_complement, sums_cpu.gather_sums,
               sums_cpu.block_totals, small_cpu.small_forward, small_cpu.small_backward,
-              small_cpu.outer_products):
+              small_cpu.outer_products, tile_sums_cpu.gather_forward,
+              tile_sums_cpu.gather_dtheta):
         assert k.serial.py_func.__qualname__ == k.py_func.__qualname__ + "_serial"
 
 

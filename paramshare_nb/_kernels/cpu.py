@@ -96,11 +96,11 @@ def gather_w(theta, indptr, cols, params, w):
 # out[t, b, :] (``(T, B, C)``) or batch-major out[b, t, :] (``(B, T, C)``).
 
 
-#: Batch rows per block of the gather-contract kernels below: each parallel
-#: iteration owns one target (or output row) and one block of the batch, so its
-#: outputs stay in L1 while every source column is added, and index lists are
-#: read once per block, not once per batch element (per-element iterations cost
-#: 20 ns each for scalar patterns: an integer division and six index loads).
+#: Batch rows per block of a target-major gather (below): each parallel
+#: iteration owns one target and one block of the batch, so its outputs stay in
+#: L1 while every source column is added, and the index lists are read once per
+#: block, not once per batch element.  (Few channels a side, scalar layers
+#: included, take :mod:`.tile_sums_cpu` instead.)
 SUM_B = 256
 
 

@@ -601,7 +601,7 @@ def _ptr(counts):
 def _plan_arrays(plan):
     """Device arrays of one CPU :class:`~paramshare_nb._dispatch.Plan`: the plain group
     sums, the per-row groups for the contraction and the ``dtheta`` chunks."""
-    gp = plan.gather(False)
+    gp = plan.gather()
     # dtheta chunks: each parameter's groups cut into runs of at most CHUNK
     lo, hi, ptr = [], [], [0]
     for p in range(plan.n_params):
