@@ -866,8 +866,8 @@ def _gather_cost(plan, nb, c_in, c_out):
     contract = 2 * nb * plan.n_groups * c_in * c_out
     if _blas_contract(plan, c_in, c_out):
         ctime = contract / _BLAS + used * _CALL + nb * plan.n_groups * c_out / _ADDS
-    else:  # channels contract on the SIMD tiles (csr_cpu), one channel in scalar loops
-        ctime = contract / (_FUSED if c_in == c_out == 1 else _SIMD)
+    else:  # channels contract on the SIMD tiles (csr_cpu)
+        ctime = contract / _SIMD
     iters = nb * (plan.n_groups + plan.shape[0]) * _ITER
     return nb * plan.gather().n_terms * c_in / _ADDS + ctime + iters + 3 * _CALL
 

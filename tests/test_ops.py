@@ -233,6 +233,20 @@ def _stream_shapes(lanes):
             (1, 5 * lanes - 3, 2, 1), (3, 2, 2, 3), (5, 20, 1, 1)]
 
 
+def _spy_kernels(monkeypatch, module, names):
+    """Replace ``module``'s kernels ``names`` (parallel and ``.serial``) by spies that log
+    their name to the returned list and run the kernel."""
+    calls = []
+    for name in names:
+        kern = getattr(module, name)
+        spy = type("Spy", (), {"serial": staticmethod(lambda *a, k=kern, n=name:
+                                                      calls.append(n) or k.serial(*a)),
+                               "__call__": staticmethod(lambda *a, k=kern, n=name:
+                                                        calls.append(n) or k(*a))})()
+        monkeypatch.setattr(module, name, spy)
+    return calls
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
 def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
@@ -241,14 +255,7 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
     ``dW`` orientations, serial twins and parallel chunks."""
     from paramshare_nb import _dispatch
     from paramshare_nb._kernels import small_cpu
-    calls = []
-    for name in ("small_forward", "small_backward"):
-        kern = getattr(small_cpu, name)
-        spy = type("Spy", (), {"serial": staticmethod(lambda *a, k=kern, n=name:
-                                                      calls.append(n) or k.serial(*a)),
-                               "__call__": staticmethod(lambda *a, k=kern, n=name:
-                                                        calls.append(n) or k(*a))})()
-        monkeypatch.setattr(small_cpu, name, spy)
+    calls = _spy_kernels(monkeypatch, small_cpu, ("small_forward", "small_backward"))
     if parallel:
         monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
     rng = np.random.default_rng(17)
@@ -289,14 +296,7 @@ def test_gather_tiles_few_channels(parallel, monkeypatch):
     dtheta), multi-edges, repeated edges, empty rows; "scatter" on the same data."""
     from paramshare_nb import _dispatch
     from paramshare_nb._kernels import tile_sums_cpu
-    calls = []
-    for name in ("gather_forward", "gather_dtheta"):
-        kern = getattr(tile_sums_cpu, name)
-        spy = type("Spy", (), {"serial": staticmethod(lambda *a, k=kern, n=name:
-                                                      calls.append(n) or k.serial(*a)),
-                               "__call__": staticmethod(lambda *a, k=kern, n=name:
-                                                        calls.append(n) or k(*a))})()
-        monkeypatch.setattr(tile_sums_cpu, name, spy)
+    calls = _spy_kernels(monkeypatch, tile_sums_cpu, ("gather_forward", "gather_dtheta"))
     if parallel:
         monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
     rng = np.random.default_rng(37)
