@@ -104,6 +104,33 @@ class Strategies:
         ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat, method=method)
 
 
+class FewChannelStrategies:
+    """Every strategy forced with at most 3 channels a side (the batch tiles of gather and
+    complement): D4 on an 8 x 8 image, batch 256, float32."""
+
+    params = (["1->1", "3->1", "2->3"], METHODS)
+    param_names = ["channels", "method"]
+    timeout = 300
+
+    def setup(self, channels, method):
+        c_in, c_out = (int(c) for c in channels.split("->"))
+        self.pat = ps.dense_pattern(ps.Action.same(ps.groups.square_symmetries(8)))
+        rng = np.random.default_rng(0)
+        m, n = self.pat.shape
+        scalar = c_in == c_out == 1
+        shapes = (((self.pat.n_params,), (256, n), (256, m)) if scalar else
+                  ((self.pat.n_params, c_out, c_in), (256, n, c_in), (256, m, c_out)))
+        self.theta, self.x, self.dy = (rng.standard_normal(s).astype(np.float32) for s in shapes)
+        self.time_forward(channels, method)
+        self.time_backward(channels, method)
+
+    def time_forward(self, channels, method):
+        ps.tied_matmul(self.x, self.theta, self.pat, method=method)
+
+    def time_backward(self, channels, method):
+        ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat, method=method)
+
+
 def track_compile_seconds():
     """First forward + backward in a fresh process with an empty numba cache dir."""
     code = ("import time, numpy as np, paramshare_nb as ps\n"

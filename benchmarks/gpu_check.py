@@ -139,7 +139,7 @@ def _time_workload(ps, cuda, pat, host, scalar) -> dict:
     return ms
 
 
-def time_workloads(only, dtype) -> list:
+def measure_workloads(only, dtype) -> list:
     """Time the workloads of ``compare.py`` named in ``only``; a row per workload."""
     import numpy as np
     from numba import cuda
@@ -187,7 +187,7 @@ def main(argv=None):
     name = cuda.get_current_device().name
     report["device"] = name.decode() if isinstance(name, bytes) else str(name)
     print("device:", report["device"])
-    report["workloads"] = time_workloads(args.only.split(","), args.dtype)
+    report["workloads"] = measure_workloads(args.only.split(","), args.dtype)
     out = os.environ.get("OUT")
     if out:
         with open(os.path.join(out, "gpu_check.json"), "w") as fh:

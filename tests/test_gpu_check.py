@@ -27,7 +27,7 @@ def test_gpu_check_times_every_strategy_after_checking_it(monkeypatch):
     monkeypatch.setattr(compare, "workloads", lambda: tiny)
     monkeypatch.setattr(gpu_check, "_median", lambda fn, sync, **kw: (fn(), sync(), 1e-3)[2])
     with ps.config.override(cuda_threads=16, cuda_max_blocks=4):
-        rows = gpu_check.time_workloads(["w1"], "float32")
+        rows = gpu_check.measure_workloads(["w1"], "float32")
     assert [r["workload"] for r in rows] == ["w1"]
     for row in rows:
         assert set(ps.ops.METHODS) <= set(row["ms"])
