@@ -26,6 +26,7 @@ def _required(fn):
 @pytest.mark.parametrize("name", _modules())
 def test_benchmarks_take_their_parameters(name, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
+    before = set(sys.modules)
     mod = importlib.import_module(name)
     try:
         for attr, obj in vars(mod).items():
@@ -39,4 +40,7 @@ def test_benchmarks_take_their_parameters(name, monkeypatch):
                     if meth.startswith(PREFIXES + ("setup",)) and inspect.isfunction(fn):
                         assert len(_required(fn)) == 1 + n, f"{name}.{attr}.{meth}: {n} params"
     finally:
-        sys.modules.pop(name, None)
+        # forget only what this test imported: other tests hold these modules (and their
+        # functions import from them by name at call time)
+        for new in set(sys.modules) - before:
+            sys.modules.pop(new, None)
