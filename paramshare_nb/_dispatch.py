@@ -411,12 +411,12 @@ def _gather_forward(plan, x, theta, y):
     if plan.identity_param >= 0:
         np.matmul(x.reshape(-1, c_in), theta[plan.identity_param].T, out=y.reshape(-1, c_out))
         return
+    gp = plan.gather()
     if _tiled_sums(c_in, c_out):
-        gp, work = plan.gather(), nb * (plan.nnz * c_in + plan.n_groups * c_in * c_out)
+        work = nb * (plan.nnz * c_in + plan.n_groups * c_in * c_out)
         _run(tile_sums_cpu.gather_forward, x, theta, gp.pptr, gp.plus, plan.row_ptr,
              plan.row_groups, plan.gparam, y, _chunks(work), work=work)
         return
-    gp = plan.gather()
     g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
     gp.run(x, g_sums, False)
     if _blas_contract(plan, c_in, c_out):
@@ -557,8 +557,9 @@ def _gather_dtheta(plan, dy, x, dtheta):
         dtheta[...] = 0
         _outer_product(dy.reshape(-1, c_out), x.reshape(-1, c_in), dtheta[plan.identity_param])
         return
+    gp = plan.gather()
     if _tiled_sums(c_in, c_out):
-        gp, work = plan.gather(), nb * (plan.nnz * c_in + plan.n_groups * c_in * c_out)
+        work = nb * (plan.nnz * c_in + plan.n_groups * c_in * c_out)
         nchunks = _chunks(work)
         part = (dtheta[None] if nchunks == 1
                 else np.empty((nchunks,) + dtheta.shape, dtype=dtheta.dtype))
@@ -567,7 +568,6 @@ def _gather_dtheta(plan, dy, x, dtheta):
         if nchunks > 1:
             np.sum(part, axis=0, out=dtheta)
         return
-    gp = plan.gather()
     g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
     gp.run(x, g_sums, False)
     if _blas_contract(plan, c_in, c_out):
@@ -599,14 +599,19 @@ def _outer_product(a, b, out):
     if max(na, nk) > 32:
         np.matmul(a.T, b, out=out)
         return
-    lanes = _lanes(a.itemsize)
-    vectors = _round_up(nk, lanes) // lanes
     work = rows * na * nk
     nchunks = _chunks(work)
-    part = np.empty((nchunks, na, _round_up(nk, (3 if vectors % 3 == 0 else 2) * lanes)),
-                    dtype=a.dtype)
+    part = np.empty((nchunks, na, _part_width(nk, a.itemsize)), dtype=a.dtype)
     _run(small_cpu.outer_products, a, b, part, nchunks, work=work)
     np.sum(part[:, :, :nk], axis=0, out=out)
+
+
+def _part_width(k, itemsize):
+    """Row length of :mod:`.small_cpu`'s ``dW`` buffers for ``k`` columns: whole tiles of 3
+    vectors when the vector count divides by 3, else of 2."""
+    lanes = _lanes(itemsize)
+    vectors = _round_up(k, lanes) // lanes
+    return _round_up(k, (3 if vectors % 3 == 0 else 2) * lanes)
 
 
 def _chunks(work):
@@ -705,6 +710,17 @@ def _materialize_forward(pattern, nb, c_in, c_out, dtype):
                               _chunks(nb * m * n * c_out * c_in))
 
 
+def _materialize_grad(pattern, nb, c_in, c_out, dtype):
+    """``run(dy, x, theta, dx, dtheta)`` for ``"materialize"``: :func:`_materialize_forward`'s
+    twin."""
+    m, n = pattern.shape
+    if not _streamed(m * c_out, n * c_in, dtype.itemsize):
+        return _blas_grad(pattern, nb, c_in, c_out, dtype)
+    _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")
+    return _streaming_grad(pattern, nb, m * c_out, n * c_in, dtype,
+                           _chunks(nb * m * n * c_out * c_in))
+
+
 def _blas_forward(pattern, nb, c_in, c_out, dtype):
     """``run(x, theta, y)``: ``W`` gathered, one BLAS product; set up once."""
     w_of = _gatherer(pattern, c_out, c_in, dtype)
@@ -762,12 +778,9 @@ def _streaming_grad(pattern, nb, o, k, dtype, nchunks):
     """``run(dy, x, theta, dx, dtheta)``: the streamed small ``W``'s backward in one call."""
     indptr, cols, params = csr_of(pattern)
     kernel = small_cpu.small_backward if nchunks > 1 else small_cpu.small_backward.serial
-    lanes = _lanes(dtype.itemsize)
-    w_shape = (o, _round_up(k, lanes))
-    # each chunk's dW, with vectors along its longer side in tiles of 3 vectors when
-    # they divide by 3, else of 2 (small_backward's layouts)
-    vectors = _round_up(max(o, k), lanes) // lanes
-    part_shape = (nchunks, min(o, k), _round_up(max(o, k), (3 if vectors % 3 == 0 else 2) * lanes))
+    w_shape = (o, _round_up(k, _lanes(dtype.itemsize)))
+    # each chunk's dW, with vectors along its longer side (small_backward's layouts)
+    part_shape = (nchunks, min(o, k), _part_width(max(o, k), dtype.itemsize))
 
     def run(dy, x, theta, dx, dtheta):
         kernel(dy.reshape(nb, o), x.reshape(nb, k), theta, indptr, cols, params,
@@ -994,13 +1007,8 @@ def grad_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
         ht = _choose_dtheta(pattern, nb, c_in, c_out, dtype.itemsize)
     elif method == "scatter":
         ht = "complement"
-    m, n = pattern.shape
     if hx == ht == "materialize":
-        if not _streamed(m * c_out, n * c_in, dtype.itemsize):
-            return _blas_grad(pattern, nb, c_in, c_out, dtype)
-        _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")
-        return _streaming_grad(pattern, nb, m * c_out, n * c_in, dtype,
-                               _chunks(nb * m * n * c_out * c_in))
+        return _materialize_grad(pattern, nb, c_in, c_out, dtype)
     return lambda dy, x, theta, dx, dtheta: _run_grad(hx, ht, pattern, dy, x, theta, dx, dtheta)
 
 
