@@ -121,6 +121,36 @@ def test_complement_decomposition_is_used():
     assert _dispatch.choose(PATTERNS["deepsets"], 64, 32, 32)[0] == "complement"
 
 
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "add_at"])
+def test_split_rebuilds_w_and_its_adjoint(dense, monkeypatch):
+    """``W = residual(derived_theta(theta)) + bases(theta)`` entry by entry, and
+    ``param_grads`` is the adjoint of ``derived_theta``, with the coefficients as a
+    dense matrix and through ``np.add.at`` (patterns past ``_DENSE_COEF``)."""
+    from paramshare_nb import _dispatch
+    if not dense:
+        monkeypatch.setattr(_dispatch, "_DENSE_COEF", 0)
+    rng = np.random.default_rng(15)
+    for pat in [PATTERNS[k] for k in ("deepsets", "deepsets_perturbed", "tensor2to1")] + [
+            _two_block_diagonal()]:
+        sp = _dispatch.Split(_dispatch.plan_of(pat))
+        assert sp.n_bases > 0 and (sp._coef != {}) == dense
+        theta = rng.standard_normal((pat.n_params, 2, 3))
+        w = np.zeros(pat.shape + (2, 3))
+        np.add.at(w, (pat.rows, pat.cols), theta[pat.params])
+        rows, cols, ds = sp.residual._edges
+        rebuilt = np.zeros_like(w)
+        np.add.at(rebuilt, (rows, cols), sp.derived_theta(theta)[ds])
+        for m in range(pat.shape[0]):
+            for j in sp.row_u[sp.row_ptr[m]:sp.row_ptr[m + 1]]:
+                k = sp.base_k[j]
+                rebuilt[m, sp.blk_cols[sp.blk_ptr[k]:sp.blk_ptr[k + 1]]] += theta[sp.base_q[j]]
+        np.testing.assert_allclose(rebuilt, w, atol=1e-12)
+        g = rng.standard_normal((sp.n_derived, 2, 3))
+        back = np.full_like(theta, np.nan)
+        sp.param_grads(g, back)
+        np.testing.assert_allclose(np.sum(back * theta), np.sum(g * sp.derived_theta(theta)))
+
+
 def _two_block_diagonal():
     """8 points in blocks {0..3}, {4..7}; rows of each block have their own bases on
     both blocks but the same diagonal residual ``theta_0 - theta_1``: two row groups."""
