@@ -13,9 +13,10 @@ the OpenBLAS product alone; backward 41 against 68 us for its two.
 Each tile keeps at least 8 independent accumulators, so the fused
 multiply-adds do not wait on each other's latency: 8 rows x 1 vector when the
 output row fits one vector (the forward of Figure 1), 4 rows x 2 vectors for
-each pair of vectors otherwise, 3 rows of ``dW`` x 3 vectors or 4 x 2 for the
-outer products.  Larger tiles do not fit the 16 AVX registers: LLVM spilled
-a 4 x 3 tile's accumulators to the stack and ran it at half the rate.
+each pair of vectors otherwise, 3 rows of ``dW`` x 3 vectors or 6 x 2 for the
+outer products (12 accumulators, 2 vectors of ``x`` and a broadcast: 15 of
+the 16 AVX registers).  A 4 x 3 tile needs 16 and more: LLVM spilled its
+accumulators to the stack and ran it at half the rate.
 
 Layouts (C-contiguous, one float dtype; the channel dimensions are folded
 in, so ``W`` is ``(M * Co, N * Ci)`` as a plain matrix):
