@@ -33,7 +33,7 @@ RESULTS = HERE / "_static" / "benchmarks.json"
 FIGURE = HERE / "_static" / "benchmarks.png"
 
 _HEAD = re.compile(r"^(?P<key>w\d+): (?P<desc>[^;]+);.*?forward (?:strategy )?(?P<strategy>\w+)")
-_LINE = re.compile(r"^\s+(?P<name>[\w.\-]+)\s+(?P<ms>[\d.]+) ms\s+\(median of (?P<n>\d+)\)")
+_LINE = re.compile(r"^\s+(?P<name>[\w.\-]+)\s+(?P<ms>[\d.]+) ms\s+\(median of (?P<n>\d+)[,)]")
 _RATIO = re.compile(r"vs fastest peer: (?P<ratio>[\d.]+)x \(target >= (?P<target>[\d.]+)x\)")
 
 

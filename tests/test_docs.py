@@ -68,7 +68,8 @@ def test_benchmarks_page_renders(tmp_path):
     spec.loader.exec_module(mb)
     assert "make_benchmarks.py" in mb.render_rst(tmp_path / "missing.json")
     text = ("# header\n\nw1: Deep Sets S_8, 2->2, batch 4; pattern P; built in 0.1 s; first "
-            "call 0.1 s; forward strategy csr\n  paramshare_nb       1.000 ms  (median of 3)\n"
+            "call 0.1 s; forward strategy csr\n  paramshare_nb       1.000 ms  (median of 6, "
+            "a block of 3 before each peer and after the last)\n"
             "  numpy               4.000 ms  (median of 3)  ours is 4.0x faster\n"
             "  vs fastest peer: 4.0x (target >= 2x): MET\n")
     rows = mb.parse(text)
