@@ -396,6 +396,26 @@ def test_small_w_kernels_with_more_chunks_than_rows():
     assert np.isnan(np.r_[dx_big[:2], dx_big[7:]]).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stream_writes_only_its_rows(dtype):
+    """A chunk's rows ``lo:hi`` of ``y = x @ w``, nothing else: its whole-vector stores
+    run into the next rows (written after) but never past row ``hi``, which another
+    thread owns.  Outputs of 1 to 3 vectors and odd widths; blocks of 8 and tail rows."""
+    from paramshare_nb._kernels import small_cpu
+    lanes = 32 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(41)
+    for o in (1, 3, lanes - 1, lanes, lanes + 3, 2 * lanes, 2 * lanes + 1, 3 * lanes - 2):
+        op = -(-o // lanes) * lanes
+        w = np.zeros((6, op), dtype)
+        w[:, :o] = rng.standard_normal((6, o))
+        x = rng.standard_normal((40, 6)).astype(dtype)
+        for lo, hi in ((0, 40), (3, 19), (8, 16), (5, 6), (7, 7)):
+            y = np.full((40, o), np.nan, dtype)
+            small_cpu._stream(x, w, y, lo, hi)
+            assert_close(y[lo:hi], x[lo:hi] @ w[:, :o], dtype)
+            assert np.isnan(y[:lo]).all() and np.isnan(y[hi:]).all(), (o, lo, hi)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 9), st.integers(1, 24), st.integers(1, 3), st.integers(1, 3),
        st.integers(1, 21), st.sampled_from(DTYPES), st.integers(0, 2**32 - 1))

@@ -244,6 +244,22 @@ def store(a, i, v, n):
 
 
 @inline
+def store_over(a, i, v, n, end):
+    """Flat ``a[i : i + n] = v[:n]``, as one whole vector when it ends by flat ``end``.
+
+    For kernels that write the rows of ``a`` in increasing order and the
+    columns of each block of rows from the last vector down: the lanes past
+    ``n`` land in the next rows' first values, which are written afterwards,
+    and never past ``end`` (the first value that the calling thread does not
+    own).  One compare instead of :func:`vstore_n`'s lane-by-lane stores.
+    """
+    if i + lanes(a) <= end:
+        vstore(a, i, v)
+    else:
+        store(a, i, v, n)
+
+
+@inline
 def store8(a, i, step, n, v0, v1, v2, v3, v4, v5, v6, v7):
     """An 8-row register tile: ``v_j``'s first ``n`` values at flat ``i + j * step``."""
     store(a, i, v0, n)

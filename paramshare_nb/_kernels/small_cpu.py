@@ -36,7 +36,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from .cpu import kernel
-from .simd import inline, lanes, load, store, store8, vbcast, vfma, vload, vstore, vzero
+from .simd import inline, lanes, load, store, store_over, vbcast, vfma, vload, vstore, vzero
 
 #: The loops over tiles are compiled apart from the kernels (the tiles are inlined into
 #: them): inlined into each kernel and its serial twin, numba's passes took 32 s to
@@ -64,8 +64,9 @@ def _fill_w(theta, indptr, cols, params, w, transposed):
 
 
 @inline
-def _tile8x1(x, w, y, b, col):
-    """``y[b : b + 8, col : col + 1 vector]``."""
+def _tile8x1(x, w, y, b, col, end):
+    """``y[b : b + 8, col : col + 1 vector]`` (stores: :func:`.simd.store_over` up to
+    flat ``end``)."""
     k, o, op = x.shape[1], y.shape[1], w.shape[1]
     a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
     a4, a5, a6, a7 = vzero(x), vzero(x), vzero(x), vzero(x)
@@ -80,12 +81,20 @@ def _tile8x1(x, w, y, b, col):
         a5 = vfma(vbcast(x, xo + 5 * k + j), v, a5)
         a6 = vfma(vbcast(x, xo + 6 * k + j), v, a6)
         a7 = vfma(vbcast(x, xo + 7 * k + j), v, a7)
-    store8(y, b * o + col, o, o - col, a0, a1, a2, a3, a4, a5, a6, a7)
+    i, n = b * o + col, o - col
+    store_over(y, i, a0, n, end)
+    store_over(y, i + o, a1, n, end)
+    store_over(y, i + 2 * o, a2, n, end)
+    store_over(y, i + 3 * o, a3, n, end)
+    store_over(y, i + 4 * o, a4, n, end)
+    store_over(y, i + 5 * o, a5, n, end)
+    store_over(y, i + 6 * o, a6, n, end)
+    store_over(y, i + 7 * o, a7, n, end)
 
 
 @inline
-def _tile4x2(x, w, y, b, col):
-    """``y[b : b + 4, col : col + 2 vectors]``."""
+def _tile4x2(x, w, y, b, col, end):
+    """``y[b : b + 4, col : col + 2 vectors]`` (stores as :func:`_tile8x1`'s)."""
     k, o, op = x.shape[1], y.shape[1], w.shape[1]
     L = lanes(x)
     a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
@@ -102,17 +111,17 @@ def _tile4x2(x, w, y, b, col):
         g = vbcast(x, xo + 3 * k + j)
         a3, c3 = vfma(g, v, a3), vfma(g, u, c3)
     r, yo = o - col, b * o + col
-    _store2(y, yo, a0, c0, r)
-    _store2(y, yo + o, a1, c1, r)
-    _store2(y, yo + 2 * o, a2, c2, r)
-    _store2(y, yo + 3 * o, a3, c3, r)
+    _store2(y, yo, a0, c0, r, end)
+    _store2(y, yo + o, a1, c1, r, end)
+    _store2(y, yo + 2 * o, a2, c2, r, end)
+    _store2(y, yo + 3 * o, a3, c3, r, end)
 
 
 @inline
-def _store2(y, i, a, c, n):
+def _store2(y, i, a, c, n, end):
     """The first ``n`` values of the consecutive vectors ``a, c`` at flat ``i``."""
-    store(y, i, a, n)
-    store(y, i + lanes(y), c, n - lanes(y))
+    store_over(y, i, a, n, end)
+    store_over(y, i + lanes(y), c, n - lanes(y), end)
 
 
 @_apart
@@ -128,22 +137,30 @@ def _row(x, w, y, b):
 
 @_apart
 def _stream(x, w, y, lo, hi):
-    """``y[lo:hi] = x[lo:hi] @ w[:, :O]``, 8 rows at a time (``w`` stays in L1)."""
+    """``y[lo:hi] = x[lo:hi] @ w[:, :O]``, 8 rows at a time (``w`` stays in L1).
+
+    A row's last vector is stored whole, its lanes past the row landing in
+    the next rows' first values (:func:`.simd.store_over`), except where
+    that would pass row ``hi``: so each block of 8 rows is written from its
+    last vector down, and the rows in increasing order.  Lane-by-lane stores
+    of Figure 1's 5 outputs per row took a quarter of its forward.
+    """
     op, L = w.shape[1], lanes(x)
     pairs = op // (2 * L) * (2 * L)  # columns in 4 x 2 tiles; an odd last vector in 8 x 1
     tail = lo + (hi - lo) // 8 * 8
+    end = hi * y.shape[1]
     if pairs == 0:
         # one vector (Figure 1's forward): in a loop of its own it runs 1.4x faster
         # (23 against 32 us) than inside the general loop below
         for b in range(lo, tail, 8):
-            _tile8x1(x, w, y, b, 0)
+            _tile8x1(x, w, y, b, 0, end)
     else:
         for b in range(lo, tail, 8):
-            for col in range(0, pairs, 2 * L):
-                _tile4x2(x, w, y, b, col)
-                _tile4x2(x, w, y, b + 4, col)
             if pairs < op:
-                _tile8x1(x, w, y, b, pairs)
+                _tile8x1(x, w, y, b, pairs, end)
+            for col in range(pairs - 2 * L, -1, -2 * L):
+                _tile4x2(x, w, y, b, col, end)
+                _tile4x2(x, w, y, b + 4, col, end)
     for b in range(tail, hi):
         _row(x, w, y, b)
 
@@ -263,36 +280,46 @@ _BLOCK_BYTES = 8192
 
 @_apart
 def _outer_sum(dy, x, part, c, lo, hi):
-    """Chunk ``c``'s ``dW = dy[lo:hi].T @ x[lo:hi]`` into ``part[c]`` (overwritten)."""
+    """Chunk ``c``'s ``dW = dy[lo:hi].T @ x[lo:hi]`` into ``part[c]`` (overwritten).
+
+    ``part``'s rows are 3 vectors per tile when their vector count divides
+    by 3 (Figure 1's 20 values: 3 vectors), else 2 (16 values: 2 vectors, not
+    3 with a third of padding).  The two loops are compiled apart: together,
+    Figure 1's ran 10-20% slower.
+    """
     for i in range(part.shape[1]):
         for j in range(part.shape[2]):
             part[c, i, j] = 0
     rows = max(16, _BLOCK_BYTES // ((dy.shape[1] + x.shape[1]) * x.itemsize))
+    threes = (part.shape[2] // lanes(x)) % 3 == 0
     for b in range(lo, hi, rows):
-        _outer_rows(dy, x, part, c, b, min(hi, b + rows))
+        if threes:
+            _outer_rows3(dy, x, part, c, b, min(hi, b + rows))
+        else:
+            _outer_rows2(dy, x, part, c, b, min(hi, b + rows))
 
 
 @_apart
-def _outer_rows(dy, x, part, c, lo, hi):
-    """``part[c] += dy[lo:hi].T @ x[lo:hi]``, tile by tile.
-
-    ``part``'s rows are 3 vectors per tile when their vector count divides
-    by 3 (Figure 1's 20 values: 3 vectors), else 2 (16 values: 2 vectors, not
-    3 with a third of padding).  Rows of ``dW`` go 6 at a time, then 4 (8
-    left: two 4s, not a 6 and two singles), then one by one.
-    """
+def _outer_rows3(dy, x, part, c, lo, hi):
+    """``part[c] += dy[lo:hi].T @ x[lo:hi]`` on tiles of 3 vectors: 3 rows of ``dW`` at a
+    time, then the last 1 or 2."""
     o, kp, L = dy.shape[1], part.shape[2], lanes(x)
-    if (kp // L) % 3 == 0:
-        for col in range(0, kp, 3 * L):
-            r0 = 0
-            while r0 + 3 <= o:
-                _outer3x3(dy, x, part, c, lo, hi, r0, col)
-                r0 += 3
-            if o - r0 == 2:
-                _outer2x3(dy, x, part, c, lo, hi, r0, col)
-            elif o - r0 == 1:
-                _outer1x3(dy, x, part, c, lo, hi, r0, col)
-        return
+    for col in range(0, kp, 3 * L):
+        r0 = 0
+        while r0 + 3 <= o:
+            _outer3x3(dy, x, part, c, lo, hi, r0, col)
+            r0 += 3
+        if o - r0 == 2:
+            _outer2x3(dy, x, part, c, lo, hi, r0, col)
+        elif o - r0 == 1:
+            _outer1x3(dy, x, part, c, lo, hi, r0, col)
+
+
+@_apart
+def _outer_rows2(dy, x, part, c, lo, hi):
+    """``part[c] += dy[lo:hi].T @ x[lo:hi]`` on tiles of 2 vectors: rows of ``dW`` 6 at a
+    time, then 4 (8 left: two 4s, not a 6 and two singles), then one by one."""
+    o, kp, L = dy.shape[1], part.shape[2], lanes(x)
     for col in range(0, kp, 2 * L):
         r0 = 0
         while o - r0 >= 6 and o - r0 != 8:
@@ -315,7 +342,7 @@ def small_backward(dy, x, theta, indptr, cols, params, w, part, dx, dtheta, nchu
     rows, or ``(nchunks, N * Ci, R)`` (``dW.T``) when ``N * Ci < M * Co``, so
     that the vectors run along the longer side (``R`` that side rounded up
     to 3 vectors when its vectors divide by 3, else to 2; see
-    :func:`_outer_rows`).  The chunks' slices are added in a fixed order:
+    :func:`_outer_sum`).  The chunks' slices are added in a fixed order:
     the result does not depend on the threads' timing.
     """
     _fill_w(theta, indptr, cols, params, w, False)
@@ -353,7 +380,7 @@ def outer_products(a, b, part, nchunks):
     """``part[c] = a[rows of chunk c].T @ b[rows of chunk c]``; the caller sums the chunks.
 
     ``a (R, A)``, ``b (R, K)``, ``part (nchunks, A, KP)`` with ``KP`` = ``K``
-    rounded up to whole tiles (see :func:`_outer_rows`): a long, thin product
+    rounded up to whole tiles (see :func:`_outer_sum`): a long, thin product
     such as Deep Sets' ``dtheta = sum_(b, n) dy[b, n] x[b, n]^T`` (32768 rows,
     32 x 32), without calling BLAS, whose spinning threads would slow the
     parallel kernels that come next.
