@@ -644,17 +644,22 @@ def test_empty_pattern_dimensions():
     np.testing.assert_array_equal(y, np.zeros((2, 3)))
 
 
-def test_materialize_reuse_sees_in_place_updates(data):
+@pytest.mark.parametrize("name", ["d4", "cyclic"])
+@pytest.mark.parametrize("scalar", [True, False], ids=["scalar", "channels"])
+def test_materialize_reuse_sees_in_place_updates(data, name, scalar):
     """The backward reuses the forward's W only while theta is unchanged."""
-    pat = PATTERNS["d4"]
-    theta, x, dy = data("d4", np.float64, False, (3,))
-    theta = theta.copy()
-    ps.tied_matmul(x, theta, pat, method="materialize")
-    theta *= 2.0  # an optimiser step in place
-    dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method="materialize")
-    rdx, rdth = ref.grad(dy, x, theta, pat)
-    assert_close(dx, rdx)
-    assert_close(dth, rdth)
+    from paramshare_nb import _dispatch
+    pat = PATTERNS[name]
+    theta, x, dy = data(name, np.float64, scalar, (3,))
+    assert _dispatch._keep_w(pat, 1, 1)  # the forward keeps W: the reuse is tested
+    for step in (1.0, 2.0):  # unchanged theta (W reused), then an optimiser step in place
+        theta = theta.copy()
+        ps.tied_matmul(x, theta, pat, method="materialize")
+        theta *= step
+        dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method="materialize")
+        rdx, rdth = ref.grad(dy, x, theta, pat)
+        assert_close(dx, rdx)
+        assert_close(dth, rdth)
 
 
 @pytest.mark.parametrize("method", METHODS)
