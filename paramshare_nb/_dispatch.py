@@ -12,6 +12,8 @@ call :func:`forward`, :func:`grad` here.  This module owns
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -178,6 +180,12 @@ def _finite(a):
     return bool(np.isfinite(a).all())
 
 
+def _as_rows(a):
+    """``a`` as a matrix of its leading axis (also for a zero-length one, where
+    ``reshape(0, -1)`` fails)."""
+    return a.reshape(a.shape[0], math.prod(a.shape[1:]))
+
+
 def _ptr(counts):
     ptr = np.zeros(counts.size + 1, dtype=INDEX)
     np.cumsum(counts, out=ptr[1:])
@@ -302,7 +310,7 @@ class Split:
         """``theta_d[d] = sum_j coef_j theta[p_j]`` over the combination of ``d``."""
         c = self._coef.get(theta.dtype)
         if c is not None:
-            return (c @ theta.reshape(theta.shape[0], -1)).reshape((-1,) + theta.shape[1:])
+            return (c @ _as_rows(theta)).reshape((self.n_derived,) + theta.shape[1:])
         out = np.zeros((self.n_derived,) + theta.shape[1:], dtype=theta.dtype)
         np.add.at(out, self.d_idx, self.coef.astype(theta.dtype)[:, None, None]
                   * theta[self.p_idx])
@@ -313,7 +321,7 @@ class Split:
         (zero for parameters in no term): the chain rule through :meth:`derived_theta`."""
         c = self._coef.get(d_grad.dtype)
         if c is not None:
-            out[...] = (c.T @ d_grad.reshape(d_grad.shape[0], -1)).reshape(out.shape)
+            out[...] = (c.T @ _as_rows(d_grad)).reshape(out.shape)
             return
         out[...] = 0
         np.add.at(out, self.p_idx, self.coef.astype(d_grad.dtype)[:, None, None]

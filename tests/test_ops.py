@@ -151,6 +151,28 @@ def test_split_rebuilds_w_and_its_adjoint(dense, monkeypatch):
         np.testing.assert_allclose(np.sum(back * theta), np.sum(g * sp.derived_theta(theta)))
 
 
+@pytest.mark.parametrize("scalar", [True, False], ids=["scalar", "channels"])
+def test_complement_with_no_residual(scalar):
+    """A split whose bases cover every entry (one parameter everywhere) has no derived
+    parameters: complement and auto still give the reference (found by review: the
+    backward raised on reshaping the empty derived gradient)."""
+    from paramshare_nb import _dispatch
+    m, n = 3, 4
+    pat = Pattern((m, n), np.repeat(np.arange(m), n), np.tile(np.arange(n), m),
+                  np.zeros(m * n, int))
+    assert _dispatch.plan_of(pat).split().n_derived == 0
+    rng = np.random.default_rng(43)
+    theta = rng.standard_normal((1,) if scalar else (1, 2, 3))
+    x = rng.standard_normal((5, n) + (() if scalar else (3,)))
+    dy = rng.standard_normal((5, m) + (() if scalar else (2,)))
+    rdx, rdth = ref.grad(dy, x, theta, pat)
+    for method in ("complement", "auto"):
+        assert_close(ps.tied_matmul(x, theta, pat, method=method), ref.forward(x, theta, pat))
+        dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method=method)
+        assert_close(dx, rdx)
+        assert_close(dth, rdth)
+
+
 def _two_block_diagonal():
     """8 points in blocks {0..3}, {4..7}; rows of each block have their own bases on
     both blocks but the same diagonal residual ``theta_0 - theta_1``: two row groups."""
