@@ -70,19 +70,33 @@ def kernel(fastmath=False, nrt=True):
 
 @kernel()
 def gather_w(theta, indptr, cols, params, w):
-    """``w[m, :, n, :] = sum_{edges (m, n, p)} theta[p]``; ``w`` is ``(M, Co, N, Ci)``."""
+    """``w[m, :, n, :] = sum_{edges (m, n, p)} theta[p]``; ``w`` is ``(M, Co, N, Ci)``.
+
+    Each row's edges must be sorted by column (a :class:`Pattern`'s are), so
+    that every value of ``w`` is written once, in memory order: the first edge
+    of a cell assigns, its multi-edges add, a cell without edges gets zero.
+    Zeroing ``w`` first and adding every edge wrote it twice (C_64 regular,
+    16 x 16 channels: 0.84 ms a gather in the BLAS path).
+    """
     nm, nco, nn, nci = w.shape
     for m in prange(nm):
+        lo, hi = indptr[m], indptr[m + 1]
         for co in range(nco):
+            e = lo
             for n in range(nn):
-                for ci in range(nci):
-                    w[m, co, n, ci] = 0
-        for e in range(indptr[m], indptr[m + 1]):
-            n = cols[e]
-            p = params[e]
-            for co in range(nco):
-                for ci in range(nci):
-                    w[m, co, n, ci] += theta[p, co, ci]
+                if e < hi and cols[e] == n:
+                    p = params[e]
+                    for ci in range(nci):
+                        w[m, co, n, ci] = theta[p, co, ci]
+                    e += 1
+                    while e < hi and cols[e] == n:  # multi-edges: their parameters add
+                        p = params[e]
+                        for ci in range(nci):
+                            w[m, co, n, ci] += theta[p, co, ci]
+                        e += 1
+                else:
+                    for ci in range(nci):
+                        w[m, co, n, ci] = 0
 
 
 # ---------------------------------------------------------------------------
