@@ -75,8 +75,8 @@ def gather_w(theta, indptr, cols, params, w):
     Each row's edges must be sorted by column (a :class:`Pattern`'s are), so
     that every value of ``w`` is written once, in memory order: the first edge
     of a cell assigns, its multi-edges add, a cell without edges gets zero.
-    Zeroing ``w`` first and adding every edge wrote it twice (C_64 regular,
-    16 x 16 channels: 0.84 ms a gather in the BLAS path).
+    Zeroing ``w`` first and adding every edge wrote it twice: one thread,
+    C_64 regular with 16 x 16 channels, 0.49 -> 0.37 ms (minima).
     """
     nm, nco, nn, nci = w.shape
     for m in prange(nm):
