@@ -440,7 +440,8 @@ def test_gather_w_writes_every_value(name):
 def test_stream_writes_only_its_rows(dtype):
     """A chunk's rows ``lo:hi`` of ``y = x @ w``, nothing else: its whole-vector stores
     run into the next rows (written after) but never past row ``hi``, which another
-    thread owns.  Outputs of 1 to 3 vectors and odd widths; blocks of 8 and tail rows."""
+    thread owns.  Outputs of 1 to 3 vectors and odd widths; blocks of 24 and 8 rows and
+    tail rows."""
     from paramshare_nb._kernels import small_cpu
     lanes = 32 // np.dtype(dtype).itemsize
     rng = np.random.default_rng(41)
@@ -448,9 +449,10 @@ def test_stream_writes_only_its_rows(dtype):
         op = -(-o // lanes) * lanes
         w = np.zeros((6, op), dtype)
         w[:, :o] = rng.standard_normal((6, o))
-        x = rng.standard_normal((40, 6)).astype(dtype)
-        for lo, hi in ((0, 40), (3, 19), (8, 16), (5, 6), (7, 7)):
-            y = np.full((40, o), np.nan, dtype)
+        x = rng.standard_normal((64, 6)).astype(dtype)
+        # blocks of 24 rows, then of 8, then single rows (some ranges end in each)
+        for lo, hi in ((0, 64), (0, 60), (5, 58), (3, 19), (8, 16), (5, 6), (7, 7)):
+            y = np.full((64, o), np.nan, dtype)
             small_cpu._stream(x, w, y, lo, hi)
             assert_close(y[lo:hi], x[lo:hi] @ w[:, :o], dtype)
             assert np.isnan(y[:lo]).all() and np.isnan(y[hi:]).all(), (o, lo, hi)

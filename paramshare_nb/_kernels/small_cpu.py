@@ -12,7 +12,7 @@ the OpenBLAS product alone; backward 41 against 68 us for its two.
 
 Each tile keeps at least 8 independent accumulators, so the fused
 multiply-adds do not wait on each other's latency: 8 rows x 1 vector when the
-output row fits one vector (the forward of Figure 1), 4 rows x 2 vectors for
+output row fits one vector (the forward of Figure 1), 6 rows x 2 vectors for
 each pair of vectors otherwise, 3 rows of ``dW`` x 3 vectors or 6 x 2 for the
 outer products (12 accumulators, 2 vectors of ``x`` and a broadcast: 15 of
 the 16 AVX registers).  A 4 x 3 tile needs 16 and more: LLVM spilled its
@@ -93,12 +93,14 @@ def _tile8x1(x, w, y, b, col, end):
 
 
 @inline
-def _tile4x2(x, w, y, b, col, end):
-    """``y[b : b + 4, col : col + 2 vectors]`` (stores as :func:`_tile8x1`'s)."""
+def _tile6x2(x, w, y, b, col, end):
+    """``y[b : b + 6, col : col + 2 vectors]`` (stores as :func:`_tile8x1`'s): 12
+    accumulators, so that short rows of ``x`` (Figure 1's ``dx``: 5 values) still keep
+    the multiply-adds busy (4 x 2 tiles took 1.36x as long there)."""
     k, o, op = x.shape[1], y.shape[1], w.shape[1]
     L = lanes(x)
-    a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
-    c0, c1, c2, c3 = vzero(x), vzero(x), vzero(x), vzero(x)
+    a0, a1, a2, a3, a4, a5 = vzero(x), vzero(x), vzero(x), vzero(x), vzero(x), vzero(x)
+    c0, c1, c2, c3, c4, c5 = vzero(x), vzero(x), vzero(x), vzero(x), vzero(x), vzero(x)
     xo = b * k
     for j in range(k):
         v, u = vload(w, j * op + col), vload(w, j * op + col + L)
@@ -110,11 +112,17 @@ def _tile4x2(x, w, y, b, col, end):
         a2, c2 = vfma(g, v, a2), vfma(g, u, c2)
         g = vbcast(x, xo + 3 * k + j)
         a3, c3 = vfma(g, v, a3), vfma(g, u, c3)
+        g = vbcast(x, xo + 4 * k + j)
+        a4, c4 = vfma(g, v, a4), vfma(g, u, c4)
+        g = vbcast(x, xo + 5 * k + j)
+        a5, c5 = vfma(g, v, a5), vfma(g, u, c5)
     r, yo = o - col, b * o + col
     _store2(y, yo, a0, c0, r, end)
     _store2(y, yo + o, a1, c1, r, end)
     _store2(y, yo + 2 * o, a2, c2, r, end)
     _store2(y, yo + 3 * o, a3, c3, r, end)
+    _store2(y, yo + 4 * o, a4, c4, r, end)
+    _store2(y, yo + 5 * o, a5, c5, r, end)
 
 
 @inline
@@ -137,30 +145,36 @@ def _row(x, w, y, b):
 
 @_apart
 def _stream(x, w, y, lo, hi):
-    """``y[lo:hi] = x[lo:hi] @ w[:, :O]``, 8 rows at a time (``w`` stays in L1).
+    """``y[lo:hi] = x[lo:hi] @ w[:, :O]`` in blocks of 8 or 24 rows (``w`` stays in L1).
 
     A row's last vector is stored whole, its lanes past the row landing in
     the next rows' first values (:func:`.simd.store_over`), except where
-    that would pass row ``hi``: so each block of 8 rows is written from its
+    that would pass row ``hi``: so each block of rows is written from its
     last vector down, and the rows in increasing order.  Lane-by-lane stores
     of Figure 1's 5 outputs per row took a quarter of its forward.
     """
     op, L = w.shape[1], lanes(x)
-    pairs = op // (2 * L) * (2 * L)  # columns in 4 x 2 tiles; an odd last vector in 8 x 1
-    tail = lo + (hi - lo) // 8 * 8
+    pairs = op // (2 * L) * (2 * L)  # columns in 6 x 2 tiles; an odd last vector in 8 x 1
     end = hi * y.shape[1]
     if pairs == 0:
         # one vector (Figure 1's forward): in a loop of its own it runs 1.4x faster
         # (23 against 32 us) than inside the general loop below
+        tail = lo + (hi - lo) // 8 * 8
         for b in range(lo, tail, 8):
             _tile8x1(x, w, y, b, 0, end)
-    else:
-        for b in range(lo, tail, 8):
+    else:  # blocks of 24 rows: three 8 x 1 tiles, and four 6 x 2 per pair of vectors
+        blocks = lo + (hi - lo) // 24 * 24
+        for b in range(lo, blocks, 24):
             if pairs < op:
-                _tile8x1(x, w, y, b, pairs, end)
+                for r in range(b, b + 24, 8):
+                    _tile8x1(x, w, y, r, pairs, end)
             for col in range(pairs - 2 * L, -1, -2 * L):
-                _tile4x2(x, w, y, b, col, end)
-                _tile4x2(x, w, y, b + 4, col, end)
+                for r in range(b, b + 24, 6):
+                    _tile6x2(x, w, y, r, col, end)
+        tail = blocks + (hi - blocks) // 8 * 8
+        for b in range(blocks, tail, 8):  # what is left: 8 x 1 tiles, last vector first
+            for col in range(op - L, -1, -L):
+                _tile8x1(x, w, y, b, col, end)
     for b in range(tail, hi):
         _row(x, w, y, b)
 
@@ -266,7 +280,7 @@ def _store_row(part, i, a, c, d, nv):
         vstore(part, i + 2 * lanes(part), d)
 
 
-# the last rows of 4 x 2 tiles go one at a time: fewer variants, a shorter compile
+# the last rows of the 2-vector tiles go one at a time: fewer variants, a shorter compile
 _outer3x3, _outer2x3, _outer1x3 = _outer(3, 3), _outer(2, 3), _outer(1, 3)
 _outer6x2, _outer4x2, _outer1x2 = _outer(6, 2), _outer(4, 2), _outer(1, 2)
 
