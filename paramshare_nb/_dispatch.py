@@ -438,6 +438,11 @@ def _tiled_sums(c_in, c_out):
     return c_in <= 3 and c_out <= 3
 
 
+def _tiled_work(plan, nb, c_in, c_out):
+    """Element operations of the tiled gather-contract: the sums, then the products."""
+    return nb * (plan.nnz * c_in + plan.n_groups * c_in * c_out)
+
+
 def _gather_forward(plan, x, theta, y):
     nb, _, c_in = x.shape
     c_out = theta.shape[1]
@@ -446,7 +451,7 @@ def _gather_forward(plan, x, theta, y):
         return
     gp = plan.gather()
     if _tiled_sums(c_in, c_out):
-        work = nb * (plan.nnz * c_in + plan.n_groups * c_in * c_out)
+        work = _tiled_work(plan, nb, c_in, c_out)
         _run(tile_sums_cpu.gather_forward, x, theta, gp.pptr, gp.plus, plan.row_ptr,
              plan.row_groups, plan.gparam, y, _chunks(work), work=work)
         return
@@ -591,7 +596,7 @@ def _gather_dtheta(plan, dy, x, dtheta):
         return
     gp = plan.gather()
     if _tiled_sums(c_in, c_out):
-        work = nb * (plan.nnz * c_in + plan.n_groups * c_in * c_out)
+        work = _tiled_work(plan, nb, c_in, c_out)
         nchunks = _chunks(work)
         part = (dtheta[None] if nchunks == 1
                 else np.empty((nchunks,) + dtheta.shape, dtype=dtheta.dtype))
@@ -771,7 +776,7 @@ def _gatherer(pattern, c_out, c_in, dtype):
     """``theta -> W`` as an ``(M * Co, N * Ci)`` matrix, the way of gathering decided once."""
     _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")
     m, n = pattern.shape
-    if (c_out, c_in) == (1, 1) and pattern.nnz == m * n and not pattern.has_multi_edges:
+    if (c_out, c_in) == (1, 1) and _complete(pattern):
         # scalar, every entry once, row-major: params is the index (a 1-D fancy index:
         # 1.6 against 2.7 us for np.take on 32 x 32)
         params = pattern.params
@@ -857,18 +862,14 @@ def _dw_reducer(pattern, c_out, c_in, small):
         # one bincount over the entries' positions (a kernel call costs more: 7 against
         # 4 us for 32 x 32)
         params = pattern.params
-        if pattern.nnz == m * n and not pattern.has_multi_edges:
-            # every entry once, row-major (as in _gatherer): dW's own order, no gather
-            def by_bincount(dw, dtheta):
-                dtheta.reshape(-1)[:] = np.bincount(params, weights=dw.reshape(-1),
-                                                    minlength=n_params)
-            return by_bincount
-        positions = _cached(pattern, "positions", lambda: pattern.rows * n + pattern.cols)
+        # every entry once: dW's own row-major order, no gather of the entries' positions
+        positions = None if _complete(pattern) else _cached(
+            pattern, "positions", lambda: pattern.rows * n + pattern.cols)
 
-        def by_positions(dw, dtheta):
-            dtheta.reshape(-1)[:] = np.bincount(params, weights=dw.reshape(-1)[positions],
-                                                minlength=n_params)
-        return by_positions
+        def by_bincount(dw, dtheta):
+            w = dw.reshape(-1) if positions is None else dw.reshape(-1)[positions]
+            dtheta.reshape(-1)[:] = np.bincount(params, weights=w, minlength=n_params)
+        return by_bincount
     indptr, cols, params = csr_of(pattern)
     work = cols.size * c_out * c_in
 
@@ -1095,7 +1096,7 @@ def materialize(theta, pattern):
         # np.take along axis 0 copies whole (C_out, C_in) blocks (3.7x faster than
         # theta[params] for 4096 entries of 4 x 3)
         per_entry = np.take(theta, pattern.params, axis=0)
-        if pattern.nnz == m * n:  # every entry once, row-major: params is the index
+        if _complete(pattern):  # params is the index
             w = per_entry.reshape(m, n, c_out, c_in)
         else:
             w = np.zeros((m, n, c_out, c_in), dtype=theta.dtype)
@@ -1109,9 +1110,15 @@ def materialize(theta, pattern):
     return w
 
 
-#: ``W`` up to this many entries is gathered with numpy (no kernel call overhead) and
-#: gathered again for the backward rather than cached.
+#: ``W`` up to this many entries is gathered with numpy (no kernel call overhead) and its
+#: ``dW`` summed by ``bincount``; the backward gathers it again unless :func:`_keep_w`.
 _SMALL_W = 1 << 12
+
+
+def _complete(pattern):
+    """Whether every entry of ``W`` holds exactly one edge: the edges, sorted, are then
+    ``W``'s row-major order, and ``pattern.params`` indexes ``theta`` into ``W``."""
+    return pattern.nnz == pattern.shape[0] * pattern.shape[1] and not pattern.has_multi_edges
 
 
 def _small_w(pattern, c_out, c_in):
