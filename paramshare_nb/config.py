@@ -18,16 +18,25 @@ Environment variables (read once, at import):
 
 Threads.  numba's parallel kernels and OpenBLAS each keep a pool of worker
 threads, and the tied multiply alternates between them (a BLAS product, then
-a numba kernel).  OpenMP workers spin after each parallel region by default;
-on cores that BLAS's own spinning threads also want, the next region then
-waits for the scheduler, measured at about 7 ms per region on 2 cores (a
-1-million-element numba kernel right after a 32768 x 32 x 32 GEMM: 7.3 ms
-against 1.0 ms).  Importing paramshare_nb therefore sets
-``OMP_WAIT_POLICY=PASSIVE`` when the variable is unset; OpenMP reads it when
-numba first loads its OpenMP layer, at the first parallel kernel (Deep Sets
-512 x 512, 32 channels, batch 512: forward 39 -> 22 ms, backward 68 -> 34 ms,
-medians).  Set ``OMP_WAIT_POLICY`` yourself, before the import, to keep
-another policy.
+a numba kernel).  GNU OpenMP's workers spin for 300,000 rounds after each
+parallel region by default, several milliseconds: on cores that BLAS's own
+threads also want, a numba kernel next to a BLAS call then waited for the
+scheduler (Deep Sets 512 x 512, 32 channels, batch 64, after a 32768 x 32 x
+32 GEMM: 8.0 ms a pair against 0.8 + 0.8 ms apart).  Never spinning
+(``OMP_WAIT_POLICY=PASSIVE``) costs a wake-up of 50-190 us on every
+parallel region instead, and the setting reaches other libraries' OpenMP
+too (PyTorch's runtime reads the same variables, and shares numba's
+``libgomp`` when numba's loads first): the digits demo's PyTorch twin
+trained 1.2-1.5x slower once paramshare_nb was imported
+(``benchmarks/bench_train.py``, 2 threads).  Importing paramshare_nb
+therefore bounds the spin when neither ``OMP_WAIT_POLICY`` nor
+``GOMP_SPINCOUNT`` is set: ``GOMP_SPINCOUNT=10000`` (about 0.3 ms here) and
+``KMP_BLOCKTIME=1`` (milliseconds, for Intel's and LLVM's OpenMP).  The
+same pair then took 3.0-3.8 ms (PASSIVE: 2.3-3.3), the Deep Sets forward
+alone 0.77-0.82 ms (PASSIVE: 0.82-1.48), and PyTorch keeps its speed.
+OpenMP reads the variables when its library loads (numba's at the first
+parallel kernel): set them yourself, before the import, to choose another
+policy.
 """
 
 from __future__ import annotations
@@ -51,16 +60,23 @@ def _env_int(name: str, default: int) -> int:
     return value
 
 
-def _passive_openmp_waits() -> None:
-    """Default ``OMP_WAIT_POLICY`` to ``PASSIVE`` (see the module docstring).
+#: Rounds a GNU OpenMP worker spins after a parallel region before it sleeps.
+_SPIN_ROUNDS = "10000"
 
-    OpenMP reads the variable when its runtime loads, which numba does at the
-    first parallel kernel; a user's own setting always wins.
+
+def _bounded_openmp_spin() -> None:
+    """Bound OpenMP's spinning after each parallel region (see the module docstring).
+
+    OpenMP reads the variables as its library loads (numba's at the first
+    parallel kernel); a user's own wait policy always wins.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    os.environ["GOMP_SPINCOUNT"] = _SPIN_ROUNDS
+    os.environ.setdefault("KMP_BLOCKTIME", "1")
 
 
-_passive_openmp_waits()
+_bounded_openmp_spin()
 
 #: Memory bound (bytes) for closures and materialised matrices.
 max_bytes: int = _env_int("PARAMSHARE_MAX_BYTES", 1 << 30)

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
 from . import _dispatch, config
@@ -192,11 +193,10 @@ def _check_backend(backend, *objs) -> str:
 # prepared calls
 # ---------------------------------------------------------------------------
 # Validation, layouts and the strategy depend only on the shapes, dtypes and
-# method of a call (and on SERIAL_WORK and config.max_bytes): a call with plain
-# numpy arrays that need no copy is prepared once per such signature and
-# replayed, which takes the per-call overhead of a small multiply from about
-# 10 us to about 2 (Figure 1's forward).  Only work that runs on one thread is
-# kept: above SERIAL_WORK the chunks follow the thread count of each call.
+# method of a call (and on SERIAL_WORK, config.max_bytes and, for work split over
+# threads, numba's thread count): a call with plain numpy arrays that need no copy
+# is prepared once per such signature and replayed, which takes the per-call
+# overhead of a small multiply from about 10 us to about 2 (Figure 1's forward).
 
 #: Prepared calls kept per pattern (the memo is cleared when it grows past this).
 _MAX_CALLS = 64
@@ -215,13 +215,20 @@ def _calls(pattern) -> dict:
 
 
 def _remember(pattern, key, work, call):
-    """Keep ``call`` for ``key`` when its work runs on one thread."""
-    if work >= _dispatch.SERIAL_WORK:
-        return
+    """Keep ``call`` for ``key``, with the thread count its chunks were planned for
+    (``None`` for work that runs on one thread)."""
     calls = _calls(pattern)
     if len(calls) >= _MAX_CALLS:
         calls.clear()
-    calls[key] = call
+    calls[key] = (call, None if work < _dispatch.SERIAL_WORK else numba.get_num_threads())
+
+
+def _replay(pattern, key):
+    """The call kept for ``key``, or ``None`` (none kept, or numba's thread count changed)."""
+    hit = _calls(pattern).get(key)
+    if hit is None or (hit[1] is not None and hit[1] != numba.get_num_threads()):
+        return None
+    return hit[0]
 
 
 # ---------------------------------------------------------------------------
@@ -311,7 +318,7 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     if out is None and backend is None and _ready(x) and _ready(theta):
         key = ("forward", method, x.shape, x.dtype, theta.shape, theta.dtype,
                _dispatch.SERIAL_WORK, config.max_bytes)
-        call = _calls(pattern).get(key)
+        call = _replay(pattern, key)
         if call is not None:
             return call(x, theta)
     if _check_backend(backend, x, theta, out) == "cuda":
@@ -416,7 +423,7 @@ def tied_matmul_grad(dy, x, theta, pattern, *, method="auto", backend=None):
     if backend is None and _ready(dy) and _ready(x) and _ready(theta):
         key = ("grad", method, dy.shape, dy.dtype, x.shape, x.dtype, theta.shape, theta.dtype,
                _dispatch.SERIAL_WORK, config.max_bytes)
-        call = _calls(pattern).get(key)
+        call = _replay(pattern, key)
         if call is not None:
             return call(dy, x, theta)
     if _check_backend(backend, dy, x, theta) == "cuda":

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 import reference_ops as ref
@@ -540,9 +541,18 @@ def test_prepared_calls_replay_and_respect_config(data, monkeypatch):
             ps.tied_matmul(x, theta, pat, method="materialize")
     monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
     built.clear()
-    assert_close(ps.tied_matmul(x, theta, pat, method="materialize"), ref.forward(x, theta, pat))
-    assert_close(ps.tied_matmul(x, theta, pat, method="materialize"), ref.forward(x, theta, pat))
-    assert built == ["forward_runner"] * 2  # parallel work: prepared again on each call
+    for _ in range(2):
+        assert_close(ps.tied_matmul(x, theta, pat, method="materialize"),
+                     ref.forward(x, theta, pat))
+    assert built == ["forward_runner"]  # parallel work: kept for numba's thread count
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert_close(ps.tied_matmul(x, theta, pat, method="materialize"),
+                     ref.forward(x, theta, pat))
+    finally:
+        numba.set_num_threads(threads)
+    assert built == ["forward_runner"] * (2 if threads > 1 else 1)  # planned again
 
 
 def test_strategies_agree(data):
@@ -909,13 +919,27 @@ def test_materialize_float16_computes_in_float32():
     assert y.dtype == np.float32
 
 
-@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_import_defaults_openmp_waits_to_passive(preset, expected):
-    # a fresh interpreter: the policy must be in place before numba loads OpenMP
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+@pytest.mark.parametrize("preset", [None, ("OMP_WAIT_POLICY", "PASSIVE"),
+                                    ("GOMP_SPINCOUNT", "500")])
+def test_import_bounds_openmp_spinning(preset):
+    """The import sets GOMP_SPINCOUNT (and KMP_BLOCKTIME) unless the user chose a wait
+    policy; GNU OpenMP, loaded by numba's first parallel use, then spins that long (it
+    prints its settings under OMP_DISPLAY_ENV=verbose)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    env["OMP_DISPLAY_ENV"] = "verbose"
     if preset is not None:
-        env["OMP_WAIT_POLICY"] = preset
-    code = "import os, paramshare_nb; print(os.environ['OMP_WAIT_POLICY'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True).stdout.strip()
-    assert out == expected
+        env[preset[0]] = preset[1]
+    code = ("import os, numba, paramshare_nb; "
+            "print([os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', "
+            "'KMP_BLOCKTIME')]); numba.get_num_threads()")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    expected = {None: [None, "10000", "1"], "OMP_WAIT_POLICY": ["PASSIVE", None, None],
+                "GOMP_SPINCOUNT": [None, "500", None]}[preset and preset[0]]
+    assert str(expected) in run.stdout
+    shown = run.stdout + run.stderr
+    if "GOMP_SPINCOUNT = " not in shown:
+        pytest.skip("numba's threading layer is not GNU OpenMP here")
+    spins = {None: "10000", "OMP_WAIT_POLICY": "0", "GOMP_SPINCOUNT": "500"}[preset and preset[0]]
+    assert f"GOMP_SPINCOUNT = '{spins}'" in shown
