@@ -1015,8 +1015,9 @@ def forward_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
     """``run(x, theta, y)`` for canonical arrays of these sizes and ``dtype``.
 
     The strategy, and the set-up the sizes decide, are settled here, so a
-    caller that keeps the runner (``ops`` does, per call signature, for work
-    below :data:`SERIAL_WORK`) pays only for the kernels on later calls.
+    caller that keeps the runner (``ops`` does, per call signature and, for
+    work past :data:`SERIAL_WORK`, numba's thread count) pays only for the
+    kernels on later calls.
     """
     how = method
     if how == "auto":

@@ -70,8 +70,8 @@ def _bounded_openmp_spin() -> None:
     OpenMP reads the variables as its library loads (numba's at the first
     parallel kernel); a user's own wait policy always wins.
     """
-    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
-        return
+    if os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT"):
+        return  # (an empty value counts as unset, as OpenMP reads it)
     os.environ["GOMP_SPINCOUNT"] = _SPIN_ROUNDS
     os.environ.setdefault("KMP_BLOCKTIME", "1")
 

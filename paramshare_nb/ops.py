@@ -303,7 +303,10 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     are detected on the block totals and send ``"complement"`` and
     ``"scatter"`` to ``"gather"``, so an ``inf`` input gives ``inf`` as the
     dense product does, not ``inf - inf = nan``.  The gradients follow the
-    same rules (``dy`` takes the place of ``x``).
+    same rules (``dy`` takes the place of ``x``), except that ``dtheta`` of
+    the strategies that sum inputs before multiplying (``"gather"``,
+    ``"complement"``, ``"scatter"``) can be ``inf`` where the dense product
+    has ``inf - inf = nan``: both non-finite, not the same.
 
     Examples
     --------

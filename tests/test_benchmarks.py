@@ -44,5 +44,6 @@ def test_benchmarks_take_their_parameters(name, monkeypatch):
         # name, and a compiled package imported twice (torch, which compare.py and
         # bench_train import) crashes the interpreter
         for new in set(sys.modules) - before:
-            if str(getattr(sys.modules[new], "__file__", None) or "").startswith(str(BENCH)):
-                del sys.modules[new]
+            path = getattr(sys.modules.get(new), "__file__", None)
+            if path and BENCH in pathlib.Path(path).resolve().parents:
+                sys.modules.pop(new, None)

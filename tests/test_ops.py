@@ -541,10 +541,14 @@ def test_prepared_calls_replay_and_respect_config(data, monkeypatch):
             ps.tied_matmul(x, theta, pat, method="materialize")
     monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
     built.clear()
-    for _ in range(2):
-        assert_close(ps.tied_matmul(x, theta, pat, method="materialize"),
-                     ref.forward(x, theta, pat))
-    assert built == ["forward_runner"]  # parallel work: kept for numba's thread count
+    for scale in (1, 2):  # new values, same signature: replayed, not a stale result
+        xs, dys = x * scale, dy - scale
+        assert_close(ps.tied_matmul(xs, theta, pat, method="materialize"),
+                     ref.forward(xs, theta, pat))
+        for got, want in zip(ps.tied_matmul_grad(dys, xs, theta, pat, method="materialize"),
+                             ref.grad(dys, xs, theta, pat)):
+            assert_close(got, want)
+    assert built == ["forward_runner", "grad_runner"]  # parallel work: kept per thread count
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
@@ -552,7 +556,7 @@ def test_prepared_calls_replay_and_respect_config(data, monkeypatch):
                      ref.forward(x, theta, pat))
     finally:
         numba.set_num_threads(threads)
-    assert built == ["forward_runner"] * (2 if threads > 1 else 1)  # planned again
+    assert built[2:] == (["forward_runner"] if threads > 1 else [])  # planned again
 
 
 def test_strategies_agree(data):
