@@ -741,10 +741,12 @@ def _materialize_forward(pattern, nb, c_in, c_out, dtype):
     """``run(x, theta, y)`` for ``"materialize"``: a small thin ``W`` streamed, else BLAS."""
     m, n = pattern.shape
     if not _streamed(m * c_out, n * c_in, dtype.itemsize):
-        return _blas_forward(pattern, nb, c_in, c_out, dtype)
-    _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")  # gathered there
-    return _streaming_forward(pattern, nb, m * c_out, n * c_in, dtype,
-                              _chunks(nb * m * n * c_out * c_in))
+        run = _blas_forward(pattern, nb, c_in, c_out, dtype)
+    else:
+        _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")  # gathered there
+        run = _streaming_forward(pattern, nb, m * c_out, n * c_in, dtype,
+                                 _chunks(nb * m * n * c_out * c_in))
+    return _finite_or(pattern, run, lambda x, theta, y: _run_forward("csr", pattern, x, theta, y))
 
 
 def _materialize_grad(pattern, nb, c_in, c_out, dtype):
@@ -752,10 +754,31 @@ def _materialize_grad(pattern, nb, c_in, c_out, dtype):
     twin."""
     m, n = pattern.shape
     if not _streamed(m * c_out, n * c_in, dtype.itemsize):
-        return _blas_grad(pattern, nb, c_in, c_out, dtype)
-    _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")
-    return _streaming_grad(pattern, nb, m * c_out, n * c_in, dtype,
-                           _chunks(nb * m * n * c_out * c_in))
+        run = _blas_grad(pattern, nb, c_in, c_out, dtype)
+    else:
+        _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")
+        run = _streaming_grad(pattern, nb, m * c_out, n * c_in, dtype,
+                              _chunks(nb * m * n * c_out * c_in))
+
+    def sparse_dx(dy, x, theta, dx, dtheta):
+        theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
+        _run_forward("csr", pattern, dy, theta_t, dx, transposed=True)
+        _mat_grad(dy, x, theta, pattern, None, dtheta)  # dW's entries hold no 0 * inf
+    return _finite_or(pattern, run, sparse_dx)
+
+
+def _finite_or(pattern, run, fallback):
+    """``run``, or ``fallback`` for calls whose first array (``x``, or ``dy``) holds an
+    inf or nan, when ``W`` has structural zeros: a dense product turns their ``0 * inf``
+    into nan in outputs whose sums do not include that input (``"csr"`` sums only the
+    entries).  One ``sum`` over the input tells; an overflowing sum takes the fallback
+    too, which is slower, not wrong."""
+    if not _structural_zeros(pattern):
+        return run
+
+    def checked(src, *args):
+        (run if np.isfinite(src.sum()) else fallback)(src, *args)
+    return checked
 
 
 def _blas_forward(pattern, nb, c_in, c_out, dtype):
@@ -1120,6 +1143,17 @@ def _complete(pattern):
     """Whether every entry of ``W`` holds exactly one edge: the edges, sorted, are then
     ``W``'s row-major order, and ``pattern.params`` indexes ``theta`` into ``W``."""
     return pattern.nnz == pattern.shape[0] * pattern.shape[1] and not pattern.has_multi_edges
+
+
+def _structural_zeros(pattern):
+    """Whether some entry of ``W`` holds no edge (memoised per pattern)."""
+    def build():
+        m, n = pattern.shape
+        if pattern.nnz < 2:
+            return pattern.nnz < m * n
+        repeats = (pattern.rows[1:] == pattern.rows[:-1]) & (pattern.cols[1:] == pattern.cols[:-1])
+        return pattern.nnz - int(repeats.sum()) < m * n
+    return _cached(pattern, "structural_zeros", build)
 
 
 def _small_w(pattern, c_out, c_in):

@@ -151,6 +151,21 @@ def test_cuda_non_finite_falls_back_like_the_cpu(method):
     assert np.isnan(want[0]).any() or np.isnan(want[1]).any()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_cuda_materialize_skips_structural_zeros_like_the_cpu():
+    """An inf in x (dy) in a column (row) with structural zeros: the dense W's 0 * inf would
+    be nan in outputs that do not sum it; both backends run "csr" there instead."""
+    pat = PATTERNS["multi"]  # (1, 0) and all of row 2 hold no edge
+    theta, x, dy = _data(pat, np.float64, False, (2,))
+    x[1, 0, 1], dy[0, 2, 0] = np.inf, np.inf
+    got = _cuda_run(pat, "materialize", theta, x, dy)
+    want = (ps.tied_matmul(x, theta, pat, method="csr"),
+            *ps.tied_matmul_grad(dy, x, theta, pat, method="csr"))
+    assert np.isfinite(want[0]).any() and np.isfinite(want[1]).any()
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-11, equal_nan=True)
+
+
 def test_cuda_materialize_respects_max_bytes():
     pat = PATTERNS["multi"]
     theta, x, dy = _data(pat, np.float32, False, (2,))

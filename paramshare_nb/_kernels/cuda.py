@@ -918,7 +918,17 @@ def _gemm(a, b, c, ta, tb, ks):
            a, b, c, int(ta), int(tb))
 
 
+def _sparse_input(pattern, a, ks) -> bool:
+    """Whether ``W`` has structural zeros and ``a`` an inf or nan: the dense product would
+    make their ``0 * inf = nan`` (the CPU's ``_dispatch._finite_or``); ``"csr"`` instead."""
+    from .. import _dispatch
+    return _dispatch._structural_zeros(pattern) and _nonfinite(a, ks)
+
+
 def _mat_forward(pattern, x, theta, y, ks):
+    if _sparse_input(pattern, x, ks):
+        _forward(x, theta, pattern, y, "csr", False, ks)
+        return
     nb = x.shape[0]
     w = _materialize(pattern, theta, ks)
     m, c_out, n, c_in = w.shape
@@ -935,9 +945,14 @@ def _mat_grad(pattern, dy, x, theta, dx, dtheta, ks):
     _, c_out, c_in = theta.shape
     dy2 = dy.reshape(nb, m * c_out)
     x2 = x.reshape(nb, n * c_in)
-    w = _materialize(pattern, theta, ks)
-    _gemm(dy2, w.reshape(m * c_out, n * c_in), dx.reshape(nb, n * c_in), False, False, ks)
-    del w
+    if _sparse_input(pattern, dy, ks):
+        theta_t = cuda.device_array((pattern.n_params, c_in, c_out), dtype=theta.dtype)
+        _launch1(ks, "transpose_theta", theta_t.size, theta, theta_t)
+        _forward(dy, theta_t, pattern, dx, "csr", True, ks)
+    else:
+        w = _materialize(pattern, theta, ks)
+        _gemm(dy2, w.reshape(m * c_out, n * c_in), dx.reshape(nb, n * c_in), False, False, ks)
+        del w
     _dispatch._check_w_bytes(pattern, c_out, c_in, np.dtype(x.dtype).itemsize, "the dense dW")
     dw = cuda.device_array((m * c_out, n * c_in), dtype=x.dtype)
     _gemm(dy2, x2, dw, True, False, ks)
