@@ -871,10 +871,20 @@ def _blas_grad(pattern, nb, c_in, c_out, dtype):
 def _forwards_w(theta, pattern, w_of):
     """The forward's ``W`` when ``theta`` is unchanged (consumed once), else a fresh one."""
     last = _plans(pattern).pop("last_w", None)
-    if (last is not None and last[0].dtype == theta.dtype and last[0].shape == theta.shape
-            and np.array_equal(last[0], theta)):
+    if last is not None and _same_bits(last[0], theta):
         return last[1]
     return w_of(theta)
+
+
+def _same_bits(a, b):
+    """Whether C-contiguous ``a`` and ``b`` hold the same bits, so that ``W`` gathered from
+    either is the same (a nan equals itself, ``-0.0`` differs from ``0.0``)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.size <= _SMALL_W:  # bytes: 0.3 us against 4 for np.array_equal on 32 values
+        return a.tobytes() == b.tobytes()
+    bits = np.dtype(f"u{a.dtype.itemsize}")
+    return np.array_equal(a.view(bits), b.view(bits))
 
 
 def _dw_reducer(pattern, c_out, c_in, small):
@@ -1165,7 +1175,7 @@ def _keep_w(pattern, c_out, c_in):
     """Whether the BLAS forward keeps ``W`` for the backward of the same step, which
     takes it after comparing ``theta`` (:func:`_forwards_w`): a large ``W``, or one with
     4 or more entries per parameter, whose ``theta`` compares faster than ``W`` gathers
-    (scalar C_64: 64 values against 4096, about 1 against 4 us)."""
+    (scalar C_64: 64 values' bytes against 4096 gathered, 0.7 against 7.8 us)."""
     return not _small_w(pattern, c_out, c_in) or 4 * pattern.n_params <= pattern.nnz
 
 

@@ -718,6 +718,24 @@ def test_materialize_reuse_sees_in_place_updates(data, name, scalar):
         assert_close(dth, rdth)
 
 
+@pytest.mark.parametrize("size", [5, 5000])  # bytes compared, and integer views
+def test_reuse_compares_theta_by_its_bits(size):
+    """W is reused only for theta with the same bits: a nan equals itself (the same W),
+    -0.0 differs from 0.0 (W's zeros would carry the other sign)."""
+    from paramshare_nb._dispatch import _same_bits
+    a = np.random.default_rng(0).standard_normal(size)
+    a[0], a[-1] = np.nan, 0.0
+    assert _same_bits(a, a.copy())
+    b = a.copy()
+    b[-1] = -0.0
+    assert not _same_bits(a, b)
+    b = a.copy()
+    b[size // 2] = np.nextafter(b[size // 2], np.inf)
+    assert not _same_bits(a, b)
+    assert not _same_bits(a, a.astype(np.float32))
+    assert not _same_bits(a, a.reshape(size, 1))
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_parallel_drivers_match_reference(data, monkeypatch, method):
     """Small inputs run the serial twins; force the ``parallel=True`` drivers too."""
