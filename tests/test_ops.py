@@ -866,6 +866,17 @@ def test_zero_size_out_and_materialize():
     assert ps.materialize(np.ones((2, 3, 0)), pd).shape == (4, 3, 4, 0)
 
 
+def _batch_of_3(rng, pat, dtype, channels):
+    """Random ``theta, x, dy`` for a batch of 3; ``channels`` is ``(C_out, C_in)`` or None."""
+    m, n = pat.shape
+    if channels is None:
+        shapes = ((pat.n_params,), (3, n), (3, m))
+    else:
+        co, ci = channels
+        shapes = ((pat.n_params, co, ci), (3, n, ci), (3, m, co))
+    return (rng.standard_normal(s).astype(dtype) for s in shapes)
+
+
 def _same_nonfinite(actual, expected):
     """Equal inf/nan pattern (infinities with their sign), finite entries close."""
     np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
@@ -884,15 +895,10 @@ def test_nonfinite_inputs_match_reference(method, name, scalar):
     ``inf - inf = nan`` from complement sums.  Dense patterns, one non-finite entry:
     then the pattern does not depend on the summation order."""
     pat = PATTERNS[name]
-    m, n = pat.shape
     rng = np.random.default_rng(5)
     for value in (np.inf, -np.inf, np.nan):
         for dtype in DTYPES:
-            if scalar:
-                shapes = ((pat.n_params,), (3, n), (3, m))
-            else:
-                shapes = ((pat.n_params, 2, 3), (3, n, 3), (3, m, 2))
-            theta, x, dy = (rng.standard_normal(s).astype(dtype) for s in shapes)
+            theta, x, dy = _batch_of_3(rng, pat, dtype, None if scalar else (2, 3))
             xb = x.copy()
             xb[1, 2] = value
             _same_nonfinite(ps.tied_matmul(xb, theta, pat, method=method),
@@ -926,11 +932,7 @@ def test_nonfinite_inputs_skip_structural_zeros(name, scalar):
     hole = np.argwhere(~filled)[0]
     for value in (np.inf, np.nan):
         for dtype in DTYPES:
-            if scalar:
-                shapes = ((pat.n_params,), (3, n), (3, m))
-            else:
-                shapes = ((pat.n_params, 16, 16), (3, n, 16), (3, m, 16))
-            theta, x, dy = (rng.standard_normal(s).astype(dtype) for s in shapes)
+            theta, x, dy = _batch_of_3(rng, pat, dtype, None if scalar else (16, 16))
             xb, dyb = x.copy(), dy.copy()
             # the non-finite input sits in a column (x) or row (dy) with a structural zero
             xb[1, hole[1]], dyb[1, hole[0]] = value, value
