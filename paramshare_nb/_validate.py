@@ -9,9 +9,18 @@ signature only and never alias the caller's data.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
+
 import numpy as np
 
 INDEX = np.int64
+
+#: What ``np.load`` and ``zipfile`` raise on a damaged or unsupported ``.npz``: besides the
+#: usual, ``RuntimeError`` for an encrypted member and ``NotImplementedError`` for an unknown
+#: compression method or flag.  Loaders turn these into a ``ValueError`` naming the file.
+UNREADABLE_ARCHIVE = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, TypeError,
+                      RuntimeError, NotImplementedError)
 
 
 def as_int_array(obj, name: str, ndim: int | None = None) -> np.ndarray:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zipfile
-import zlib
 
 import numpy as np
+
+from ._validate import UNREADABLE_ARCHIVE
 
 __all__ = ["save", "load"]
 
@@ -70,8 +70,7 @@ def save(path, model) -> str:
     return path
 
 
-_UNREADABLE = (zipfile.BadZipFile, zlib.error, ValueError, TypeError, OSError, EOFError,
-               KeyError)
+_UNREADABLE = UNREADABLE_ARCHIVE + (KeyError,)
 
 
 def _unreadable(path: str, exc: BaseException) -> ValueError:

@@ -29,19 +29,26 @@ class Optimizer:
     """
 
     def __init__(self, params, lr: float):
+        name = type(self).__name__
+        if hasattr(params, "requires_grad"):  # one Tensor would iterate into its rows
+            raise TypeError(f"{name}: params must be an iterable of parameters, got one "
+                            f"Tensor; pass [p] or model.parameters()")
         params = list(params)
         seen, unique = set(), []
         for p in params:
             if not getattr(p, "requires_grad", False):
-                raise TypeError(f"{type(self).__name__}: every parameter must be a Tensor with "
+                raise TypeError(f"{name}: every parameter must be a Tensor with "
                                 f"requires_grad=True")
+            if not p.is_leaf:  # an op's result: updating its data changes nothing upstream
+                raise TypeError(f"{name}: parameters must be leaf tensors (created by the "
+                                f"user, not by an operation)")
             if id(p) not in seen:
                 seen.add(id(p))
                 unique.append(p)
         if not unique:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
-        if not lr > 0:
-            raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr}")
+        if not 0 < lr < math.inf:
+            raise ValueError(f"{name}: lr must be positive and finite, got {lr}")
         self.params = unique
         self.lr = float(lr)
         self.state = {}
@@ -60,7 +67,10 @@ class Optimizer:
                 if p.grad is None:
                     continue
                 st = self.state.setdefault(id(p), {})
-                g = np.asarray(to_host(p.grad))
+                for key, value in st.items():  # after Module.astype the state follows
+                    if isinstance(value, np.ndarray) and value.dtype != p.dtype:
+                        st[key] = value.astype(p.dtype)
+                g = np.asarray(to_host(p.grad), dtype=p.dtype)
                 if g.shape != p.shape:
                     raise ValueError(f"{type(self).__name__}.step: a gradient of shape {g.shape} "
                                      f"for a parameter of shape {p.shape}")
@@ -87,6 +97,7 @@ class SGD(Optimizer):
     params : iterable of Parameter
     lr : float
     momentum : float, optional
+        In ``[0, 1)``.
     nesterov : bool, optional
     weight_decay : float, optional
         L2 penalty coefficient.
@@ -95,8 +106,9 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(params, lr)
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError("SGD: momentum and weight_decay must be non-negative")
+        if not (0 <= momentum < 1 and 0 <= weight_decay < math.inf):
+            raise ValueError(f"SGD: momentum must lie in [0, 1) and weight_decay be "
+                             f"non-negative and finite, got {momentum} and {weight_decay}")
         if nesterov and momentum == 0:
             raise ValueError("SGD: nesterov needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
@@ -135,6 +147,9 @@ class Adam(Optimizer):
         b1, b2 = betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"{type(self).__name__}: betas must lie in [0, 1), got {betas}")
+        if not (0 < eps < math.inf and 0 <= weight_decay < math.inf):
+            raise ValueError(f"{type(self).__name__}: eps must be positive and weight_decay "
+                             f"non-negative, both finite, got {eps} and {weight_decay}")
         self.betas, self.eps, self.weight_decay = (float(b1), float(b2)), float(eps), weight_decay
 
     def _update(self, w, g, state):

@@ -13,15 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-import zipfile
-import zlib
 from functools import cached_property
 
 import numpy as np
 
 from . import config
 from ._kernels.groups_cpu import _pair_orbits
-from ._validate import INDEX, as_int_array, as_positive_int
+from ._validate import INDEX, UNREADABLE_ARCHIVE, as_int_array, as_positive_int
 from .actions import Action
 
 __all__ = [
@@ -442,7 +440,7 @@ def load_pattern(path) -> Pattern:
             arrays = {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, TypeError) as exc:
+    except UNREADABLE_ARCHIVE as exc:
         raise ValueError(f"{path} is not a readable pattern file: {exc}") from None
     needed = {"format", "shape", "n_params", "rows", "cols", "params"}
     if not needed <= set(arrays) or str(arrays["format"]) != _FORMAT:

@@ -356,6 +356,17 @@ def test_checkpoint_load_is_atomic_and_checks_dtypes(tmp_path, bad):
     _assert_unchanged(model, before)
 
 
+def test_checkpoint_load_refuses_tampered_zip_headers(tmp_path, tampered_zips):
+    act = ps.Action.same(ps.groups.cyclic(5))
+    path = checkpoint.save(tmp_path / "m.npz", _model(act, 1))
+    model = _model(act, 2)
+    before = model.state_dict()
+    for bad in tampered_zips(path):
+        with pytest.raises(ValueError, match="is not a readable checkpoint"):
+            checkpoint.load(bad, model)
+    _assert_unchanged(model, before)
+
+
 def test_checkpoint_load_refuses_unreadable_files(tmp_path):
     act = ps.Action.same(ps.groups.cyclic(5))
     path = checkpoint.save(tmp_path / "m.npz", _model(act, 1))

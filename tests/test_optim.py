@@ -118,3 +118,41 @@ def test_bad_arguments():
         optim.SGD([Tensor(np.ones(2))], lr=0.1)
     with pytest.raises(ValueError, match="betas"):
         optim.Adam([_param([1.0])], betas=(1.0, 0.9))
+
+
+def test_bad_parameters_and_settings_refused():
+    """One Tensor (it would iterate into its rows, which no step ever writes back), an
+    op's result, and settings that would blow the weights up."""
+    p = _param([1.0, 2.0, 3.0])
+    for make in (optim.SGD, optim.Adam, optim.AdamW):
+        with pytest.raises(TypeError, match="got one Tensor"):
+            make(p, lr=0.1)
+    with pytest.raises(TypeError, match="leaf"):
+        optim.SGD([p * 2.0], lr=0.1)
+    bad = [(optim.SGD, {"lr": math.inf}), (optim.SGD, {"lr": math.nan}),
+           (optim.SGD, {"lr": 0.1, "momentum": math.nan}),
+           (optim.SGD, {"lr": 0.1, "momentum": 5.0}),
+           (optim.SGD, {"lr": 0.1, "weight_decay": math.inf}),
+           (optim.Adam, {"eps": -1.0}), (optim.Adam, {"eps": 0.0}),
+           (optim.Adam, {"weight_decay": -1.0}), (optim.AdamW, {"weight_decay": math.nan})]
+    for make, kw in bad:
+        with pytest.raises(ValueError, match=make.__name__):
+            make([_param([1.0])], **kw)
+
+
+def test_state_follows_the_parameter_dtype():
+    """Moments and momentum live in the parameter's dtype: a float64 gradient for a float32
+    parameter, and a model cast to float64 after some steps."""
+    p = nn.Parameter(np.ones(3, np.float32))
+    sgd = optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = np.full(3, 0.5)  # float64
+    sgd.step()
+    assert p.data.dtype == sgd.state[id(p)]["momentum"].dtype == np.float32
+    adam = optim.Adam([p], lr=0.1)
+    p.grad = np.full(3, 0.5, np.float32)
+    adam.step()
+    p.data = p.data.astype(np.float64)  # what Module.astype does
+    p.grad = np.full(3, 1e-9)
+    adam.step()
+    st = adam.state[id(p)]
+    assert st["m"].dtype == st["v"].dtype == p.data.dtype == np.float64

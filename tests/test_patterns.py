@@ -154,6 +154,14 @@ def test_save_load_round_trip(tmp_path):
     assert back == pat and back.fingerprint() == pat.fingerprint()
 
 
+def test_tampered_zip_headers_are_refused(tmp_path, tampered_zips):
+    path = tmp_path / "p.npz"
+    ps.save_pattern(path, ps.sparse_pattern(ps.Action.same(groups.cyclic(5))))
+    for bad in tampered_zips(path):
+        with pytest.raises(ValueError, match="not a readable pattern file"):
+            ps.load_pattern(bad)
+
+
 def test_hostile_files_are_refused(tmp_path):
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file at all")
