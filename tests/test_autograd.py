@@ -256,6 +256,24 @@ def test_mixed_dtypes_refused():
         a * b
 
 
+def test_integer_tensors_promote_like_numpy():
+    """Constants follow a float tensor's dtype, not an integer one's (0.5 is not 0); an
+    integer tensor beside a float one takes the float's dtype, gradients included."""
+    i = Tensor(np.array([1, 4, 9]))
+    for got, want in [(i * 0.5, [0.5, 2, 4.5]), (i ** 0.5, [1, 2, 3]),
+                      (i + [0.5] * 3, [1.5, 4.5, 9.5]), (0.5 - i, [-0.5, -3.5, -8.5]),
+                      (i / 2, [0.5, 2, 4.5])]:
+        np.testing.assert_array_equal(got.data, want)
+    w = Tensor(np.ones(3, np.float32), requires_grad=True)
+    for out in (w * i, i * w, w + i, w @ i, ps.nn.mse(w, i)):
+        assert out.dtype == np.float32
+    (w * i).sum().backward()
+    assert w.grad.dtype == np.float32
+    np.testing.assert_array_equal(w.grad, [1, 4, 9])
+    h = Tensor(np.ones(3, np.float16))
+    assert (h * 0.5).dtype == np.float16  # a float keeps its own dtype
+
+
 class _FakeDeviceArray:
     """Quacks like a CUDA array for the device checks (never computed on)."""
 

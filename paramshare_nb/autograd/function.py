@@ -212,7 +212,7 @@ class Function:
         _check_inputs(cls, inputs)
         ctx = cls()
         ctx.needs_input_grad = tuple(t.requires_grad for t in inputs)
-        arrays = [t.data for t in inputs]
+        arrays = _with_float_dtype(cls, [t.data for t in inputs])
         ctx.host_fallback = not cls.native_cuda and any(is_cuda_array(a) for a in arrays)
         if ctx.host_fallback:
             arrays = [to_host(a) for a in arrays]
@@ -227,6 +227,18 @@ class Function:
         else:
             ctx.saved_tensors = ()
         return out
+
+
+def _with_float_dtype(cls, arrays):
+    """Integer and bool inputs beside a float one take its dtype, as constants do (numpy
+    would make ``float32 * int64`` float64, and the float32 parameter a float64 gradient)."""
+    if not cls.same_dtype or len(arrays) < 2:
+        return arrays
+    floats = [a.dtype for a in arrays if a.dtype.kind == "f"]
+    if not floats or len(floats) == len(arrays):
+        return arrays
+    return [a if a.dtype.kind not in "biu" else
+            (a.astype(floats[0]) if not is_cuda_array(a) else a) for a in arrays]
 
 
 def _check_inputs(cls, inputs) -> None:

@@ -142,7 +142,8 @@ class Pow(Function):
         _host("pow", a)
         ctx.save_for_backward(a)
         ctx.p = p
-        return a ** a.dtype.type(p)
+        # a float keeps its dtype; an integer base promotes as numpy does (4 ** 0.5 = 2.0)
+        return a ** (a.dtype.type(p) if a.dtype.kind == "f" else p)
 
     @staticmethod
     def backward(ctx, g):

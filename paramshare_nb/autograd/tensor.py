@@ -171,8 +171,10 @@ class Tensor:
         if is_cuda_array(other):
             return Tensor(other)
         arr = np.asarray(other)
-        if np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
-            arr = arr.astype(self.dtype, copy=False)  # constants follow the tensor's dtype
+        if self.dtype.kind == "f" and (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            # constants follow a float tensor's dtype (float32 stays float32); an integer
+            # tensor's constants keep their own, and the op promotes as numpy does
+            arr = arr.astype(self.dtype, copy=False)
         const = Tensor(arr)
         return const.to("cuda") if self.device == "cuda" else const  # ...and its device
 
