@@ -93,9 +93,26 @@ class Pattern:
     def _set(self, m, n, rows, cols, params, n_params):
         for arr in (rows, cols, params):
             arr.setflags(write=False)
-        self.shape = (int(m), int(n))
-        self.rows, self.cols, self.params = rows, cols, params
-        self.n_params = int(n_params)
+        # written past __setattr__, which refuses: kernels trust shape and n_params as bounds
+        self.__dict__.update(shape=(int(m), int(n)), rows=rows, cols=cols, params=params,
+                             n_params=int(n_params))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Pattern is immutable: cannot set {name!r}; build a new Pattern "
+                             f"(Pattern(shape, rows, cols, params, n_params))")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"Pattern is immutable: cannot delete {name!r}")
+
+    def __getstate__(self):
+        """The edges only (for pickle and copy): the caches hold compiled calls and plans,
+        which are rebuilt where the copy is used."""
+        return {k: self.__dict__[k] for k in ("shape", "rows", "cols", "params", "n_params")}
+
+    def __setstate__(self, state):
+        (m, n), n_params = state["shape"], state["n_params"]
+        self._set(m, n, *(np.array(state[k], dtype=INDEX) for k in ("rows", "cols", "params")),
+                  n_params)
 
     @classmethod
     def from_index(cls, index) -> Pattern:

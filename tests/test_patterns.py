@@ -154,6 +154,28 @@ def test_save_load_round_trip(tmp_path):
     assert back == pat and back.fingerprint() == pat.fingerprint()
 
 
+def test_patterns_are_immutable_and_pickle_without_their_caches():
+    """Kernels trust shape and n_params as bounds: reassigning them (which let csr read
+    out of bounds) is refused; pickle and copy carry the edges, not the compiled calls."""
+    import copy
+    import pickle
+    pat = ps.dense_pattern(ps.Action.same(groups.cyclic(4)))
+    x, theta = np.arange(8.0).reshape(2, 4), np.arange(1.0, pat.n_params + 1)
+    y = ps.tied_matmul(x, theta, pat)  # fills the caches with closures
+    for name, value in [("n_params", 1), ("shape", (6, 2)), ("rows", pat.rows[::-1]),
+                        ("anything", 0)]:
+        with pytest.raises(AttributeError, match="immutable"):
+            setattr(pat, name, value)
+    with pytest.raises(AttributeError, match="immutable"):
+        del pat.shape
+    with pytest.raises(ValueError):
+        pat.rows[0] = 1
+    for back in (pickle.loads(pickle.dumps(pat)), copy.deepcopy(pat), copy.copy(pat)):
+        assert back == pat and back.fingerprint() == pat.fingerprint()
+        assert not back.rows.flags.writeable and not back.params.flags.writeable
+        np.testing.assert_array_equal(ps.tied_matmul(x, theta, back), y)
+
+
 def test_tampered_zip_headers_are_refused(tmp_path, tampered_zips):
     path = tmp_path / "p.npz"
     ps.save_pattern(path, ps.sparse_pattern(ps.Action.same(groups.cyclic(5))))
