@@ -274,6 +274,12 @@ def test_integer_tensors_promote_like_numpy():
     assert (h * 0.5).dtype == np.float16  # a float keeps its own dtype
 
 
+def test_matmul_of_vectors_needs_equal_lengths():
+    with pytest.raises(ValueError, match="1-D operands of lengths 3 and 1"):
+        Tensor(np.ones(3)) @ Tensor(np.ones(1))
+    assert (Tensor(np.ones(3)) @ np.arange(3.0)).item() == 3.0
+
+
 class _FakeDeviceArray:
     """Quacks like a CUDA array for the device checks (never computed on)."""
 

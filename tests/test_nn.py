@@ -203,6 +203,27 @@ def test_layer_errors(d4):
         layer(np.ones((4, 16, 2)))
     with pytest.raises(ValueError, match="design must be"):
         nn.EquivariantLinear(act, 1, 1, design="diagonal")
+    identity = ps.Pattern.from_index(np.where(np.eye(16, dtype=bool), 0, -1))
+    assert ps.is_equivariant(identity, act)  # a custom pattern that fits is taken
+    nn.EquivariantLinear(act, 1, 1, design=identity)
+    shifted = ps.Pattern.from_index(np.where(np.eye(16, k=1, dtype=bool), 0, -1))
+    with pytest.raises(ValueError, match="not equivariant to the action"):
+        nn.EquivariantLinear(act, 1, 1, design=shifted)
+    for dtype in (np.float16, np.int64, "complex128", "no such dtype"):
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            nn.EquivariantLinear(act, 1, 1, dtype=dtype)
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            nn.Linear(2, 2, dtype=dtype)
+    for gain in (-1.0, np.nan, np.inf, "2"):
+        with pytest.raises(ValueError, match="gain must be a finite number"):
+            nn.EquivariantLinear(act, 1, 1, gain=gain)
+        with pytest.raises(ValueError, match="gain must be a finite number"):
+            nn.Linear(2, 2, gain=gain)
+    lin = nn.Linear(2, 2, rng=0)
+    before = lin.weight.data.copy()
+    with pytest.raises(TypeError, match=r"Linear.astype: dtype must be float32 or float64"):
+        lin.astype(np.int64)
+    np.testing.assert_array_equal(lin.weight.data, before)  # refused before touching anything
     with pytest.raises(TypeError, match="must be a paramshare_nb.Action"):
         nn.EquivariantLinear(ps.groups.cyclic(4), 1, 1)
     with pytest.raises(ValueError, match="c_out must be an integer"):

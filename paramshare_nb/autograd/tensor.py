@@ -222,6 +222,9 @@ class Tensor:
         other = self._lift(other)
         a, b = self, other
         if a.ndim == 1 and b.ndim == 1:
+            if a.shape != b.shape:  # (a * b) would broadcast a length-1 side
+                raise ValueError(f"matmul: 1-D operands of lengths {a.shape[0]} and "
+                                 f"{b.shape[0]}; they must be equal")
             return (a * b).sum()
         if a.ndim == 1:
             return P.MatMul.apply(a.reshape(1, -1), b).reshape(*b.shape[:-2], b.shape[-1])

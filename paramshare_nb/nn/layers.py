@@ -6,9 +6,10 @@ import numpy as np
 
 from ..actions import Action
 from ..autograd.tensor import Tensor, segment_reduce, tied_matmul
+from ..equivariance import is_equivariant
 from ..groups import orbits
 from ..patterns import Pattern, bias_pattern, dense_pattern, sparse_pattern
-from .module import Module, Parameter
+from .module import Module, Parameter, float_dtype
 
 __all__ = ["EquivariantLinear", "Linear", "Sequential", "OrbitPool", "Flatten", "Dropout",
            "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity"]
@@ -34,6 +35,13 @@ def _check_dtype(x: Tensor, layer: Module, name: str) -> None:
                         f"x.astype(np.{want}) or model.astype(np.{x.dtype})")
 
 
+def _check_gain(gain, layer: str) -> float:
+    if isinstance(gain, bool) or not isinstance(gain, (int, float, np.integer, np.floating)) \
+            or not 0 <= gain < np.inf:
+        raise ValueError(f"{layer}: gain must be a finite number >= 0, got {gain!r}")
+    return float(gain)
+
+
 def _check_int(value, name: str, layer: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{layer}: {name} must be an integer >= {minimum}, got {value!r}")
@@ -56,13 +64,14 @@ class EquivariantLinear(Module):
         Channels in and out.
     design : {"dense", "sparse"} or Pattern, optional
         The tying pattern: the dense design (most expressive), the sparse
-        Cayley design (free actions), or a ready-made ``(M, N)`` pattern.
+        Cayley design (free actions), or a ready-made ``(M, N)`` pattern
+        (it must be equivariant to ``action``: a ValueError otherwise).
     bias : bool, optional
         Add the tied bias.
     gain : float, optional
         Initial weights have variance ``gain / fan_in`` where ``fan_in`` is the
         true fan-in of the outputs the parameter feeds (non-zeros in their
-        pattern row times ``c_in``): 2 (He) suits ReLU.
+        pattern row times ``c_in``): 2 (He) suits ReLU.  Finite, ``>= 0``.
     rng : int or numpy.random.Generator, optional
         Seed or generator of the initial weights.
     dtype : numpy dtype, optional
@@ -93,10 +102,16 @@ class EquivariantLinear(Module):
                             f"{type(action).__name__}; wrap generators with Action.same(gens)")
         self.c_in = _check_int(c_in, "c_in", "EquivariantLinear")
         self.c_out = _check_int(c_out, "c_out", "EquivariantLinear")
+        gain = _check_gain(gain, "EquivariantLinear")
+        dtype = float_dtype(dtype, "EquivariantLinear")
         if isinstance(design, Pattern):
             if design.shape != (action.n_out, action.n_in):
                 raise ValueError(f"EquivariantLinear: pattern shape {design.shape} does not "
                                  f"match the action ({action.n_out}, {action.n_in})")
+            if not is_equivariant(design, action):
+                raise ValueError("EquivariantLinear: the pattern is not equivariant to the "
+                                 "action (ps.is_equivariant(pattern, action) is False); build "
+                                 "it with ps.dense_pattern(action) or ps.sparse_pattern(action)")
             pattern = design
         elif design == "dense":
             pattern = dense_pattern(action)
@@ -163,9 +178,10 @@ class Linear(Module):
     in_features, out_features : int
     bias : bool, optional
     gain : float, optional
-        Initial weights have variance ``gain / in_features``.
+        Initial weights have variance ``gain / in_features`` (finite, ``>= 0``).
     rng : int or numpy.random.Generator, optional
     dtype : numpy dtype, optional
+        float32 (default) or float64.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
@@ -173,6 +189,8 @@ class Linear(Module):
         super().__init__()
         self.in_features = _check_int(in_features, "in_features", "Linear")
         self.out_features = _check_int(out_features, "out_features", "Linear")
+        gain = _check_gain(gain, "Linear")
+        dtype = float_dtype(dtype, "Linear")
         rng = np.random.default_rng(rng)
         w = rng.standard_normal((out_features, in_features)) * np.sqrt(gain / in_features)
         self.weight = Parameter(w.astype(dtype))

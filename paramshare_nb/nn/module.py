@@ -8,6 +8,17 @@ import numpy as np
 
 from ..autograd.tensor import Tensor
 
+
+def float_dtype(dtype, where: str) -> np.dtype:
+    """``dtype`` as float32 or float64 (what the layers compute in), else a TypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"{where}: dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
 __all__ = ["Module", "Parameter"]
 
 
@@ -105,7 +116,9 @@ class Module:
             p.grad = None
 
     def astype(self, dtype) -> Module:
-        """Convert every parameter to ``dtype`` in place (e.g. float64 for gradcheck)."""
+        """Convert every parameter to ``dtype`` (float32 or float64) in place (e.g. float64
+        for gradcheck)."""
+        dtype = float_dtype(dtype, f"{type(self).__name__}.astype")
         for p in self.parameters():
             if p.device != "cpu":
                 raise RuntimeError("astype: move the model to the CPU first (model.to('cpu'))")
