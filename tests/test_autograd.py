@@ -323,6 +323,29 @@ def test_gradcheck_catches_a_wrong_backward():
         gradcheck(lambda x: x * 2.0, Tensor(np.ones(2, np.float32), requires_grad=True))
 
 
+def test_gradcheck_scales_with_the_gradient_and_keeps_grads():
+    """A backward twice too large fails also for a tiny function (the tolerance once had a
+    floor of 1); gradcheck leaves every leaf's grad as it found it."""
+    class Double(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return 1e-7 * a
+
+        @staticmethod
+        def backward(ctx, g):
+            return (2e-7 * g,)
+
+    a = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    assert not gradcheck(lambda x: Double.apply(x), a, raise_exception=False)
+    assert gradcheck(lambda x: 1e-7 * x * x, a)
+    w = Tensor(np.array([0.5, -1.0, 2.0]), requires_grad=True)  # a leaf f closes over
+    a.grad, w.grad = np.full(3, 7.0), np.full(3, 9.0)
+    assert gradcheck(lambda x: (x * w).exp(), a)
+    np.testing.assert_array_equal(a.grad, 7.0)
+    np.testing.assert_array_equal(w.grad, 9.0)
+    assert gradcheck(lambda x: x * 1e8, a)  # large values: rounding, not a wrong backward
+
+
 # -- CUDA data (numba's simulator under the test suite's conftest) ---------------------------
 @pytest.fixture
 def cuda():
