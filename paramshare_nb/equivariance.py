@@ -83,6 +83,14 @@ def _move(p, x, axis):
     return np.take(x, np.argsort(p), axis=axis)
 
 
+def _host_array(value) -> np.ndarray:
+    """``f``'s result as a numpy array: an autograd Tensor (a layer's output) by its
+    ``numpy()``, anything else by ``np.asarray``."""
+    to_numpy = getattr(value, "numpy", None)
+    return np.asarray(to_numpy() if callable(to_numpy) and not isinstance(value, np.ndarray)
+                      else value)
+
+
 def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None,
                        n_samples: int = 8, rng=None) -> float:
     """Largest ``|f(g . x) - g . f(x)|`` over random group elements ``g``.
@@ -90,8 +98,8 @@ def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None
     Parameters
     ----------
     f : callable
-        Maps an array like ``x`` to an array whose ``out_axis`` has ``M``
-        entries.
+        Maps an array like ``x`` to an array (or a :class:`Tensor`, e.g. a
+        layer's output) whose ``out_axis`` has ``M`` entries.
     action : Action
     x : array_like
         Input with ``N`` entries along ``axis``.
@@ -119,7 +127,7 @@ def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None
         raise ValueError(f"axis={axis} is out of range for x of shape {x.shape}")
     if x.ndim == 0 or x.shape[axis] != act.n_in:
         raise ValueError(f"x must have {act.n_in} entries along axis {axis}, got shape {x.shape}")
-    y = np.asarray(f(x))
+    y = _host_array(f(x))
     if not -y.ndim <= out_axis < y.ndim:
         raise ValueError(f"out_axis={out_axis} is out of range for f(x) of shape {y.shape}")
     if y.shape[out_axis] != act.n_out:
@@ -128,7 +136,7 @@ def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None
     g_in, g_out = act.random_elements(n_samples, rng)
     worst = 0.0
     for gi, go in zip(g_in, g_out):
-        lhs = np.asarray(f(_move(gi, x, axis)))
+        lhs = _host_array(f(_move(gi, x, axis)))
         rhs = _move(go, y, out_axis)
         worst = max(worst, float(np.max(np.abs(lhs - rhs), initial=0.0)))
     return worst

@@ -274,6 +274,13 @@ def test_integer_tensors_promote_like_numpy():
     assert (h * 0.5).dtype == np.float16  # a float keeps its own dtype
 
 
+def test_concat_bad_axis_or_scalars_raise_value_error():
+    with pytest.raises(ValueError, match="concat: cannot join shapes.*along axis 3"):
+        concat([Tensor(np.ones(2)), Tensor(np.ones(2))], axis=3)
+    with pytest.raises(ValueError, match=r"concat: cannot join shapes \(\), \(\)"):
+        concat([Tensor(np.array(1.0)), Tensor(np.array(2.0))])
+
+
 def test_matmul_of_vectors_needs_equal_lengths():
     with pytest.raises(ValueError, match="1-D operands of lengths 3 and 1"):
         Tensor(np.ones(3)) @ Tensor(np.ones(1))

@@ -409,3 +409,23 @@ def test_checkpoint_load_refuses_unreadable_files(tmp_path):
         with pytest.raises(ValueError, match="is not a readable checkpoint"):
             checkpoint.load(tmp_path / name, model)
     _assert_unchanged(model, before)
+
+
+def test_flatten_keeps_an_empty_batch():
+    out = nn.Flatten()(np.ones((0, 3, 4), np.float32))
+    assert out.shape == (0, 12)
+
+
+def test_tensors_where_arrays_are_expected():
+    """equivariance_error takes a layer (it returns a Tensor), load_state_dict takes
+    another model's parameters, and a Tensor's truth is numpy's."""
+    act = ps.Action.same(ps.groups.cyclic(3))
+    layer = nn.EquivariantLinear(act, 1, 2, rng=0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 1)).astype(np.float32)
+    assert ps.equivariance_error(layer, act, x, axis=-2) < 1e-5
+    other = nn.EquivariantLinear(act, 1, 2, rng=1)
+    layer.load_state_dict(dict(other.named_parameters()))
+    np.testing.assert_array_equal(layer.weight.data, other.weight.data)
+    assert bool(ps.Tensor(np.ones(1))) and not bool(ps.Tensor(np.zeros(())))
+    with pytest.raises(ValueError, match="ambiguous"):
+        bool(ps.Tensor(np.zeros(3)))

@@ -304,14 +304,15 @@ class Concat(Function):
     @staticmethod
     def forward(ctx, *arrays, axis=0):
         _host("concat", *arrays)
-        ctx.axis = axis
-        ctx.sizes = [a.shape[axis] for a in arrays]
         try:
-            return np.concatenate(arrays, axis=axis)
-        except ValueError as exc:
+            out = np.concatenate(arrays, axis=axis)
+        except (ValueError, np.exceptions.AxisError) as exc:  # shapes, axis, 0-d inputs
             shapes = ", ".join(str(a.shape) for a in arrays)
             raise ValueError(f"concat: cannot join shapes {shapes} along axis {axis} "
                              f"({exc})") from None
+        ctx.axis = axis
+        ctx.sizes = [a.shape[axis] for a in arrays]
+        return out
 
     @staticmethod
     def backward(ctx, g):

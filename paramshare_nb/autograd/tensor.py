@@ -110,6 +110,10 @@ class Tensor:
         """The data as a numpy array (copied from the device if needed)."""
         return self.data.copy_to_host() if self.device == "cuda" else self.data
 
+    def __bool__(self) -> bool:
+        """Truth of a one-element tensor; ambiguous for more, as for numpy arrays."""
+        return bool(self.numpy())
+
     def item(self) -> float:
         """The single value of a one-element tensor as a Python number."""
         if self.size != 1:

@@ -288,7 +288,7 @@ class Flatten(Module):
     def forward(self, x):
         """Flatten ``x``."""
         x = _as_tensor(x, "Flatten")
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 is ambiguous at batch 0
 
 
 class Identity(Module):

@@ -156,7 +156,7 @@ class Module:
 
         Parameters
         ----------
-        state : mapping of str to array
+        state : mapping of str to array (or Tensor)
         strict : bool, optional
             Refuse missing and unexpected names (default).
 
@@ -209,6 +209,8 @@ class Module:
 
 def _checked_value(name: str, raw, p) -> np.ndarray:
     """``raw`` as a fresh array of ``p``'s dtype, or ValueError saying why it cannot be."""
+    if isinstance(raw, Tensor):  # a Tensor or Parameter of another model
+        raw = raw.numpy()
     try:
         value = np.asarray(raw)
     except (TypeError, ValueError) as exc:
