@@ -84,6 +84,8 @@ def load(path, model) -> None:
     Parameters
     ----------
     path : str or os.PathLike
+        As given to :func:`save` (``.npz`` is appended when a file of that
+        name does not exist and the name lacks it).
     model : nn.Module
         Must have the same parameter names and shapes, and the same tying
         patterns, as the saved model.
@@ -103,6 +105,8 @@ def load(path, model) -> None:
     """
     current = _model_arrays(model)
     path = os.fspath(path)
+    if not path.endswith(".npz") and not os.path.exists(path):
+        path += ".npz"  # what save wrote for this name
     try:
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError:

@@ -281,6 +281,13 @@ def test_concat_bad_axis_or_scalars_raise_value_error():
         concat([Tensor(np.array(1.0)), Tensor(np.array(2.0))])
 
 
+def test_reductions_refuse_a_repeated_axis():
+    t = Tensor(np.ones((2, 3)))
+    for reduce in (t.sum, t.mean, t.max):
+        with pytest.raises(ValueError, match="repeats an axis"):
+            reduce(axis=(1, -1))
+
+
 def test_matmul_of_vectors_needs_equal_lengths():
     with pytest.raises(ValueError, match="1-D operands of lengths 3 and 1"):
         Tensor(np.ones(3)) @ Tensor(np.ones(1))

@@ -429,3 +429,15 @@ def test_tensors_where_arrays_are_expected():
     assert bool(ps.Tensor(np.ones(1))) and not bool(ps.Tensor(np.zeros(())))
     with pytest.raises(ValueError, match="ambiguous"):
         bool(ps.Tensor(np.zeros(3)))
+
+
+def test_checkpoint_loads_from_the_name_given_to_save(tmp_path):
+    act = ps.Action.same(ps.groups.cyclic(5))
+    written = checkpoint.save(tmp_path / "model", _model(act, 1))
+    assert written.endswith("model.npz")
+    model = _model(act, 2)
+    checkpoint.load(tmp_path / "model", model)
+    np.testing.assert_array_equal(model.state_dict()["0.weight"],
+                                  _model(act, 1).state_dict()["0.weight"])
+    with pytest.raises(FileNotFoundError):
+        checkpoint.load(tmp_path / "other", model)

@@ -202,7 +202,9 @@ def _norm_axes(axis, ndim):
         if not -ndim <= ax < ndim:
             raise ValueError(f"axis {ax} is out of range for an array of {ndim} dimensions")
         out.append(ax % ndim)
-    return tuple(sorted(set(out)))
+    if len(set(out)) != len(out):  # numpy refuses (1, -1) on 2-D too
+        raise ValueError(f"axis {tuple(axis)} repeats an axis")
+    return tuple(sorted(out))
 
 
 def _expand(g, shape, axes, keepdims):
