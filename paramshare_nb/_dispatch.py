@@ -476,21 +476,37 @@ def _complement_forward(plan, x, theta, y):
 
     Falls back to ``"gather"`` when a block total is not finite (an ``inf`` or
     ``nan`` in ``x``, or an overflow): ``total - exceptions`` would give
-    ``inf - inf = nan`` where the dense product gives ``inf``.
+    ``inf - inf = nan`` where the dense product gives ``inf``; and when
+    ``theta`` or the derived parameters are not (see :func:`_derived`).
     """
     sp = plan.split()
-    if _one_pass(sp, x.shape[0], x.size * theta.shape[1]):
-        return _diagonal_complement(plan, sp, x, theta, y)
-    tot = None if sp is None else sp.totals(x)
-    if tot is None or not _finite(tot):
+    derived = None if sp is None else _derived(sp, theta)
+    if derived is None:
         _gather_forward(plan, x, theta, y)
         return None
-    _gather_forward(sp.residual, x, sp.derived_theta(theta), y)
+    if _one_pass(sp, x.shape[0], x.size * theta.shape[1]):
+        return _diagonal_complement(plan, sp, x, theta, derived, y)
+    tot = sp.totals(x)
+    if not _finite(tot):
+        _gather_forward(plan, x, theta, y)
+        return None
+    _gather_forward(sp.residual, x, derived, y)
     u = np.empty((x.shape[0], sp.n_bases, theta.shape[1]), dtype=x.dtype)
     _run(cpu.contract_cols, tot, np.ascontiguousarray(theta.transpose(0, 2, 1)), sp.base_k,
                       sp.base_q, u)
     _run(cpu.add_base, u, sp.row_ptr, sp.row_u, y)
     return tot
+
+
+def _derived(sp, theta):
+    """``sp``'s derived parameters for ``theta``, or None when ``theta`` or they hold an
+    inf or nan: an inf in ``theta`` turns base minus exception into ``inf - inf`` in
+    rows that never use it, and ``theta_0 - theta_1`` can overflow (float32) where
+    every sum over the entries is finite.  Both are small arrays."""
+    if not _finite(theta):
+        return None
+    derived = sp.derived_theta(theta)
+    return derived if _finite(derived) else None
 
 
 def _one_pass(sp, nb, work):
@@ -500,7 +516,7 @@ def _one_pass(sp, nb, work):
     return sp is not None and sp.residual.identity_param >= 0 and nb >= _chunks(work)
 
 
-def _diagonal_complement(plan, sp, x, theta, y):
+def _diagonal_complement(plan, sp, x, theta, derived, y):
     """Complement sums with a diagonal residual in one pass (:mod:`._kernels.sums_cpu`).
 
     Returns the block totals of ``x``, or None after falling back to ``"gather"``
@@ -513,7 +529,7 @@ def _diagonal_complement(plan, sp, x, theta, y):
     # the kernel's tiles: 1 or 2 vectors of outputs (8-row tiles), else groups of 4
     jp = nvec * lanes if nvec <= 2 else _round_up(nvec, 4) * lanes
     at = np.zeros((c_in, jp), dtype=x.dtype)
-    at[:, :c_out] = sp.derived_theta(theta)[sp.residual.identity_param].T
+    at[:, :c_out] = derived[sp.residual.identity_param].T
     theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
     group_ptr, group_u, row_group = sp.base_groups()
     tot = np.empty((nb, sp.n_blocks, c_in), dtype=x.dtype)

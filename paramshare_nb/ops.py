@@ -298,10 +298,14 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     one input of ``1e8`` among ones gives ``0`` instead of ``63`` for the
     row that excludes the large input (``(1e8 + 63) - 1e8``).  When inputs
     span many orders of magnitude use ``method="gather"`` or
-    ``"materialize"``, or float64.
+    ``"materialize"``, or float64.  ``"gather"`` (and the complement sums)
+    add the inputs that share a parameter before multiplying: inputs near
+    the dtype's largest value (float32: 3.4e38) whose sum overflows give
+    ``inf`` where ``"csr"``, which multiplies first, stays finite.
     Non-finite inputs (``inf``, ``nan``, or a block total that overflows)
-    are detected on the block totals and send ``"complement"`` and
-    ``"scatter"`` to ``"gather"``, so an ``inf`` input gives ``inf`` as the
+    are detected on the block totals, and a non-finite ``theta`` or derived
+    parameter (``theta_0 - theta_1`` can overflow) on those small arrays;
+    either sends ``"complement"`` and ``"scatter"`` to ``"gather"``, so an ``inf`` input gives ``inf`` as the
     dense product does, not ``inf - inf = nan``.  The gradients follow the
     same rules (``dy`` takes the place of ``x``), except that ``dtheta`` of
     the strategies that sum inputs before multiplying (``"gather"``,

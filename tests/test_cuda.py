@@ -166,6 +166,27 @@ def test_cuda_materialize_skips_structural_zeros_like_the_cpu():
         np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-11, equal_nan=True)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_cuda_complement_needs_finite_theta_and_differences():
+    """As on the CPU: theta_0 - theta_1 overflowing float32, or a nan on no edge, sends the
+    complement sums to "gather" (finite outputs stay finite)."""
+    ds = PATTERNS["deepsets"]
+    x = np.zeros((2, 4, 2), np.float32)
+    x[:, 0] = 1.0
+    dy = np.ones((2, 4, 2), np.float32)
+    big = np.stack([2e38 * np.eye(2), -2e38 * np.eye(2)]).astype(np.float32)
+    unused = Pattern(ds.shape, ds.rows, ds.cols, ds.params, n_params=3)
+    nan_theta = np.concatenate([np.eye(2)[None], 0.5 * np.eye(2)[None],
+                                np.full((1, 2, 2), np.nan)]).astype(np.float32)
+    for pat, theta in ((ds, big), (unused, nan_theta)):
+        got = _cuda_run(pat, "complement", theta, x, dy)
+        want = (ps.tied_matmul(x, theta, pat, method="csr"),
+                *ps.tied_matmul_grad(dy, x, theta, pat, method="csr"))
+        assert np.isfinite(want[0]).all()
+        for g, w in zip(got[:2], want[:2]):
+            np.testing.assert_allclose(g, w, rtol=1e-6, equal_nan=True)
+
+
 def test_cuda_materialize_respects_max_bytes():
     pat = PATTERNS["multi"]
     theta, x, dy = _data(pat, np.float32, False, (2,))

@@ -234,7 +234,8 @@ def test_simd_kernels_write_every_output(c):
     np.testing.assert_allclose(tot[:, 0], x.sum(axis=1))
     theta = rng.standard_normal((pat.n_params, c, c))
     y = np.full((3, 5, c), np.nan)
-    got = _dispatch._diagonal_complement(_dispatch.plan_of(pat), sp, x, theta, y)
+    got = _dispatch._diagonal_complement(_dispatch.plan_of(pat), sp, x, theta,
+                                         sp.derived_theta(theta), y)
     assert got is not None and np.isfinite(got).all()
     assert_close(y, ref.forward(x, theta, pat))
 
@@ -947,6 +948,37 @@ def test_nonfinite_inputs_skip_structural_zeros(name, scalar):
             # finite inputs: the dense path, same answer as the reference
             assert_close(ps.tied_matmul(x, theta, pat, method="materialize"),
                          ref.forward(x, theta, pat))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("method", ["complement", "scatter", "auto"])
+def test_complement_needs_finite_theta_and_differences(method):
+    """Complement sums with an inf or nan in theta (used by one row, or by none), or with
+    theta_0 - theta_1 overflowing float32: the rows that never sum the bad value stay
+    finite, as the per-entry sums ("csr") are.  Both the one-pass Deep Sets kernel
+    (channels) and the separate passes (D4 on 3 x 3)."""
+    d4 = ps.dense_pattern(ps.Action.same(ps.groups.square_symmetries(3)))
+    ds = ps.dense_pattern(ps.Action.same(ps.groups.symmetric(6)))
+    unused = Pattern(ds.shape, ds.rows, ds.cols, ds.params, n_params=3)
+    rng = np.random.default_rng(8)
+    cases = []
+    th = np.ones(d4.n_params)
+    th[int(d4.params[4 * 9 + 4])] = np.inf  # the centre's own parameter: row 4 only
+    cases.append((d4, th, np.ones((2, 9))))
+    th = rng.standard_normal((3, 4, 4))
+    th[2] = np.nan  # on no edge
+    cases.append((unused, th, rng.standard_normal((4, 6, 4))))
+    th = np.stack([2e38 * np.eye(4), -2e38 * np.eye(4)]).astype(np.float32)
+    x = np.zeros((4, 6, 4), np.float32)
+    x[:, 0] = 1.0
+    cases.append((ds, th, x))
+    for pat, theta, xx in cases:
+        want = ps.tied_matmul(xx, theta, pat, method="csr")
+        assert np.isfinite(want).any()
+        _same_nonfinite(ps.tied_matmul(xx, theta, pat, method=method), want)
+        dy = np.ones_like(want)
+        _same_nonfinite(ps.tied_matmul_grad(dy, xx, theta, pat, method=method)[0],
+                        ps.tied_matmul_grad(dy, xx, theta, pat, method="csr")[0])
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

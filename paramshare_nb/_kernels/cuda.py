@@ -841,19 +841,22 @@ def _scatter_forward(pattern, transposed, x, theta, y, ks):
 def _complement_forward(pattern, transposed, x, theta, y, ks):
     """Complement sums into ``y``; returns the block totals of ``x`` (None on fallback).
 
-    Falls back to ``"gather"`` when there is no split or a block total is not finite
-    (``total - exceptions`` would turn an ``inf`` into ``inf - inf = nan``).
+    Falls back to ``"gather"`` when there is no split, or a block total, ``theta`` or a
+    derived parameter is not finite (``total - exceptions`` would turn an ``inf`` into
+    ``inf - inf = nan``).
     """
     ds = _device_split(pattern, transposed)
-    tot = None
-    if ds is not None:
-        tot = _block_totals(x, ds["blk_ptr"], ds["blk_cols"], ds["n_blocks"], ks)
+    tot = theta_d = None
+    if ds is not None and not _nonfinite(theta, ks):
+        coef_d, _ = _coef(ds, x.dtype)
+        theta_d = cuda.device_array((ds["n_derived"],) + tuple(theta.shape[1:]),
+                                    dtype=x.dtype)
+        _launch1(ks, "combine", theta_d.size, theta, ds["d_ptr"], ds["d_p"], coef_d, theta_d)
+        if not _nonfinite(theta_d, ks):  # theta_0 - theta_1 can overflow (the CPU's _derived)
+            tot = _block_totals(x, ds["blk_ptr"], ds["blk_cols"], ds["n_blocks"], ks)
     if tot is None or _nonfinite(tot, ks):
         _gather_forward(_device_plan(pattern, transposed), x, theta, y, ks)
         return None
-    coef_d, _ = _coef(ds, x.dtype)
-    theta_d = cuda.device_array((ds["n_derived"],) + tuple(theta.shape[1:]), dtype=x.dtype)
-    _launch1(ks, "combine", theta_d.size, theta, ds["d_ptr"], ds["d_p"], coef_d, theta_d)
     _gather_forward(ds["res"], x, theta_d, y, ks)
     u = _contract_cols(tot, theta, ds["base_k"], ds["base_q"], ds["n_bases"], ks)
     _launch1(ks, "row_sums", y.size, u, ds["row_ptr"], ds["row_u"], y, 1)
