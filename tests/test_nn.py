@@ -441,3 +441,15 @@ def test_checkpoint_loads_from_the_name_given_to_save(tmp_path):
                                   _model(act, 1).state_dict()["0.weight"])
     with pytest.raises(FileNotFoundError):
         checkpoint.load(tmp_path / "other", model)
+
+
+def test_sequential_slices_share_modules():
+    act = ps.Action.same(ps.groups.cyclic(5))
+    model = _model(act, 0)
+    head = model[0:2]
+    assert isinstance(head, nn.Sequential) and len(head) == 2 and head[0] is model[0]
+    x = np.ones((1, 5, 1), np.float32)
+    np.testing.assert_array_equal(model(x).data, model[2](head(x)).data)
+    assert len(model[::-1]) == 3 and model[-1] is model[2]
+    with pytest.raises(TypeError, match="0-d"):
+        len(ps.Tensor(np.float64(1.0)))

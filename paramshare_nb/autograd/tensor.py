@@ -97,6 +97,8 @@ class Tensor:
         return self._ctx is None
 
     def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d Tensor")
         return self.shape[0]
 
     def __repr__(self) -> str:

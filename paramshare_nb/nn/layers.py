@@ -232,6 +232,9 @@ class Sequential(Module):
         return self._n
 
     def __getitem__(self, i) -> Module:
+        """The ``i``-th module; a slice gives a Sequential of the same (shared) modules."""
+        if isinstance(i, slice):
+            return Sequential(*(self[k] for k in range(self._n)[i]))
         return getattr(self, str(range(self._n)[i]))
 
     def __iter__(self):
