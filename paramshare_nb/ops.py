@@ -305,8 +305,9 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     Non-finite inputs (``inf``, ``nan``, or a block total that overflows)
     are detected on the block totals, and a non-finite ``theta`` or derived
     parameter (``theta_0 - theta_1`` can overflow) on those small arrays;
-    either sends ``"complement"`` and ``"scatter"`` to ``"gather"``, so an ``inf`` input gives ``inf`` as the
-    dense product does, not ``inf - inf = nan``.  The gradients follow the
+    either sends ``"complement"`` and ``"scatter"`` to ``"gather"``, so an
+    ``inf`` input gives ``inf`` as the dense product does, not ``inf - inf =
+    nan``.  The gradients follow the
     same rules (``dy`` takes the place of ``x``), except that ``dtheta`` of
     the strategies that sum inputs before multiplying (``"gather"``,
     ``"complement"``, ``"scatter"``) can be ``inf`` where the dense product
