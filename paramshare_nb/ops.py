@@ -307,15 +307,14 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     parameter (``theta_0 - theta_1`` can overflow) on those small arrays;
     either sends ``"complement"`` and ``"scatter"`` to ``"gather"``, so an
     ``inf`` input gives ``inf`` as the dense product does, not ``inf - inf =
-    nan``.  The gradients follow the
-    same rules (``dy`` takes the place of ``x``), except that ``dtheta`` of
-    the strategies that sum inputs before multiplying (``"gather"``,
-    ``"complement"``, ``"scatter"``) can be ``inf`` where the dense product
-    has ``inf - inf = nan``: both non-finite, not the same.  Structural
-    zeros take no part in the sums: ``"materialize"``, whose dense ``W``
-    would make ``0 * inf = nan`` in outputs that do not sum the ``inf``,
-    runs ``"csr"`` when ``W`` has structural zeros and a sum over the input
-    is not finite.
+    nan``.  The gradients follow the same rules (``dy`` takes the place of
+    ``x``), except that ``dtheta`` of the strategies that sum inputs before
+    multiplying (``"gather"``, ``"complement"``, ``"scatter"``) can be
+    ``inf`` where the dense product has ``inf - inf = nan``: both
+    non-finite, not the same.  Structural zeros take no part in the sums:
+    ``"materialize"``, whose dense ``W`` would make ``0 * inf = nan`` in
+    outputs that do not sum the ``inf``, runs ``"csr"`` when ``W`` has
+    structural zeros and a sum over the input is not finite.
 
     Examples
     --------

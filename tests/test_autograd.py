@@ -358,6 +358,10 @@ def test_gradcheck_scales_with_the_gradient_and_keeps_grads():
     np.testing.assert_array_equal(a.grad, 7.0)
     np.testing.assert_array_equal(w.grad, 9.0)
     assert gradcheck(lambda x: x * 1e8, a)  # large values: rounding, not a wrong backward
+    b = Tensor(np.ones(3), requires_grad=True)
+    b.grad = np.full(3, 5.0)  # b is checked but unused: its stale grad must not count
+    assert gradcheck(lambda x, y: x * 2.0, a, b)
+    np.testing.assert_array_equal(b.grad, 5.0)
 
 
 # -- CUDA data (numba's simulator under the test suite's conftest) ---------------------------

@@ -74,7 +74,8 @@ def gradcheck(f, *inputs, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1
     try:
         for _ in range(n_checks):
             out = f(*inputs)
-            for node in toposort(out):
+            # the checked inputs too: f may not use one (its gradient is then zero)
+            for node in [*checked, *toposort(out)]:
                 if node.is_leaf:
                     saved.setdefault(id(node), (node, node.grad))
                     node.grad = None
