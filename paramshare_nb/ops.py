@@ -383,7 +383,10 @@ def _prepare_out(out, shape, dtype):
     if out.shape != shape:
         raise ValueError(f"out must have shape {shape}, got {out.shape}")
     if out.dtype != dtype:
-        raise TypeError(f"out must have dtype {dtype} (the result dtype), got {out.dtype}")
+        order = (" in native byte order" if out.dtype.kind == dtype.kind
+                 and out.dtype.itemsize == dtype.itemsize else "")
+        raise TypeError(f"out must have dtype {dtype} (the result dtype){order}, got "
+                        f"{out.dtype.str if order else out.dtype}")
     if not out.flags.writeable:
         raise ValueError("out is read-only; give a writeable array")
     return out

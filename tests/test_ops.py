@@ -666,6 +666,8 @@ def test_bad_inputs_raise_clear_errors(data):
         ps.tied_matmul(x, theta, pat, out=np.empty((3, 5, 3)))
     with pytest.raises(TypeError, match="out must have dtype float64"):
         ps.tied_matmul(x, theta, pat, out=np.empty((3, 5, 2), np.float32))
+    with pytest.raises(TypeError, match="float64 .the result dtype. in native byte order, got >f8"):
+        ps.tied_matmul(x, theta, pat, out=np.empty((3, 5, 2), ">f8"))
     ro = np.empty((3, 5, 2))
     ro.setflags(write=False)
     with pytest.raises(ValueError, match="out is read-only"):
