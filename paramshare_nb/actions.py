@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from . import groups
+from . import config, groups
 from ._kernels.groups_cpu import _closure, _orbits, _pair_orbits
 from ._schreier import StabChain
 from ._validate import INDEX, as_gens, as_perm, as_positive_int
@@ -307,10 +307,21 @@ def tensor_power(gens, k: int) -> np.ndarray:
     -------
     numpy.ndarray
         ``(g, n**k)`` generators on row-major multi-indices.
+
+    Raises
+    ------
+    MemoryError
+        When the result would exceed ``config.max_bytes``.
     """
     gens = as_gens(gens, "gens")
     k = as_positive_int(k, "k")
     n = gens.shape[1]
+    need = gens.shape[0] * n**k * 8  # Python ints: n**k does not overflow
+    if need > config.max_bytes:
+        raise MemoryError(f"tensor_power: {gens.shape[0]} generators on {n}**{k} points need "
+                          f"{need / 2**20:.3g} MiB, over config.max_bytes = "
+                          f"{config.max_bytes / 2**20:.3g} MiB; lower k or raise the bound "
+                          f"with config.override(max_bytes=...)")
     out = np.zeros((gens.shape[0], 1), dtype=INDEX)
     for j in range(1, k + 1):
         out = (out[:, :, None] * n + gens[:, None, :]).reshape(gens.shape[0], n**j)

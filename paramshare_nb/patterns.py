@@ -76,7 +76,9 @@ class Pattern:
         if n_params is None:
             n_params = int(params.max()) + 1 if params.size else 0
         n_params = as_positive_int(n_params, "n_params", minimum=0)
-        if params.size and (params.min() < 0 or params.max() >= n_params):
+        if params.size and params.min() < 0:
+            raise ValueError(f"params must be parameter ids >= 0, got {int(params.min())}")
+        if params.size and params.max() >= n_params:
             raise ValueError(f"params must lie in 0..{n_params - 1} (n_params={n_params})")
         order = np.lexsort((params, cols, rows))
         self._set(m, n, rows[order], cols[order], params[order], n_params)

@@ -124,6 +124,19 @@ def test_bad_actions():
         ps.product(ps.Action.same(groups.cyclic(2)), groups.cyclic(2))
     with pytest.raises(ValueError):
         ps.tensor_power(groups.cyclic(3), 0)
+    with pytest.raises(MemoryError, match=r"tensor_power: 2 generators on 10\*\*30 points"):
+        ps.tensor_power(groups.symmetric(10), 30)  # was an out-of-memory kill
+    with ps.config.override(max_bytes=1 << 20):
+        with pytest.raises(MemoryError, match="config.max_bytes"):
+            ps.tensor_power(groups.symmetric(10), 6)
+    for make in (ps.Action.same, ps.Action.invariant):
+        with pytest.raises(ValueError, match="n must be >= 0, got -1"):
+            make([], n=-1)
+        for n in (2.5, True):
+            with pytest.raises(TypeError, match="n must be an int"):
+                make([], n=n)
+    with pytest.raises(ValueError, match="params must be parameter ids >= 0, got -1"):
+        ps.Pattern((2, 2), [1], [0], [-1])
 
 
 pair_actions = st.tuples(st.integers(1, 5), st.integers(1, 4), st.integers(1, 2)).flatmap(
