@@ -88,5 +88,17 @@ def main(argv=None) -> int:
     return 2
 
 
+def _quiet_on_closed_pipe(entry):
+    """Run ``entry``; a reader that closed the pipe early (``| head``) ends it quietly."""
+    try:
+        code = entry()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # stdout is gone: point it at devnull so the interpreter's final flush is silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_quiet_on_closed_pipe(main))

@@ -99,7 +99,9 @@ def parse_spec(spec: str) -> tuple[str, np.ndarray]:
         shape = tuple(_int_arg(name, p, 1) for p in parts)
         if len(shape) > 3:
             raise SpecError(f"{spec}: give 1 to 3 axes, e.g. grid:4x5")
-        points = int(np.prod(shape))
+        points = int(np.prod(shape, dtype=object))  # Python ints: no overflow
+        if points > MAX_POINTS:  # before the generators are built
+            raise SpecError(f"{spec} names {points} points, more than {MAX_POINTS}")
         desc = f"translations of a {'x'.join(map(str, shape))} periodic grid"
         gens = groups.grid_translations(shape)
     else:

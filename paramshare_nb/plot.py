@@ -147,9 +147,11 @@ def _draw_matrix(pat, ax, cmap) -> None:
     if m * n * 8 > config.max_bytes:
         raise ValueError(f"a {m} x {n} matrix view needs {m * n * 8 / 2**20:.0f} MiB, over "
                          f"config.max_bytes; draw a smaller pattern or raise the bound")
-    ids = np.full((m, n), -1, dtype=np.int64)
-    # edges are sorted by (row, col, param): writing in reverse keeps the smallest id
-    ids[pat.rows[::-1], pat.cols[::-1]] = pat.params[::-1]
+    # a shared cell shows its smallest id (minimum.at: repeated fancy assignment has no
+    # defined winner)
+    ids = np.full((m, n), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(ids, (pat.rows, pat.cols), pat.params)
+    ids[ids == np.iinfo(np.int64).max] = -1
     shown = np.ma.masked_less(ids, 0)
     cm = cmap.with_extremes(bad="white")
     im = ax.imshow(shown, cmap=cm, vmin=-0.5, vmax=max(pat.n_params, 1) - 0.5,

@@ -68,6 +68,7 @@ def test_explain_invariant_regular(capsys):
     ("bogus:3", "unknown group spec"), ("dihedral", "unknown group spec"),
     ("dihedral:x", "whole number"), ("cyclic:0", ">= 1"), ("grid:4x", "whole number"),
     ("square:100", "more than"), ("grid:2x2x2x2", "1 to 3 axes"),
+    ("grid:100000x100000", "more than 4096"),  # refused before the generators are built
 ])
 def test_bad_specs(capsys, spec, message):
     with pytest.raises(SystemExit) as exc:
@@ -95,6 +96,13 @@ def test_module_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "paramshare_nb", "explain", "nope:1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown group spec" in proc.stderr
+
+
+def test_output_into_a_closed_pipe_is_quiet():
+    """``explain ... | head -1``: the reader closes the pipe early; no traceback."""
+    proc = subprocess.run(f"{sys.executable} -m paramshare_nb explain dihedral:6 | head -c 1",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
 
 
 def test_help_lists_all_commands(capsys):

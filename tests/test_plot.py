@@ -61,6 +61,18 @@ def test_pattern_multi_edges_and_zeros():
     _assert_not_blank(ps.plot.pattern(pat))
 
 
+def test_pattern_shared_cells_show_the_smallest_id():
+    rng = np.random.default_rng(3)
+    rows, cols, params = rng.integers(0, 6, 300), rng.integers(0, 6, 300), rng.integers(0, 9, 300)
+    pat = ps.Pattern((6, 6), rows, cols, params, n_params=9)
+    fig = ps.plot.pattern(pat, view="matrix")
+    shown = fig.axes[0].images[0].get_array()
+    want = np.full((6, 6), -1)
+    for r, c, p in zip(rows, cols, params):
+        want[r, c] = p if want[r, c] < 0 else min(want[r, c], p)
+    np.testing.assert_array_equal(np.ma.filled(shown, -1), want)
+
+
 def test_pattern_bad_input():
     act = ps.Action.same(ps.groups.cyclic(4))
     with pytest.raises(TypeError, match="Pattern"):
