@@ -272,9 +272,25 @@ def _private_copy(model):
     return copy.deepcopy(model, memo)
 
 
-def _chunk_gradients(model, xb, yb, loss_fn, weight):
-    """Weighted loss and gradients of one chunk (runs on a worker)."""
+def _random_modules(model):
+    """The modules that draw random numbers (Dropout's ``rng``), in a fixed order."""
+    return [m for _, m in model.named_modules()
+            if isinstance(getattr(m, "rng", None), np.random.Generator)]
+
+
+def _chunk_seeds(model, n_chunks):
+    """A seed per chunk and random module, drawn from the model's own generators: every
+    chunk draws its own masks, and the model's generators advance as in one process."""
+    rngs = [m.rng for m in _random_modules(model)]
+    return [[int(g.integers(2**63)) for g in rngs] for _ in range(n_chunks)]
+
+
+def _chunk_gradients(model, xb, yb, loss_fn, weight, seeds):
+    """Weighted loss and gradients of one chunk (runs on a worker); ``seeds`` reseed the
+    copy's random modules (:func:`_chunk_seeds`)."""
     model = _private_copy(model)
+    for m, seed in zip(_random_modules(model), seeds, strict=True):
+        m.rng = np.random.default_rng(seed)
     params = model.parameters()
     for p in params:
         p.grad = None
@@ -363,8 +379,9 @@ def gradients(model, loss_fn, x, y, split_every: int = 4, client=None):
     # shared chunk is computed once per step instead of once per consumer
     xs = x.to_delayed(optimize_graph=False).ravel()
     ys = y.to_delayed(optimize_graph=False).ravel()
-    parts = [delayed(_chunk_gradients, pure=True)(model_d, xb, yb, loss_fn, size / total)
-             for xb, yb, size in zip(xs, ys, x.chunks[0], strict=True) if size]
+    seeds = _chunk_seeds(model, len(x.chunks[0]))
+    parts = [delayed(_chunk_gradients, pure=True)(model_d, xb, yb, loss_fn, size / total, sd)
+             for xb, yb, size, sd in zip(xs, ys, x.chunks[0], seeds, strict=True) if size]
     while len(parts) > 1:
         parts = [delayed(_add, pure=True)(*parts[i:i + split_every])
                  for i in range(0, len(parts), split_every)]

@@ -144,6 +144,23 @@ def test_gradients_equal_full_batch(problem):
     assert all(p.grad is None for p in model.parameters())  # the model is not touched
 
 
+def test_dropout_draws_new_masks_per_chunk_and_step():
+    """Chunks copy the model: each must draw its own dropout masks, and the model's
+    generator must advance, as in one process (every chunk and step reused one mask)."""
+    model = ps.nn.Sequential(ps.nn.Dropout(0.5, rng=0), ps.nn.Linear(6, 1, rng=0))
+    x = da.from_array(np.ones((4, 6), np.float32), chunks=(2, 6))
+    y = np.zeros((4, 1), np.float32)
+    state = model[0].rng.bit_generator.state
+    steps = [psd.gradients(model, ps.nn.mse, x, y)[1][0] for _ in range(3)]
+    assert model[0].rng.bit_generator.state != state
+    assert not np.array_equal(steps[0], steps[1]) and not np.array_equal(steps[1], steps[2])
+    # one chunk's gradient from the same seeds as the graph: chunk 0's masks alone
+    seeds = psd._chunk_seeds(copy.deepcopy(model), 2)
+    halves = [psd._chunk_gradients(model, np.ones((2, 6), np.float32), y[:2], ps.nn.mse,
+                                   0.5, seed)[1][0] for seed in seeds]
+    assert not np.array_equal(halves[0], halves[1])
+
+
 def test_bad_model_and_targets(problem):
     act, gens, x, y = problem
     model = _model(act, gens)
