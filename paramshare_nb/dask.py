@@ -138,7 +138,8 @@ def tied_matmul(x, theta, pattern, method: str = "auto", max_chunk_bytes: int | 
     -------
     dask.array.Array
         ``(..., M)`` or ``(..., M, C_out)`` with the batch chunks of ``x``;
-        dtype ``numpy.result_type(x, theta)``.
+        dtype ``numpy.result_type(x, theta)``, float16 computing and returning
+        in float32 (as :func:`paramshare_nb.tied_matmul`).
 
     Raises
     ------
@@ -175,13 +176,14 @@ def tied_matmul(x, theta, pattern, method: str = "auto", max_chunk_bytes: int | 
     if tuple(x.shape[x.ndim - n_trailing:]) != expect:
         raise ValueError(f"x must end with shape {expect} to match the pattern "
                          f"{pattern.shape} and theta {theta.shape}, got {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"x must be a float array, got dtype {x.dtype}; use "
+    if not np.issubdtype(x.dtype, np.floating) or x.dtype.itemsize > 8:
+        raise TypeError(f"x must be a float32 or float64 array, got dtype {x.dtype}; use "
                         f"x.astype(np.float32)")
     ops._check_method(method)
     x = _whole_trailing(x, n_trailing, "x", max_chunk_bytes)
     out_tail = ((m,),) if scalar else ((m,), (theta.shape[1],))
-    dtype = np.result_type(x.dtype, theta.dtype)
+    # the chunks' own dtype (ops' rule: float16 computes and returns in float32)
+    dtype = ops._result_dtype(np.empty(0, x.dtype), theta)
     return x.map_blocks(ops.tied_matmul, theta, pattern, method=method, dtype=dtype,
                         chunks=x.chunks[: x.ndim - n_trailing] + out_tail,
                         meta=np.empty((0,) * x.ndim, dtype=dtype))

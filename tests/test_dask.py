@@ -111,6 +111,10 @@ def test_tied_matmul_bad_input(rng):
         psd.tied_matmul(da.ones((8, 4), chunks=(4, 4), dtype=int), np.ones(4), pat)
     with pytest.raises(ValueError, match="method"):
         psd.tied_matmul(xd, np.ones(4), pat, method="fastest")
+    with pytest.raises(TypeError, match="float32 or float64"):  # refused lazily, not later
+        psd.tied_matmul(da.ones((8, 4), chunks=(4, 4), dtype=np.longdouble), np.ones(4), pat)
+    half = psd.tied_matmul(xd.astype(np.float16), np.ones(4, np.float16), pat)
+    assert half.dtype == half.compute().dtype == np.float32  # as ops: float16 computes in 32
 
 
 # -- apply and gradients, in process ---------------------------------------------------
