@@ -1172,14 +1172,8 @@ def _complete(pattern):
 
 
 def _structural_zeros(pattern):
-    """Whether some entry of ``W`` holds no edge (memoised per pattern)."""
-    def build():
-        m, n = pattern.shape
-        if pattern.nnz < 2:
-            return pattern.nnz < m * n
-        repeats = (pattern.rows[1:] == pattern.rows[:-1]) & (pattern.cols[1:] == pattern.cols[:-1])
-        return pattern.nnz - int(repeats.sum()) < m * n
-    return _cached(pattern, "structural_zeros", build)
+    """Whether some entry of ``W`` holds no edge."""
+    return pattern.n_entries < pattern.shape[0] * pattern.shape[1]
 
 
 def _small_w(pattern, c_out, c_in):

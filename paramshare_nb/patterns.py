@@ -153,12 +153,18 @@ class Pattern:
         return self.indptr, self.cols, self.params
 
     @cached_property
+    def n_entries(self) -> int:
+        """Number of distinct entries ``(m, n)`` holding at least one edge; fewer than
+        ``M * N`` means structural zeros, fewer than :attr:`nnz` multi-edges."""
+        if self.nnz < 2:
+            return self.nnz
+        same = (self.rows[1:] == self.rows[:-1]) & (self.cols[1:] == self.cols[:-1])
+        return self.nnz - int(same.sum())
+
+    @cached_property
     def has_multi_edges(self) -> bool:
         """Whether some entry holds more than one parameter."""
-        if self.nnz < 2:
-            return False
-        same = (self.rows[1:] == self.rows[:-1]) & (self.cols[1:] == self.cols[:-1])
-        return bool(same.any())
+        return self.n_entries < self.nnz
 
     def transpose(self) -> Pattern:
         """The pattern of ``W.T`` (shape ``(N, M)``), same parameter ids."""

@@ -259,3 +259,13 @@ def test_equivariance_error_validates_axes():
         ps.equivariance_error(lambda x: x, act, np.ones((2, 3)), axis=2)
     with pytest.raises(ValueError, match="out_axis=3"):
         ps.equivariance_error(lambda x: x, act, np.ones((2, 3)), axis=1, out_axis=3)
+
+
+def test_n_entries_counts_distinct_positions():
+    rng = np.random.default_rng(4)
+    for nnz in (0, 1, 2, 40):
+        rows, cols = rng.integers(0, 4, nnz), rng.integers(0, 5, nnz)
+        pat = ps.Pattern((4, 5), rows, cols, rng.integers(0, 3, nnz), n_params=3)
+        distinct = len(set(zip(rows.tolist(), cols.tolist())))
+        assert pat.n_entries == distinct
+        assert pat.has_multi_edges == (distinct < nnz)
