@@ -16,9 +16,26 @@ import math
 
 import numpy as np
 
+from . import config
+
+
+def _inverse(p: np.ndarray) -> np.ndarray:
+    inv = np.empty(p.shape[0], dtype=np.int64)
+    inv[p] = np.arange(p.shape[0], dtype=np.int64)
+    return inv
+
 
 class _Level:
     """One level of the chain: base point, generators fixing earlier points, transversal.
+
+    The transversal is kept as the inverses ``u^-1`` of the coset
+    representatives, one int64 row of ``n`` points per orbit point: sifting
+    only ever applies ``u^-1``, and a ``u`` is one scatter away
+    (:meth:`rep`).  That is half the memory of keeping both; the total,
+    ``8 n sum |orbit|`` bytes, is bounded by ``config.max_bytes``
+    (:meth:`StabChain._reserve`).  (int32 rows would halve it again, but
+    numpy indexes with int32 indices 1.6-4x slower than with int64: sifts
+    would pay that at every level.)
 
     The orbit and its representatives only ever grow, and existing
     representatives never change: a Schreier generator verified once stays
@@ -26,47 +43,57 @@ class _Level:
     re-examines only new (point, generator) pairs.
     """
 
-    __slots__ = ("point", "gens", "pos", "orbit", "reps", "inv_reps", "_built", "checked")
+    __slots__ = ("point", "gens", "pos", "orbit", "inv_reps", "_built", "checked")
 
     def __init__(self, point: int, n: int):
         self.point = point
         self.gens: list[np.ndarray] = []
-        self.pos = np.full(n, -1, dtype=np.int64)  # point -> row of reps, or -1
+        self.pos = np.full(n, -1, dtype=np.int64)  # point -> row of inv_reps, or -1
         self.pos[point] = 0
         self.orbit = [point]
-        self.reps = np.arange(n, dtype=np.int64)[None, :]
-        self.inv_reps = self.reps
+        self.inv_reps = np.arange(n, dtype=np.int64)[None, :]
         self._built = (1, 0)  # (orbit rows, generators) already expanded
         self.checked = (0, 0)  # (rows, generators) whose Schreier generators sift
 
-    def rebuild(self) -> None:
-        """Extend the orbit of the base point breadth-first with any new generators."""
+    def rebuild(self, reserve) -> None:
+        """Extend the orbit of the base point breadth-first with any new generators.
+
+        ``reserve(rows)`` is called before ``rows`` new transversal rows are
+        stored.  The orbit is found first, on points alone, so the rows are
+        written once into a table of the final size (collecting them and then
+        stacking held them twice over).
+        """
         old_rows, old_gens = self._built
-        reps = list(self.reps)
+        first_new = len(self.orbit)
+        links = []  # (row of the parent, generator) of each point found now
         head = 0
         while head < len(self.orbit):
             b = self.orbit[head]
-            u = reps[head]
-            for s in self.gens[old_gens:] if head < old_rows else self.gens:
-                c = int(s[b])
+            for j in range(old_gens if head < old_rows else 0, len(self.gens)):
+                c = int(self.gens[j][b])
                 if self.pos[c] < 0:
                     self.pos[c] = len(self.orbit)
                     self.orbit.append(c)
-                    reps.append(s[u])
+                    links.append((head, j))
             head += 1
         self._built = (len(self.orbit), len(self.gens))
-        if len(reps) == self.reps.shape[0]:
+        if not links:
             return
-        n = self.pos.shape[0]
-        self.reps = np.array(reps)
-        inv = np.empty_like(self.reps)
-        rows = np.arange(len(reps))[:, None]
-        inv[rows, self.reps] = np.arange(n, dtype=np.int64)[None, :]
-        self.inv_reps = inv
+        reserve(len(links))
+        inv_gens = [_inverse(s) for s in self.gens]
+        table = np.empty((len(self.orbit), self.pos.shape[0]), dtype=np.int64)
+        table[:first_new] = self.inv_reps
+        for row, (parent, j) in enumerate(links, first_new):
+            np.take(table[parent], inv_gens[j], out=table[row])  # (s u)^-1 = u^-1 s^-1
+        self.inv_reps = table
+
+    def rep(self, row: int) -> np.ndarray:
+        """The coset representative ``u`` of orbit point ``row`` (int64)."""
+        return _inverse(self.inv_reps[row])
 
     @property
     def orbit_size(self) -> int:
-        return self.reps.shape[0]
+        return self.inv_reps.shape[0]
 
 
 class StabChain:
@@ -86,14 +113,27 @@ class StabChain:
         self.identity = np.arange(self.n, dtype=np.int64)
         self.identity.setflags(write=False)  # chains are memoised and shared: never hand it out
         self.levels: list[_Level] = []
+        self._rows = 0  # transversal rows held, over all levels
         for b in base_prefix:
             self.levels.append(_Level(int(b), self.n))
         strong = [g.copy() for g in gens if not np.array_equal(g, self.identity)]
         for g in strong:
             self._add_strong(g, 0)
         for level in self.levels:
-            level.rebuild()
+            level.rebuild(self._reserve)
         self._complete()
+
+    def _reserve(self, rows: int) -> None:
+        """Account for ``rows`` more transversal rows; refuse past ``config.max_bytes``."""
+        self._rows += rows
+        need = self._rows * self.n * 8
+        if need > config.max_bytes:
+            raise MemoryError(
+                f"the stabilizer chain of this group on {self.n} points needs at least "
+                f"{need / 2**20:.1f} MiB for its transversals (one row of {self.n} points per "
+                f"orbit point per level), over config.max_bytes = "
+                f"{config.max_bytes / 2**20:.1f} MiB; raise the bound with "
+                f"config.override(max_bytes=...)")
 
     # -- construction -------------------------------------------------------
     def _moved_point(self, g: np.ndarray) -> int:
@@ -105,7 +145,7 @@ class StabChain:
         while True:
             if level == len(self.levels):
                 self.levels.append(_Level(self._moved_point(g), self.n))
-            self.levels[level].gens.append(g)
+            self.levels[level].gens.append(g.astype(np.int64, copy=False))
             if g[self.levels[level].point] != self.levels[level].point:
                 return
             level += 1
@@ -135,7 +175,9 @@ class StabChain:
         level = self.levels[depth]
         done_rows, done_gens = level.checked
         for row in range(level.orbit_size):
-            u = level.reps[row]
+            if row < done_rows and len(level.gens) <= done_gens:
+                continue
+            u = level.rep(row)
             b = level.orbit[row]
             for g, s in enumerate(level.gens):
                 if row < done_rows and g < done_gens:
@@ -152,12 +194,17 @@ class StabChain:
                     ):
                         top += 1
                     for d in range(depth + 1, min(top, len(self.levels) - 1) + 1):
-                        self.levels[d].rebuild()
+                        self.levels[d].rebuild(self._reserve)
                     return min(top, len(self.levels) - 1)
         level.checked = (level.orbit_size, len(level.gens))
         return None
 
     # -- queries -------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the transversals (what :meth:`_reserve` bounds)."""
+        return sum(lv.inv_reps.nbytes for lv in self.levels)
+
     @property
     def base(self) -> list[int]:
         return [lv.point for lv in self.levels]
@@ -180,11 +227,11 @@ class StabChain:
         if not gens:
             return np.zeros((0, self.n), dtype=np.int64)
         unique = {g.tobytes(): g for g in gens}
-        return np.array(list(unique.values()))
+        return np.array(list(unique.values()), dtype=np.int64)
 
     def random_element(self, rng: np.random.Generator) -> np.ndarray:
         """A uniformly random element: one random coset representative per level."""
         g = self.identity.copy()
         for level in reversed(self.levels):
-            g = level.reps[rng.integers(level.orbit_size)][g]
+            g = level.rep(rng.integers(level.orbit_size))[g]
         return g

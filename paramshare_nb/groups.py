@@ -3,8 +3,8 @@
 A group is a ``(k, n)`` int array of generators, each row a permutation of
 ``n`` points.  Orbits come from union-find over the generators; order,
 membership and stabilizers from a stabilizer chain (Schreier–Sims); only
-:func:`closure` lists the elements, and it refuses when they would not fit
-in ``config.max_bytes``.
+:func:`closure` lists the elements.  Both refuse with a ``MemoryError`` when
+they would not fit in ``config.max_bytes``.
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def _chain(gens, base_prefix=()) -> StabChain:
     """Stabilizer chain of validated generators, memoised on their bytes.
 
     Reports and CLI commands ask several questions of one group in a row;
-    the chain is the expensive part, so the last few are kept.
+    the chain is the expensive part, so the last few are kept: at most
+    ``_CHAINS_KEPT``, holding together at most ``config.max_bytes`` (the
+    newest is always kept).
     """
     key = (gens.shape, gens.tobytes(), tuple(base_prefix))
     with _CHAINS_LOCK:
@@ -94,8 +96,9 @@ def _chain(gens, base_prefix=()) -> StabChain:
         chain = StabChain(gens, base_prefix)  # outside the lock: it can take a while
     with _CHAINS_LOCK:
         _CHAINS[key] = chain  # most recent last
-        while len(_CHAINS) > _CHAINS_KEPT:
-            del _CHAINS[next(iter(_CHAINS))]
+        held = sum(c.nbytes for c in _CHAINS.values())
+        while len(_CHAINS) > 1 and (len(_CHAINS) > _CHAINS_KEPT or held > config.max_bytes):
+            held -= _CHAINS.pop(next(iter(_CHAINS))).nbytes
     return chain
 
 
@@ -103,7 +106,11 @@ def order(gens, n: int | None = None) -> int:
     """Exact order of the generated group, without enumerating it.
 
     Uses a stabilizer chain (deterministic Schreier–Sims); the Rubik's cube
-    group on 48 points takes a fraction of a second.
+    group on 48 points takes a fraction of a second.  The chain holds one
+    int64 row of ``n`` points per orbit point of each level: ``8 n^2`` bytes
+    for a transitive group on ``n`` points (800 MB and 4 s for the
+    translations of a 100 x 100 grid).  :func:`contains`, :func:`stabilizer`
+    and :func:`random_element` build the same chain.
 
     Parameters
     ----------
@@ -116,6 +123,11 @@ def order(gens, n: int | None = None) -> int:
     -------
     int
         ``|G|`` as a Python int (exact for any size).
+
+    Raises
+    ------
+    MemoryError
+        When the chain would exceed ``config.max_bytes``.
 
     Examples
     --------

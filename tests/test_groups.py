@@ -172,3 +172,28 @@ def test_trivial_group_elements_are_private_copies():
 def test_empty_point_set_is_regular_like_transitive_and_free():
     assert ps.is_transitive(groups.trivial(0)) and ps.is_semiregular(groups.trivial(0))
     assert ps.is_regular(groups.trivial(0))
+
+
+def test_chain_memory_is_bounded_and_refusal_leaves_nothing_behind():
+    # 900 points, transitive: the first level alone holds 900 rows of 900 int64
+    gens = groups.grid_translations((30, 30))
+    with ps.config.override(max_bytes=1 << 20):
+        with pytest.raises(MemoryError, match=r"stabilizer chain .* 900 points .*config.max_bytes"):
+            groups.order(gens)
+        with pytest.raises(MemoryError, match="stabilizer chain"):  # not memoised half-built
+            groups.contains(gens, gens[0])
+    assert groups.order(gens) == 900
+    chain = groups._chain(np.ascontiguousarray(gens, dtype=np.int64))
+    # one int64 row of n points per orbit point and level, nothing else (no forward reps)
+    assert chain.nbytes == 8 * 900 * 900
+
+
+def test_chain_memo_holds_at_most_max_bytes():
+    big = groups.grid_translations((20, 20))  # 400 rows of 400 int64: 1.2 MiB
+    cases = [(big, 400)] + [(groups.cyclic(n), n) for n in range(3, 9)]
+    cases.append((groups.grid_translations((21, 19)), 399))  # another 1.2 MiB
+    with ps.config.override(max_bytes=2 << 20):
+        for g, order in cases:
+            assert groups.order(g) == order
+            assert sum(c.nbytes for c in groups._CHAINS.values()) <= 2 << 20
+        assert big.tobytes() not in [k[1] for k in groups._CHAINS]  # the oldest went first
