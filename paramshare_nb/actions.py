@@ -274,6 +274,13 @@ def product(act1: Action, act2: Action) -> Action:
     Action
         Generators of ``act1`` acting on the first factor, then those of
         ``act2`` on the second.
+
+    Notes
+    -----
+    Like every :class:`Action`, the result is the group of permutations it
+    induces: when a factor has no points on a side (``N2 = 0``, say), that
+    side has no points either, and with no points on both sides the product
+    is the trivial group (``order() == 1``), whatever the factors' orders.
     """
     for name, a in (("act1", act1), ("act2", act2)):
         if not isinstance(a, Action):

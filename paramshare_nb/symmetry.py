@@ -1187,27 +1187,22 @@ def _explain_text(pattern, action=None, max_nodes=None) -> str:
     if res.witness is not None:
         say(f"  witness (in Aut(Omega), not in G): inputs {perm.to_cycles(res.witness[0])}; "
             f"outputs {perm.to_cycles(res.witness[1])}")
-    say("Suggestion: " + _suggest(pat, act, res))
+    say("Suggestion: " + _suggest(pat, act, res, max_nodes))
     return out.getvalue().rstrip("\n")
 
 
-def _suggest(pat, act, res) -> str:
-    g = res.group_order
-    if act.order_out() < g or act.order_in() < g:
-        return ("some group element fixes every output while moving inputs (or the reverse), so "
-                "no single layer can be uniquely equivariant; add a hidden layer on which G acts "
-                "regularly: a1, a2 = ps.lift(action) with ps.dense_pattern on each (verify with "
-                "ps.check_lift(action))")
-    free_in, free_out = act.is_free_in(), act.is_free_out()
-    if free_in and free_out:
-        return ("the action is free on both sides: ps.dense_pattern(action) and "
-                "ps.sparse_pattern(action) are uniquely equivariant")
-    if free_in or free_out:
-        return ("ps.dense_pattern(action) is uniquely equivariant for this action (free on one "
-                "side, faithful on the other)")
-    lifted = ("add a hidden layer on which G acts regularly: a1, a2 = ps.lift(action), dense "
-              "on each (verify with ps.check_lift(action))")
-    if pat == dense_pattern(act):
-        return "the group is not determined by its orbits on pairs (not 2-closed); " + lifted
-    return ("try ps.dense_pattern(action), the most expressive equivariant layer; if that is "
-            "not unique either, " + lifted)
+def _suggest(pat, act, res, max_nodes) -> str:
+    """Exact advice: every G-equivariant pattern is a union of the dense pattern's orbits of
+    pairs, so its symmetry group contains the dense pattern's.  A single layer can be
+    uniquely equivariant iff the dense pattern is."""
+    dense = dense_pattern(act)
+    finest = res if pat == dense else is_uniquely_equivariant(dense, act, max_nodes=max_nodes)
+    if finest.unique:
+        fewer = (" (ps.sparse_pattern(action) too, with fewer non-zeros)"
+                 if act.is_free_in() and act.is_free_out() else "")
+        return f"ps.dense_pattern(action) is uniquely equivariant{fewer}: build the layer with it"
+    return (f"no single layer can be uniquely equivariant: even ps.dense_pattern(action), the "
+            f"finest equivariant pattern, has a symmetry group of order "
+            f"{finest.symmetry_order} > |G|, and every equivariant pattern's contains it; add a "
+            f"hidden layer on which G acts regularly: a1, a2 = ps.lift(action), with "
+            f"ps.dense_pattern on each (verify with ps.check_lift(action))")

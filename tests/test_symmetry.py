@@ -432,6 +432,22 @@ def test_explain_unique_and_not():
         _explain(ps.dense_pattern(act), a4)
 
 
+@pytest.mark.parametrize("act", [
+    # S2 x S2 on inputs {0, 1} and {2, 3}, one invariant output: unfaithful on the output
+    # side, yet the dense pattern (2 parameters) is uniquely equivariant
+    ps.Action([[1, 0, 2, 3], [0, 1, 3, 2]], [[0], [0]]),
+    ps.Action.invariant(ps.groups.cyclic(5)),  # not: its dense pattern has order 120
+    ps.Action.same(ps.groups.alternating(4)),  # not: Deep Sets, order 24
+    ps.Action.same(ps.groups.dihedral(5)),
+], ids=["s2xs2-invariant", "c5-invariant", "a4", "d5"])
+def test_explain_suggests_the_dense_pattern_exactly_when_it_is_unique(act):
+    coarse = ps.Pattern.from_index(np.zeros((act.n_out, act.n_in), dtype=np.int64))
+    text = _explain(coarse, act)
+    dense_unique = ps.is_uniquely_equivariant(ps.dense_pattern(act), act).unique
+    assert ("dense_pattern(action) is uniquely equivariant" in text) == dense_unique
+    assert ("no single layer" in text) == (not dense_unique)
+
+
 def test_explain_prints_to_stdout(capsys):
     act = ps.Action.same(ps.groups.cyclic(3))
     ps.explain(ps.dense_pattern(act), act)
