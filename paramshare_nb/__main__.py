@@ -77,8 +77,12 @@ def main(argv=None) -> int:
     if args.command == "demo":
         if add_arguments is None:
             parser.error("the demo is not available in this build")
-        from .demo import run
+        from .demo import check_args, run
 
+        try:
+            check_args(args)
+        except ValueError as exc:
+            parser.error(f"demo: {exc}")
         return run(args)
     if args.command == "explain":
         try:

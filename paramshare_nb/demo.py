@@ -22,12 +22,15 @@ error ``max |f(g . x) - f(x)|`` of each model.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import math
+import os
 import sys
 import time
 
 import numpy as np
 
-__all__ = ["add_arguments", "run", "build_digit_models", "build_set_models"]
+__all__ = ["add_arguments", "check_args", "run", "build_digit_models", "build_set_models"]
 
 #: Settings per task: (full run, --quick run).
 _SETTINGS = {
@@ -71,6 +74,49 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plot", metavar="PATH", default=None,
                         help="also save the digits accuracy table as a bar chart (PNG, needs "
                              "matplotlib: pip install 'paramshare_nb[plot]')")
+
+
+#: Formats matplotlib writes without extra packages (``savefig`` picks one by extension).
+_PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps")
+
+
+def check_args(args) -> None:
+    """Refuse bad demo options before anything is trained.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Options as added by :func:`add_arguments`.
+
+    Raises
+    ------
+    ValueError
+        Naming the option, what was wrong and what is accepted.
+    """
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0 (numpy seeds are non-negative), got {args.seed}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a positive finite number, got {args.lr}")
+    if args.plot is not None:
+        _check_plot_path(args.plot, args.task)
+
+
+def _check_plot_path(path, task):
+    if task != "digits":
+        raise ValueError("--plot draws the digits accuracy chart; use it with --task digits")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _PLOT_FORMATS:
+        raise ValueError(f"--plot {path!r}: end the file name with one of "
+                         f"{', '.join(_PLOT_FORMATS)} to pick the image format")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--plot {path!r}: the folder {folder!r} does not exist")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot needs matplotlib: pip install 'paramshare_nb[plot]'")
 
 
 # -- progress ----------------------------------------------------------------------------
@@ -259,8 +305,6 @@ def _threads(n):
     """Limit numba's and (when threadpoolctl is installed) BLAS's threads, then restore."""
     import numba
 
-    if n < 1:
-        raise ValueError(f"--threads must be >= 1, got {n}")
     old = numba.get_num_threads()
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     try:
@@ -401,6 +445,8 @@ def run(args) -> int:
 
     Raises
     ------
+    ValueError
+        For bad options (see :func:`check_args`).
     RuntimeError
         For ``--device cuda`` when CUDA is not usable.
 
@@ -411,11 +457,10 @@ def run(args) -> int:
     optimizer update run on host copies (see
     :attr:`paramshare_nb.autograd.Function.native_cuda`).
     """
+    check_args(args)
     _check_device(args.device)
     cfg = dict(_SETTINGS[args.task][1 if args.quick else 0])
     if args.epochs is not None:
-        if args.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
         cfg["epochs"] = args.epochs
     if args.lr is not None:
         cfg["lr"] = args.lr

@@ -51,6 +51,31 @@ def test_cuda_unusable_is_a_clear_error(monkeypatch):
         main(["demo", "--quick", "--device", "cuda"])
 
 
-def test_bad_epochs():
+@pytest.mark.parametrize("options, message", [
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--lr", "nan"], "--lr must be a positive finite number"),
+    (["--lr", "-0.1"], "--lr must be a positive finite number"),
+    (["--plot", "chart"], "end the file name with one of .png"),
+    (["--plot", "no/such/folder/a.png"], "does not exist"),
+    (["--task", "sets", "--plot", "a.png"], "use it with --task digits"),
+])
+def test_bad_options_are_refused_before_training(capsys, options, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--quick", "--no-progress", *options])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""  # nothing was trained
+
+
+def test_run_checks_options_too():
+    import argparse
+
+    from paramshare_nb import demo
+
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
     with pytest.raises(ValueError, match="--epochs"):
-        main(["demo", "--quick", "--epochs", "0"])
+        demo.run(parser.parse_args(["--quick", "--epochs", "0"]))
