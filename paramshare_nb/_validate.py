@@ -41,6 +41,9 @@ def as_int_array(obj, name: str, ndim: int | None = None) -> np.ndarray:
             )
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(INDEX).max:
+        # int64 conversion would wrap it to a negative number and the message would show that
+        raise ValueError(f"{name} holds {arr.max()}, too large for an index (int64)")
     return np.array(arr, dtype=INDEX, order="C", copy=True)
 
 
@@ -106,6 +109,24 @@ def as_point(i, n: int, name: str = "i") -> int:
     if not 0 <= i < n:
         raise ValueError(f"{name}={i} is out of range for {n} points (0..{n - 1})")
     return int(i)
+
+
+def as_axis(axis, ndim: int, name: str = "axis") -> int:
+    """Validate an axis of an ``ndim``-dimensional array; negative axes count from the end."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array of {ndim} dimensions")
+    return int(axis) % ndim
+
+
+def as_tolerance(v, name: str) -> float:
+    """Validate a finite, non-negative tolerance."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+    if not (np.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {v}")
+    return float(v)
 
 
 def as_positive_int(v, name: str, minimum: int = 1) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validate import as_tolerance
 from .actions import Action
 from .patterns import Pattern, _as_action
 
@@ -36,6 +37,13 @@ def is_equivariant(pattern_or_matrix, action, atol: float = 0.0) -> bool:
     -------
     bool
 
+    Raises
+    ------
+    TypeError
+        For an ``action`` that is not an :class:`Action` or a non-number ``atol``.
+    ValueError
+        For shapes that do not match the action, or a negative or non-finite ``atol``.
+
     Examples
     --------
     >>> import paramshare_nb as ps
@@ -44,6 +52,7 @@ def is_equivariant(pattern_or_matrix, action, atol: float = 0.0) -> bool:
     True
     """
     act = _as_action(action)
+    atol = as_tolerance(atol, "atol")
     if isinstance(pattern_or_matrix, Pattern):
         pat = pattern_or_matrix
         _check_shape(pat.shape, act)

@@ -58,9 +58,13 @@ class Pattern:
     """
 
     def __init__(self, shape, rows, cols, params, n_params: int | None = None):
-        shape = tuple(shape) if not isinstance(shape, (int, np.integer)) else None
-        if shape is None or len(shape) != 2:
-            raise ValueError("shape must be a pair (M, N)")
+        try:
+            pair = tuple(shape)
+        except TypeError:
+            pair = ()
+        if len(pair) != 2 or isinstance(shape, str):
+            raise ValueError(f"shape must be a pair (M, N), got {shape!r}")
+        shape = pair
         m, n = (as_positive_int(s, "shape entry", minimum=0) for s in shape)
         rows = as_int_array(rows, "rows", ndim=1)
         cols = as_int_array(cols, "cols", ndim=1)

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from ._validate import INDEX, as_perm, as_positive_int
+from ._validate import INDEX, as_axis, as_perm, as_positive_int
 
 __all__ = [
     "identity", "compose", "inverse", "apply", "from_cycles", "to_cycles", "random",
@@ -99,8 +99,7 @@ def apply(p, x, axis: int = -1) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension to permute")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis={axis} is out of range for an array of {x.ndim} dimensions")
+    axis = as_axis(axis, x.ndim)
     p = as_perm(p, "p", n=x.shape[axis])
     inv = np.empty_like(p)
     inv[p] = np.arange(p.shape[0], dtype=INDEX)
@@ -146,8 +145,13 @@ def from_cycles(cycles, n: int) -> np.ndarray:
             except ValueError:
                 raise ValueError(f"cycle ({body}) in {cycles!r} holds a non-integer") from None
         cycles = parsed
+    try:
+        cycles = [list(c) for c in cycles]
+    except TypeError:
+        raise TypeError(f"cycles must be a string like '(0 1 2)(3 4)' or a list of cycles "
+                        f"like [[0, 1, 2], [3, 4]], got {cycles!r}") from None
     p = np.arange(n, dtype=INDEX)
-    for c in reversed(list(cycles)):  # rightmost cycle acts first
+    for c in reversed(cycles):  # rightmost cycle acts first
         if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
                for v in c):
             raise TypeError(f"cycle {tuple(c)} must hold integer points")

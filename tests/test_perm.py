@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import paramshare_nb as ps
 from paramshare_nb import perm
 
 perms = st.integers(1, 9).flatmap(lambda n: st.permutations(list(range(n))))
@@ -80,6 +81,29 @@ def test_bad_cycles():
         perm.from_cycles("0 1", 3)
     with pytest.raises(ValueError, match="length"):
         perm.compose([1, 0], [0, 1, 2])
+
+
+@pytest.mark.parametrize("cycles", [5, [1, 2], None])
+def test_from_cycles_refuses_what_is_not_cycles(cycles):
+    with pytest.raises(TypeError, match=r"cycles must be a string like '\(0 1 2\)\(3 4\)'"):
+        perm.from_cycles(cycles, 3)
+
+
+@pytest.mark.parametrize("axis, exc, words", [
+    (0.5, TypeError, "axis must be an int, got float"),
+    (True, TypeError, "axis must be an int, got bool"),
+    ("0", TypeError, "axis must be an int, got str"),
+    (2, ValueError, "axis=2 is out of range for an array of 2 dimensions"),
+])
+def test_apply_validates_axis(axis, exc, words):
+    with pytest.raises(exc, match=words):
+        perm.apply([1, 0], np.ones((2, 2)), axis=axis)
+
+
+def test_uint64_generators_past_int64_are_named_not_wrapped():
+    with pytest.raises(ValueError, match="18446744073709551615, too large"):
+        ps.order(np.array([[2**64 - 1, 0, 1]], dtype=np.uint64))
+    assert ps.order(np.array([[2, 0, 1]], dtype=np.uint64)) == 3
 
 
 def test_from_cycles_refuses_float_points():

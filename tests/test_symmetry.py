@@ -388,6 +388,11 @@ def test_bad_inputs():
         ps.symmetry_group(pat, max_nodes=2.5)
     with pytest.raises(ValueError, match="max_nodes"):
         ps.symmetry_group(pat, max_nodes=0)
+    with pytest.raises(TypeError, match="atol must be a number, got str"):
+        ps.is_equivariant(np.ones((3, 3)), act, atol="x")
+    for atol in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="atol must be finite and >= 0"):
+            ps.is_equivariant(pat, act, atol=atol)
 
 
 def test_node_budget_stops_with_a_clear_error():
