@@ -9,9 +9,12 @@ sphinx-gallery show it), and returns the :class:`~matplotlib.figure.Figure`.
 
 from __future__ import annotations
 
+import numbers
+from decimal import Decimal
+
 import numpy as np
 
-from ._validate import as_positive_int
+from ._validate import as_gens, as_positive_int
 
 __all__ = ["pattern", "cayley", "accuracy"]
 
@@ -56,11 +59,28 @@ def _new_axes(ax, count: int):
         fig, axes = plt.subplots(1, count, figsize=(4.6 * count, 4.2), squeeze=False,
                                  layout="constrained")
         return fig, list(axes[0])
-    axes = [ax] if isinstance(ax, Axes) else list(ax)
-    if len(axes) != count or not all(isinstance(a, Axes) for a in axes):
+    if isinstance(ax, Axes):
+        axes = [ax]
+    elif isinstance(ax, str):
+        axes = None
+    else:
+        try:
+            axes = list(ax)
+        except TypeError:  # not iterable: a number, an arbitrary object
+            axes = None
+    if axes is None or len(axes) != count or not all(isinstance(a, Axes) for a in axes):
+        got = (type(ax).__name__ if axes is None or isinstance(ax, Axes)
+               else f"{type(ax).__name__} of {[type(a).__name__ for a in axes]}")
         raise TypeError(f"ax must be {'a matplotlib Axes' if count == 1 else f'{count} Axes'} "
-                        f"for this view, got {ax!r}")
+                        f"for this view (or None for a new figure), got {got}")
     return axes[0].figure, axes
+
+
+def _as_text(value, name: str):
+    """A title or label: a str, or None."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None, got {type(value).__name__}")
+    return value
 
 
 def _as_pattern(obj, name="pattern"):
@@ -106,9 +126,12 @@ def pattern(pattern, ax=None, view: str = "auto", max_bipartite: int = 60,
     ImportError
         When matplotlib is not installed (``pip install 'paramshare_nb[plot]'``).
     TypeError
-        When ``pattern`` is not a :class:`~paramshare_nb.Pattern`.
+        When ``pattern`` is not a :class:`~paramshare_nb.Pattern`, ``ax`` is not
+        an Axes (or as many Axes as the view has panels), ``max_bipartite`` is
+        not an int, or ``title`` is not a str.
     ValueError
-        For an unknown ``view``, or a matrix over ``config.max_bytes``.
+        For an unknown ``view``, a negative ``max_bipartite``, a pattern with no
+        rows or no columns, or a matrix over ``config.max_bytes``.
 
     Examples
     --------
@@ -118,10 +141,14 @@ def pattern(pattern, ax=None, view: str = "auto", max_bipartite: int = 60,
     """
     pat = _as_pattern(pattern)
     views = ("auto", "matrix", "bipartite", "both")
-    if view not in views:
+    if not isinstance(view, str) or view not in views:
         raise ValueError(f"view must be one of {views}, got {view!r}")
     max_bipartite = as_positive_int(max_bipartite, "max_bipartite", minimum=0)
+    title = _as_text(title, "title")
     m, n = pat.shape
+    if m == 0 or n == 0:
+        raise ValueError(f"pattern has shape ({m}, {n}): a matrix without rows or columns has "
+                         f"nothing to draw; give a pattern with M >= 1 and N >= 1")
     if view == "auto":
         view = "both" if m + n <= max_bipartite and pat.nnz <= 400 else "matrix"
     panels = ["matrix", "bipartite"] if view == "both" else [view]
@@ -229,9 +256,12 @@ def cayley(action, ax=None, max_order: int = 120, title: str | None = None):
     ImportError
         When matplotlib is not installed (``pip install 'paramshare_nb[plot]'``).
     TypeError
-        When ``action`` is neither an Action nor an integer array.
+        When ``action`` is neither an Action nor an integer array, ``ax`` is
+        not one Axes, ``max_order`` is not an int, or ``title`` is not a str.
     ValueError
-        When the group has more than ``max_order`` elements.
+        When the rows of ``action`` are not permutations (or it is empty or
+        not 2-D), ``max_order < 1``, or the group has more than ``max_order``
+        elements.
 
     Examples
     --------
@@ -239,25 +269,26 @@ def cayley(action, ax=None, max_order: int = 120, title: str | None = None):
     >>> fig = ps.plot.cayley(ps.Action.same(ps.groups.dihedral(5)))
     """
     from .actions import Action, regular
+    from .groups import orbit_sizes
     from .groups import order as group_order
 
     if isinstance(action, Action):
         gens = np.asarray(action.joint)
+    elif isinstance(action, (list, tuple, range)) or hasattr(action, "__array__"):
+        gens = as_gens(action, "action")  # names the bad row, dtype or shape
     else:
-        try:
-            gens = np.asarray(action)
-        except Exception:  # noqa: BLE001 - anything not array-like
-            gens = None
-        if gens is None or not (gens.dtype.kind in "iu" and gens.ndim in (1, 2)):
-            raise TypeError(f"action must be an Action or a (k, n) int array of generators, "
-                            f"got {type(action).__name__}")
-        gens = gens.reshape(1, -1) if gens.ndim == 1 else gens
+        raise TypeError(f"action must be an Action or a (k, n) int array of generators, "
+                        f"got {type(action).__name__}")
     max_order = as_positive_int(max_order, "max_order")
-    size = group_order(gens) if gens.shape[0] else 1
+    title = _as_text(title, "title")
+    # the group is at least as big as its widest orbit: refuse huge groups before building them
+    widest = int(orbit_sizes(gens).max()) if gens.size else 1
+    exact = gens.shape[0] > 0 and widest <= max_order
+    size = group_order(gens) if exact else widest
     if size > max_order:
-        raise ValueError(f"the group has {size} elements, more than max_order={max_order}; "
-                         f"a Cayley diagram that large is not readable (raise max_order "
-                         f"to draw it anyway)")
+        raise ValueError(f"the group has {'' if exact else 'at least '}{size} elements, "
+                         f"more than max_order={max_order}; a Cayley diagram that large is not "
+                         f"readable (raise max_order to draw it anyway)")
     fig, (ax,) = _new_axes(ax, 1)
     reg = regular(gens) if gens.shape[0] else np.zeros((0, 1), dtype=np.int64)
     pos = _cayley_layout(reg, size)
@@ -353,13 +384,13 @@ def accuracy(table, ax=None, title: str | None = None, ylabel: str = "accuracy")
     table : mapping
         ``{model: value}`` for one bar per model, or ``{model: {column: value}}``
         for grouped bars (e.g. columns ``"upright"`` and ``"rotated"``).
-        Values are floats in ``[0, 1]`` or percentages.
+        Values are real numbers in ``[0, 1]`` or percentages in ``[0, 100]``.
     ax : matplotlib.axes.Axes, optional
         Where to draw (default: a new figure).
     title : str, optional
         Axes title.
     ylabel : str, optional
-        Label of the value axis (default ``"accuracy"``).
+        Label of the value axis (default ``"accuracy"``; None for none).
 
     Returns
     -------
@@ -371,9 +402,13 @@ def accuracy(table, ax=None, title: str | None = None, ylabel: str = "accuracy")
     ImportError
         When matplotlib is not installed (``pip install 'paramshare_nb[plot]'``).
     TypeError
-        When ``table`` is not a mapping or a value is not a number.
+        When ``table`` is not a mapping, its values mix numbers and mappings,
+        a value is not a real number (bools, strings, None and arrays are
+        refused), ``ax`` is not one Axes, or ``title`` or ``ylabel`` is not a str.
     ValueError
-        When ``table`` is empty or the inner mappings have different keys.
+        When ``table`` or an inner mapping is empty, the inner mappings have
+        different keys, two models (or columns) print the same name, or a value
+        is nan, infinite or outside ``[0, 100]``.
 
     Examples
     --------
@@ -387,25 +422,30 @@ def accuracy(table, ax=None, title: str | None = None, ylabel: str = "accuracy")
         raise TypeError(f"table must be a mapping of model -> value (or -> mapping of "
                         f"column -> value), got {type(table).__name__}")
     if not table:
-        raise ValueError("table is empty: give at least one model")
-    models = [str(k) for k in table]
+        raise ValueError("table is empty: give at least one model, e.g. {'MLP': 0.97}")
+    title = _as_text(title, "title")
+    ylabel = _as_text(ylabel, "ylabel")
+    models = _distinct_names(table, "table")
     rows = list(table.values())
     nested = [isinstance(r, Mapping) for r in rows]
     if any(nested) and not all(nested):
         raise TypeError("table values must be all numbers or all mappings, not a mix")
     if all(nested):
+        first = next(iter(table))
         columns = list(rows[0])
-        for name, r in zip(models, rows, strict=True):
-            if list(r) != columns:
-                raise ValueError(f"row {name!r} has columns {list(r)}, expected {columns}")
-        values = [[r[c] for c in columns] for r in rows]
+        if not columns:
+            raise ValueError(f"table[{first!r}] is empty: give each model at least one column")
+        _distinct_names(columns, f"table[{first!r}]")
+        for key, r in table.items():
+            if set(r) != set(columns):
+                raise ValueError(f"table[{key!r}] has columns {list(r)}, but table[{first!r}] "
+                                 f"has {columns}; give every model the same columns")
+        values = [[_as_accuracy(r[c], f"table[{key!r}][{c!r}]") for c in columns]
+                  for key, r in table.items()]
     else:
         columns = [ylabel]
-        values = [[r] for r in rows]
-    try:
-        vals = np.array(values, dtype=float)
-    except (TypeError, ValueError):
-        raise TypeError("table values must be numbers") from None
+        values = [[_as_accuracy(r, f"table[{key!r}]")] for key, r in table.items()]
+    vals = np.array(values, dtype=float)
     fig, (ax,) = _new_axes(ax, 1)
     n_cols = len(columns)
     width = 0.8 / n_cols
@@ -418,8 +458,33 @@ def accuracy(table, ax=None, title: str | None = None, ylabel: str = "accuracy")
     ax.set_ylabel(ylabel)
     if n_cols > 1:
         ax.legend(fontsize=8)
-    if np.nanmax(vals) <= 1.0:
+    if vals.max() <= 1.0:
         ax.set_ylim(0, 1.05)
     if title:
         ax.set_title(title)
     return fig
+
+
+def _distinct_names(keys, name: str) -> list[str]:
+    """The keys as bar or legend labels, refusing two that print the same."""
+    labels = [str(k) for k in keys]
+    if len(set(labels)) < len(labels):
+        dup = next(lab for lab in labels if labels.count(lab) > 1)
+        raise ValueError(f"{name} has two keys that both print as {dup!r}; give them "
+                         f"distinct names")
+    return labels
+
+
+def _as_accuracy(value, where: str) -> float:
+    """One table value as a float in [0, 100]; bools, strings, None and arrays are refused."""
+    if isinstance(value, (numbers.Real, Decimal)) and not isinstance(value, bool):
+        v = float(value)
+    elif getattr(value, "ndim", None) == 0 and np.asarray(value).dtype.kind in "iuf":
+        v = float(value)  # a 0-d numpy / torch / jax array
+    else:
+        raise TypeError(f"table values must be real numbers (accuracies in [0, 1] or "
+                        f"percentages), but {where} is a {type(value).__name__}")
+    if not 0.0 <= v <= 100.0:  # also false for nan
+        raise ValueError(f"{where} is {v}; accuracies must be finite and in [0, 1], or in "
+                         f"[0, 100] as percentages")
+    return v

@@ -126,6 +126,79 @@ def test_accuracy_table():
         ps.plot.accuracy({"a": "high"})
 
 
+_PAT = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(4)))
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(ax=3, view="matrix"), TypeError, "ax must be a matplotlib Axes.*got int"),
+    (dict(ax=3), TypeError, "ax must be 2 Axes.*got int"),
+    (dict(ax="ab", view="both"), TypeError, "ax must be 2 Axes.*got str"),
+    (dict(pattern=ps.Pattern((0, 4), [], [], [])), ValueError, r"shape \(0, 4\).*nothing to draw"),
+    (dict(pattern=ps.Pattern((0, 4), [], [], []), view="matrix"), ValueError, r"shape \(0, 4\)"),
+    (dict(pattern=ps.Pattern((4, 0), [], [], []), view="bipartite"), ValueError,
+     r"shape \(4, 0\)"),
+    (dict(view=np.array(["matrix", "both"])), ValueError, "view must be one of"),
+    (dict(title=3), TypeError, "title must be a str"),
+], ids=["ax-int", "ax-int-both", "ax-str", "empty-rows", "empty-rows-matrix", "empty-cols",
+        "view-array", "title-int"])
+def test_pattern_refuses_bad_input(kwargs, exc, match):
+    kwargs = {"pattern": _PAT, **kwargs}
+    with pytest.raises(exc, match=match):
+        ps.plot.pattern(**kwargs)
+
+
+@pytest.mark.parametrize("action, kwargs, exc, match", [
+    (ps.groups.dihedral(4), dict(ax=3), TypeError, "ax must be a matplotlib Axes.*got int"),
+    ([], {}, ValueError, "action is empty"),
+    (np.array([[True, False]]), {}, TypeError, "action must hold integers, got dtype bool"),
+    ([[1, 0], [0]], {}, ValueError, "action is ragged"),
+    (np.zeros((1, 1, 2), dtype=int), {}, ValueError, r"action must be a \(k, n\).*\(1, 1, 2\)"),
+    ([[0, 0, 1]], {}, ValueError, r"action\[0\] is not a permutation"),
+    (None, {}, TypeError, "action must be an Action.*got NoneType"),
+    ([np.roll(np.arange(100_000), 1)], {}, ValueError, "at least 100000 elements.*max_order"),
+    (ps.groups.cyclic(7), dict(max_order=6), ValueError, "at least 7 elements"),
+    (ps.groups.dihedral(4), dict(title=3), TypeError, "title must be a str"),
+], ids=["ax-int", "empty", "bool", "ragged", "3d", "not-perm", "none", "huge-orbit",
+        "orbit-over-max", "title-int"])
+def test_cayley_refuses_bad_input(action, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        ps.plot.cayley(action, **kwargs)
+
+
+@pytest.mark.parametrize("table, kwargs, exc, match", [
+    ({"a": "0.5"}, {}, TypeError, r"real numbers.*table\['a'\] is a str"),
+    ({"a": np.nan}, {}, ValueError, r"table\['a'\] is nan.*\[0, 1\]"),
+    ({"a": np.inf}, {}, ValueError, r"table\['a'\] is inf"),
+    ({"a": 0.5, "b": -0.1}, {}, ValueError, r"table\['b'\] is -0.1"),
+    ({"a": 150.0}, {}, ValueError, r"table\['a'\] is 150.0.*\[0, 100\]"),
+    ({"a": True}, {}, TypeError, r"real numbers.*table\['a'\] is a bool"),
+    ({"a": None}, {}, TypeError, r"table\['a'\] is a NoneType"),
+    ({"a": [0.1, 0.2]}, {}, TypeError, r"real numbers.*table\['a'\] is a list"),
+    ({"a": np.array([0.1, 0.2])}, {}, TypeError, r"table\['a'\] is a ndarray"),
+    ({"a": {}, "b": {}}, {}, ValueError, r"table\['a'\] is empty.*at least one column"),
+    ({"a": {"x": 0.1}, "b": {"x": 0.2, "y": 0.3}}, {}, ValueError,
+     r"table\['b'\] has columns \['x', 'y'\], but table\['a'\] has \['x'\]"),
+    ({"a": {"x": np.nan}}, {}, ValueError, r"table\['a'\]\['x'\] is nan"),
+    ({"a": {"x": True}}, {}, TypeError, r"real numbers.*table\['a'\]\['x'\] is a bool"),
+    ({1: 0.5, "1": 0.6}, {}, ValueError, "table has two keys that both print as '1'"),
+    ({"a": 0.5}, dict(ax=3), TypeError, "ax must be a matplotlib Axes.*got int"),
+    ({"a": 0.5}, dict(ylabel=3), TypeError, "ylabel must be a str"),
+    ({"a": 0.5}, dict(title=[1]), TypeError, "title must be a str"),
+], ids=["str", "nan", "inf", "negative", "over-100", "bool", "none", "list", "array",
+        "no-columns", "columns-differ", "nested-nan", "nested-bool", "duplicate-names",
+        "ax-int", "ylabel-int", "title-list"])
+def test_accuracy_refuses_bad_input(table, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        ps.plot.accuracy(table, **kwargs)
+
+
+def test_accuracy_accepts_numpy_scalars_and_reordered_columns():
+    fig = ps.plot.accuracy({"MLP": {"upright": np.float32(0.9), "rotated": np.array(0.4)},
+                            "eq": {"rotated": 0.95, "upright": np.int64(1)}})
+    heights = [[b.get_height() for b in c] for c in fig.axes[0].containers]
+    np.testing.assert_allclose(heights, [[0.9, 1.0], [0.4, 0.95]], rtol=1e-6)
+
+
 def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
