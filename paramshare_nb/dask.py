@@ -50,17 +50,24 @@ def _da():
     return dask, da
 
 
-def _check_dask_array(x, name: str):
+def _check_dask_array(x, name: str, n_sample_axes: int | None = None):
+    """``x``, a dask array with at least one axis and known chunks; ``n_sample_axes`` (default
+    all but the first) are the axes that must be whole, for the hint to a non-dask ``x``."""
     _, da = _da()
     if not isinstance(x, da.Array):
+        chunks = "(batch_chunk, -1, ...)"
+        if isinstance(x, np.ndarray) and x.ndim:  # the exact chunks for its shape
+            k = x.ndim - 1 if n_sample_axes is None else min(n_sample_axes, x.ndim)
+            chunks = str(("batch_chunk",) * (x.ndim - k) + (-1,) * k).replace("'", "")
         raise TypeError(f"{name} must be a dask array chunked along the batch, got "
                         f"{type(x).__name__}; wrap it with dask.array.from_array({name}, "
-                        f"chunks=(batch_chunk, -1, ...))")
+                        f"chunks={chunks})")
     if x.ndim < 1:
-        raise ValueError(f"{name} must have at least one axis, got a 0-d array")
+        raise ValueError(f"{name} must have at least one axis, shape (batch, ...), got a 0-d "
+                         f"array")
     if any(math.isnan(c) for cs in x.chunks for c in cs):
-        raise ValueError(f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() "
-                         f"first")
+        raise ValueError(f"{name} has unknown chunk sizes (shape {x.shape}), as after boolean "
+                         f"indexing; call {name} = {name}.compute_chunk_sizes() first")
     return x
 
 
@@ -70,31 +77,40 @@ def _size(n: int) -> str:
 
 def _whole_trailing(x, n_trailing: int, name: str, max_chunk_bytes: int | None):
     """``x`` with its last ``n_trailing`` axes in one chunk each (rechunk with a warning)."""
+    from ._validate import as_positive_int
+
     if max_chunk_bytes is None:
         max_chunk_bytes = DEFAULT_MAX_CHUNK_BYTES
-    if (isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, (int, np.integer))
-            or max_chunk_bytes <= 0):
-        raise ValueError(f"max_chunk_bytes must be a positive int, got {max_chunk_bytes!r}")
+    max_chunk_bytes = as_positive_int(max_chunk_bytes, "max_chunk_bytes")
     axes = list(range(x.ndim - n_trailing, x.ndim))
     split = [a for a in axes if len(x.chunks[a]) > 1]
     if not split:
         return x
+    whole = ", ".join(f"{a}: -1" for a in axes)
     lead = x.ndim - n_trailing
-    lead_elems = math.prod(max(c) for c in x.chunks[:lead]) if lead else 1
     per_sample = math.prod(x.shape[lead:]) * x.dtype.itemsize
-    chunk_bytes = lead_elems * per_sample
+    chunk_bytes = math.prod(max(c) for c in x.chunks[:lead]) * per_sample
     if chunk_bytes > max_chunk_bytes:
-        other = lead_elems // max(max(x.chunks[0]), 1) if lead else 1
-        rows = max(1, max_chunk_bytes // max(per_sample * max(other, 1), 1))
+        if per_sample > max_chunk_bytes:
+            raise ValueError(
+                f"{name} is chunked along axis {split[0]}, but axes {axes} must each be one "
+                f"chunk, and one sample alone is {_size(per_sample)}, over "
+                f"max_chunk_bytes={_size(max_chunk_bytes)}; pass "
+                f"max_chunk_bytes={per_sample} or more")
+        # whole samples per chunk, given to the innermost batch axes first
+        budget, rows = max_chunk_bytes // per_sample, {}
+        for a in reversed(range(lead)):
+            rows[a] = max(1, min(x.shape[a], budget))
+            budget = max(1, budget // rows[a])
+        hint = ", ".join(f"{a}: {rows[a]}" for a in range(lead))
         raise ValueError(
-            f"{name} is chunked along axis {split[0]} (the index/channel axes {axes} must "
-            f"each be one chunk); rechunking them would make {_size(chunk_bytes)} "
-            f"chunks, over max_chunk_bytes={_size(max_chunk_bytes)}; rechunk "
-            f"yourself with smaller batch chunks, e.g. "
-            f"{name}.rechunk({{0: {rows}, {', '.join(f'{a}: -1' for a in axes)}}})")
-    warnings.warn(f"{name} is chunked along axis {split[0]}, but the index/channel axes "
-                  f"{axes} must each be one chunk; rechunking them (chunk these axes with -1 "
-                  f"to avoid this)", ChunkingWarning, stacklevel=3)
+            f"{name} is chunked along axis {split[0]}, but axes {axes} must each be one chunk "
+            f"(whole samples); rechunking them would make chunks of {_size(chunk_bytes)}, over "
+            f"max_chunk_bytes={_size(max_chunk_bytes)}; rechunk yourself with smaller batch "
+            f"chunks, e.g. {name}.rechunk({{{hint}, {whole}}})")
+    warnings.warn(f"{name} is chunked along axis {split[0]}, but axes {axes} must each be one "
+                  f"chunk (whole samples); rechunking them (call {name}.rechunk({{{whole}}}) "
+                  f"first to avoid this)", ChunkingWarning, stacklevel=3)
     return x.rechunk({a: -1 for a in axes})
 
 
@@ -146,11 +162,15 @@ def tied_matmul(x, theta, pattern, method: str = "auto", max_chunk_bytes: int | 
     ImportError
         When dask is not installed (``pip install 'paramshare_nb[dask]'``).
     TypeError
-        When ``x`` is not a dask array, ``theta`` not a float numpy array, or
-        ``pattern`` not a :class:`~paramshare_nb.Pattern`.
+        When ``x`` is not a dask array (the message gives the chunks to wrap
+        it with) or not float32/float64, ``theta`` not a float numpy array,
+        ``pattern`` not a :class:`~paramshare_nb.Pattern`, or
+        ``max_chunk_bytes`` not an int.
     ValueError
-        On shape mismatches, or when rechunking the index axis would exceed
-        ``max_chunk_bytes``.
+        On shape mismatches, a 0-d ``x``, unknown chunk sizes (call
+        ``x.compute_chunk_sizes()``), an unknown ``method``,
+        ``max_chunk_bytes < 1``, or when rechunking the index axis would exceed
+        ``max_chunk_bytes`` (the message gives a rechunk that fits).
 
     Examples
     --------
@@ -163,14 +183,13 @@ def tied_matmul(x, theta, pattern, method: str = "auto", max_chunk_bytes: int | 
     """
     from . import ops
 
-    x = _check_dask_array(x, "x")
     pattern, theta = _pattern_and_theta(theta, pattern)
     m, n = pattern.shape
     scalar = theta.ndim == 1
     n_trailing = 1 if scalar else 2
-    if x.ndim < n_trailing:
-        raise ValueError(f"x must have shape (..., {n})" if scalar else
-                         f"x must have shape (..., {n}, {theta.shape[2]}) for channel theta, "
+    x = _check_dask_array(x, "x", n_trailing)
+    if x.ndim < n_trailing:  # x is 1-D, theta has channels
+        raise ValueError(f"x must have shape (..., {n}, {theta.shape[2]}) for channel theta, "
                          f"got {x.shape}")
     expect = (n,) if scalar else (n, theta.shape[2])
     if tuple(x.shape[x.ndim - n_trailing:]) != expect:
@@ -205,6 +224,22 @@ def _run_model(model, xb):
     return np.asarray(out.data if hasattr(out, "data") else out)
 
 
+def _probe(model, x):
+    """The model's output on two zero samples shaped like ``x``'s, run on a private copy
+    (the model's random generators do not advance): its errors come before any graph runs,
+    naming ``x``, and a model that does not keep the batch axis is refused."""
+    try:
+        out = _run_model(_private_copy(model), np.zeros((2,) + tuple(x.shape[1:]), x.dtype))
+    except (TypeError, ValueError) as exc:
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        raise kind(f"the model refuses samples of x (x has shape {x.shape}, dtype "
+                   f"{x.dtype}; tried on 2 zero samples): {exc}") from exc
+    if out.ndim < 1 or out.shape[0] != 2:
+        raise ValueError(f"the model must keep the batch axis: 2 samples of x gave output "
+                         f"shape {out.shape}, not (2, ...)")
+    return out
+
+
 def apply(model, x, max_chunk_bytes: int | None = None):
     """Apply a (trained) model blockwise to a dask array chunked along the batch.
 
@@ -232,10 +267,14 @@ def apply(model, x, max_chunk_bytes: int | None = None):
     ImportError
         When dask is not installed (``pip install 'paramshare_nb[dask]'``).
     TypeError
-        When ``model`` is not a Module or ``x`` not a dask array.
+        When ``model`` is not a Module, ``x`` not a dask array,
+        ``max_chunk_bytes`` not an int, or the model refuses the dtype of ``x``.
     ValueError
-        When the model does not keep the batch axis, or rechunking would
-        exceed ``max_chunk_bytes``.
+        When ``x`` is 0-d or has unknown chunk sizes (call
+        ``x.compute_chunk_sizes()``), the model refuses the shape of its
+        samples or does not keep the batch axis (both tried on two zero
+        samples, on a copy of the model, before the graph is built), or
+        rechunking would exceed ``max_chunk_bytes``.
 
     Examples
     --------
@@ -249,10 +288,7 @@ def apply(model, x, max_chunk_bytes: int | None = None):
     _check_model(model)
     x = _check_dask_array(x, "x")
     x = _whole_trailing(x, x.ndim - 1, "x", max_chunk_bytes)
-    probe = _run_model(model, np.zeros((1,) + tuple(x.shape[1:]), dtype=x.dtype))
-    if probe.ndim < 1 or probe.shape[0] != 1:
-        raise ValueError(f"the model must keep the batch axis: a (1, ...) input gave "
-                         f"{probe.shape}")
+    probe = _probe(model, x)
     tail = tuple((s,) for s in probe.shape[1:])
     kwargs = {}
     if probe.ndim != x.ndim:
@@ -297,6 +333,12 @@ def _chunk_gradients(model, xb, yb, loss_fn, weight, seeds):
     for p in params:
         p.grad = None
     loss = loss_fn(model(xb), yb)
+    if not hasattr(loss, "backward"):
+        raise TypeError(f"loss_fn must return a scalar Tensor (the mean over the batch), got "
+                        f"{type(loss).__name__}")
+    if np.size(loss.data) != 1:
+        raise ValueError(f"loss_fn must return a scalar Tensor (the mean over the batch), got "
+                         f"shape {np.shape(loss.data)}; reduce it, e.g. with .mean()")
     loss.backward()
     grads = [np.zeros(p.shape, dtype=np.float64) if p.grad is None
              else np.asarray(p.grad, dtype=np.float64) * weight for p in params]
@@ -307,6 +349,30 @@ def _add(*parts):
     loss = sum(p[0] for p in parts)
     grads = [sum(gs) for gs in zip(*(p[1] for p in parts), strict=True)]
     return loss, grads
+
+
+def _check_targets(y, x, da):
+    """``y`` as a dask array of numbers with the batch chunks of ``x``."""
+    n = x.shape[0]
+    if not isinstance(y, da.Array):
+        try:
+            y = np.asarray(y)
+        except ValueError:  # ragged nested lists
+            raise ValueError(f"y is ragged; give one target per sample of x, an array of "
+                             f"shape ({n}, ...)") from None
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"y must hold numbers (class ids or float targets), got dtype "
+                        f"{y.dtype}; give an int or float array of shape ({n}, ...)")
+    if y.ndim < 1:
+        raise ValueError(f"y must have a batch axis, one target per sample of x: shape "
+                         f"({n}, ...), got a 0-d array")
+    if isinstance(y, da.Array):
+        _check_dask_array(y, "y")
+    if y.shape[0] != n:
+        raise ValueError(f"x and y must have one batch size (one target per sample), got "
+                         f"{n} and {y.shape[0]}")
+    chunks = (x.chunks[0],) + tuple((s,) for s in y.shape[1:])
+    return y.rechunk(chunks) if isinstance(y, da.Array) else da.from_array(y, chunks=chunks)
 
 
 def gradients(model, loss_fn, x, y, split_every: int = 4, client=None):
@@ -348,33 +414,35 @@ def gradients(model, loss_fn, x, y, split_every: int = 4, client=None):
     ImportError
         When dask is not installed (``pip install 'paramshare_nb[dask]'``).
     TypeError
-        For a non-Module model, a non-callable ``loss_fn`` or a non-dask ``x``.
+        For a non-Module model, a non-callable ``loss_fn``, a non-dask ``x``,
+        a ``y`` that does not hold numbers, a non-int ``split_every``, a
+        ``client`` that is not a Client, or a model that refuses the dtype of
+        ``x``; and, when the chunks run, a ``loss_fn`` that does not return a
+        Tensor.
     ValueError
-        When ``x`` and ``y`` differ in batch size, or ``split_every < 2``.
+        When ``x`` is 0-d or empty, ``y`` is 0-d or ragged, either has unknown
+        chunk sizes (call ``.compute_chunk_sizes()``), ``x`` and ``y`` differ
+        in batch size, ``split_every < 2``, or the model refuses the shape of
+        the samples of ``x`` (tried as in :func:`apply`); and, when the chunks
+        run, a ``loss_fn`` that returns a non-scalar.
     """
+    from ._validate import as_positive_int
+
     dask, da = _da()
     _check_model(model)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    if (isinstance(split_every, bool) or not isinstance(split_every, (int, np.integer))
-            or split_every < 2):
-        raise ValueError(f"split_every must be an int >= 2, got {split_every!r}")
+    split_every = as_positive_int(split_every, "split_every", minimum=2)
+    if client is not None and not callable(getattr(client, "compute", None)):
+        raise TypeError(f"client must be a distributed.Client or None, got "
+                        f"{type(client).__name__}")
     x = _check_dask_array(x, "x")
     x = _whole_trailing(x, x.ndim - 1, "x", None)
-    if not isinstance(y, da.Array):
-        y = np.asarray(y)
-        if y.ndim < 1:
-            raise ValueError("y must have a batch axis")
-        if y.shape[0] != x.shape[0]:
-            raise ValueError(f"x and y must have one batch size, got {x.shape[0]} and "
-                             f"{y.shape[0]}")
-        y = da.from_array(y, chunks=(x.chunks[0],) + tuple((s,) for s in y.shape[1:]))
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"x and y must have one batch size, got {x.shape[0]} and {y.shape[0]}")
-    y = y.rechunk((x.chunks[0],) + tuple((s,) for s in y.shape[1:]))
-    total = x.shape[0]
-    if total == 0:
+    if x.shape[0] == 0:
         raise ValueError("x is empty: no samples to compute gradients on")
+    y = _check_targets(y, x, da)
+    _probe(model, x)
+    total = x.shape[0]
     delayed = dask.delayed
     model_d = delayed(model, pure=True)
     # unoptimised graphs keep the keys x and y share (y computed from x, say), so a

@@ -226,3 +226,93 @@ def test_missing_dask_names_the_extra(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert psd.__all__  # the module itself imported without dask
+
+
+# -- bad input: refused at once, naming the argument and the fix -------------------------
+
+class _FirstRow(ps.nn.Module):
+    """Drops the batch axis to one row: a model that does not keep the batch."""
+
+    def forward(self, a):
+        return a[:1]
+
+
+@pytest.fixture
+def bad(problem):
+    act, gens, x, y = problem
+    return {"pat": ps.dense_pattern(ps.Action.same(ps.groups.cyclic(4))),
+            "model": _model(act, gens), "x": x, "y": y,
+            "xd": da.from_array(x, chunks=(40, 6, 2)), "yd": da.from_array(y, chunks=40)}
+
+
+def _dz(shape, chunks=None, dtype=np.float32):
+    """A zero dask array, chunked by 4 along the batch only unless told."""
+    return da.zeros(shape, chunks=chunks or (4,) + tuple(shape[1:]), dtype=dtype)
+
+
+def _grad(b, x=None, y=None, loss=ps.nn.cross_entropy, **kw):
+    return psd.gradients(b["model"], loss, b["xd"] if x is None else x,
+                         b["y"] if y is None else y, **kw)
+
+
+def _tm(x, theta=None, **kw):
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(4)))
+    return psd.tied_matmul(x, np.ones(4) if theta is None else theta, pat, **kw)
+
+
+BAD_INPUTS = [  # (id, call, exception, message fragment); each failed or misled before
+    ("tm-numpy-x-3d", lambda b: _tm(np.ones((8, 4, 2)), np.ones((4, 3, 2))), TypeError,
+     r"chunks=\(batch_chunk, -1, -1\)"),
+    ("tm-numpy-x-1d", lambda b: _tm(np.ones(4)), TypeError, r"chunks=\(-1,\)"),
+    ("tm-1d-sample-too-big", lambda b: _tm(_dz(4, chunks=2, dtype=float), max_chunk_bytes=16),
+     ValueError, "max_chunk_bytes=32 or more"),
+    ("tm-two-batch-axes-hint",
+     lambda b: _tm(_dz((10, 100, 4), (10, 100, 2), float), max_chunk_bytes=1000),
+     ValueError, r"rechunk\(\{0: 1, 1: 31, 2: -1\}\)"),
+    ("tm-max-chunk-bytes-str", lambda b: _tm(_dz((8, 4)), max_chunk_bytes="1"), TypeError,
+     "max_chunk_bytes must be an int"),
+    ("apply-numpy-x-1d", lambda b: psd.apply(b["model"], np.ones(4)), TypeError,
+     r"chunks=\(batch_chunk,\)"),
+    ("apply-wrong-sample-shape", lambda b: psd.apply(b["model"], _dz((8, 6, 3))), ValueError,
+     r"refuses samples of x \(x has shape \(8, 6, 3\)"),
+    ("apply-wrong-dtype", lambda b: psd.apply(b["model"], _dz((8, 6, 2), dtype=np.float64)),
+     TypeError, "refuses samples of x"),
+    ("apply-drops-batch", lambda b: psd.apply(_FirstRow(), b["xd"]), ValueError,
+     "keep the batch axis"),
+    ("grad-0d-y", lambda b: _grad(b, y=np.int64(1)), ValueError, "one target per sample of x"),
+    ("grad-0d-dask-y", lambda b: _grad(b, y=da.from_array(np.int64(1))), ValueError,
+     "one target per sample of x"),
+    ("grad-y-unknown-chunks", lambda b: _grad(b, y=b["yd"][b["yd"] >= 0]), ValueError,
+     r"y has unknown chunk sizes.*y.compute_chunk_sizes\(\)"),
+    ("grad-y-ragged", lambda b: _grad(b, y=[[0], [0, 1]]), ValueError, "y is ragged"),
+    ("grad-y-none", lambda b: _grad(b, y=[None] * 120), TypeError, "y must hold numbers"),
+    ("grad-split-every-float", lambda b: _grad(b, split_every=2.0), TypeError,
+     "split_every must be an int"),
+    ("grad-client-str", lambda b: _grad(b, client="local"), TypeError,
+     "client must be a distributed.Client"),
+    ("grad-wrong-sample-shape", lambda b: _grad(b, x=_dz((120, 6, 3))), ValueError,
+     "refuses samples of x"),
+    ("grad-loss-not-tensor", lambda b: _grad(b, loss=lambda out, t: 1.0), TypeError,
+     "loss_fn must return a scalar Tensor"),
+    ("grad-loss-not-scalar", lambda b: _grad(b, loss=lambda out, t: out), ValueError,
+     "loss_fn must return a scalar Tensor"),
+    ("train-step-0d-y", lambda b: psd.train_step(
+        b["model"], ps.nn.cross_entropy, ps.optim.SGD(b["model"].parameters(), lr=0.1),
+        b["xd"], np.int64(1)), ValueError, "one target per sample of x"),
+]
+
+
+@pytest.mark.parametrize("call, exc, match", [pytest.param(*c[1:], id=c[0])
+                                              for c in BAD_INPUTS])
+def test_bad_input_is_refused_clearly(bad, call, exc, match):
+    import dask
+
+    with dask.config.set(scheduler="synchronous"), pytest.raises(exc, match=match):
+        call(bad)
+
+
+def test_chunking_warning_gives_the_rechunk(problem):
+    x = problem[2]
+    model = _model(*problem[:2])
+    with pytest.warns(psd.ChunkingWarning, match=r"x.rechunk\(\{1: -1, 2: -1\}\)"):
+        psd.apply(model, da.from_array(x, chunks=(40, 6, 1)))
