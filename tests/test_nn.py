@@ -201,6 +201,8 @@ def test_layer_errors(d4):
         layer(np.ones((4, 16, 3), np.float32))
     with pytest.raises(TypeError, match="EquivariantLinear.*dtype float64 does not match"):
         layer(np.ones((4, 16, 2)))
+    with pytest.raises(TypeError, match=r"use x.astype\(np.float32\)$"):  # no model.astype(int)
+        layer(Tensor(np.ones((4, 16, 2), np.int64)))
     with pytest.raises(ValueError, match="design must be"):
         nn.EquivariantLinear(act, 1, 1, design="diagonal")
     identity = ps.Pattern.from_index(np.where(np.eye(16, dtype=bool), 0, -1))

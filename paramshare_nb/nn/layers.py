@@ -31,8 +31,11 @@ def _check_dtype(x: Tensor, layer: Module, name: str) -> None:
                            f"model.to('{x.device}')")
     want = layer.dtype
     if want is not None and x.dtype != want:
-        raise TypeError(f"{name}: input dtype {x.dtype} does not match the layer's {want}; use "
-                        f"x.astype(np.{want}) or model.astype(np.{x.dtype})")
+        fix = f"x.astype(np.{want})"
+        if x.dtype in (np.float32, np.float64):  # a model holds float32 or float64 only
+            fix += f" or model.astype(np.{x.dtype})"
+        raise TypeError(f"{name}: input dtype {x.dtype} does not match the layer's {want}; "
+                        f"use {fix}")
 
 
 def _check_gain(gain, layer: str) -> float:
