@@ -756,7 +756,7 @@ def _mat_forward(x, theta, pattern, y):
 def _materialize_forward(pattern, nb, c_in, c_out, dtype):
     """``run(x, theta, y)`` for ``"materialize"``: a small thin ``W`` streamed, else BLAS."""
     m, n = pattern.shape
-    if not _streamed(m * c_out, n * c_in, dtype.itemsize):
+    if not _streams(m, n, nb, c_in, c_out, dtype.itemsize):
         run = _blas_forward(pattern, nb, c_in, c_out, dtype)
     else:
         _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")  # gathered there
@@ -769,7 +769,7 @@ def _materialize_grad(pattern, nb, c_in, c_out, dtype):
     """``run(dy, x, theta, dx, dtheta)`` for ``"materialize"``: :func:`_materialize_forward`'s
     twin."""
     m, n = pattern.shape
-    if not _streamed(m * c_out, n * c_in, dtype.itemsize):
+    if not _streams(m, n, nb, c_in, c_out, dtype.itemsize):
         run = _blas_grad(pattern, nb, c_in, c_out, dtype)
     else:
         _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")
@@ -834,6 +834,25 @@ def _streamed(o, k, itemsize):
     """
     lanes = simd.WIDTH // itemsize  # runs on every call: no helper calls
     return (o if o < k else k) <= 2 * lanes and (k if o < k else o) <= 6 * lanes
+
+
+#: Entries of a scalar ``W`` and element products of a batch (``B * M * N``) up to which
+#: ``"materialize"`` streams even a square ``W`` (see :func:`_streams`).
+_SMALL_SQUARE = 64 * 64
+_SMALL_SQUARE_WORK = 1 << 18
+
+
+def _streams(m, n, nb, c_in, c_out, itemsize):
+    """Whether ``"materialize"`` streams the batch through :mod:`.small_cpu`'s tiles: a thin
+    ``W`` (:func:`_streamed`), or a small scalar one at a small batch, where the fixed cost
+    of BLAS's three calls (about 10 us) is most of the time.  Forward + backward, float32,
+    measured against the BLAS runners: C_32 at batch 1, 16, 64, 256: 6.5 / 7.8 / 13.2 /
+    24.6 against 16.7 / 17.2 / 20.9 / 40.9 us; C_64 at batch 64: 38.5 against 46.5, at
+    batch 256: 94 against 84 (past the bound)."""
+    o, k = m * c_out, n * c_in
+    if _streamed(o, k, itemsize):
+        return True
+    return c_in == c_out == 1 and o * k <= _SMALL_SQUARE and nb * o * k <= _SMALL_SQUARE_WORK
 
 
 def _streaming_forward(pattern, nb, o, k, dtype, nchunks):
@@ -982,9 +1001,9 @@ def _costs(plan, nb, c_in, c_out, itemsize):
         # about 0.4 of the square-matrix rate, not 5/64 of it)
         skinny = min(1.0, min(nb, m * c_out, n * c_in) / 64) ** 0.35
         costs["materialize"] = dense / _ADDS + 2 * nb * dense / (_BLAS * skinny) + 2 * _CALL
-        if _streamed(m * c_out, n * c_in, itemsize):  # output rows padded to vectors
+        if _streams(m, n, nb, c_in, c_out, itemsize):  # output rows padded to vectors
             padded = _round_up(m * c_out, _lanes(itemsize)) * n * c_in
-            costs["materialize"] = 2 * nb * padded / _STREAM + _CALL
+            costs["materialize"] = dense / _ADDS + 2 * nb * padded / _STREAM + _CALL
     if cc == 1:  # scalar: batch-vectorised kernels, after transposing tiles of x and y;
         # every tile computes all its lanes (D4 on 16 x 16 at batch 1: 0.8 ms, materialize 0.15)
         lanes = _round_up(nb, cpu.TILE_B)

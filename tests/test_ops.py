@@ -322,6 +322,34 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
             assert calls == ["small_forward", "small_backward"]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_square_w_streams_at_small_batches(dtype, monkeypatch):
+    """A small scalar ``W`` that is not thin (C_32's 32 x 32, a 20 x 37 with multi-edges,
+    odd sizes for the tiles' tails) streams through the SIMD tiles while the batch is small,
+    and goes to BLAS past ``_SMALL_SQUARE_WORK``; both against the reference."""
+    from paramshare_nb import _dispatch
+    from paramshare_nb._kernels import small_cpu
+    calls = _spy_kernels(monkeypatch, small_cpu, ("small_forward", "small_backward"))
+    rng = np.random.default_rng(5)
+    cyclic = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(32)))
+    for pat in (cyclic, _dense_random(20, 37, 7, 1), _dense_random(33, 29, 3, 2)):
+        m, n = pat.shape
+        assert not _dispatch._streamed(m, n, np.dtype(dtype).itemsize)  # not thin
+        for batch in (1, 7, 13):
+            calls.clear()
+            _check_channels(pat, ("materialize", "auto"), dtype, batch, 1, 1, rng)
+            assert calls == ["small_forward", "small_backward"] * 2
+        past = _dispatch._SMALL_SQUARE_WORK // (m * n) + 1
+        calls.clear()
+        _check_channels(pat, ("materialize",), dtype, past, 1, 1, rng)
+        assert calls == []
+    big = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(65)))  # past _SMALL_SQUARE
+    assert not _dispatch._streams(65, 65, 1, 1, 1, np.dtype(dtype).itemsize)
+    calls.clear()
+    _check_channels(big, ("materialize",), dtype, 1, 1, 1, rng)
+    assert calls == []
+
+
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
 def test_scalar_csr_gradients_over_several_tiles(parallel, monkeypatch):
     """Scalar "csr" runs tiles of 64 batch rows per chunk: batches past one tile, ending in

@@ -47,11 +47,26 @@ _apart = njit(nogil=True, _nrt=False)
 
 @_apart
 def _fill_w(theta, indptr, cols, params, w, transposed):
-    """``w = W(theta).T`` (``transposed``) or ``W(theta)``, zero past the matrix."""
+    """``w = W(theta).T`` (``transposed``) or ``W(theta)``, zero past the matrix.
+
+    Scalar patterns take loops of their own: the general loop nest, with its
+    channel loops of one trip and the layout test inside, spent 7 ns an entry
+    (C_32: 7.1 us, most of a batch-1 forward; now 0.5 us).
+    """
     nco, nci = theta.shape[1], theta.shape[2]
     for i in range(w.shape[0]):
         for j in range(w.shape[1]):
             w[i, j] = 0
+    if nco == 1 and nci == 1:
+        if transposed:
+            for m in range(indptr.size - 1):
+                for e in range(indptr[m], indptr[m + 1]):
+                    w[cols[e], m] += theta[params[e], 0, 0]
+        else:
+            for m in range(indptr.size - 1):
+                for e in range(indptr[m], indptr[m + 1]):
+                    w[m, cols[e]] += theta[params[e], 0, 0]
+        return
     for m in range(indptr.size - 1):
         for e in range(indptr[m], indptr[m + 1]):
             n, p = cols[e], params[e]
@@ -371,11 +386,29 @@ def small_backward(dy, x, theta, indptr, cols, params, w, part, dx, dtheta, nchu
             _outer_sum(x, dy, part, c, lo, hi)
         else:
             _outer_sum(dy, x, part, c, lo, hi)
+    _dtheta_of_parts(part, indptr, cols, params, by_cols, dtheta)
+
+
+@_apart
+def _dtheta_of_parts(part, indptr, cols, params, by_cols, dtheta):
+    """``dtheta[p] = sum`` over ``p``'s entries of the chunks' ``dW`` (or ``dW.T``), added
+    chunk by chunk in a fixed order.  Scalar patterns take a loop of their own (as in
+    :func:`_fill_w`)."""
+    nchunks = part.shape[0]
     nco, nci = dtheta.shape[1], dtheta.shape[2]
     for i in range(dtheta.shape[0]):
         for co in range(nco):
             for ci in range(nci):
                 dtheta[i, co, ci] = 0
+    if nco == 1 and nci == 1:
+        for m in range(indptr.size - 1):
+            for e in range(indptr[m], indptr[m + 1]):
+                i, j = (cols[e], m) if by_cols else (m, cols[e])
+                s = part[0, i, j]
+                for c in range(1, nchunks):
+                    s += part[c, i, j]
+                dtheta[params[e], 0, 0] += s
+        return
     for m in range(indptr.size - 1):
         for e in range(indptr[m], indptr[m + 1]):
             n, p = cols[e], params[e]
