@@ -1,6 +1,7 @@
 """Side-by-side timing of the tied multiply against what a user would write instead.
 
-Run ``python benchmarks/compare.py`` (options: ``--repeat``, ``--only w1,w3``,
+Run ``python benchmarks/compare.py`` (options: ``--repeat``, ``--only w1,w3`` (the
+small-call workloads ``s1,s2,s3`` run only when named),
 ``--dtype float64``).  In one process, for each workload, it times forward +
 backward (``y``, ``dx``, ``dtheta``) of
 
@@ -79,6 +80,17 @@ def workloads():
         "w4": ("Figure-1 D5 (4x5 -> 5), scalar, batch 4096",
                lambda: ps.dense_pattern(figure1_d5()),
                4096, None, None, 3.0),
+        # small calls, where fixed costs decide ("never slower than materialise + BLAS");
+        # run with --only s1,s2,s3
+        "s1": ("cyclic C_32, scalar, batch 1",
+               lambda: ps.dense_pattern(ps.Action.same(ps.groups.cyclic(32))),
+               1, None, None, 1.0),
+        "s2": ("cyclic C_32, scalar, batch 16",
+               lambda: ps.dense_pattern(ps.Action.same(ps.groups.cyclic(32))),
+               16, None, None, 1.0),
+        "s3": ("cyclic C_64, scalar, batch 64",
+               lambda: ps.dense_pattern(ps.Action.same(ps.groups.cyclic(64))),
+               64, None, None, 1.0),
     }
 
 
@@ -322,8 +334,9 @@ def main(argv=None):
         print(f"  {'paramshare_nb':14s} {t_ours * 1e3:10.3f} ms  (median of {len(ours_times)}, "
               f"a block of {args.repeat} before each peer and after the last)")
         for name, t, k in peer_times:
-            print(f"  {name:14s} {t * 1e3:10.3f} ms  (median of {k})  "
-                  f"ours is {t / t_ours:8.1f}x faster")
+            verdict = (f"{t / t_ours:8.1f}x faster" if t >= t_ours
+                       else f"{t_ours / t:8.2f}x slower")
+            print(f"  {name:14s} {t * 1e3:10.3f} ms  (median of {k})  ours is {verdict}")
         best = min(t for _, t, _ in peer_times)
         ratio = best / t_ours
         verdict = "MET" if ratio >= target else "MISSED"
