@@ -31,9 +31,10 @@ class _Level:
     The transversal is kept as the inverses ``u^-1`` of the coset
     representatives, one int64 row of ``n`` points per orbit point: sifting
     only ever applies ``u^-1``, and a ``u`` is one scatter away
-    (:meth:`rep`).  That is half the memory of keeping both; the total,
-    ``8 n sum |orbit|`` bytes, is bounded by ``config.max_bytes``
-    (:meth:`StabChain._reserve`).  (int32 rows would halve it again, but
+    (:meth:`rep`).  That is half the memory of keeping both; the total with
+    each level's ``pos``, ``8 n (sum |orbit| + levels)`` bytes, is bounded
+    by ``config.max_bytes`` (:meth:`StabChain._reserve`; the inverse
+    generators that :meth:`rebuild` makes for a moment are not counted).  (int32 rows would halve it again, but
     numpy indexes with int32 indices 1.6-4x slower than with int64: sifts
     would pay that at every level.)
 
@@ -115,7 +116,7 @@ class StabChain:
         self.levels: list[_Level] = []
         self._rows = 0  # transversal rows held, over all levels
         for b in base_prefix:
-            self.levels.append(_Level(int(b), self.n))
+            self._new_level(int(b))
         strong = [g.copy() for g in gens if not np.array_equal(g, self.identity)]
         for g in strong:
             self._add_strong(g, 0)
@@ -123,15 +124,19 @@ class StabChain:
             level.rebuild(self._reserve)
         self._complete()
 
+    def _new_level(self, point: int) -> None:
+        self._reserve(2)  # its point -> row map and its identity row, n int64 each
+        self.levels.append(_Level(point, self.n))
+
     def _reserve(self, rows: int) -> None:
-        """Account for ``rows`` more transversal rows; refuse past ``config.max_bytes``."""
+        """Account for ``rows`` more rows of ``n`` int64; refuse past ``config.max_bytes``."""
         self._rows += rows
         need = self._rows * self.n * 8
         if need > config.max_bytes:
             raise MemoryError(
                 f"the stabilizer chain of this group on {self.n} points needs at least "
-                f"{need / 2**20:.1f} MiB for its transversals (one row of {self.n} points per "
-                f"orbit point per level), over config.max_bytes = "
+                f"{need / 2**20:.1f} MiB for its tables (a row of {self.n} points for each "
+                f"orbit point of each level, and two more a level), over config.max_bytes = "
                 f"{config.max_bytes / 2**20:.1f} MiB; raise the bound with "
                 f"config.override(max_bytes=...)")
 
@@ -144,7 +149,7 @@ class StabChain:
         level = start
         while True:
             if level == len(self.levels):
-                self.levels.append(_Level(self._moved_point(g), self.n))
+                self._new_level(self._moved_point(g))
             self.levels[level].gens.append(g.astype(np.int64, copy=False))
             if g[self.levels[level].point] != self.levels[level].point:
                 return
@@ -202,8 +207,8 @@ class StabChain:
     # -- queries -------------------------------------------------------------
     @property
     def nbytes(self) -> int:
-        """Bytes held by the transversals (what :meth:`_reserve` bounds)."""
-        return sum(lv.inv_reps.nbytes for lv in self.levels)
+        """Bytes held by the levels' tables (what :meth:`_reserve` bounds)."""
+        return sum(lv.inv_reps.nbytes + lv.pos.nbytes for lv in self.levels)
 
     @property
     def base(self) -> list[int]:

@@ -9,6 +9,7 @@ signature only and never alias the caller's data.
 
 from __future__ import annotations
 
+import math
 import zipfile
 import zlib
 
@@ -121,12 +122,19 @@ def as_axis(axis, ndim: int, name: str = "axis") -> int:
 
 
 def as_tolerance(v, name: str) -> float:
-    """Validate a finite, non-negative tolerance."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
-    if not (np.isfinite(v) and v >= 0):
-        raise ValueError(f"{name} must be finite and >= 0, got {v}")
-    return float(v)
+    """Validate a finite, non-negative tolerance (a real number or a 0-d array of one)."""
+    kind = np.asarray(v).dtype.kind if np.ndim(v) == 0 else ""
+    if isinstance(v, (bool, np.bool_)) or kind not in ("i", "u", "f", "O") or (
+            kind == "O" and not isinstance(v, int)):  # "O": a Python int past int64
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    try:
+        f = float(v)
+        shown = repr(f)
+    except OverflowError:  # an int past float range (and too long to print whole)
+        f, shown = math.inf, "an int past float range"
+    if not (math.isfinite(f) and f >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {shown}")
+    return f
 
 
 def as_positive_int(v, name: str, minimum: int = 1) -> int:

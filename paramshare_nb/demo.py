@@ -76,10 +76,6 @@ def add_arguments(parser) -> None:
                              "matplotlib: pip install 'paramshare_nb[plot]')")
 
 
-#: Formats matplotlib writes without extra packages (``savefig`` picks one by extension).
-_PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps")
-
-
 def check_args(args) -> None:
     """Refuse bad demo options before anything is trained.
 
@@ -108,15 +104,18 @@ def check_args(args) -> None:
 def _check_plot_path(path, task):
     if task != "digits":
         raise ValueError("--plot draws the digits accuracy chart; use it with --task digits")
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in _PLOT_FORMATS:
-        raise ValueError(f"--plot {path!r}: end the file name with one of "
-                         f"{', '.join(_PLOT_FORMATS)} to pick the image format")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot needs matplotlib: pip install 'paramshare_nb[plot]'")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())  # what savefig can write
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in formats:
+        raise ValueError(f"--plot {path!r}: end the file name with one of .png, .pdf, .svg "
+                         f"(or {', '.join('.' + f for f in formats)}) to pick the image format")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"--plot {path!r}: the folder {folder!r} does not exist")
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ValueError("--plot needs matplotlib: pip install 'paramshare_nb[plot]'")
 
 
 # -- progress ----------------------------------------------------------------------------

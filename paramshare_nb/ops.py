@@ -314,7 +314,10 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     non-finite, not the same.  Structural zeros take no part in the sums:
     ``"materialize"``, whose dense ``W`` would make ``0 * inf = nan`` in
     outputs that do not sum the ``inf``, runs ``"csr"`` when ``W`` has
-    structural zeros and a sum over the input is not finite.
+    structural zeros and a sum over the input is not finite.  ``"csr"``
+    multiplies a multi-edge's parameters one by one: an entry ``1 - 2``
+    times an ``inf`` input gives ``inf - 2 inf = nan`` there, where the
+    summed entry's product is ``-inf``.
 
     Examples
     --------

@@ -269,8 +269,6 @@ def cayley(action, ax=None, max_order: int = 120, title: str | None = None):
     >>> fig = ps.plot.cayley(ps.Action.same(ps.groups.dihedral(5)))
     """
     from .actions import Action, regular
-    from .groups import orbit_sizes
-    from .groups import order as group_order
 
     if isinstance(action, Action):
         gens = np.asarray(action.joint)
@@ -281,14 +279,11 @@ def cayley(action, ax=None, max_order: int = 120, title: str | None = None):
                         f"got {type(action).__name__}")
     max_order = as_positive_int(max_order, "max_order")
     title = _as_text(title, "title")
-    # the group is at least as big as its widest orbit: refuse huge groups before building them
-    widest = int(orbit_sizes(gens).max()) if gens.size else 1
-    exact = gens.shape[0] > 0 and widest <= max_order
-    size = group_order(gens) if exact else widest
+    size = _order_up_to(gens, max_order)
     if size > max_order:
-        raise ValueError(f"the group has {'' if exact else 'at least '}{size} elements, "
-                         f"more than max_order={max_order}; a Cayley diagram that large is not "
-                         f"readable (raise max_order to draw it anyway)")
+        raise ValueError(f"the group has more than max_order={max_order} elements; a Cayley "
+                         f"diagram that large is not readable (raise max_order to draw it "
+                         f"anyway)")
     fig, (ax,) = _new_axes(ax, 1)
     reg = regular(gens) if gens.shape[0] else np.zeros((0, 1), dtype=np.int64)
     pos = _cayley_layout(reg, size)
@@ -463,6 +458,30 @@ def accuracy(table, ax=None, title: str | None = None, ylabel: str = "accuracy")
     if title:
         ax.set_title(title)
     return fig
+
+
+def _order_up_to(gens, limit: int) -> int:
+    """The group's order when it is at most ``limit``, else ``limit + 1``.
+
+    A breadth-first walk over the elements that stops past ``limit``: a
+    stabilizer chain says "2^300" for 300 disjoint transpositions on 20000
+    points only after 19 s, and its widest orbit (2) says nothing.
+    """
+    identity = np.arange(gens.shape[1], dtype=np.int64)
+    seen, frontier = {identity.tobytes()}, [identity]
+    while frontier:
+        found = []
+        for h in frontier:
+            for s in gens:
+                g = s[h]
+                key = g.tobytes()
+                if key not in seen:
+                    if len(seen) == limit:
+                        return limit + 1
+                    seen.add(key)
+                    found.append(g)
+        frontier = found
+    return len(seen)
 
 
 def _distinct_names(keys, name: str) -> list[str]:

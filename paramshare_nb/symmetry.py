@@ -49,6 +49,7 @@ A search that would visit more nodes than ``config.search_nodes`` stops with
 from __future__ import annotations
 
 import io
+import math
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -1102,6 +1103,19 @@ def _sizes_text(labels, limit=8):
     return f"{sizes.size} orbit(s), sizes {shown}"
 
 
+def _big(n: int) -> str:
+    """A group order for people: exact up to 30 digits, else ``about 1.23e+4567 (4568
+    digits)`` (Python refuses to print ints past 4300 digits, and ``S_1800``'s order has
+    5000)."""
+    if n < 10**30:
+        return str(n)
+    digits = int(n.bit_length() * math.log10(2))  # within one of the true count
+    if n >= 10**digits:
+        digits += 1
+    lead = n // 10 ** (digits - 3)  # the first three digits
+    return f"about {lead / 100:.2f}e+{digits - 1} ({digits} digits)"
+
+
 def explain(pattern, action=None, file=None, max_nodes: int | None = None) -> None:
     """Print what a pattern is and what it is equivariant to.
 
@@ -1154,7 +1168,7 @@ def _explain_text(pattern, action=None, max_nodes=None) -> str:
         say(f"  edges per parameter: min {uses.min()}, max {uses.max()}")
     if act is None:
         sym = symmetry_group(pat, max_nodes=max_nodes)
-        say(f"Symmetry group Aut(Omega): order {sym.order}")
+        say(f"Symmetry group Aut(Omega): order {_big(sym.order)}")
         say(f"  inputs : {_sizes_text(sym.orbits_in)}")
         say(f"  outputs: {_sizes_text(sym.orbits_out)}")
         return out.getvalue().rstrip("\n")
@@ -1163,11 +1177,12 @@ def _explain_text(pattern, action=None, max_nodes=None) -> str:
                          f"outputs and N={act.n_in} inputs")
     res = is_uniquely_equivariant(pat, act, max_nodes=max_nodes)
     sym = res.symmetry
-    say(f"Symmetry group Aut(Omega): order {sym.order}")
+    say(f"Symmetry group Aut(Omega): order {_big(sym.order)}")
     say(f"  inputs : {_sizes_text(sym.orbits_in)}")
     say(f"  outputs: {_sizes_text(sym.orbits_out)}")
     g_in, g_out = act.order_in(), act.order_out()
-    say(f"Group G: order {res.group_order} (on inputs {g_in}, on outputs {g_out})")
+    say(f"Group G: order {_big(res.group_order)} (on inputs {_big(g_in)}, on outputs "
+        f"{_big(g_out)})")
     say(f"  inputs : {_sizes_text(act.orbits_in())}")
     say(f"  outputs: {_sizes_text(act.orbits_out())}")
     if not res.equivariant:
@@ -1179,11 +1194,11 @@ def _explain_text(pattern, action=None, max_nodes=None) -> str:
         return out.getvalue().rstrip("\n")
     say("Equivariant: yes (G <= Aut(Omega))")
     if res.unique:
-        say(f"Uniquely equivariant: yes (Aut(Omega) = G, order {res.group_order}): the layer "
+        say(f"Uniquely equivariant: yes (Aut(Omega) = G, order {_big(res.group_order)}): the layer "
             f"is sensitive to every permutation outside G")
         return out.getvalue().rstrip("\n")
-    say(f"Uniquely equivariant: NO -- |Aut(Omega)| = {res.symmetry_order} > |G| = "
-        f"{res.group_order} (index {res.symmetry_order // max(res.group_order, 1)})")
+    say(f"Uniquely equivariant: NO -- |Aut(Omega)| = {_big(res.symmetry_order)} > |G| = "
+        f"{_big(res.group_order)} (index {_big(res.symmetry_order // max(res.group_order, 1))})")
     if res.witness is not None:
         say(f"  witness (in Aut(Omega), not in G): inputs {perm.to_cycles(res.witness[0])}; "
             f"outputs {perm.to_cycles(res.witness[1])}")
@@ -1203,6 +1218,6 @@ def _suggest(pat, act, res, max_nodes) -> str:
         return f"ps.dense_pattern(action) is uniquely equivariant{fewer}: build the layer with it"
     return (f"no single layer can be uniquely equivariant: even ps.dense_pattern(action), the "
             f"finest equivariant pattern, has a symmetry group of order "
-            f"{finest.symmetry_order} > |G|, and every equivariant pattern's contains it; add a "
+            f"{_big(finest.symmetry_order)} > |G|, and every equivariant pattern's contains it; add a "
             f"hidden layer on which G acts regularly: a1, a2 = ps.lift(action), with "
             f"ps.dense_pattern on each (verify with ps.check_lift(action))")

@@ -184,8 +184,24 @@ def test_chain_memory_is_bounded_and_refusal_leaves_nothing_behind():
             groups.contains(gens, gens[0])
     assert groups.order(gens) == 900
     chain = groups._chain(np.ascontiguousarray(gens, dtype=np.int64))
-    # one int64 row of n points per orbit point and level, nothing else (no forward reps)
-    assert chain.nbytes == 8 * 900 * 900
+    # one int64 row of n points per orbit point, and its point -> row map (no forward reps)
+    assert chain.nbytes == 8 * 900 * (900 + 1)
+
+
+def test_chain_memory_counts_every_level():
+    # 150 disjoint transpositions on 2000 points: 150 levels of 2 rows plus each level's map,
+    # 7.3 MiB; counting orbit points past the first alone said 2.3 MiB
+    n, k = 2000, 150
+    gens = np.tile(np.arange(n), (k, 1))
+    j = np.arange(k)
+    gens[j, 2 * j], gens[j, 2 * j + 1] = 2 * j + 1, 2 * j
+    with ps.config.override(max_bytes=5 << 20):
+        with pytest.raises(MemoryError, match="stabilizer chain"):
+            groups.order(gens)
+    with ps.config.override(max_bytes=8 << 20):
+        assert groups.order(gens) == 2**k
+        chain = groups._chain(np.ascontiguousarray(gens))
+        assert chain.nbytes == 8 * n * 3 * k <= 8 << 20
 
 
 def test_chain_memo_holds_at_most_max_bytes():

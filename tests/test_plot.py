@@ -36,6 +36,14 @@ def _assert_not_blank(fig):
     assert (rgb.min(axis=1) < 0.9).mean() > 0.01
 
 
+def _transpositions(k, n):
+    """``k`` disjoint transpositions ``(2j 2j+1)`` on ``n`` points: order ``2^k``."""
+    gens = np.tile(np.arange(n), (k, 1))
+    j = np.arange(k)
+    gens[j, 2 * j], gens[j, 2 * j + 1] = 2 * j + 1, 2 * j
+    return gens
+
+
 @pytest.mark.parametrize("view", ["auto", "matrix", "bipartite", "both"])
 def test_pattern_views_render(view):
     act = ps.Action.same(ps.groups.cyclic(6))
@@ -155,11 +163,13 @@ def test_pattern_refuses_bad_input(kwargs, exc, match):
     (np.zeros((1, 1, 2), dtype=int), {}, ValueError, r"action must be a \(k, n\).*\(1, 1, 2\)"),
     ([[0, 0, 1]], {}, ValueError, r"action\[0\] is not a permutation"),
     (None, {}, TypeError, "action must be an Action.*got NoneType"),
-    ([np.roll(np.arange(100_000), 1)], {}, ValueError, "at least 100000 elements.*max_order"),
-    (ps.groups.cyclic(7), dict(max_order=6), ValueError, "at least 7 elements"),
+    ([np.roll(np.arange(100_000), 1)], {}, ValueError, "more than max_order=120 elements"),
+    (ps.groups.cyclic(7), dict(max_order=6), ValueError, "more than max_order=6 elements"),
+    # order 2^300 with orbits of size 2: refused without building a stabilizer chain
+    (_transpositions(300, 20000), {}, ValueError, "more than max_order=120 elements"),
     (ps.groups.dihedral(4), dict(title=3), TypeError, "title must be a str"),
 ], ids=["ax-int", "empty", "bool", "ragged", "3d", "not-perm", "none", "huge-orbit",
-        "orbit-over-max", "title-int"])
+        "order-over-max", "small-orbits-huge-group", "title-int"])
 def test_cayley_refuses_bad_input(action, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         ps.plot.cayley(action, **kwargs)

@@ -388,7 +388,7 @@ def test_bad_inputs():
         ps.symmetry_group(pat, max_nodes=2.5)
     with pytest.raises(ValueError, match="max_nodes"):
         ps.symmetry_group(pat, max_nodes=0)
-    with pytest.raises(TypeError, match="atol must be a number, got str"):
+    with pytest.raises(TypeError, match="atol must be a real number, got str"):
         ps.is_equivariant(np.ones((3, 3)), act, atol="x")
     for atol in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="atol must be finite and >= 0"):
@@ -437,20 +437,32 @@ def test_explain_unique_and_not():
         _explain(ps.dense_pattern(act), a4)
 
 
-@pytest.mark.parametrize("act", [
+@pytest.mark.parametrize("act, dense_unique", [
     # S2 x S2 on inputs {0, 1} and {2, 3}, one invariant output: unfaithful on the output
     # side, yet the dense pattern (2 parameters) is uniquely equivariant
-    ps.Action([[1, 0, 2, 3], [0, 1, 3, 2]], [[0], [0]]),
-    ps.Action.invariant(ps.groups.cyclic(5)),  # not: its dense pattern has order 120
-    ps.Action.same(ps.groups.alternating(4)),  # not: Deep Sets, order 24
-    ps.Action.same(ps.groups.dihedral(5)),
+    (ps.Action([[1, 0, 2, 3], [0, 1, 3, 2]], [[0], [0]]), True),
+    (ps.Action.invariant(ps.groups.cyclic(5)), False),  # its dense pattern has order 120
+    (ps.Action.same(ps.groups.alternating(4)), False),  # Deep Sets, order 24
+    (ps.Action.same(ps.groups.dihedral(5)), True),
 ], ids=["s2xs2-invariant", "c5-invariant", "a4", "d5"])
-def test_explain_suggests_the_dense_pattern_exactly_when_it_is_unique(act):
+def test_explain_suggests_the_dense_pattern_exactly_when_it_is_unique(act, dense_unique):
+    assert ps.is_uniquely_equivariant(ps.dense_pattern(act), act).unique == dense_unique
     coarse = ps.Pattern.from_index(np.zeros((act.n_out, act.n_in), dtype=np.int64))
     text = _explain(coarse, act)
-    dense_unique = ps.is_uniquely_equivariant(ps.dense_pattern(act), act).unique
     assert ("dense_pattern(action) is uniquely equivariant" in text) == dense_unique
     assert ("no single layer" in text) == (not dense_unique)
+
+
+def test_explain_prints_orders_past_pythons_digit_limit():
+    from paramshare_nb.symmetry import _big
+    assert _big(10**30 - 1) == "9" * 30
+    for k in (30, 31, 299, 4299, 5000):  # Python refuses str() past 4300 digits
+        assert _big(10**k) == f"about 1.00e+{k} ({k + 1} digits)"
+        assert _big(10 ** (k + 1) - 1) == f"about 9.99e+{k} ({k + 1} digits)"
+        assert _big(123 * 10 ** (k - 2) + 7) == f"about 1.23e+{k} ({k + 1} digits)"
+    act = ps.Action.invariant(ps.groups.cyclic(30))  # Aut is S_30: 30! = 2.65e+32
+    text = _explain(ps.dense_pattern(act), act)
+    assert "Aut(Omega): order about 2.65e+32 (33 digits)" in text and "|G| = 30" in text
 
 
 def test_explain_prints_to_stdout(capsys):
