@@ -34,9 +34,9 @@ class _Level:
     (:meth:`rep`).  That is half the memory of keeping both; the total with
     each level's ``pos``, ``8 n (sum |orbit| + levels)`` bytes, is bounded
     by ``config.max_bytes`` (:meth:`StabChain._reserve`; the inverse
-    generators that :meth:`rebuild` makes for a moment are not counted).  (int32 rows would halve it again, but
-    numpy indexes with int32 indices 1.6-4x slower than with int64: sifts
-    would pay that at every level.)
+    generators that :meth:`rebuild` makes for a moment are not counted).
+    (int32 rows would halve it again, but numpy indexes with int32 indices
+    1.6-4x slower than with int64: sifts would pay that at every level.)
 
     The orbit and its representatives only ever grow, and existing
     representatives never change: a Schreier generator verified once stays

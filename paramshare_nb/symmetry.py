@@ -1218,6 +1218,6 @@ def _suggest(pat, act, res, max_nodes) -> str:
         return f"ps.dense_pattern(action) is uniquely equivariant{fewer}: build the layer with it"
     return (f"no single layer can be uniquely equivariant: even ps.dense_pattern(action), the "
             f"finest equivariant pattern, has a symmetry group of order "
-            f"{_big(finest.symmetry_order)} > |G|, and every equivariant pattern's contains it; add a "
-            f"hidden layer on which G acts regularly: a1, a2 = ps.lift(action), with "
+            f"{_big(finest.symmetry_order)} > |G|, and every equivariant pattern's contains "
+            f"it; add a hidden layer on which G acts regularly: a1, a2 = ps.lift(action), with "
             f"ps.dense_pattern on each (verify with ps.check_lift(action))")
