@@ -62,7 +62,7 @@ class Pattern:
             pair = tuple(shape)
         except TypeError:
             pair = ()
-        if len(pair) != 2 or isinstance(shape, str):
+        if len(pair) != 2 or isinstance(shape, (str, bytes, dict, set)):  # iterable, not pairs
             raise ValueError(f"shape must be a pair (M, N), got {shape!r}")
         shape = pair
         m, n = (as_positive_int(s, "shape entry", minimum=0) for s in shape)

@@ -237,7 +237,7 @@ def test_bad_patterns(args, exc):
         ps.Pattern(*args)
 
 
-@pytest.mark.parametrize("shape", [None, 3, "ab", (2,), (1, 2, 3)])
+@pytest.mark.parametrize("shape", [None, 3, "ab", b"\x02\x02", {2: 0, 3: 0}, (2,), (1, 2, 3)])
 def test_pattern_shape_must_be_a_pair(shape):
     with pytest.raises(ValueError, match=r"shape must be a pair \(M, N\), got"):
         ps.Pattern(shape, [0], [0], [0])
