@@ -203,6 +203,36 @@ def test_cuda_materialize_respects_max_bytes():
     with ps.config.override(max_bytes=w_bytes):  # exactly at the bound: allowed
         y = ps.tied_matmul(xd, td, pat, method="materialize")
     _close(y.copy_to_host(), ref.forward(x, theta, pat), np.float32)
+    x[0, 0, 0] = np.inf  # the csr fallback for non-finite x must not skip the bound
+    with ps.config.override(max_bytes=w_bytes - 1):
+        with pytest.raises(MemoryError, match="materialize needs W"):
+            ps.tied_matmul(cuda.to_device(x), td, pat, method="materialize")
+
+
+def test_cuda_csr_dtheta_multiplies_each_edge_first():
+    # two inputs near float32's largest share a parameter: summing them first (the gather
+    # strategies, as documented) overflows, csr's per-edge products do not
+    method = "csr"
+    pat = Pattern((1, 2), [0, 0], [0, 1], [0, 0])
+    x = np.float32([[3e38, 3e38]])
+    theta, dy = np.float32([1e-10]), np.float32([[1e-10]])
+    dx, dth = ps.tied_matmul_grad(cuda.to_device(dy), cuda.to_device(x), cuda.to_device(theta),
+                                  pat, method=method)
+    np.testing.assert_allclose(dth.copy_to_host(), [6e28], rtol=1e-6)
+    np.testing.assert_allclose(ps.tied_matmul_grad(dy, x, theta, pat, method="csr")[1], [6e28],
+                               rtol=1e-6)
+    np.testing.assert_allclose(dx.copy_to_host(), [[1e-20, 1e-20]], rtol=1e-6)
+
+
+def test_cuda_host_inputs_keep_their_family():
+    with pytest.raises(ValueError, match="x is ragged"):
+        ps.tied_matmul([[1.0, 2.0], [1.0]], np.ones(1), PATTERNS["deepsets"], backend="cuda")
+    torch = pytest.importorskip("torch")
+    pat = PATTERNS["deepsets"]
+    x = torch.ones((2, 4), dtype=torch.float32)
+    y = ps.tied_matmul(x, torch.tensor([1.0, 2.0]), pat, backend="cuda")  # CPU tensors in
+    assert isinstance(y, torch.Tensor) and not y.is_cuda
+    np.testing.assert_allclose(y.numpy(), np.full((2, 4), 7.0))
 
 
 def test_cuda_out_batches_and_host_inputs():

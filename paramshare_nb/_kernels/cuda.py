@@ -310,12 +310,23 @@ def kernels(dtype, tile):
                 c[r0 + ty, s0 + tx] = acc
             w += cuda.gridDim.x
 
+    @cuda.jit(device=True)
+    def block_total(buf, s, t):
+        # The block's partials s added in thread order by thread 0, which gets the total:
+        # the same order on every run (deterministic, no atomics).  Two barriers: buf is
+        # reused by the block's next item.
+        buf[t] = s
+        cuda.syncthreads()
+        if t == 0:
+            for k in range(1, TT):
+                s += buf[k]
+        cuda.syncthreads()
+        return s
+
     @cuda.jit
     def reduce_dw(dw, pptr, prows, pcols, dtheta):
         # dtheta[p, co, ci] = sum over p's edges (parameter-major CSR) of dW[m, co, n, ci].
-        # One block per (p, co, ci): thread t sums edges t, t + TT, ..., its partial goes to
-        # shared memory and thread 0 adds the partials in thread order: the same order on
-        # every run (deterministic, no atomics).
+        # One block per (p, co, ci): thread t sums edges t, t + TT, ...
         npar, nco, nci = dtheta.shape
         buf = cuda.shared.array(TT, dtype=nbtype)
         t = cuda.threadIdx.x
@@ -328,13 +339,35 @@ def kernels(dtype, tile):
             s = zero
             for e in range(pptr[p] + t, pptr[p + 1], TT):
                 s += dw[prows[e], co, pcols[e], ci]
-            buf[t] = s
-            cuda.syncthreads()
-            if t == 0:  # the partials in thread order: two barriers per item
-                for k in range(1, TT):
-                    s += buf[k]
+            s = block_total(buf, s, t)
+            if t == 0:
                 dtheta[p, co, ci] = s
-            cuda.syncthreads()  # buf is reused by the next item
+            w += cuda.gridDim.x
+
+    @cuda.jit
+    def csr_dtheta(dy, x, pptr, prows, pcols, dtheta):
+        # dtheta[p, co, ci] = sum over p's edges (m, n) of sum_b dy[b, m, co] x[b, n, ci]:
+        # each edge's products summed, as the CPU's csr does (summing the inputs that share
+        # a parameter first can overflow where this stays finite).  Blocks as reduce_dw.
+        npar, nco, nci = dtheta.shape
+        nb = dy.shape[0]
+        buf = cuda.shared.array(TT, dtype=nbtype)
+        t = cuda.threadIdx.x
+        w = cuda.blockIdx.x
+        while w < npar * nco * nci:  # uniform across the block
+            ci = w % nci
+            r = w // nci
+            co = r % nco
+            p = r // nco
+            s = zero
+            for e in range(pptr[p] + t, pptr[p + 1], TT):
+                m = prows[e]
+                n = pcols[e]
+                for b in range(nb):
+                    s += dy[b, m, co] * x[b, n, ci]
+            s = block_total(buf, s, t)
+            if t == 0:
+                dtheta[p, co, ci] = s
             w += cuda.gridDim.x
 
     # -- complement sums and the scatter order --
@@ -500,7 +533,8 @@ def kernels(dtype, tile):
     ks = dict(csr_forward=csr_forward, gather=gather, contract_tiled=contract_tiled,
               dtheta_partial=dtheta_partial, reduce_chunks=reduce_chunks,
               transpose_theta=transpose_theta, cast_copy=cast_copy, fill_zero=fill_zero,
-              scatter_w=scatter_w, gemm=gemm, reduce_dw=reduce_dw, block_totals=block_totals,
+              scatter_w=scatter_w, gemm=gemm, reduce_dw=reduce_dw, csr_dtheta=csr_dtheta,
+              block_totals=block_totals,
               flag_nonfinite=flag_nonfinite, gather_sums=gather_sums, row_sums=row_sums,
               combine=combine, contract_cols=contract_cols, base_dtheta=base_dtheta)
     _KERNELS[key] = ks
@@ -523,7 +557,10 @@ def _as_device(obj, name):
             return obj
         arr = cuda.as_cuda_array(obj)
     else:
-        host = np.asarray(obj)
+        try:
+            host = np.asarray(obj)
+        except ValueError:  # ragged nested lists
+            raise ValueError(f"{name} is ragged; give an array of equal-length rows") from None
         if host.dtype.kind != "f" or host.dtype.itemsize > 8:
             arr = host  # refused by the dtype check below
         else:
@@ -579,6 +616,8 @@ def _wrap_like(template, dev):
     mod = type(template).__module__.split(".")[0]
     if mod == "torch":
         import torch
+        if not template.is_cuda:  # a CPU tensor with backend="cuda": a CPU tensor out
+            return torch.from_numpy(dev.copy_to_host())
         return torch.as_tensor(dev, device="cuda")
     if mod == "cupy":
         import cupy
@@ -929,6 +968,10 @@ def _sparse_input(pattern, a, ks) -> bool:
 
 
 def _mat_forward(pattern, x, theta, y, ks):
+    from .. import _dispatch
+    # bounded whichever way it runs, as on the CPU (found by a bug hunt: csr skipped it)
+    _dispatch._check_w_bytes(pattern, theta.shape[1], theta.shape[2],
+                             np.dtype(x.dtype).itemsize, "materialize")
     if _sparse_input(pattern, x, ks):
         _forward(x, theta, pattern, y, "csr", False, ks)
         return
@@ -1085,6 +1128,8 @@ def tied_matmul_grad(dy, x, theta, pattern, method="auto"):
         _complement_dtheta(pattern, dyc, xc, dth3, ks, dy_tot)
     elif how == "scatter":
         _complement_dtheta(pattern, dyc, xc, dth3, ks)
+    elif how == "csr":
+        _reduce(ks, "csr_dtheta", dth3.size, dyc, xc, *_device_param_major(pattern), dth3)
     else:
         _gather_dtheta(_device_plan(pattern, False), dyc, xc, dth3, ks)
     return _wrap_like(template, dx), _wrap_like(template, dth)
