@@ -864,6 +864,7 @@ def _streaming_forward(pattern, nb, o, k, dtype, nchunks):
     def run(x, theta, y):
         kernel(x.reshape(nb, k), theta, indptr, cols, params, np.empty(wt_shape, dtype),
                y.reshape(nb, o), nchunks)
+    run.any_batch_shape = True  # x and y in any C-contiguous shape of their size
     return run
 
 
@@ -879,6 +880,7 @@ def _streaming_grad(pattern, nb, o, k, dtype, nchunks):
         kernel(dy.reshape(nb, o), x.reshape(nb, k), theta, indptr, cols, params,
                np.empty(w_shape, dtype), np.empty(part_shape, dtype), dx.reshape(nb, k),
                dtheta, nchunks)
+    run.any_batch_shape = True  # dy, x and dx in any C-contiguous shape of their size
     return run
 
 

@@ -343,6 +343,16 @@ def test_small_square_w_streams_at_small_batches(dtype, monkeypatch):
         calls.clear()
         _check_channels(pat, ("materialize",), dtype, past, 1, 1, rng)
         assert calls == []
+    theta = rng.standard_normal(32).astype(dtype)
+    for _ in range(2):  # replayed calls hand x, y, dy, dx to the kernels in their own shapes
+        x = rng.standard_normal((3, 2, 32)).astype(dtype)
+        dy = rng.standard_normal((3, 2, 32)).astype(dtype)
+        want = ref.forward(x[..., None], theta[:, None, None], cyclic)[..., 0]
+        assert_close(ps.tied_matmul(x, theta, cyclic), want)
+        dx, dth = ps.tied_matmul_grad(dy, x, theta, cyclic)
+        rdx, rdth = ref.grad(dy[..., None], x[..., None], theta[:, None, None], cyclic)
+        assert_close(dx, rdx[..., 0])
+        assert_close(dth, rdth[:, 0, 0])
     big = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(65)))  # past _SMALL_SQUARE
     assert not _dispatch._streams(65, 65, 1, 1, 1, np.dtype(dtype).itemsize)
     calls.clear()
