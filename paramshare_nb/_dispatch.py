@@ -762,7 +762,10 @@ def _materialize_forward(pattern, nb, c_in, c_out, dtype):
         _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")  # gathered there
         run = _streaming_forward(pattern, nb, m * c_out, n * c_in, dtype,
                                  _chunks(nb * m * n * c_out * c_in))
-    return _finite_or(pattern, run, lambda x, theta, y: _run_forward("csr", pattern, x, theta, y))
+    def sparse(x, theta, y):
+        entries, theta_e = entry_pattern(pattern, theta)
+        _run_forward("csr", entries, x, theta_e, y)
+    return _finite_or(pattern, run, sparse)
 
 
 def _materialize_grad(pattern, nb, c_in, c_out, dtype):
@@ -777,10 +780,39 @@ def _materialize_grad(pattern, nb, c_in, c_out, dtype):
                               _chunks(nb * m * n * c_out * c_in))
 
     def sparse_dx(dy, x, theta, dx, dtheta):
-        theta_t = np.ascontiguousarray(theta.transpose(0, 2, 1))
-        _run_forward("csr", pattern, dy, theta_t, dx, transposed=True)
+        entries, theta_e = entry_pattern(pattern, theta)
+        theta_t = np.ascontiguousarray(theta_e.transpose(0, 2, 1))
+        _run_forward("csr", entries, dy, theta_t, dx, transposed=True)
         _mat_grad(dy, x, theta, pattern, None, dtheta)  # dW's entries hold no 0 * inf
     return _finite_or(pattern, run, sparse_dx)
+
+
+def entry_pattern(pattern, theta):
+    """``(entries, theta_e)``: ``pattern`` with each distinct entry ``(m, n)`` as its own
+    parameter, whose value ``theta_e`` is the sum of the entry's parameters; the pattern
+    itself and ``theta`` when there are no multi-edges.
+
+    For ``"materialize"``'s sparse fallback: ``"csr"`` on the pattern multiplies a
+    multi-edge's parameters one by one, so an entry ``1 - 2`` times ``inf`` gave
+    ``inf - 2 inf = nan`` where the dense product has ``-inf`` (found by review).
+    """
+    if not pattern.has_multi_edges:
+        return pattern, theta
+    entries, first = entries_of(pattern)
+    return entries, np.add.reduceat(theta[pattern.params], first, axis=0)
+
+
+def entries_of(pattern):
+    """``(entries, first)``: the pattern of distinct entries (parameter ``u`` for the
+    ``u``-th) and the index of each entry's first edge.  Edges are sorted by (row, col,
+    param), so an entry's parameters are consecutive: ``first[u]`` up to ``first[u + 1]``."""
+    def build():
+        r, c = pattern.rows, pattern.cols
+        first = np.flatnonzero(np.r_[True, (r[1:] != r[:-1]) | (c[1:] != c[:-1])])
+        entries = type(pattern)._from_sorted(*pattern.shape, r[first], c[first],
+                                             np.arange(first.size), first.size)
+        return entries, first
+    return _cached(pattern, "entries", build)
 
 
 def _finite_or(pattern, run, fallback):

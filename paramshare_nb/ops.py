@@ -313,11 +313,12 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     ``inf`` where the dense product has ``inf - inf = nan``: both
     non-finite, not the same.  Structural zeros take no part in the sums:
     ``"materialize"``, whose dense ``W`` would make ``0 * inf = nan`` in
-    outputs that do not sum the ``inf``, runs ``"csr"`` when ``W`` has
-    structural zeros and a sum over the input is not finite.  ``"csr"``
-    multiplies a multi-edge's parameters one by one: an entry ``1 - 2``
-    times an ``inf`` input gives ``inf - 2 inf = nan`` there, where the
-    summed entry's product is ``-inf``.
+    outputs that do not sum the ``inf``, runs ``"csr"`` over ``W``'s stored
+    entries instead when ``W`` has structural zeros and a sum over the input
+    is not finite (each entry valued by the sum of its parameters, so an
+    entry ``1 - 2`` times ``inf`` is ``-inf`` as in the dense product).
+    ``method="csr"`` itself multiplies a multi-edge's parameters one by one:
+    ``inf - 2 inf = nan`` there.
 
     Examples
     --------

@@ -167,6 +167,24 @@ def test_cuda_materialize_skips_structural_zeros_like_the_cpu():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_cuda_materialize_meets_each_entry_summed_like_the_cpu():
+    """Multi-edges in the sparse fallback: entry (0, 0) holds 1 - 2, so inf in x[0] gives
+    -inf (the dense product's answer), not the edge-by-edge nan."""
+    pat = Pattern((2, 2), [0, 0, 0, 1], [0, 0, 1, 1], [0, 1, 0, 0])
+    theta, ones = np.float32([1, -2]), np.ones((1, 2), np.float32)
+    inf_first = np.float32([[np.inf, 1]])
+    y = ps.tied_matmul(cuda.to_device(inf_first), cuda.to_device(theta), pat,
+                       method="materialize")
+    np.testing.assert_array_equal(y.copy_to_host(), [[-np.inf, 1]])
+    got = ps.tied_matmul_grad(cuda.to_device(inf_first), cuda.to_device(ones),
+                              cuda.to_device(theta), pat, method="materialize")
+    want = ps.tied_matmul_grad(inf_first, ones, theta, pat, method="materialize")
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.copy_to_host(), w)
+    np.testing.assert_array_equal(want[0], [[-np.inf, np.inf]])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_cuda_complement_needs_finite_theta_and_differences():
     """As on the CPU: theta_0 - theta_1 overflowing float32, or a nan on no edge, sends the
     complement sums to "gather" (finite outputs stay finite)."""

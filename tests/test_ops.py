@@ -964,7 +964,8 @@ def test_nonfinite_inputs_match_reference(method, name, scalar):
 def test_nonfinite_inputs_skip_structural_zeros(name, scalar):
     """Patterns with structural zeros: an inf or nan input reaches only the outputs whose
     sums hold it.  "materialize" (streamed small W for scalars, BLAS with 16 channels)
-    must not turn a structural zero's 0 * inf into nan; "csr" is the per-entry sum."""
+    must not turn a structural zero's 0 * inf into nan, and multiplies each entry's sum of
+    parameters (:func:`_entry_products`)."""
     pat = PATTERNS[name]
     m, n = pat.shape
     rng = np.random.default_rng(6)
@@ -977,17 +978,61 @@ def test_nonfinite_inputs_skip_structural_zeros(name, scalar):
             xb, dyb = x.copy(), dy.copy()
             # the non-finite input sits in a column (x) or row (dy) with a structural zero
             xb[1, hole[1]], dyb[1, hole[0]] = value, value
-            y, want = (ps.tied_matmul(xb, theta, pat, method=k) for k in ("materialize", "csr"))
+            y = ps.tied_matmul(xb, theta, pat, method="materialize")
+            want = _entry_products(xb, theta, pat)
             assert np.isfinite(want).any()  # the input does not reach every output
             _same_nonfinite(y, want)
             got = ps.tied_matmul_grad(dyb, x, theta, pat, method="materialize")
-            for a, b in zip(got, ps.tied_matmul_grad(dyb, x, theta, pat, method="csr")):
-                _same_nonfinite(a, b)
-            _same_nonfinite(got[0], ps.tied_matmul(dyb, np.ascontiguousarray(
-                theta.transpose(0, 2, 1)) if not scalar else theta, pat.T, method="gather"))
+            theta_t = theta if scalar else np.ascontiguousarray(theta.transpose(0, 2, 1))
+            _same_nonfinite(got[0], _entry_products(dyb, theta_t, pat.T))
+            # dW's entries hold no 0 * inf: the dense dW summed by parameter, as csr's
+            _same_nonfinite(got[1], ps.tied_matmul_grad(dyb, x, theta, pat, method="csr")[1])
             # finite inputs: the dense path, same answer as the reference
             assert_close(ps.tied_matmul(x, theta, pat, method="materialize"),
                          ref.forward(x, theta, pat))
+
+
+def _entry_products(x, theta, pat):
+    """``y = W x`` over the stored entries only, each entry ``W[m, n]`` the sum of its
+    parameters: the dense product without a structural zero's ``0 * inf``."""
+    scalar = theta.ndim == 1
+    x3 = x[..., None] if scalar else x
+    t3 = theta[:, None, None] if scalar else theta
+    m, n = pat.shape
+    w = np.zeros((m, n) + t3.shape[1:], t3.dtype)  # (M, N, Co, Ci)
+    np.add.at(w, (pat.rows, pat.cols), t3[pat.params])
+    filled = np.zeros((m, n), bool)
+    filled[pat.rows, pat.cols] = True
+    with np.errstate(invalid="ignore"):
+        prod = w[None] * x3[:, None, :, None, :]  # (B, M, N, Co, Ci)
+    y = np.where(filled[None, :, :, None, None], prod, 0).sum(axis=(2, 4))
+    return y[..., 0] if scalar else y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nonfinite_inputs_meet_each_entry_summed(dtype):
+    """With multi-edges too, "materialize"'s sparse fallback multiplies W's entries (the sum
+    of their parameters), as the dense product does: entry (0, 0) holds 1 - 2 = -1, so an
+    inf in x[0] gives -inf, not inf - 2 inf = nan ("csr" multiplies edge by edge)."""
+    pat = Pattern((2, 2), [0, 0, 0, 1], [0, 0, 1, 1], [0, 1, 0, 0])  # (1, 0) is empty
+    theta = np.array([1, -2], dtype)
+    np.testing.assert_array_equal(
+        ps.tied_matmul(np.array([[np.inf, 1]], dtype), theta, pat, method="materialize"),
+        [[-np.inf, 1]])
+    dx, dth = ps.tied_matmul_grad(np.array([[np.inf, 1]], dtype), np.ones((1, 2), dtype),
+                                  theta, pat, method="materialize")
+    np.testing.assert_array_equal(dx, [[-np.inf, np.inf]])  # W.T dy, the hole skipped
+    np.testing.assert_array_equal(dth, [np.inf, np.inf])
+    rng = np.random.default_rng(3)  # channels: every entry's block summed first
+    theta = rng.standard_normal((2, 2, 3)).astype(dtype)
+    x = rng.standard_normal((2, 2, 3)).astype(dtype)
+    x[0, 0, 1] = np.inf
+    w = np.zeros((2, 2, 2, 3), dtype)  # (M, N, Co, Ci)
+    np.add.at(w, (pat.rows, pat.cols), theta[pat.params])
+    want = np.zeros((2, 2, 2), dtype)
+    for b, m, co in np.ndindex(2, 2, 2):
+        want[b, m, co] = sum(w[m, n, co] @ x[b, n] for n in range(2) if (m, n) != (1, 0))
+    _same_nonfinite(ps.tied_matmul(x, theta, pat, method="materialize"), want)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -233,6 +233,24 @@ def kernels(dtype, tile):
             i += stride
 
     @cuda.jit
+    def entry_sums(theta, ptr, params, out):
+        # out[u, co, ci] = sum of theta[p, co, ci] over entry u's parameters (edges ptr[u]
+        # up to ptr[u + 1]): W's value at the entry, for csr on the distinct entries
+        nu, nco, nci = out.shape
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while i < nu * nco * nci:
+            ci = i % nci
+            t = i // nci
+            co = t % nco
+            u = t // nco
+            s = zero
+            for e in range(ptr[u], ptr[u + 1]):
+                s += theta[params[e], co, ci]
+            out[u, co, ci] = s
+            i += stride
+
+    @cuda.jit
     def cast_copy(src, dst):
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
@@ -532,7 +550,8 @@ def kernels(dtype, tile):
 
     ks = dict(csr_forward=csr_forward, gather=gather, contract_tiled=contract_tiled,
               dtheta_partial=dtheta_partial, reduce_chunks=reduce_chunks,
-              transpose_theta=transpose_theta, cast_copy=cast_copy, fill_zero=fill_zero,
+              transpose_theta=transpose_theta, entry_sums=entry_sums, cast_copy=cast_copy,
+              fill_zero=fill_zero,
               scatter_w=scatter_w, gemm=gemm, reduce_dw=reduce_dw, csr_dtheta=csr_dtheta,
               block_totals=block_totals,
               flag_nonfinite=flag_nonfinite, gather_sums=gather_sums, row_sums=row_sums,
@@ -967,13 +986,28 @@ def _sparse_input(pattern, a, ks) -> bool:
     return _dispatch._structural_zeros(pattern) and _nonfinite(a, ks)
 
 
+def _entry_theta(pattern, theta, ks):
+    """:func:`_dispatch.entry_pattern` on the device: the distinct entries as parameters,
+    valued by ``W`` (the pattern and ``theta`` themselves without multi-edges)."""
+    from .. import _dispatch
+    if not pattern.has_multi_edges:
+        return pattern, theta
+    entries, first = _dispatch.entries_of(pattern)
+    ptr, params = _device_cached(pattern, "cuda_entries", lambda: (
+        _index(np.r_[first, pattern.nnz]), _index(pattern.params)))
+    theta_e = cuda.device_array((entries.n_params,) + tuple(theta.shape[1:]), dtype=theta.dtype)
+    _launch1(ks, "entry_sums", theta_e.size, theta, ptr, params, theta_e)
+    return entries, theta_e
+
+
 def _mat_forward(pattern, x, theta, y, ks):
     from .. import _dispatch
     # bounded whichever way it runs, as on the CPU (found by a bug hunt: csr skipped it)
     _dispatch._check_w_bytes(pattern, theta.shape[1], theta.shape[2],
                              np.dtype(x.dtype).itemsize, "materialize")
     if _sparse_input(pattern, x, ks):
-        _forward(x, theta, pattern, y, "csr", False, ks)
+        entries, theta_e = _entry_theta(pattern, theta, ks)
+        _forward(x, theta_e, entries, y, "csr", False, ks)
         return
     nb = x.shape[0]
     w = _materialize(pattern, theta, ks)
@@ -992,9 +1026,10 @@ def _mat_grad(pattern, dy, x, theta, dx, dtheta, ks):
     dy2 = dy.reshape(nb, m * c_out)
     x2 = x.reshape(nb, n * c_in)
     if _sparse_input(pattern, dy, ks):
-        theta_t = cuda.device_array((pattern.n_params, c_in, c_out), dtype=theta.dtype)
-        _launch1(ks, "transpose_theta", theta_t.size, theta, theta_t)
-        _forward(dy, theta_t, pattern, dx, "csr", True, ks)
+        entries, theta_e = _entry_theta(pattern, theta, ks)
+        theta_t = cuda.device_array((entries.n_params, c_in, c_out), dtype=theta.dtype)
+        _launch1(ks, "transpose_theta", theta_t.size, theta_e, theta_t)
+        _forward(dy, theta_t, entries, dx, "csr", True, ks)
     else:
         w = _materialize(pattern, theta, ks)
         _gemm(dy2, w.reshape(m * c_out, n * c_in), dx.reshape(nb, n * c_in), False, False, ks)
