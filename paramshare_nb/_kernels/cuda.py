@@ -329,6 +329,12 @@ def kernels(dtype, tile):
             w += cuda.gridDim.x
 
     @cuda.jit(device=True)
+    def item_of(w, nco, nci):
+        # (p, co, ci) of a block-reduction kernel's item w, over dtheta's (P, Co, Ci)
+        r = w // nci
+        return r // nco, r % nco, w % nci
+
+    @cuda.jit(device=True)
     def block_total(buf, s, t):
         # The block's partials s added in thread order by thread 0, which gets the total:
         # the same order on every run (deterministic, no atomics).  Two barriers: buf is
@@ -350,10 +356,7 @@ def kernels(dtype, tile):
         t = cuda.threadIdx.x
         w = cuda.blockIdx.x
         while w < npar * nco * nci:  # uniform across the block
-            ci = w % nci
-            r = w // nci
-            co = r % nco
-            p = r // nco
+            p, co, ci = item_of(w, nco, nci)
             s = zero
             for e in range(pptr[p] + t, pptr[p + 1], TT):
                 s += dw[prows[e], co, pcols[e], ci]
@@ -373,10 +376,7 @@ def kernels(dtype, tile):
         t = cuda.threadIdx.x
         w = cuda.blockIdx.x
         while w < npar * nco * nci:  # uniform across the block
-            ci = w % nci
-            r = w // nci
-            co = r % nco
-            p = r // nco
+            p, co, ci = item_of(w, nco, nci)
             s = zero
             for e in range(pptr[p] + t, pptr[p + 1], TT):
                 m = prows[e]
@@ -529,23 +529,15 @@ def kernels(dtype, tile):
         t = cuda.threadIdx.x
         w = cuda.blockIdx.x
         while w < npar * nco * nci:  # uniform across the block
-            ci = w % nci
-            r = w // nci
-            co = r % nco
-            q = r // nco
+            q, co, ci = item_of(w, nco, nci)
             s = zero
             for i in range(t, (q_ptr[q + 1] - q_ptr[q]) * nb, TT):
                 j = q_us[q_ptr[q] + i // nb]
                 b = i % nb
                 s += dsum[b, j, co] * tot[b, base_k[j], ci]
-            buf[t] = s
-            cuda.syncthreads()
-            if t == 0:  # the partials in thread order: two barriers per item
-                for k in range(1, TT):
-                    s += buf[k]
-                if q_ptr[q + 1] > q_ptr[q]:
-                    dtheta[q, co, ci] += s
-            cuda.syncthreads()
+            s = block_total(buf, s, t)
+            if t == 0 and q_ptr[q + 1] > q_ptr[q]:
+                dtheta[q, co, ci] += s
             w += cuda.gridDim.x
 
     ks = dict(csr_forward=csr_forward, gather=gather, contract_tiled=contract_tiled,
