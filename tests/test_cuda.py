@@ -221,10 +221,12 @@ def test_cuda_materialize_respects_max_bytes():
     with ps.config.override(max_bytes=w_bytes):  # exactly at the bound: allowed
         y = ps.tied_matmul(xd, td, pat, method="materialize")
     _close(y.copy_to_host(), ref.forward(x, theta, pat), np.float32)
-    x[0, 0, 0] = np.inf  # the csr fallback for non-finite x must not skip the bound
+    x[0, 0, 0], dy[0, 0, 0] = np.inf, np.inf  # the csr fallbacks must not skip the bound
     with ps.config.override(max_bytes=w_bytes - 1):
         with pytest.raises(MemoryError, match="materialize needs W"):
             ps.tied_matmul(cuda.to_device(x), td, pat, method="materialize")
+        with pytest.raises(MemoryError, match="materialize needs W"):  # before any work
+            ps.tied_matmul_grad(cuda.to_device(dy), xd, td, pat, method="materialize")
 
 
 def test_cuda_csr_dtheta_multiplies_each_edge_first():

@@ -570,8 +570,9 @@ def _as_device(obj, name):
     else:
         try:
             host = np.asarray(obj)
-        except ValueError:  # ragged nested lists
-            raise ValueError(f"{name} is ragged; give an array of equal-length rows") from None
+        except ValueError as exc:  # ragged nested lists, mostly
+            raise ValueError(f"{name} is ragged or not array-like ({exc}); give an array of "
+                             f"equal-length rows") from None
         if host.dtype.kind != "f" or host.dtype.itemsize > 8:
             arr = host  # refused by the dtype check below
         else:
@@ -1015,6 +1016,7 @@ def _mat_grad(pattern, dy, x, theta, dx, dtheta, ks):
     nb = x.shape[0]
     m, n = pattern.shape
     _, c_out, c_in = theta.shape
+    _dispatch._check_w_bytes(pattern, c_out, c_in, np.dtype(x.dtype).itemsize, "materialize")
     dy2 = dy.reshape(nb, m * c_out)
     x2 = x.reshape(nb, n * c_in)
     if _sparse_input(pattern, dy, ks):
