@@ -798,20 +798,17 @@ def entry_pattern(pattern, theta):
     """
     if not pattern.has_multi_edges:
         return pattern, theta
-    entries, first = entries_of(pattern)
-    return entries, np.add.reduceat(theta[pattern.params], first, axis=0)
+    return entries_of(pattern), np.add.reduceat(theta[pattern.params], pattern.entry_starts,
+                                                axis=0)
 
 
 def entries_of(pattern):
-    """``(entries, first)``: the pattern of distinct entries (parameter ``u`` for the
-    ``u``-th) and the index of each entry's first edge.  Edges are sorted by (row, col,
-    param), so an entry's parameters are consecutive: ``first[u]`` up to ``first[u + 1]``."""
+    """The pattern of ``pattern``'s distinct entries, parameter ``u`` for the ``u``-th
+    (:attr:`Pattern.entry_starts`)."""
     def build():
-        r, c = pattern.rows, pattern.cols
-        first = np.flatnonzero(np.r_[True, (r[1:] != r[:-1]) | (c[1:] != c[:-1])])
-        entries = type(pattern)._from_sorted(*pattern.shape, r[first], c[first],
-                                             np.arange(first.size), first.size)
-        return entries, first
+        first = pattern.entry_starts
+        return type(pattern)._from_sorted(*pattern.shape, pattern.rows[first],
+                                          pattern.cols[first], np.arange(first.size), first.size)
     return _cached(pattern, "entries", build)
 
 

@@ -367,16 +367,12 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
 
 
 def _forward_call(run, shape, dtype, x3, theta3, y3):
-    if getattr(run, "any_batch_shape", False):  # it reshapes x and y itself: 2 fewer calls
-        def call(x, theta):
-            y = np.empty(shape, dtype)
-            run(x, theta.reshape(theta3), y)
-            return y
-        return call
+    # a runner that reshapes x and y itself takes them as they are: 2 fewer calls
+    flat = getattr(run, "any_batch_shape", False)
 
     def call(x, theta):
         y = np.empty(shape, dtype)
-        run(x.reshape(x3), theta.reshape(theta3), y.reshape(y3))
+        run(x if flat else x.reshape(x3), theta.reshape(theta3), y if flat else y.reshape(y3))
         return y
     return call
 
@@ -483,19 +479,16 @@ def tied_matmul_grad(dy, x, theta, pattern, *, method="auto", backend=None):
 
 
 def _grad_call(run, dtype, dy3, x3, theta3):
-    if getattr(run, "any_batch_shape", False):  # as in _forward_call
-        def call(dy, x, theta):
-            dx = np.empty(x.shape, dtype)
-            dtheta = np.empty(theta.shape, dtype)
-            run(dy, x, theta.reshape(theta3), dx, dtheta.reshape(theta3))
-            return dx, dtheta
-        return call
+    flat = getattr(run, "any_batch_shape", False)  # as in _forward_call
 
     def call(dy, x, theta):
         dx = np.empty(x.shape, dtype)
         dtheta = np.empty(theta.shape, dtype)
-        run(dy.reshape(dy3), x.reshape(x3), theta.reshape(theta3), dx.reshape(x3),
-            dtheta.reshape(theta3))
+        if flat:
+            run(dy, x, theta.reshape(theta3), dx, dtheta.reshape(theta3))
+        else:
+            run(dy.reshape(dy3), x.reshape(x3), theta.reshape(theta3), dx.reshape(x3),
+                dtheta.reshape(theta3))
         return dx, dtheta
     return call
 

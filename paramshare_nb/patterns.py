@@ -157,13 +157,23 @@ class Pattern:
         return self.indptr, self.cols, self.params
 
     @cached_property
+    def entry_starts(self) -> np.ndarray:
+        """Index of the first edge of each distinct entry ``(m, n)``, in edge order.
+
+        Edges are sorted by (row, col, param), so entry ``u`` holds edges
+        ``entry_starts[u]`` up to the next start (or :attr:`nnz`).
+        """
+        r, c = self.rows, self.cols
+        starts = np.flatnonzero(np.r_[True, (r[1:] != r[:-1]) | (c[1:] != c[:-1])])
+        starts = starts if self.nnz else starts[:0]
+        starts.setflags(write=False)
+        return starts
+
+    @cached_property
     def n_entries(self) -> int:
         """Number of distinct entries ``(m, n)`` holding at least one edge; fewer than
         ``M * N`` means structural zeros, fewer than :attr:`nnz` multi-edges."""
-        if self.nnz < 2:
-            return self.nnz
-        same = (self.rows[1:] == self.rows[:-1]) & (self.cols[1:] == self.cols[:-1])
-        return self.nnz - int(same.sum())
+        return int(self.entry_starts.size)
 
     @cached_property
     def has_multi_edges(self) -> bool:

@@ -275,3 +275,19 @@ def test_n_entries_counts_distinct_positions():
         distinct = len(set(zip(rows.tolist(), cols.tolist())))
         assert pat.n_entries == distinct
         assert pat.has_multi_edges == (distinct < nnz)
+
+
+def test_entry_starts_name_each_distinct_entry():
+    rng = np.random.default_rng(4)
+    for _ in range(30):
+        m, n, nnz = rng.integers(1, 6), rng.integers(1, 6), rng.integers(0, 25)
+        rows, cols = rng.integers(0, m, nnz), rng.integers(0, n, nnz)
+        pat = ps.Pattern((m, n), rows, cols, rng.integers(0, 3, nnz), n_params=3)
+        positions = sorted(set(zip(rows.tolist(), cols.tolist())))  # brute force
+        starts = pat.entry_starts
+        assert list(zip(pat.rows[starts].tolist(), pat.cols[starts].tolist())) == positions
+        assert pat.n_entries == len(positions)
+        assert pat.has_multi_edges == (len(positions) < nnz)
+        ends = np.r_[starts[1:], pat.nnz]
+        for a, z in zip(starts, ends):  # each entry's edges are consecutive
+            assert len({(pat.rows[e], pat.cols[e]) for e in range(a, z)}) == 1

@@ -947,12 +947,9 @@ def _complement_dtheta(pattern, dy, x, dtheta, ks, dy_tot=None):
 
 
 def _materialize(pattern, theta, ks):
-    """``W (M, Co, N, Ci)`` on the device, bounded by ``config.max_bytes`` as on the CPU."""
-    from .. import _dispatch
+    """``W (M, Co, N, Ci)`` on the device (its callers check ``config.max_bytes`` first)."""
     m, n = pattern.shape
     _, c_out, c_in = theta.shape
-    _dispatch._check_w_bytes(pattern, c_out, c_in, np.dtype(theta.dtype).itemsize,
-                             "materialize")
     dp = _device_plan(pattern, False)
     w = cuda.device_array((m, c_out, n, c_in), dtype=theta.dtype)
     _launch1(ks, "fill_zero", w.size, w.reshape(w.size))
@@ -985,9 +982,9 @@ def _entry_theta(pattern, theta, ks):
     from .. import _dispatch
     if not pattern.has_multi_edges:
         return pattern, theta
-    entries, first = _dispatch.entries_of(pattern)
+    entries = _dispatch.entries_of(pattern)
     ptr, params = _device_cached(pattern, "cuda_entries", lambda: (
-        _index(np.r_[first, pattern.nnz]), _index(pattern.params)))
+        _index(np.r_[pattern.entry_starts, pattern.nnz]), _index(pattern.params)))
     theta_e = cuda.device_array((entries.n_params,) + tuple(theta.shape[1:]), dtype=theta.dtype)
     _launch1(ks, "entry_sums", theta_e.size, theta, ptr, params, theta_e)
     return entries, theta_e
@@ -1010,8 +1007,9 @@ def _mat_forward(pattern, x, theta, y, ks):
 
 
 def _mat_grad(pattern, dy, x, theta, dx, dtheta, ks):
-    """``dx = dy2 @ W2``, ``dW = dy2.T @ x2`` (each bounded like ``W``), ``dtheta`` from
-    ``dW`` by parameter (one block per ``(p, co, ci)``, edges in a fixed order)."""
+    """``dx = dy2 @ W2``, ``dW = dy2.T @ x2`` (``W`` and ``dW`` have one size, checked
+    against ``config.max_bytes`` before any work), ``dtheta`` from ``dW`` by parameter (one
+    block per ``(p, co, ci)``, edges in a fixed order)."""
     from .. import _dispatch
     nb = x.shape[0]
     m, n = pattern.shape
@@ -1028,7 +1026,6 @@ def _mat_grad(pattern, dy, x, theta, dx, dtheta, ks):
         w = _materialize(pattern, theta, ks)
         _gemm(dy2, w.reshape(m * c_out, n * c_in), dx.reshape(nb, n * c_in), False, False, ks)
         del w
-    _dispatch._check_w_bytes(pattern, c_out, c_in, np.dtype(x.dtype).itemsize, "the dense dW")
     dw = cuda.device_array((m * c_out, n * c_in), dtype=x.dtype)
     _gemm(dy2, x2, dw, True, False, ks)
     pptr, prows, pcols = _device_param_major(pattern)
