@@ -7,15 +7,21 @@ compiling the kernels)::
     python benchmarks/gpu_check.py --no-tests --only w1,w4
 
 1. ``NUMBA_ENABLE_CUDASIM=0 python -m pytest tests/test_cuda.py`` in a
-   subprocess (the real device, not the simulator; real-size grids).
+   subprocess (the real device, not the simulator; each test at tiny and at
+   the default grids; in parallel processes when pytest-xdist is there, since
+   compiling the kernels is most of the time).
 2. For each workload of ``compare.py``: forward + backward of
    ``tied_matmul`` on device arrays, per strategy and ``"auto"``, against
    what a user would write on the GPU: materialise ``W`` and call cuBLAS
    (CuPy, or PyTorch when CuPy is missing), with ``dtheta`` by a
-   scatter-add.  Results are checked against the CPU before timing.
-   Times are medians of synchronised wall-clock runs after a warm-up call.
+   scatter-add; and cuBLAS's three GEMMs alone on the dense shape, ``W``
+   given.  Results are checked against the CPU before timing.  Times are
+   medians of synchronised wall-clock runs after a warm-up call; GFLOP/s
+   count the dense work, ``6 B M N C_in C_out`` for forward + backward.
 
-Prints a table and, when ``$OUT`` is set, writes ``$OUT/gpu_check.json``.
+Prints a table and, when ``$OUT`` is set, writes ``$OUT/gpu_check.json``
+(after every workload, so a run cut short keeps what it measured) and the
+tests' whole log to ``$OUT/tests.log``.
 """
 
 from __future__ import annotations
@@ -34,12 +40,38 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_tests() -> dict:
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=short", "tests/test_cuda.py"]
+    try:
+        import xdist  # noqa: F401
+        cmd += ["-n", str(min(8, os.cpu_count() or 1))]
+    except ImportError:
+        pass
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_cuda.py"],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    _save("tests.log", log)
+    tail = log.strip().splitlines()[-25:]
     print("\n".join(tail))
     return {"returncode": proc.returncode, "seconds": time.perf_counter() - t0, "tail": tail}
+
+
+def _save(name, text):
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, name), "w") as fh:
+            fh.write(text)
+
+
+def versions() -> dict:
+    """Versions of what the timings depend on."""
+    from importlib import metadata
+    got = {}
+    for dist in ("numba", "numba-cuda", "numpy", "cupy-cuda13x", "cupy-cuda12x", "torch"):
+        try:
+            got[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return got
 
 
 def _median(fn, sync, repeat=20, budget=10.0):
@@ -136,11 +168,27 @@ def _time_workload(ps, cuda, pat, host, scalar) -> dict:
     if peer is not None:
         name, put, fn, sync = peer
         ms[name] = 1e3 * _median(functools.partial(fn, *(put(a) for a in host)), sync)
+        ms["cuBLAS GEMMs alone"] = 1e3 * _median(_gemms_alone(pat, host, put), sync)
     return ms
 
 
-def measure_workloads(only, dtype) -> list:
-    """Time the workloads of ``compare.py`` named in ``only``; a row per workload."""
+def _gemms_alone(pat, host, put):
+    """The three dense products of forward + backward, ``W`` already materialised."""
+    x, theta, dy = host
+    nb = x.shape[0]
+    w = put(pat.materialize(theta).reshape(dy[0].size, x[0].size))
+    x2, dy2 = put(x.reshape(nb, -1)), put(dy.reshape(nb, -1))
+
+    def fn():
+        return x2 @ w.T, dy2 @ w, dy2.T @ x2
+    return fn
+
+
+def measure_workloads(only, dtype, report=None) -> list:
+    """Time the workloads of ``compare.py`` named in ``only``; a row per workload.
+
+    With ``report`` given, ``$OUT/gpu_check.json`` is rewritten after each workload.
+    """
     import numpy as np
     from numba import cuda
 
@@ -163,10 +211,16 @@ def measure_workloads(only, dtype) -> list:
         theta, x, dy = (rng.standard_normal(s).astype(dtype) for s in shapes)
         host = (x, theta, dy)
         ms = _time_workload(ps, cuda, pat, host, scalar)
-        rows.append({"workload": key, "desc": desc, "ms": ms})
-        cells = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                          for k, v in ms.items())
-        print(f"{key} ({desc}): {cells}  [ms]")
+        flops = 6.0 * nb * m * n * (ci or 1) * (co or 1)
+        gflops = {k: flops / v / 1e6 for k, v in ms.items() if isinstance(v, float)}
+        rows.append({"workload": key, "desc": desc, "ms": ms, "dense_gflop_per_s": gflops})
+        print(f"{key} ({desc}), dense work {flops / 1e9:.3f} GFLOP:")
+        for k, v in ms.items():
+            cell = f"{v:10.4f} ms  {gflops[k]:10.1f} GFLOP/s" if k in gflops else v
+            print(f"    {k:22s} {cell}")
+        if report is not None:
+            report["workloads"] = rows
+            _save("gpu_check.json", json.dumps(report, indent=1, default=str))
     return rows
 
 
@@ -177,7 +231,8 @@ def main(argv=None):
     ap.add_argument("--no-tests", action="store_true")
     args = ap.parse_args(argv)
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
-    report = {}
+    report = {"versions": versions()}
+    print("versions:", report["versions"])
     if not args.no_tests:
         report["tests"] = run_tests()
     from numba import cuda
@@ -187,11 +242,8 @@ def main(argv=None):
     name = cuda.get_current_device().name
     report["device"] = name.decode() if isinstance(name, bytes) else str(name)
     print("device:", report["device"])
-    report["workloads"] = measure_workloads(args.only.split(","), args.dtype)
-    out = os.environ.get("OUT")
-    if out:
-        with open(os.path.join(out, "gpu_check.json"), "w") as fh:
-            json.dump(report, fh, indent=1, default=str)
+    _save("gpu_check.json", json.dumps(report, indent=1, default=str))
+    report["workloads"] = measure_workloads(args.only.split(","), args.dtype, report)
     return 0 if report.get("tests", {}).get("returncode", 0) == 0 else 1
 
 

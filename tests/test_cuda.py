@@ -20,8 +20,21 @@ cuda = pytest.importorskip("numba.cuda")
 pytestmark = pytest.mark.skipif(not cuda.is_available(), reason="no CUDA device or simulator")
 
 
-@pytest.fixture(autouse=True)
-def tiny_grids():
+def _simulated() -> bool:
+    from numba import config as numba_config
+    return bool(numba_config.ENABLE_CUDASIM)
+
+
+#: The simulator runs tiny grids only; a real GPU runs every test at tiny grids (the
+#: grid-stride loops wrap many times) and at the defaults (real tile and block sizes).
+GRIDS = ["tiny"] if _simulated() else ["tiny", "default"]
+
+
+@pytest.fixture(autouse=True, params=GRIDS)
+def grids(request):
+    if request.param == "default":
+        yield
+        return
     with config.override(cuda_threads=16, cuda_max_blocks=4):
         yield
 
@@ -326,3 +339,31 @@ def test_cuda_strided_and_reversed_device_inputs():
     rdx, rdth = ref.grad(hosts[2], hosts[0], hosts[1], pat)
     _close(dx.copy_to_host(), rdx, np.float32)
     _close(dth.copy_to_host(), rdth, np.float32)
+
+
+@pytest.mark.skipif(_simulated(), reason="the simulator has no CuPy or PyTorch interop")
+@pytest.mark.parametrize("family", ["cupy", "torch"])
+def test_cuda_cupy_and_torch_arrays_stay_on_the_device(family):
+    # anything exposing __cuda_array_interface__ runs on the GPU and comes back in its family
+    pat = PATTERNS["multi"]
+    theta, x, dy = _data(pat, np.float32, False, (3,))
+    if family == "cupy":
+        cp = pytest.importorskip("cupy")
+        put, back, kind = cp.asarray, cp.asnumpy, cp.ndarray
+    else:
+        torch = pytest.importorskip("torch")
+        if not torch.cuda.is_available():
+            pytest.skip("PyTorch without CUDA")
+        put, back, kind = (lambda a: torch.as_tensor(a, device="cuda"),
+                           lambda t: t.cpu().numpy(), torch.Tensor)
+    xd, td, dyd = put(x), put(theta), put(dy)
+    y = ps.tied_matmul(xd, td, pat)
+    dx, dth = ps.tied_matmul_grad(dyd, xd, td, pat)
+    for got in (y, dx, dth):
+        assert isinstance(got, kind)
+    assert family == "cupy" or all(t.is_cuda for t in (y, dx, dth))
+    _close(back(y), ref.forward(x, theta, pat), np.float32)
+    rdx, rdth = ref.grad(dy, x, theta, pat)
+    _close(back(dx), rdx, np.float32)
+    _close(back(dth), rdth, np.float32)
+    np.testing.assert_array_equal(back(xd), x)  # inputs never modified

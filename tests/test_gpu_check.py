@@ -58,3 +58,21 @@ def test_gpu_check_peer_formula_matches_the_reference(scalar):
     np.testing.assert_allclose(y.reshape(dy.shape), ref.forward(x, theta, pat), atol=1e-12)
     np.testing.assert_allclose(dx.reshape(x.shape), rdx, atol=1e-12)
     np.testing.assert_allclose(dth.reshape(theta.shape), rdth, atol=1e-12)
+
+
+@pytest.mark.parametrize("scalar", [True, False])
+def test_gpu_check_gemms_alone_are_the_dense_products(scalar):
+    # the "cuBLAS GEMMs alone" line: y, dx and dW of the dense shape, W given
+    import numpy as np
+    import reference_ops as ref
+
+    pat = ps.dense_pattern(compare.figure1_d5())
+    m, n = pat.shape
+    rng = np.random.default_rng(4)
+    shapes = (((pat.n_params,), (3, n), (3, m)) if scalar else
+              ((pat.n_params, 3, 2), (3, n, 2), (3, m, 3)))
+    theta, x, dy = (rng.standard_normal(s) for s in shapes)
+    y, dx, dw = gpu_check._gemms_alone(pat, (x, theta, dy), np.asarray)()
+    np.testing.assert_allclose(y.reshape(dy.shape), ref.forward(x, theta, pat), atol=1e-12)
+    np.testing.assert_allclose(dx.reshape(x.shape), ref.grad(dy, x, theta, pat)[0], atol=1e-12)
+    np.testing.assert_allclose(dw, dy.reshape(3, -1).T @ x.reshape(3, -1), atol=1e-12)

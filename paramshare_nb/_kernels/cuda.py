@@ -592,10 +592,12 @@ def _canonical(arr, dtype, shape, ks):
     """C-contiguous device array of ``dtype`` reshaped to ``shape`` (copies once if needed)."""
     if not arr.is_c_contiguous():
         # a device-side strided copy (numba's assignment kernel): no host round trip, and
-        # negative strides work (copy_to_host refuses them on a real device)
+        # negative strides work (copy_to_host refuses them on a real device).  The key is
+        # ``:``, not ``...``: a real device array's indexing takes no Ellipsis (the
+        # simulator's numpy does, so only a GPU shows it)
         dense = cuda.device_array(arr.shape, dtype=arr.dtype)
         if arr.size:
-            dense[...] = arr
+            dense[:] = arr
         arr = dense
     if np.dtype(arr.dtype) != dtype:
         flat = arr.reshape(arr.size)
