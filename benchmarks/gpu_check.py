@@ -224,11 +224,95 @@ def measure_workloads(only, dtype, report=None) -> list:
     return rows
 
 
+def primitives() -> dict:
+    """Microseconds per call of numba's primitives on this device (the per-call floor)."""
+    import numpy as np
+    global cuda  # a module global, not a closure cell: the simulator swaps globals only
+    from numba import cuda
+
+    @cuda.jit
+    def touch(a, b, c, d):
+        i = cuda.grid(1)
+        if i < a.size:
+            d[i] = a[i] + b[i] + c[i]
+
+    a = cuda.to_device(np.ones(1024, np.float32))
+    one = np.zeros(1, np.int32)
+    dev_one = cuda.to_device(one)
+    cases = {
+        "launch, 4 array args": lambda: touch[4, 256](a, a, a, a),
+        "device_array(1024)": lambda: cuda.device_array(1024, np.float32),
+        "to_device(1 int)": lambda: cuda.to_device(one),
+        "copy_to_host(1 int), a sync": lambda: dev_one.copy_to_host(),
+        "reshape(32, 32)": lambda: a.reshape(32, 32),
+        "current_context()": cuda.current_context,
+    }
+    got = {}
+    for name, fn in cases.items():
+        fn()
+        cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(2000):
+            fn()
+        cuda.synchronize()
+        got[name] = (time.perf_counter() - t0) / 2000 * 1e6
+        print(f"    {name:30s} {got[name]:8.1f} us")
+    return got
+
+
+def profile_calls(only, methods, calls=100) -> str:
+    """cProfile of ``calls`` forward + backward calls per method on the named workloads."""
+    import cProfile
+    import io
+    import pstats
+
+    import numpy as np
+    from numba import cuda
+
+    sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from compare import workloads
+
+    import paramshare_nb as ps
+    text = io.StringIO()
+    for key, (_, make, nb, ci, co, _) in workloads().items():
+        if key not in only:
+            continue
+        pat = make()
+        m, n = pat.shape
+        shapes = (((pat.n_params,), (nb, n), (nb, m)) if ci is None else
+                  ((pat.n_params, co, ci), (nb, n, ci), (nb, m, co)))
+        rng = np.random.default_rng(0)
+        theta, x, dy = (cuda.to_device(rng.standard_normal(s).astype(np.float32))
+                        for s in shapes)
+        for method in methods:
+            run = functools.partial(_ours, ps, pat, (x, theta, dy), method)
+            run()
+            cuda.synchronize()
+            prof = cProfile.Profile()
+            t0 = time.perf_counter()
+            prof.enable()
+            for _ in range(calls):
+                run()
+            cuda.synchronize()
+            prof.disable()
+            per = (time.perf_counter() - t0) / calls * 1e3
+            text.write(f"\n===== {key} {method}: {per:.3f} ms per call under cProfile\n")
+            stats = pstats.Stats(prof, stream=text)
+            stats.sort_stats("tottime").print_stats(18)
+            stats.sort_stats("cumulative").print_stats(30)
+            print(f"    {key} {method}: {per:.3f} ms per call under cProfile")
+    return text.getvalue()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="w1,w2,w3,w4")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--no-tests", action="store_true")
+    ap.add_argument("--profile", metavar="METHODS",
+                    help="instead of timing: cProfile these methods (comma-separated) on the "
+                         "--only workloads, and time numba's primitives; $OUT/profile.txt")
     args = ap.parse_args(argv)
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
     report = {"versions": versions()}
@@ -243,6 +327,11 @@ def main(argv=None):
     report["device"] = name.decode() if isinstance(name, bytes) else str(name)
     print("device:", report["device"])
     _save("gpu_check.json", json.dumps(report, indent=1, default=str))
+    if args.profile:
+        report["primitives_us"] = primitives()
+        _save("profile.txt", profile_calls(args.only.split(","), args.profile.split(",")))
+        _save("gpu_check.json", json.dumps(report, indent=1, default=str))
+        return 0
     report["workloads"] = measure_workloads(args.only.split(","), args.dtype, report)
     return 0 if report.get("tests", {}).get("returncode", 0) == 0 else 1
 

@@ -367,3 +367,52 @@ def test_cuda_cupy_and_torch_arrays_stay_on_the_device(family):
     _close(back(dx), rdx, np.float32)
     _close(back(dth), rdth, np.float32)
     np.testing.assert_array_equal(back(xd), x)  # inputs never modified
+
+
+@pytest.mark.parametrize("per_thread", [False, True], ids=["block-per-item", "thread-per-item"])
+@pytest.mark.parametrize("method", ["csr", "materialize"])
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_cuda_dtheta_reductions_agree_either_way(monkeypatch, name, method, per_thread):
+    # csr_dtheta / reduce_dw run a block or a thread per (p, co, ci); both give dtheta
+    from paramshare_nb._kernels import cuda as ck
+    monkeypatch.setattr(ck, "_thread_per_item", lambda items, work: per_thread)
+    pat = PATTERNS[name]
+    for scalar, dtype in ((False, np.float32), (True, np.float64)):
+        theta, x, dy = _data(pat, dtype, scalar, (5,))
+        _, dx, dth = _cuda_run(pat, method, theta, x, dy)
+        rdx, rdth = ref.grad(dy, x, theta, pat)
+        _close(dx, rdx, dtype)
+        _close(dth, rdth, dtype)
+
+
+def test_cuda_reduction_shape_and_auto_rule(monkeypatch):
+    # the figures in _thread_per_item's and _choose's docstrings, on an H200-sized device
+    from paramshare_nb._kernels import cuda as ck
+    monkeypatch.setattr(ck, "_resident_threads", lambda: 132 * 2048)
+    with config.override(cuda_threads=256, cuda_max_blocks=4096):
+        assert ck._thread_per_item(8256 * 64, 8 * 64)  # D4 on a 16 x 16 image, csr
+        assert not ck._thread_per_item(2 * 32 * 32, 131072 * 64)  # Deep Sets S_512
+    deepsets = PATTERNS["deepsets"]  # 2 groups of 8 edges: rows share parameters
+    assert ck._choose(deepsets, "auto", ck._CSR_BELOW) == "gather"
+    assert ck._choose(deepsets, "auto", ck._CSR_BELOW - 1) == "csr"  # launches dominate
+    regular = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(5)))  # a parameter per entry
+    assert ck._choose(regular, "auto", 10 * ck._CSR_BELOW) == "csr"
+    assert ck._choose(regular, "scatter", 1) == "scatter"
+
+
+def test_cuda_nonfinite_flag_is_reset_and_per_thread():
+    import threading
+
+    from paramshare_nb._kernels import cuda as ck
+    ks = ck.kernels(np.float32, ck._tile())
+    bad = cuda.to_device(np.array([1.0, np.inf, 2.0], np.float32))
+    good = cuda.to_device(np.ones(3, np.float32))
+    assert ck._nonfinite(bad, ks) and not ck._nonfinite(good, ks)  # reset between checks
+    assert ck._nonfinite(cuda.to_device(np.array([np.nan], np.float32)), ks)
+    mine, theirs = ck._flag(), []
+    worker = threading.Thread(target=lambda: theirs.append(ck._flag()))
+    worker.start()
+    worker.join()
+    assert theirs[0] is not mine
+    if not _simulated():  # the simulator makes a new context object at every call
+        assert ck._flag() is mine

@@ -47,6 +47,7 @@ side, cached per pattern) uploaded once per pattern:
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -336,14 +337,19 @@ def kernels(dtype, tile):
 
     @cuda.jit(device=True)
     def block_total(buf, s, t):
-        # The block's partials s added in thread order by thread 0, which gets the total:
-        # the same order on every run (deterministic, no atomics).  Two barriers: buf is
-        # reused by the block's next item.
+        # The block's partials s summed by a fixed pairwise tree (TT is a power of two):
+        # the same order on every run (deterministic, no atomics), log2(TT) barriers
+        # rather than TT serial adds by one thread (4 us per item on an H200).  Every
+        # thread gets the total; the last barrier lets the block's next item reuse buf.
         buf[t] = s
         cuda.syncthreads()
-        if t == 0:
-            for k in range(1, TT):
-                s += buf[k]
+        half = TT // 2
+        while half > 0:
+            if t < half:
+                buf[t] += buf[t + half]
+            cuda.syncthreads()
+            half //= 2
+        s = buf[0]
         cuda.syncthreads()
         return s
 
@@ -364,6 +370,37 @@ def kernels(dtype, tile):
             if t == 0:
                 dtheta[p, co, ci] = s
             w += cuda.gridDim.x
+
+    @cuda.jit
+    def reduce_dw_items(dw, pptr, prows, pcols, dtheta):
+        # reduce_dw with one thread per (p, co, ci), its edges in order: for many items
+        # of few edges each, where a block per item would idle and wait at barriers
+        npar, nco, nci = dtheta.shape
+        w = cuda.grid(1)
+        while w < npar * nco * nci:
+            p, co, ci = item_of(w, nco, nci)
+            s = zero
+            for e in range(pptr[p], pptr[p + 1]):
+                s += dw[prows[e], co, pcols[e], ci]
+            dtheta[p, co, ci] = s
+            w += cuda.gridsize(1)
+
+    @cuda.jit
+    def csr_dtheta_items(dy, x, pptr, prows, pcols, dtheta):
+        # csr_dtheta with one thread per (p, co, ci), as reduce_dw_items
+        npar, nco, nci = dtheta.shape
+        nb = dy.shape[0]
+        w = cuda.grid(1)
+        while w < npar * nco * nci:
+            p, co, ci = item_of(w, nco, nci)
+            s = zero
+            for e in range(pptr[p], pptr[p + 1]):
+                m = prows[e]
+                n = pcols[e]
+                for b in range(nb):
+                    s += dy[b, m, co] * x[b, n, ci]
+            dtheta[p, co, ci] = s
+            w += cuda.gridsize(1)
 
     @cuda.jit
     def csr_dtheta(dy, x, pptr, prows, pcols, dtheta):
@@ -521,8 +558,8 @@ def kernels(dtype, tile):
     @cuda.jit
     def base_dtheta(dsum, tot, base_k, q_ptr, q_us, dtheta):
         # dtheta[q] += sum_{bases j of q} sum_b dsum[b, j] (x) tot[b, k_j].  One block per
-        # (q, co, ci): thread t takes the (base, batch) items t, t + TT, ..., and thread 0
-        # adds the partials in thread order (fixed order, no atomics)
+        # (q, co, ci): thread t takes the (base, batch) items t, t + TT, ..., and
+        # block_total adds the partials (fixed order, no atomics)
         npar, nco, nci = dtheta.shape
         nb = dsum.shape[0]
         buf = cuda.shared.array(TT, dtype=nbtype)
@@ -545,6 +582,7 @@ def kernels(dtype, tile):
               transpose_theta=transpose_theta, entry_sums=entry_sums, cast_copy=cast_copy,
               fill_zero=fill_zero,
               scatter_w=scatter_w, gemm=gemm, reduce_dw=reduce_dw, csr_dtheta=csr_dtheta,
+              reduce_dw_items=reduce_dw_items, csr_dtheta_items=csr_dtheta_items,
               block_totals=block_totals,
               flag_nonfinite=flag_nonfinite, gather_sums=gather_sums, row_sums=row_sums,
               combine=combine, contract_cols=contract_cols, base_dtheta=base_dtheta)
@@ -784,10 +822,20 @@ def _device_dy_blocks(pattern):
     return _device_cached(pattern, "cuda_dy_blocks", build) or None
 
 
-def _choose(pattern, method):
-    """The strategy to run.  ``"auto"`` keeps the gather/csr rule: the CPU cost model's
-    constants are CPU throughputs (BLAS, fused loops, call overhead), not calibrated for a
-    GPU, so it is not reused here; every other method runs as asked."""
+#: Multiply-adds (``B nnz C_in C_out``) under which ``"auto"`` keeps ``"csr"`` on CUDA:
+#: gather's five more launches cost about 200 us on an H200 host (41 us a launch), in
+#: which csr does about 2**25 of them (1.7e11 a second, measured on w2).
+_CSR_BELOW = 2 ** 25
+
+
+def _choose(pattern, method, work):
+    """The strategy to run for ``work`` multiply-adds of the plain product.
+
+    ``"auto"`` is gather when rows share parameters (half as many groups as edges or
+    fewer) and the work pays for its extra launches, else csr.  The CPU cost model's
+    constants are CPU throughputs (BLAS, fused loops, call overhead), not a GPU's, so it
+    is not reused here; every other method runs as asked.
+    """
     if method in ("materialize", "gather", "complement", "scatter", "csr"):
         return method
     if method != "auto":
@@ -795,7 +843,8 @@ def _choose(pattern, method):
                          f"'materialize', 'gather', 'complement', 'scatter' or 'csr'")
     from .. import _dispatch
     plan = _dispatch.plan_of(pattern)
-    return "gather" if plan.n_groups * 2 <= pattern.nnz else "csr"
+    shared = plan.n_groups * 2 <= pattern.nnz
+    return "gather" if shared and work >= _CSR_BELOW else "csr"
 
 
 def _launch1(ks, name, size, *args):
@@ -819,13 +868,68 @@ def _reduce(ks, name, items, *args):
         ks[name][max(1, min(config.cuda_max_blocks, items)), t * t](*args)
 
 
+def _dtheta_reduce(ks, name, items, work, *args):
+    """``name`` (``reduce_dw`` or ``csr_dtheta``) over ``items`` outputs of about ``work``
+    terms each: a block per item, or its ``_items`` twin, a thread per item, where that
+    has the shorter critical path (:func:`_thread_per_item`)."""
+    if _thread_per_item(items, work):
+        _launch1(ks, name + "_items", items, *args)
+    else:
+        _reduce(ks, name, items, *args)
+
+
+def _thread_per_item(items, work) -> bool:
+    """Whether ``items`` sums of ``work`` terms each finish sooner a thread per item.
+
+    Counted in steps of one term per thread, with the device's resident threads
+    (multiprocessors x threads each) as the width: a block of ``TT`` threads per item
+    takes ``work / TT`` steps plus its tree's ``2 log2 TT`` barrier steps, with
+    ``resident / TT`` items at once (at most ``cuda_max_blocks``); a thread per item
+    takes ``work`` steps, ``resident`` items at once.  Many short sums (D4 on an image:
+    528K items of 512 terms) go a thread each; few long ones (Deep Sets: 2K items of
+    8M terms) a block each.
+    """
+    tt = _tile() ** 2
+    resident = _resident_threads()
+    at_once = max(1, min(config.cuda_max_blocks, resident // tt))
+    by_block = math.ceil(items / at_once) * (math.ceil(work / tt) + 2 * int(math.log2(tt)))
+    by_thread = math.ceil(items / resident) * work
+    return by_thread <= by_block
+
+
+def _resident_threads() -> int:
+    """Threads the current device holds at once (the simulator's: an H100-sized guess)."""
+    dev = cuda.get_current_device()
+    sms = getattr(dev, "MULTIPROCESSOR_COUNT", 132)
+    return sms * getattr(dev, "MAX_THREADS_PER_MULTI_PROCESSOR", 2048)
+
+
 def _nonfinite(a, ks) -> bool:
     """Whether the device array ``a`` holds an inf or a nan (one int comes back)."""
     if a.size == 0:
         return False
-    flag = cuda.to_device(np.zeros(1, np.int32))
+    flag = _flag()
+    flag[0] = 0
     _launch1(ks, "flag_nonfinite", a.size, a.reshape(a.size), flag)
-    return bool(flag.copy_to_host()[0])
+    cuda.synchronize()
+    return bool(flag[0])
+
+
+_FLAGS = threading.local()
+
+
+def _flag():
+    """A pinned host int mapped into the device, one per thread and context.
+
+    The kernel writes it in place and the host reads it after a synchronize: no upload
+    and no copy back (uploading a fresh zero cost 120 us on an H200 host, more than
+    the launch).  Per thread, so two threads' checks never share it.
+    """
+    ctx = cuda.current_context()
+    hit = getattr(_FLAGS, "hit", None)
+    if hit is None or hit[0] is not ctx:
+        hit = _FLAGS.hit = (ctx, cuda.mapped_array(1, np.int32))
+    return hit[1]
 
 
 def _gather_forward(dp, x, theta, y, ks):
@@ -1031,8 +1135,8 @@ def _mat_grad(pattern, dy, x, theta, dx, dtheta, ks):
     dw = cuda.device_array((m * c_out, n * c_in), dtype=x.dtype)
     _gemm(dy2, x2, dw, True, False, ks)
     pptr, prows, pcols = _device_param_major(pattern)
-    _reduce(ks, "reduce_dw", dtheta.size, dw.reshape(m, c_out, n, c_in), pptr, prows, pcols,
-            dtheta)
+    _dtheta_reduce(ks, "reduce_dw", dtheta.size, pattern.nnz // max(1, pattern.n_params),
+                   dw.reshape(m, c_out, n, c_in), pptr, prows, pcols, dtheta)
 
 
 def _forward(x, theta, pattern, y, how, transposed, ks):
@@ -1080,10 +1184,10 @@ def tied_matmul(x, theta, pattern, out=None, method="auto"):
     if dtype.itemsize < 4:
         dtype = np.dtype(np.float32)
     scalar, c_out, c_in, lead, shape = _layout(xd, td, pattern)
-    how = _choose(pattern, method)
+    b = math.prod(lead)
+    how = _choose(pattern, method, b * pattern.nnz * c_in * c_out)
     ks = kernels(dtype, _tile())
     m, n = pattern.shape
-    b = math.prod(lead)
     if out is not None:
         if not _is_device(out):
             raise TypeError(f"out must be a CUDA array for CUDA inputs, got {type(out).__name__}")
@@ -1131,10 +1235,10 @@ def tied_matmul_grad(dy, x, theta, pattern, method="auto"):
     if tuple(dyd.shape) != shape:
         raise ValueError(f"dy must have the output's shape {shape} (batch of x, then "
                          f"{'M' if scalar else 'M, C_out'}), got {tuple(dyd.shape)}")
-    how = _choose(pattern, method)
+    b = math.prod(lead)
+    how = _choose(pattern, method, b * pattern.nnz * c_in * c_out)
     ks = kernels(dtype, _tile())
     m, n = pattern.shape
-    b = math.prod(lead)
     dx = cuda.device_array(tuple(xd.shape), dtype=dtype)
     dth = cuda.device_array(tuple(td.shape), dtype=dtype)
     if b == 0 or m == 0 or c_out == 0 or _nothing_to_sum(pattern, n, c_in):
@@ -1157,7 +1261,8 @@ def tied_matmul_grad(dy, x, theta, pattern, method="auto"):
     elif how == "scatter":
         _complement_dtheta(pattern, dyc, xc, dth3, ks)
     elif how == "csr":
-        _reduce(ks, "csr_dtheta", dth3.size, dyc, xc, *_device_param_major(pattern), dth3)
+        _dtheta_reduce(ks, "csr_dtheta", dth3.size, b * pattern.nnz // max(1, pattern.n_params),
+                       dyc, xc, *_device_param_major(pattern), dth3)
     else:
         _gather_dtheta(_device_plan(pattern, False), dyc, xc, dth3, ks)
     return _wrap_like(template, dx), _wrap_like(template, dth)
