@@ -392,9 +392,16 @@ def test_cuda_reduction_shape_and_auto_rule(monkeypatch):
     with config.override(cuda_threads=256, cuda_max_blocks=4096):
         assert ck._thread_per_item(8256 * 64, 8 * 64)  # D4 on a 16 x 16 image, csr
         assert not ck._thread_per_item(2 * 32 * 32, 131072 * 64)  # Deep Sets S_512
-    deepsets = PATTERNS["deepsets"]  # 2 groups of 8 edges: rows share parameters
-    assert ck._choose(deepsets, "auto", ck._CSR_BELOW) == "gather"
+    deepsets = PATTERNS["deepsets"]  # 2 groups of 8 edges, and complement sums
+    assert ck._choose(deepsets, "auto", ck._CSR_BELOW, 4, 4) == "scatter"
+    assert ck._choose(deepsets, "auto", ck._CSR_BELOW, 2, 3) == "complement"
     assert ck._choose(deepsets, "auto", ck._CSR_BELOW - 1) == "csr"  # launches dominate
+    # D5 on a 4 x 5 image to a pentagon: 50 groups of 100 edges, no complement sums
+    r, c = np.divmod(np.arange(20), 5)
+    v = np.arange(5)
+    d5 = ps.Action([np.where(r < 2, r * 5 + (c + 1) % 5, r * 5 + (c - 1) % 5), (3 - r) * 5 + c],
+                   [(v + 1) % 5, (-v) % 5])
+    assert ck._choose(ps.dense_pattern(d5), "auto", ck._CSR_BELOW) == "gather"
     regular = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(5)))  # a parameter per entry
     assert ck._choose(regular, "auto", 10 * ck._CSR_BELOW) == "csr"
     assert ck._choose(regular, "scatter", 1) == "scatter"
