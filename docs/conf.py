@@ -13,7 +13,9 @@ Three pages are generated here, at build time, from code rather than typed:
 * the theory page's claims table is the output of ``docs/paper_claims.py``
   when that script exists, else of ``docs/_claims_fallback.py``;
 * the benchmarks page renders ``docs/_static/benchmarks.json``, written by
-  ``docs/make_benchmarks.py`` (which runs ``benchmarks/compare.py``).
+  ``docs/make_benchmarks.py`` (which runs ``benchmarks/compare.py``), and
+  ``docs/_static/gpu_check.json`` (``benchmarks/gpu_check.py`` on a GPU, stored
+  by ``make_benchmarks.py --store-gpu``).
 """
 
 from __future__ import annotations
@@ -274,6 +276,7 @@ def write_benchmarks_page() -> None:
     import make_benchmarks
 
     _write_if_changed(GENERATED / "benchmarks.rst", make_benchmarks.render_rst())
+    _write_if_changed(GENERATED / "gpu_benchmarks.rst", make_benchmarks.render_gpu_rst())
 
 
 def write_cli_example() -> None:

@@ -5,6 +5,7 @@ Usage, from the repository root::
     python docs/make_benchmarks.py            # all workloads, default repeats
     python docs/make_benchmarks.py --quick    # fewer repeats (a smoke run)
     python docs/make_benchmarks.py --figure-only   # redraw the figure, time nothing
+    python docs/make_benchmarks.py --store-gpu OUT/gpu_check.json --tests-log OUT/tests.log
 
 It records the machine (CPU model, cores, numba threads, library versions,
 commit, date), runs ``compare.py`` in a fresh process, parses its per-workload
@@ -12,6 +13,11 @@ medians, and writes ``docs/_static/benchmarks.json`` and the side-by-side
 figure ``docs/_static/benchmarks.png``.  Commit both: the docs build renders
 them (:func:`render_rst`, called by ``conf.py``) without re-running anything,
 so the published numbers are always a script's output, never typed by hand.
+
+``--store-gpu`` does the same for a GPU: it stores what ``benchmarks/gpu_check.py``
+wrote on a GPU machine (several JSON files merge, later keys first; the
+``--profile`` run's numba primitives, say) with the commit and the device tests'
+summary line, as ``docs/_static/gpu_check.json`` (:func:`render_gpu_rst`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "_static" / "benchmarks.json"
 FIGURE = HERE / "_static" / "benchmarks.png"
+GPU_RESULTS = HERE / "_static" / "gpu_check.json"
+#: gpu_check.py's columns, in the order the page shows them
+GPU_METHODS = ("auto", "materialize", "gather", "complement", "scatter", "csr")
 
 _HEAD = re.compile(r"^(?P<key>w\d+): (?P<desc>[^;]+);.*?forward (?:strategy )?(?P<strategy>\w+)")
 _LINE = re.compile(r"^\s+(?P<name>[\w.\-]+)\s+(?P<ms>[\d.]+) ms\s+\(median of (?P<n>\d+)[,)]")
@@ -167,13 +176,75 @@ def render_rst(path: Path = RESULTS) -> str:
     return "\n".join(out) + "\n"
 
 
+def store_gpu(paths, tests_log=None, path: Path = GPU_RESULTS) -> dict:
+    """Merge ``gpu_check.py``'s JSON files, add the commit and the tests' last line, store."""
+    record = {}
+    for src in paths:
+        record.update(json.loads(Path(src).read_text()))
+    record["commit"] = _git_commit()
+    record["stored"] = _dt.date.today().isoformat()
+    if tests_log:
+        lines = [ln for ln in Path(tests_log).read_text().splitlines()
+                 if re.search(r"\d+ (passed|failed)", ln)]
+        record["tests"] = lines[-1].strip("= ") if lines else "no summary line"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _vs_peer(ours: float, peer: float) -> str:
+    return f"{peer / ours:.2f}x faster" if ours <= peer else f"ours is {ours / peer:.1f}x slower"
+
+
+def render_gpu_rst(path: Path = GPU_RESULTS) -> str:
+    """reST for the GPU figures from the stored record (no timing here)."""
+    if not path.exists():
+        return ("No GPU results are stored yet.  Run ``python benchmarks/gpu_check.py`` on a "
+                "GPU machine, then ``python docs/make_benchmarks.py --store-gpu ...``.\n")
+    rec = json.loads(path.read_text())
+    versions = ", ".join(f"{k} {v}" for k, v in rec.get("versions", {}).items())
+    out = [f"* **device**: {rec.get('device', 'unknown')}", f"* **versions**: {versions}",
+           f"* **commit**: {rec.get('commit', 'unknown')}, stored {rec.get('stored', '?')}"]
+    if "tests" in rec:
+        out.append(f"* **CUDA tests on the device**: {rec['tests']}")
+    out += ["", "Median milliseconds of one forward and backward pass on device arrays "
+            "(float32); every strategy was checked against the CPU first.  The peer "
+            "materialises ``W`` and calls cuBLAS, with ``dtheta`` by a scatter-add; "
+            "*GEMMs alone* is cuBLAS's three products with ``W`` given.", "",
+            ".. list-table::", "   :header-rows: 1", ""]
+    rows = rec.get("workloads", [])
+    peers = [k for k in (rows[0]["ms"] if rows else {}) if k not in GPU_METHODS]
+    out += ["   * - workload"] + [f"     - {n}" for n in GPU_METHODS + tuple(peers)]
+    out += ["     - auto vs the peer"]
+    for r in rows:
+        ms = r["ms"]
+        cells = [f"{ms[k]:.3f}" if isinstance(ms.get(k), float) else str(ms.get(k, "n/a"))
+                 for k in GPU_METHODS + tuple(peers)]
+        out += [f"   * - {r['workload']}: {r['desc']}"] + [f"     - {c}" for c in cells]
+        peer = ms.get(peers[0]) if peers else None
+        out += [f"     - {_vs_peer(ms['auto'], peer)}" if isinstance(peer, float) and
+                isinstance(ms.get("auto"), float) else "     - n/a"]
+    prim = rec.get("primitives_us")
+    if prim:
+        out += ["", "What numba's own calls cost on that machine (microseconds each, the floor "
+                "under every strategy's launches):", ""]
+        out += [f"* {k}: {v:.1f}" for k, v in prim.items()]
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 repeats per timing")
     ap.add_argument("--only", default=None, help="workloads, e.g. w1,w3")
     ap.add_argument("--figure-only", action="store_true",
                     help="redraw the figure from the stored results, timing nothing")
+    ap.add_argument("--store-gpu", nargs="+", metavar="JSON",
+                    help="store gpu_check.py's output (from a GPU machine) for the docs")
+    ap.add_argument("--tests-log", help="with --store-gpu: the device tests' log")
     args = ap.parse_args(argv)
+    if args.store_gpu:
+        rec = store_gpu(args.store_gpu, args.tests_log)
+        print(f"wrote {GPU_RESULTS.relative_to(ROOT)} ({len(rec.get('workloads', []))} workloads)")
+        return 0
     if args.figure_only:
         figure(json.loads(RESULTS.read_text()))
         print(f"wrote {FIGURE.relative_to(ROOT)}")

@@ -163,3 +163,27 @@ def test_numpydoc_validation_of_public_api():
         problems += [f"{path}: {code} {msg}" for code, msg in result["errors"]
                      if code not in excluded]
     assert not problems, "numpydoc validation failed:\n" + "\n".join(problems)
+
+
+def test_gpu_benchmarks_render_and_store(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("make_benchmarks", DOCS / "make_benchmarks.py")
+    mb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mb)
+    assert "gpu_check.py" in mb.render_gpu_rst(tmp_path / "missing.json")
+    json = __import__("json")
+    run = {"device": "Test GPU", "versions": {"numba": "0"},
+           "workloads": [{"workload": "w1", "desc": "Deep Sets", "ms": dict(
+               {m: 2.0 for m in mb.GPU_METHODS}, csr="MISMATCH", **{"cupy (cuBLAS)": 5.0})},
+               {"workload": "w4", "desc": "Figure 1", "ms": dict(
+                   {m: 3.0 for m in mb.GPU_METHODS}, **{"cupy (cuBLAS)": 1.0})}]}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    (tmp_path / "prim.json").write_text(json.dumps({"primitives_us": {"launch": 41.5}}))
+    (tmp_path / "tests.log").write_text("....\n===== 7 passed in 3.1s =====\n")
+    out = tmp_path / "gpu.json"
+    rec = mb.store_gpu([tmp_path / "prim.json", tmp_path / "run.json"], tmp_path / "tests.log",
+                       path=out)
+    assert rec["tests"] == "7 passed in 3.1s" and rec["primitives_us"] == {"launch": 41.5}
+    rst = mb.render_gpu_rst(out)
+    for text in ("Test GPU", "7 passed", "2.50x faster", "ours is 3.0x slower", "MISMATCH",
+                 "launch: 41.5", "list-table"):
+        assert text in rst, text
