@@ -423,3 +423,26 @@ def test_cuda_nonfinite_flag_is_reset_and_per_thread():
     assert theirs[0] is not mine
     if not _simulated():  # the simulator makes a new context object at every call
         assert ck._flag() is mine
+
+
+def test_cuda_numba_cuda_that_fails_under_this_numpy_is_refused(monkeypatch):
+    # numba-cuda 0.30.4 under numpy 2.5: an AttributeError at the first compilation,
+    # turned into a RuntimeError that says what to install
+    import importlib
+
+    import numba
+
+    from paramshare_nb._kernels import cuda as ck
+
+    def broken(name):
+        raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+    monkeypatch.delattr(np, "row_stack", raising=False)
+    monkeypatch.setattr(numba.config, "ENABLE_CUDASIM", 0)
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(RuntimeError, match=r"install numpy<2.5 .*row_stack|row_stack.*numpy<2.5"):
+        ck._check_numpy_compat()
+
+    def missing(name):
+        raise ImportError(name)
+    monkeypatch.setattr(importlib, "import_module", missing)
+    assert ck._check_numpy_compat() is None  # another layout: nothing known to fail

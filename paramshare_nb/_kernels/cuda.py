@@ -77,6 +77,31 @@ def require():
         raise _no_cuda(exc) from None
     if not ok:
         raise _no_cuda("no CUDA driver or device was found")
+    _check_numpy_compat()
+
+
+def _check_numpy_compat():
+    """Refuse, with the fix, a numba-cuda that cannot compile under this numpy.
+
+    numba-cuda 0.30.4 registers an overload of ``np.row_stack``, which numpy 2.5
+    removed; the first kernel compilation then dies with an AttributeError deep in
+    numba (seen on a GPU machine with numpy 2.5.2).  Importing that module now turns
+    it into an error that says what to install.  The simulator compiles nothing.
+    """
+    import importlib
+
+    if hasattr(np, "row_stack") or numba.config.ENABLE_CUDASIM:
+        return
+    try:
+        importlib.import_module("numba.cuda.np.arrayobj")
+    except ImportError:  # another numba-cuda layout: nothing known to fail
+        return
+    except AttributeError as exc:
+        from importlib.metadata import version
+        raise RuntimeError(
+            f"numba-cuda {version('numba-cuda')} cannot compile kernels with numpy "
+            f"{np.__version__} ({exc}); install numpy<2.5 (pip install 'numpy<2.5') or a "
+            f"numba-cuda release that supports numpy {np.__version__}") from None
 
 
 def _tile() -> int:
