@@ -80,7 +80,7 @@ _bounded_openmp_spin()
 
 #: Memory bound (bytes) for closures and materialised matrices.
 max_bytes: int = _env_int("PARAMSHARE_MAX_BYTES", 1 << 30)
-#: Threads per block for CUDA kernels.
+#: Threads per block for CUDA kernels (1 to 1024).
 cuda_threads: int = _env_int("PARAMSHARE_CUDA_THREADS", 256)
 #: Maximum number of blocks per CUDA launch.
 cuda_max_blocks: int = _env_int("PARAMSHARE_CUDA_MAX_BLOCKS", 4096)
@@ -112,6 +112,9 @@ def override(**values):
     for k, v in values.items():
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"config.{k} must be a positive int, got {v!r}")
+        if k == "cuda_threads" and v > 1024:
+            raise ValueError(f"config.cuda_threads must be at most 1024 (CUDA's threads "
+                             f"per block), got {v}")
     g.update(values)
     try:
         yield

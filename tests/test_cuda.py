@@ -293,6 +293,20 @@ def test_cuda_out_batches_and_host_inputs():
         ps.tied_matmul(cuda.to_device(x[..., :2, :].copy()), cuda.to_device(theta), pat)
 
 
+def test_cuda_threads_past_the_block_limit_are_refused():
+    from paramshare_nb._kernels import cuda as ck
+    with pytest.raises(ValueError, match="at most 1024"):
+        with config.override(cuda_threads=2048):
+            pass
+    monkeypatch = pytest.MonkeyPatch()
+    try:  # as PARAMSHARE_CUDA_THREADS=2048 would set it, past override's check
+        monkeypatch.setattr(config, "cuda_threads", 2048)
+        with pytest.raises(ValueError, match="PARAMSHARE_CUDA_THREADS"):
+            ck.require()
+    finally:
+        monkeypatch.undo()
+
+
 def test_cuda_unusable_raises_with_a_hint(monkeypatch):
     from paramshare_nb._kernels import cuda as ck
     monkeypatch.setattr(ck.cuda, "is_available", lambda: False)
@@ -392,6 +406,10 @@ def test_cuda_reduction_shape_and_auto_rule(monkeypatch):
     with config.override(cuda_threads=256, cuda_max_blocks=4096):
         assert ck._thread_per_item(8256 * 64, 8 * 64)  # D4 on a 16 x 16 image, csr
         assert not ck._thread_per_item(2 * 32 * 32, 131072 * 64)  # Deep Sets S_512
+    # the longest parameter counts, not the mean: one orbit of 12 edges among 1-edge ones
+    lopsided = Pattern((4, 4), np.repeat(np.arange(4), 4), np.tile(np.arange(4), 4),
+                       [0, 4, 4, 4, 4, 1, 4, 4, 4, 4, 2, 4, 4, 4, 4, 3])
+    assert ck._longest_param(lopsided) == 12 and ck._longest_param(PATTERNS["multi"]) == 3
     deepsets = PATTERNS["deepsets"]  # 2 groups of 8 edges, and complement sums
     assert ck._choose(deepsets, "auto", ck._CSR_BELOW, 4, 4) == "scatter"
     assert ck._choose(deepsets, "auto", ck._CSR_BELOW, 2, 3) == "complement"
@@ -407,22 +425,24 @@ def test_cuda_reduction_shape_and_auto_rule(monkeypatch):
     assert ck._choose(regular, "scatter", 1) == "scatter"
 
 
-def test_cuda_nonfinite_flag_is_reset_and_per_thread():
+def test_cuda_nonfinite_flag_is_reset_and_per_thread(monkeypatch):
     import threading
 
     from paramshare_nb._kernels import cuda as ck
+    ctx = ck.cuda.current_context()
+    monkeypatch.setattr(ck.cuda, "current_context", lambda: ctx)  # the simulator: one context
+    monkeypatch.setattr(ck._FLAGS, "hit", None, raising=False)
     ks = ck.kernels(np.float32, ck._tile())
     bad = cuda.to_device(np.array([1.0, np.inf, 2.0], np.float32))
     good = cuda.to_device(np.ones(3, np.float32))
     assert ck._nonfinite(bad, ks) and not ck._nonfinite(good, ks)  # reset between checks
     assert ck._nonfinite(cuda.to_device(np.array([np.nan], np.float32)), ks)
     mine, theirs = ck._flag(), []
+    assert ck._flag() is mine  # kept, not made again
     worker = threading.Thread(target=lambda: theirs.append(ck._flag()))
     worker.start()
     worker.join()
     assert theirs[0] is not mine
-    if not _simulated():  # the simulator makes a new context object at every call
-        assert ck._flag() is mine
 
 
 def test_cuda_numba_cuda_that_fails_under_this_numpy_is_refused(monkeypatch):

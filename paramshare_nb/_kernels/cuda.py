@@ -77,6 +77,10 @@ def require():
         raise _no_cuda(exc) from None
     if not ok:
         raise _no_cuda("no CUDA driver or device was found")
+    if config.cuda_threads > 1024:  # PARAMSHARE_CUDA_THREADS reaches here unchecked
+        raise ValueError(f"config.cuda_threads must be at most 1024 (CUDA's threads per "
+                         f"block), got {config.cuda_threads}; set PARAMSHARE_CUDA_THREADS "
+                         f"or config.override(cuda_threads=...) to 1024 or less")
     _check_numpy_compat()
 
 
@@ -97,11 +101,15 @@ def _check_numpy_compat():
     except ImportError:  # another numba-cuda layout: nothing known to fail
         return
     except AttributeError as exc:
-        from importlib.metadata import version
+        from importlib import metadata
+        try:
+            have = f"numba-cuda {metadata.version('numba-cuda')}"
+        except metadata.PackageNotFoundError:  # a source checkout: no install metadata
+            have = "this numba-cuda"
         raise RuntimeError(
-            f"numba-cuda {version('numba-cuda')} cannot compile kernels with numpy "
-            f"{np.__version__} ({exc}); install numpy<2.5 (pip install 'numpy<2.5') or a "
-            f"numba-cuda release that supports numpy {np.__version__}") from None
+            f"{have} cannot compile kernels with numpy {np.__version__} ({exc}); install "
+            f"numpy<2.5 (pip install 'numpy<2.5') or a numba-cuda release that supports "
+            f"numpy {np.__version__}") from exc
 
 
 def _tile() -> int:
@@ -770,6 +778,18 @@ def _device_param_major(pattern):
         _index(a) for a in _dispatch.param_major_of(pattern)))
 
 
+def _longest_param(pattern) -> int:
+    """Edges of the parameter with the most: the longest sum of a dtheta reduction (a
+    mean would hide one large orbit among many small ones, which a thread per item
+    would then add up alone)."""
+    from .. import _dispatch
+
+    def build():
+        ptr = _dispatch.param_major_of(pattern)[0]
+        return int(np.diff(ptr).max(initial=0))
+    return _dispatch._cached(pattern, "longest_param", build)
+
+
 def _device_gather_plan(gp):
     """A CPU ``GatherPlan``'s arrays on the device (its plain twin added on first use)."""
     d = {k: _index(getattr(gp, k)) for k in
@@ -900,9 +920,11 @@ def _reduce(ks, name, items, *args):
 
 
 def _dtheta_reduce(ks, name, items, work, *args):
-    """``name`` (``reduce_dw`` or ``csr_dtheta``) over ``items`` outputs of about ``work``
-    terms each: a block per item, or its ``_items`` twin, a thread per item, where that
-    has the shorter critical path (:func:`_thread_per_item`)."""
+    """``name`` (``reduce_dw`` or ``csr_dtheta``) over ``items`` outputs of at most
+    ``work`` terms each: a block per item, or its ``_items`` twin, a thread per item,
+    where that has the shorter critical path (:func:`_thread_per_item`).  The choice,
+    and so the order of the sums, can differ between GPUs (it counts their threads);
+    on one device it is the same on every run."""
     if _thread_per_item(items, work):
         _launch1(ks, name + "_items", items, *args)
     else:
@@ -932,7 +954,7 @@ def _resident_threads() -> int:
     """Threads the current device holds at once (the simulator's: an H100-sized guess)."""
     dev = cuda.get_current_device()
     sms = getattr(dev, "MULTIPROCESSOR_COUNT", 132)
-    return sms * getattr(dev, "MAX_THREADS_PER_MULTI_PROCESSOR", 2048)
+    return sms * getattr(dev, "MAX_THREADS_PER_MULTIPROCESSOR", 2048)
 
 
 def _nonfinite(a, ks) -> bool:
@@ -1166,7 +1188,7 @@ def _mat_grad(pattern, dy, x, theta, dx, dtheta, ks):
     dw = cuda.device_array((m * c_out, n * c_in), dtype=x.dtype)
     _gemm(dy2, x2, dw, True, False, ks)
     pptr, prows, pcols = _device_param_major(pattern)
-    _dtheta_reduce(ks, "reduce_dw", dtheta.size, pattern.nnz // max(1, pattern.n_params),
+    _dtheta_reduce(ks, "reduce_dw", dtheta.size, _longest_param(pattern),
                    dw.reshape(m, c_out, n, c_in), pptr, prows, pcols, dtheta)
 
 
@@ -1292,7 +1314,7 @@ def tied_matmul_grad(dy, x, theta, pattern, method="auto"):
     elif how == "scatter":
         _complement_dtheta(pattern, dyc, xc, dth3, ks)
     elif how == "csr":
-        _dtheta_reduce(ks, "csr_dtheta", dth3.size, b * pattern.nnz // max(1, pattern.n_params),
+        _dtheta_reduce(ks, "csr_dtheta", dth3.size, b * _longest_param(pattern),
                        dyc, xc, *_device_param_major(pattern), dth3)
     else:
         _gather_dtheta(_device_plan(pattern, False), dyc, xc, dth3, ks)
