@@ -1,15 +1,16 @@
 """One short GPU session: the CUDA tests on the device, then timings.
 
-Run on a machine with an NVIDIA GPU (about 3-5 minutes, most of it numba
-compiling the kernels)::
+Run on a machine with an NVIDIA GPU (about 2 minutes on an H200 machine with
+16 cores, most of it numba compiling the kernels)::
 
     python benchmarks/gpu_check.py            # tests + timings, w1-w4
     python benchmarks/gpu_check.py --no-tests --only w1,w4
 
-1. ``NUMBA_ENABLE_CUDASIM=0 python -m pytest tests/test_cuda.py`` in a
-   subprocess (the real device, not the simulator; each test at tiny and at
-   the default grids; in parallel processes when pytest-xdist is there, since
-   compiling the kernels is most of the time).
+1. ``NUMBA_ENABLE_CUDASIM=0 python -m pytest tests/test_cuda.py
+   tests/test_gpu_check.py`` in a subprocess (the real device, not the
+   simulator; each test at tiny and at the default grids; in parallel
+   processes when pytest-xdist is there, since compiling the kernels is most
+   of the time).
 2. For each workload of ``compare.py``: forward + backward of
    ``tied_matmul`` on device arrays, per strategy and ``"auto"``, against
    what a user would write on the GPU: materialise ``W`` and call cuBLAS
@@ -19,7 +20,9 @@ compiling the kernels)::
    medians of synchronised wall-clock runs after a warm-up call; GFLOP/s
    count the dense work, ``6 B M N C_in C_out`` for forward + backward.
 
-Prints a table and, when ``$OUT`` is set, writes ``$OUT/gpu_check.json``
+The record names the commit (``$PARAMSHARE_COMMIT`` where the machine's copy
+of the repository has no ``.git``) and the dtype.  Prints a table and, when
+``$OUT`` is set, writes ``$OUT/gpu_check.json``
 (after every workload, so a run cut short keeps what it measured) and the
 tests' whole log to ``$OUT/tests.log``.
 """
@@ -40,7 +43,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_tests() -> dict:
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=short", "tests/test_cuda.py"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=short", "tests/test_cuda.py",
+           "tests/test_gpu_check.py"]
     try:
         import xdist  # noqa: F401
         cmd += ["-n", str(min(8, os.cpu_count() or 1))]
@@ -52,7 +56,9 @@ def run_tests() -> dict:
     _save("tests.log", log)
     tail = log.strip().splitlines()[-25:]
     print("\n".join(tail))
-    return {"returncode": proc.returncode, "seconds": time.perf_counter() - t0, "tail": tail}
+    summary = [ln.strip("= ") for ln in tail if " passed" in ln or " failed" in ln]
+    return {"returncode": proc.returncode, "seconds": time.perf_counter() - t0,
+            "summary": summary[-1] if summary else "no summary line", "tail": tail}
 
 
 def _save(name, text):
@@ -60,6 +66,14 @@ def _save(name, text):
     if out:
         with open(os.path.join(out, name), "w") as fh:
             fh.write(text)
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def versions() -> dict:
@@ -315,7 +329,9 @@ def main(argv=None):
                          "--only workloads, and time numba's primitives; $OUT/profile.txt")
     args = ap.parse_args(argv)
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
-    report = {"versions": versions()}
+    # the device's copy of the tree may have no .git: the caller can name the commit
+    report = {"versions": versions(), "dtype": args.dtype,
+              "commit": os.environ.get("PARAMSHARE_COMMIT") or _commit()}
     print("versions:", report["versions"])
     if not args.no_tests:
         report["tests"] = run_tests()

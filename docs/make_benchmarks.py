@@ -181,14 +181,21 @@ def store_gpu(paths, tests_log=None, path: Path = GPU_RESULTS) -> dict:
     record = {}
     for src in paths:
         record.update(json.loads(Path(src).read_text()))
-    record["commit"] = _git_commit()
+    if not record.get("commit"):  # gpu_check.py records the commit it ran
+        record["commit"] = f"{_git_commit()} (when stored; the run did not record one)"
     record["stored"] = _dt.date.today().isoformat()
+    if isinstance(record.get("tests"), dict):  # gpu_check.py's own test run
+        record["tests"] = record["tests"].get("summary", "no summary line")
     if tests_log:
         lines = [ln for ln in Path(tests_log).read_text().splitlines()
                  if re.search(r"\d+ (passed|failed)", ln)]
         record["tests"] = lines[-1].strip("= ") if lines else "no summary line"
     path.write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _vs_peer(ours: float, peer: float) -> str:
@@ -207,26 +214,29 @@ def render_gpu_rst(path: Path = GPU_RESULTS) -> str:
     if "tests" in rec:
         out.append(f"* **CUDA tests on the device**: {rec['tests']}")
     out += ["", "Median milliseconds of one forward and backward pass on device arrays "
-            "(float32); every strategy was checked against the CPU first.  The peer "
+            f"({rec.get('dtype', 'float32')}); every strategy was checked against the CPU "
+            "first.  The peer "
             "materialises ``W`` and calls cuBLAS, with ``dtheta`` by a scatter-add; "
             "*GEMMs alone* is cuBLAS's three products with ``W`` given.", "",
             ".. list-table::", "   :header-rows: 1", ""]
     rows = rec.get("workloads", [])
-    peers = [k for k in (rows[0]["ms"] if rows else {}) if k not in GPU_METHODS]
+    peers = list(dict.fromkeys(k for r in rows for k in r.get("ms", {})
+                               if k not in GPU_METHODS))
     out += ["   * - workload"] + [f"     - {n}" for n in GPU_METHODS + tuple(peers)]
     out += ["     - auto vs the peer"]
     for r in rows:
-        ms = r["ms"]
-        cells = [f"{ms[k]:.3f}" if isinstance(ms.get(k), float) else str(ms.get(k, "n/a"))
+        ms = r.get("ms", {})
+        cells = [f"{ms[k]:.3f}" if _number(ms.get(k)) else str(ms.get(k, "n/a"))
                  for k in GPU_METHODS + tuple(peers)]
-        out += [f"   * - {r['workload']}: {r['desc']}"] + [f"     - {c}" for c in cells]
+        out += [f"   * - {r.get('workload', '?')}: {r.get('desc', '')}"]
+        out += [f"     - {c}" for c in cells]
         peer = ms.get(peers[0]) if peers else None
-        out += [f"     - {_vs_peer(ms['auto'], peer)}" if isinstance(peer, float) and
-                isinstance(ms.get("auto"), float) else "     - n/a"]
+        out += [f"     - {_vs_peer(ms['auto'], peer)}" if _number(peer) and
+                _number(ms.get("auto")) and peer > 0 and ms["auto"] > 0 else "     - n/a"]
     prim = rec.get("primitives_us")
     if prim:
-        out += ["", "What numba's own calls cost on that machine (microseconds each, the floor "
-                "under every strategy's launches):", ""]
+        out += ["", "What numba's own calls cost on that machine (microseconds each, from "
+                "``gpu_check.py --profile``; the floor under every strategy's launches):", ""]
         out += [f"* {k}: {v:.1f}" for k, v in prim.items()]
     return "\n".join(out) + "\n"
 

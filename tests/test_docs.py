@@ -183,7 +183,18 @@ def test_gpu_benchmarks_render_and_store(tmp_path, monkeypatch):
     rec = mb.store_gpu([tmp_path / "prim.json", tmp_path / "run.json"], tmp_path / "tests.log",
                        path=out)
     assert rec["tests"] == "7 passed in 3.1s" and rec["primitives_us"] == {"launch": 41.5}
+    assert "when stored" in rec["commit"]  # the run named none
     rst = mb.render_gpu_rst(out)
     for text in ("Test GPU", "7 passed", "2.50x faster", "ours is 3.0x slower", "MISMATCH",
-                 "launch: 41.5", "list-table"):
+                 "launch: 41.5", "list-table", "(float32)"):
         assert text in rst, text
+    # gpu_check.py's own record: its commit, dtype and test summary; integer times
+    run.update(commit="abc1234", dtype="float64", tests={"summary": "9 passed in 1s", "tail": []})
+    run["workloads"][1]["ms"]["auto"] = 2
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    rec = mb.store_gpu([tmp_path / "run.json"], path=out)
+    assert rec["commit"] == "abc1234" and rec["tests"] == "9 passed in 1s"
+    rst = mb.render_gpu_rst(out)
+    assert "(float64)" in rst and "ours is 2.0x slower" in rst and "{" not in rst
+    out.write_text(json.dumps({"workloads": [{"ms": {"auto": 1.0}}]}))  # keys missing
+    assert "n/a" in mb.render_gpu_rst(out)
