@@ -123,7 +123,17 @@ def as_axis(axis, ndim: int, name: str = "axis") -> int:
 
 def as_tolerance(v, name: str) -> float:
     """Validate a finite, non-negative tolerance (a real number or a 0-d array of one)."""
-    kind = np.asarray(v).dtype.kind if np.ndim(v) == 0 else ""
+    return as_real(v, name, lo=0.0)
+
+
+def as_real(v, name: str, lo: float = -math.inf, hi: float = math.inf,
+            lo_open: bool = False, hi_open: bool = False) -> float:
+    """Validate a finite real number (or 0-d array of one) in ``[lo, hi]``.
+
+    ``lo_open`` / ``hi_open`` exclude the bound.  Bools, strings and ``None`` are a
+    TypeError; nan, infinities and values out of range a ValueError naming the range.
+    """
+    kind = np.asarray(v).dtype.kind if np.ndim(v) == 0 and not isinstance(v, str) else ""
     if isinstance(v, (bool, np.bool_)) or kind not in ("i", "u", "f", "O") or (
             kind == "O" and not isinstance(v, int)):  # "O": a Python int past int64
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
@@ -132,9 +142,30 @@ def as_tolerance(v, name: str) -> float:
         shown = repr(f)
     except OverflowError:  # an int past float range (and too long to print whole)
         f, shown = math.inf, "an int past float range"
-    if not (math.isfinite(f) and f >= 0):
-        raise ValueError(f"{name} must be finite and >= 0, got {shown}")
+    low_ok = f > lo if lo_open else f >= lo
+    high_ok = f < hi if hi_open else f <= hi
+    if not (math.isfinite(f) and low_ok and high_ok):
+        bounds = _range_text(lo, hi, lo_open, hi_open)
+        raise ValueError(f"{name} must be finite{' and ' + bounds if bounds else ''}, "
+                         f"got {shown}")
     return f
+
+
+def _range_text(lo, hi, lo_open, hi_open) -> str:
+    if hi == math.inf:
+        return f"{'>' if lo_open else '>='} {lo:g}" if lo > -math.inf else ""
+    if lo == -math.inf:
+        return f"{'<' if hi_open else '<='} {hi:g}"
+    return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def as_rng(rng, name: str = "rng") -> np.random.Generator:
+    """``numpy.random.default_rng(rng)``, with an error that names ``name``."""
+    try:
+        return np.random.default_rng(rng)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be None, an int seed or a numpy.random.Generator, got "
+                        f"{type(rng).__name__} ({exc})") from None
 
 
 def as_positive_int(v, name: str, minimum: int = 1) -> int:

@@ -11,10 +11,10 @@ save leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
+from ._npz import read_path, write_atomically, written_path
 from ._validate import UNREADABLE_ARCHIVE
 
 __all__ = ["save", "load"]
@@ -52,21 +52,8 @@ def save(path, model) -> str:
         The path written.
     """
     arrays = _model_arrays(model)
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    path = written_path(path)
+    write_atomically(path, arrays)
     return path
 
 
@@ -84,8 +71,8 @@ def load(path, model) -> None:
     Parameters
     ----------
     path : str or os.PathLike
-        As given to :func:`save` (``.npz`` is appended when a file of that
-        name does not exist and the name lacks it).
+        As given to :func:`save`: ``name`` reads ``name.npz`` (what the save
+        wrote), unless only ``name`` itself is a file.
     model : nn.Module
         Must have the same parameter names and shapes, and the same tying
         patterns, as the saved model.
@@ -104,9 +91,7 @@ def load(path, model) -> None:
         Parameter names differ.
     """
     current = _model_arrays(model)
-    path = os.fspath(path)
-    if not path.endswith(".npz") and not os.path.exists(path):
-        path += ".npz"  # what save wrote for this name
+    path = read_path(path)  # what save wrote for this name
     try:
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError:

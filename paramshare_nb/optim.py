@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from ._validate import as_positive_int, as_real
 from .autograd.function import no_grad, to_host
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR"]
@@ -47,10 +48,8 @@ class Optimizer:
                 unique.append(p)
         if not unique:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
-        if not 0 < lr < math.inf:
-            raise ValueError(f"{name}: lr must be positive and finite, got {lr}")
         self.params = unique
-        self.lr = float(lr)
+        self.lr = as_real(lr, f"{name}: lr", lo=0.0, lo_open=True)
         self.state = {}
         self.steps = 0
 
@@ -60,26 +59,37 @@ class Optimizer:
             p.grad = None
 
     def step(self) -> None:
-        """Update every parameter that has a gradient."""
+        """Update every parameter that has a gradient.
+
+        Every gradient is checked first, so a bad one (wrong shape, a read-only
+        parameter) raises before any parameter, state or step count changes.
+        """
+        grads = [(p, self._checked_grad(p)) for p in self.params if p.grad is not None]
         self.steps += 1
         with no_grad():
-            for p in self.params:
-                if p.grad is None:
-                    continue
+            for p, g in grads:
                 st = self.state.setdefault(id(p), {})
                 for key, value in st.items():  # after Module.astype the state follows
                     if isinstance(value, np.ndarray) and value.dtype != p.dtype:
                         st[key] = value.astype(p.dtype)
-                g = np.asarray(to_host(p.grad), dtype=p.dtype)
-                if g.shape != p.shape:
-                    raise ValueError(f"{type(self).__name__}.step: a gradient of shape {g.shape} "
-                                     f"for a parameter of shape {p.shape}")
                 if p.device == "cpu":
                     self._update(p.data, g, st)
                 else:  # CUDA: update a host copy, write it back
                     w = p.data.copy_to_host()
                     self._update(w, g, st)
                     p.data.copy_to_device(w)
+
+    def _checked_grad(self, p) -> np.ndarray:
+        """``p``'s gradient on the host in ``p``'s dtype, refused before any update."""
+        name = f"{type(self).__name__}.step"
+        g = np.asarray(to_host(p.grad), dtype=p.dtype)
+        if g.shape != p.shape:
+            raise ValueError(f"{name}: a gradient of shape {g.shape} for a parameter of shape "
+                             f"{p.shape}")
+        if p.device == "cpu" and not p.data.flags.writeable:
+            raise ValueError(f"{name}: a parameter of shape {p.shape} is read-only; give "
+                             f"parameters writeable arrays (np.array(..., copy=True))")
+        return g
 
     def _update(self, w, g, state):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -106,12 +116,13 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(params, lr)
-        if not (0 <= momentum < 1 and 0 <= weight_decay < math.inf):
-            raise ValueError(f"SGD: momentum must lie in [0, 1) and weight_decay be "
-                             f"non-negative and finite, got {momentum} and {weight_decay}")
+        momentum = as_real(momentum, "SGD: momentum", 0.0, 1.0, hi_open=True)
+        weight_decay = as_real(weight_decay, "SGD: weight_decay", lo=0.0)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"SGD: nesterov must be a bool, got {type(nesterov).__name__}")
         if nesterov and momentum == 0:
             raise ValueError("SGD: nesterov needs momentum > 0")
-        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+        self.momentum, self.nesterov, self.weight_decay = momentum, bool(nesterov), weight_decay
 
     def _update(self, w, g, state):
         t = w.dtype.type
@@ -144,13 +155,13 @@ class Adam(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(params, lr)
-        b1, b2 = betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"{type(self).__name__}: betas must lie in [0, 1), got {betas}")
-        if not (0 < eps < math.inf and 0 <= weight_decay < math.inf):
-            raise ValueError(f"{type(self).__name__}: eps must be positive and weight_decay "
-                             f"non-negative, both finite, got {eps} and {weight_decay}")
-        self.betas, self.eps, self.weight_decay = (float(b1), float(b2)), float(eps), weight_decay
+        name = type(self).__name__
+        if isinstance(betas, (str, bytes)) or np.ndim(betas) != 1 or len(betas) != 2:
+            raise TypeError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = tuple(as_real(b, f"{name}: betas[{i}]", 0.0, 1.0, hi_open=True)
+                           for i, b in enumerate(betas))
+        self.eps = as_real(eps, f"{name}: eps", lo=0.0, lo_open=True)
+        self.weight_decay = as_real(weight_decay, f"{name}: weight_decay", lo=0.0)
 
     def _update(self, w, g, state):
         t = w.dtype.type
@@ -210,8 +221,16 @@ class _Schedule:
     def step(self) -> float:
         """Advance one epoch and set the optimizer's learning rate; returns it."""
         self.epoch += 1
-        self.optimizer.lr = self.get_lr()
-        return self.optimizer.lr
+        try:
+            lr = self.get_lr()
+        except OverflowError:  # Python's float ** int raises where numpy gives inf
+            lr = math.inf
+        if not math.isfinite(lr):  # gamma > 1 for long enough: refuse, change nothing
+            self.epoch -= 1
+            raise ValueError(f"{type(self).__name__}: the learning rate overflowed to {lr} at "
+                             f"epoch {self.epoch + 1}")
+        self.optimizer.lr = lr
+        return lr
 
     def get_lr(self) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -229,9 +248,8 @@ class StepLR(_Schedule):
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
         super().__init__(optimizer)
-        if step_size < 1:
-            raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.step_size = as_positive_int(step_size, "StepLR: step_size")
+        self.gamma = as_real(gamma, "StepLR: gamma", lo=0.0, lo_open=True)
 
     def get_lr(self) -> float:
         """``base_lr * gamma ** (epoch // step_size)``."""
@@ -250,9 +268,8 @@ class CosineAnnealingLR(_Schedule):
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):  # noqa: N803
         super().__init__(optimizer)
-        if T_max < 1:
-            raise ValueError(f"CosineAnnealingLR: T_max must be >= 1, got {T_max}")
-        self.T_max, self.eta_min = int(T_max), float(eta_min)
+        self.T_max = as_positive_int(T_max, "CosineAnnealingLR: T_max")
+        self.eta_min = as_real(eta_min, "CosineAnnealingLR: eta_min", lo=0.0)
 
     def get_lr(self) -> float:
         """``eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``."""

@@ -11,7 +11,6 @@ structure for the kernels.
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from functools import cached_property
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from . import config
 from ._kernels.groups_cpu import _pair_orbits
+from ._npz import read_path, write_atomically, written_path
 from ._validate import INDEX, UNREADABLE_ARCHIVE, as_int_array, as_positive_int
 from .actions import Action
 
@@ -437,20 +437,17 @@ def save_pattern(path, pattern: Pattern) -> None:
     Parameters
     ----------
     path : str or os.PathLike
-        Destination; written to a temporary file first, then renamed, so a
-        failed write never leaves a half file in its place.
+        Destination (``.npz`` is appended when missing); written to a
+        temporary file first, then renamed, so a failed write never leaves a
+        half file in its place.
     pattern : Pattern
     """
     if not isinstance(pattern, Pattern):
         raise TypeError(f"pattern must be a Pattern, got {type(pattern).__name__}")
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, format=np.array(_FORMAT), shape=np.array(pattern.shape, dtype=INDEX),
-             n_params=np.array(pattern.n_params, dtype=INDEX), rows=pattern.rows,
-             cols=pattern.cols, params=pattern.params)
-    os.replace(tmp, path)
+    write_atomically(written_path(path), dict(
+        format=np.array(_FORMAT), shape=np.array(pattern.shape, dtype=INDEX),
+        n_params=np.array(pattern.n_params, dtype=INDEX), rows=pattern.rows,
+        cols=pattern.cols, params=pattern.params))
 
 
 def load_pattern(path) -> Pattern:
@@ -459,6 +456,8 @@ def load_pattern(path) -> Pattern:
     Parameters
     ----------
     path : str or os.PathLike
+        As given to :func:`save_pattern`: ``name`` reads ``name.npz`` (what
+        the save wrote), unless only ``name`` itself is a file.
 
     Returns
     -------
@@ -471,8 +470,9 @@ def load_pattern(path) -> Pattern:
         or malformed arrays, out-of-range ids).  Files are read with
         ``allow_pickle=False``: a hostile file never runs code.
     """
+    path = read_path(path)  # what save_pattern wrote for this name
     try:
-        data = np.load(os.fspath(path), allow_pickle=False)
+        data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("it holds a single array, not an .npz archive")
         with data:

@@ -479,3 +479,35 @@ def test_pow_gradient_at_zero():
         a = Tensor(np.array([0.0, 2.0]), requires_grad=True)
         (a ** p).sum().backward()
         np.testing.assert_array_equal(a.grad, want)
+
+
+def test_segment_reduce_of_ints_and_bools_counts_like_numpy():
+    ints = Tensor(np.array([[1, 2, 3, 4]]))
+    np.testing.assert_allclose(segment_reduce(ints, [0, 0, 1, 1], 2, "mean").data, [[1.5, 3.5]])
+    bools = Tensor(np.array([[True, True, False, True]]))
+    np.testing.assert_array_equal(segment_reduce(bools, [0, 0, 2, 2], 3, "sum").data,
+                                  [[2, 0, 1]])  # an empty segment: a bool buffer gave True
+    np.testing.assert_allclose(segment_reduce(bools, [0, 0, 1, 1], 2, "mean").data, [[1, 0.5]])
+    pooled = ps.nn.OrbitPool(ps.groups.cyclic(4), "mean")(np.arange(1, 5)[None, :, None])
+    np.testing.assert_allclose(pooled.data, [[[2.5]]])
+
+
+class _TinyTwice(Function):
+    """``1e-12 * a`` whose backward is off by a factor of 2."""
+
+    @staticmethod
+    def forward(ctx, a):
+        return 1e-12 * a
+
+    @staticmethod
+    def backward(ctx, g):
+        return (2e-12 * g,)
+
+
+def test_gradcheck_fails_a_wrong_backward_however_small_and_keeps_the_input_array():
+    arr = np.random.default_rng(0).standard_normal(4)
+    x = Tensor(arr, requires_grad=True)
+    with pytest.raises(AssertionError, match="gradcheck failed"):
+        gradcheck(lambda t: _TinyTwice.apply(t), x)
+    assert x.data is arr  # the very array it wrapped, not a copy
+    assert gradcheck(lambda t: (t * 1e-12).sum(), x)  # a right one still passes

@@ -445,6 +445,53 @@ def test_checkpoint_loads_from_the_name_given_to_save(tmp_path):
         checkpoint.load(tmp_path / "other", model)
 
 
+def test_checkpoint_and_pattern_files_read_what_save_wrote(tmp_path):
+    # a folder or file named like the checkpoint must not shadow the .npz that save wrote
+    act = ps.Action.same(ps.groups.cyclic(5))
+    (tmp_path / "model").mkdir()
+    checkpoint.save(tmp_path / "model", _model(act, 1))
+    model = _model(act, 2)
+    checkpoint.load(tmp_path / "model", model)
+    np.testing.assert_array_equal(model.state_dict()["0.weight"],
+                                  _model(act, 1).state_dict()["0.weight"])
+    pat = ps.dense_pattern(act)
+    ps.save_pattern(tmp_path / "pat", pat)
+    assert ps.load_pattern(tmp_path / "pat") == pat  # save_pattern wrote pat.npz
+
+
+def test_checkpoint_and_pattern_files_follow_the_umask(tmp_path):
+    act = ps.Action.same(ps.groups.cyclic(5))
+    old = os.umask(0o022)
+    try:
+        written = checkpoint.save(tmp_path / "m", _model(act, 1))
+        ps.save_pattern(tmp_path / "p", ps.dense_pattern(act))
+    finally:
+        os.umask(old)
+    for name in (written, tmp_path / "p.npz"):
+        assert os.stat(name).st_mode & 0o777 == 0o644, name  # mkstemp made 0600
+    assert sorted(os.listdir(tmp_path)) == ["m.npz", "p.npz"]
+
+
+def test_dropout_and_leaky_relu_check_their_numbers():
+    with pytest.raises(TypeError, match="Dropout: p must be a real number"):
+        nn.Dropout("0.5")
+    with pytest.raises(ValueError, match=r"Dropout: p must be finite and in \[0, 1\)"):
+        nn.Dropout(1.0)
+    with pytest.raises(TypeError, match="LeakyReLU: slope must be a real number"):
+        nn.LeakyReLU("a")
+    with pytest.raises(ValueError, match="LeakyReLU: slope must be finite"):
+        nn.LeakyReLU(float("nan"))
+    with pytest.raises(TypeError, match="Dropout: rng must be None, an int seed"):
+        nn.Dropout(0.5, rng="x")
+    with pytest.raises(TypeError, match="EquivariantLinear: rng must be None"):
+        nn.EquivariantLinear(ps.Action.same(ps.groups.cyclic(3)), 1, 1, rng="x")
+    # integer inputs are scaled in float64, as numpy promotes (an int scale would be 1)
+    drop = nn.Dropout(0.3, rng=0)
+    out = drop(np.full((4, 50), 10, dtype=np.int64)).data
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(np.unique(out), [0.0, 10 / 0.7])
+
+
 def test_sequential_slices_share_modules():
     act = ps.Action.same(ps.groups.cyclic(5))
     model = _model(act, 0)

@@ -110,7 +110,7 @@ def test_schedules():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="SGD: got an empty parameter list"):
         optim.SGD([], lr=0.1)
-    with pytest.raises(ValueError, match="lr must be positive"):
+    with pytest.raises(ValueError, match="lr must be finite and > 0"):
         optim.Adam([_param([1.0])], lr=0.0)
     with pytest.raises(ValueError, match="nesterov needs momentum"):
         optim.SGD([_param([1.0])], lr=0.1, nesterov=True)
@@ -156,3 +156,54 @@ def test_state_follows_the_parameter_dtype():
     adam.step()
     st = adam.state[id(p)]
     assert st["m"].dtype == st["v"].dtype == p.data.dtype == np.float64
+
+
+def test_a_failed_step_changes_nothing():
+    # one bad gradient (or a read-only parameter) must not leave the update half done
+    a, b = nn.Parameter(np.ones(3)), nn.Parameter(np.ones(2))
+    opt = optim.Adam([a, b], lr=0.1)
+    a.grad, b.grad = np.ones(3), np.ones(5)
+    with pytest.raises(ValueError, match="a gradient of shape"):
+        opt.step()
+    np.testing.assert_array_equal(a.data, np.ones(3))
+    assert opt.steps == 0 and opt.state == {}
+    c = nn.Parameter(np.ones(2))
+    c.data.flags.writeable = False
+    opt = optim.SGD([a, c], lr=0.1, momentum=0.9)
+    a.grad, c.grad = np.ones(3), np.ones(2)
+    with pytest.raises(ValueError, match="read-only"):
+        opt.step()
+    np.testing.assert_array_equal(a.data, np.ones(3))
+    assert opt.steps == 0 and opt.state == {}
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda p: optim.SGD(p, lr="0.1"), TypeError, "SGD: lr must be a real number"),
+    (lambda p: optim.SGD(p, lr=None), TypeError, "SGD: lr must be a real number"),
+    (lambda p: optim.SGD(p, lr=0.1, momentum=None), TypeError, "momentum must be a real"),
+    (lambda p: optim.SGD(p, lr=0.1, nesterov="yes"), TypeError, "nesterov must be a bool"),
+    (lambda p: optim.Adam(p, betas=0.9), TypeError, r"betas must be a pair"),
+    (lambda p: optim.Adam(p, betas=(0.9, 0.99, 0.9)), TypeError, r"betas must be a pair"),
+    (lambda p: optim.Adam(p, betas=(0.9, 1.0)), ValueError, r"betas\[1\] must be finite"),
+    (lambda p: optim.Adam(p, eps=None), TypeError, "eps must be a real number"),
+    (lambda p: optim.StepLR(optim.SGD(p, lr=0.1), 1, gamma=float("nan")), ValueError,
+     "gamma must be finite and > 0"),
+    (lambda p: optim.StepLR(optim.SGD(p, lr=0.1), 1, gamma=-1.0), ValueError, "gamma"),
+    (lambda p: optim.StepLR(optim.SGD(p, lr=0.1), 1.5), TypeError, "step_size must be an int"),
+    (lambda p: optim.CosineAnnealingLR(optim.SGD(p, lr=0.1), 3, eta_min=-1.0), ValueError,
+     "eta_min must be finite and >= 0"),
+    (lambda p: optim.CosineAnnealingLR(optim.SGD(p, lr=0.1), None), TypeError,
+     "T_max must be an int"),
+])
+def test_hyperparameters_are_checked_by_name(make, error, match):
+    with pytest.raises(error, match=match):
+        make([nn.Parameter(np.ones(2))])
+
+
+def test_a_schedule_that_overflows_is_refused_unchanged():
+    opt = optim.SGD([nn.Parameter(np.ones(2))], lr=1.0)
+    sched = optim.StepLR(opt, 1, gamma=1e200)
+    assert sched.step() == 1e200
+    with pytest.raises(ValueError, match="overflowed"):
+        sched.step()
+    assert opt.lr == 1e200 and sched.epoch == 1

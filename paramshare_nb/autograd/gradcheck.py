@@ -10,7 +10,7 @@ from .function import no_grad
 __all__ = ["gradcheck"]
 
 
-def gradcheck(f, *inputs, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-9,
+def gradcheck(f, *inputs, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 0.0,
               n_checks: int = 2, rng=None, raise_exception: bool = True) -> bool:
     """Check the gradients of ``f`` at ``inputs`` by finite differences.
 
@@ -31,8 +31,9 @@ def gradcheck(f, *inputs, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1
     rtol, atol : float, optional
         Tolerance on the two scalars: ``|fd - vjp| <= atol + rtol * max(|fd|,
         |vjp|) + noise``, where ``noise = 2**-52 * sum|u f(x +- eps v)| / eps``
-        bounds the rounding error of the difference itself.  A backward off by
-        a factor fails however small the gradient is.
+        bounds the rounding error of the difference itself.  With the default
+        ``atol=0`` a backward off by a factor fails however small the gradient
+        is; a positive ``atol`` passes any error below it.
     n_checks : int, optional
         Number of random ``(u, v)`` pairs.
     rng : int or numpy.random.Generator, optional
@@ -102,8 +103,9 @@ def gradcheck(f, *inputs, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1
 
 
 def _shifted_values(value, checked, vs, eps):
-    """``f`` at ``x + eps v`` and ``x - eps v`` (inputs restored afterwards)."""
-    originals = [t.data.copy() for t in checked]
+    """``f`` at ``x + eps v`` and ``x - eps v`` (inputs restored afterwards: the very
+    arrays they held, so a tensor still wraps its caller's array)."""
+    originals = [t.data for t in checked]
     try:
         for t, x0, v in zip(checked, originals, vs):
             t.data = x0 + eps * v

@@ -543,13 +543,18 @@ class SegmentReduce(Function):
         if full:
             out = np.add.reduceat(sorted_a, starts, axis=1)
         else:  # reduce the non-empty segments only; the empty ones stay 0
-            out = np.zeros(a.shape[:1] + (n_segments,) + a.shape[2:], dtype=a.dtype)
+            # in the dtype reduceat sums in (bools and small ints count in int64, as
+            # numpy's sum does), not a's: a bool buffer would turn 2 into True
+            summed = np.add.reduce(np.zeros(1, a.dtype)).dtype
+            out = np.zeros(a.shape[:1] + (n_segments,) + a.shape[2:], dtype=summed)
             if starts.size:
                 out[:, nonempty] = np.add.reduceat(sorted_a, starts, axis=1)
         if reduce == "mean":
             inv = np.zeros(n_segments, dtype=np.float64)
             inv[nonempty] = 1 / counts[nonempty]
-            scale = inv.astype(a.dtype).reshape((1, -1) + (1,) * (a.ndim - 2))
+            # a float mean of ints and bools, as numpy's mean (1/2 in an int dtype is 0)
+            fdt = a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)
+            scale = inv.astype(fdt).reshape((1, -1) + (1,) * (a.ndim - 2))
             out = out * scale
             ctx.scale = scale
         return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import as_real, as_rng
 from ..actions import Action
 from ..autograd.tensor import Tensor, segment_reduce, tied_matmul
 from ..equivariance import is_equivariant
@@ -128,7 +129,7 @@ class EquivariantLinear(Module):
         self.pattern = pattern
         self.bias_pattern = bias_pattern(action)
         self._bias_index = np.asarray(self.bias_pattern.params)  # row m -> its orbit id
-        rng = np.random.default_rng(rng)
+        rng = as_rng(rng, "EquivariantLinear: rng")
         self.fan_in = np.bincount(pattern.rows, minlength=pattern.shape[0]) * self.c_in
         self.weight = Parameter(self._init(pattern, self.fan_in, gain, rng, dtype))
         if bias:
@@ -194,7 +195,7 @@ class Linear(Module):
         self.out_features = _check_int(out_features, "out_features", "Linear")
         gain = _check_gain(gain, "Linear")
         dtype = float_dtype(dtype, "Linear")
-        rng = np.random.default_rng(rng)
+        rng = as_rng(rng, "Linear: rng")
         w = rng.standard_normal((out_features, in_features)) * np.sqrt(gain / in_features)
         self.weight = Parameter(w.astype(dtype))
         self.bias = Parameter(np.zeros(out_features, dtype)) if bias else None
@@ -317,10 +318,8 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must lie in [0, 1), got {p}")
-        self.p = float(p)
-        self.rng = np.random.default_rng(rng)
+        self.p = as_real(p, "Dropout: p", 0.0, 1.0, hi_open=True)
+        self.rng = as_rng(rng, "Dropout: rng")
 
     def extra_repr(self) -> str:
         """Drop probability, for ``repr``."""
@@ -332,7 +331,10 @@ class Dropout(Module):
         if not self.training or self.p == 0:
             return x
         keep = self.rng.random(x.shape) >= self.p
-        return x * (keep / (1 - self.p)).astype(x.dtype)
+        # the scale in x's float dtype (float64 for ints and bools, as numpy promotes):
+        # cast to an int dtype, 1 / 0.7 would be 1
+        fdt = x.dtype if np.dtype(x.dtype).kind == "f" else np.dtype(np.float64)
+        return x * (keep / (1 - self.p)).astype(fdt)
 
 
 class ReLU(Module):
@@ -353,7 +355,7 @@ class LeakyReLU(Module):
 
     def __init__(self, slope: float = 0.01):
         super().__init__()
-        self.slope = float(slope)
+        self.slope = as_real(slope, "LeakyReLU: slope")
 
     def forward(self, x):
         """Apply to ``x``."""
