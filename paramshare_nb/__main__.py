@@ -85,10 +85,14 @@ def main(argv=None) -> int:
             parser.error(f"demo: {exc}")
         return run(args)
     if args.command == "explain":
+        spec = args.spec if len(args.spec) <= 60 else args.spec[:57] + "..."
         try:
             return _cli_explain.run(args)
         except _cli_explain.SpecError as exc:
-            parser.error(f"explain {args.spec}: {exc}")
+            parser.error(f"explain {spec}: {exc}")
+        except (MemoryError, RuntimeError) as exc:  # the memory bound, the search budget
+            print(f"explain {spec}: {exc}", file=sys.stderr)
+            return 1
     return 2
 
 

@@ -5,8 +5,8 @@ A spec is ``NAME:ARGS``:
 ==================  ===========================================================
 ``cyclic:n``        ``C_n`` rotating ``n`` points
 ``dihedral:n``      ``D_n`` on the vertices of an ``n``-gon
-``symmetric:n``     ``S_n`` on ``n`` points (``deepsets:n`` is an alias)
-``alternating:n``   ``A_n`` on ``n`` points
+``symmetric:n``     ``S_n`` on ``n <= 64`` points (``deepsets:n`` is an alias)
+``alternating:n``   ``A_n`` on ``n <= 64`` points
 ``square:h``        ``D_4`` on the pixels of an ``h x h`` image
 ``rotations:h``     ``C_4`` on the pixels of an ``h x h`` image
 ``grid:h x w``      periodic translations of an ``h x w`` grid (``grid:4x5``)
@@ -14,7 +14,9 @@ A spec is ``NAME:ARGS``:
 ==================  ===========================================================
 
 The action is ``Action.same`` (outputs move like inputs) unless
-``--out invariant`` asks for one invariant output.
+``--out invariant`` asks for one invariant output.  A spec names at most 4096
+points (and ``regular:`` at most 4096 elements), so that the answer comes in
+seconds.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ SPECS = {
 
 #: Upper bound on the points a spec may name: keeps the CLI interactive.
 MAX_POINTS = 4096
+#: Points of S_n and A_n: their stabilizer chains take seconds past this (S_64 3.4 s,
+#: S_96 11 s, S_128 33 s for the whole explanation, mostly computing the order).
+MAX_SYMMETRIC = 64
+#: ``regular:`` prefixes one spec may nest.
+MAX_NESTING = 4
 
 
 class SpecError(ValueError):
@@ -53,6 +60,10 @@ def _known() -> str:
 def _int_arg(name: str, text: str, minimum: int) -> int:
     if not re.fullmatch(r"\d+", text.strip()):
         raise SpecError(f"{name}: expected a whole number, got {text!r} (e.g. {name}:5)")
+    digits = text.strip().lstrip("0")
+    if len(digits) > len(str(MAX_POINTS)):  # before int(): Python refuses 4300 digits
+        raise SpecError(f"{name}:{digits[:8]}...: a {len(digits)}-digit size, more than "
+                        f"{MAX_POINTS} points")
     value = int(text)
     if value < minimum:
         raise SpecError(f"{name}:{value}: the size must be >= {minimum}")
@@ -89,10 +100,14 @@ def parse_spec(spec: str) -> tuple[str, np.ndarray]:
     if not sep or name not in SPECS:
         raise SpecError(f"unknown group spec {spec!r}; use one of {_known()}")
     if name == "regular":
+        if spec.lower().count("regular:") > MAX_NESTING:
+            raise SpecError(f"{spec[:40]}...: at most {MAX_NESTING} nested regular: prefixes")
         desc, gens = parse_spec(arg)
-        size = groups.order(gens)
+        # counted element by element, stopping past the bound: a stabilizer chain of
+        # regular:symmetric:400 would run for minutes before refusing
+        size = groups._order_up_to(gens, MAX_POINTS)
         if size > MAX_POINTS:
-            raise SpecError(f"{spec}: the group has {size} elements, more than {MAX_POINTS}")
+            raise SpecError(f"{spec[:60]}: the group has more than {MAX_POINTS} elements")
         return f"{desc}, acting regularly on its {size} elements", regular(gens)
     if name == "grid":
         parts = re.split(r"[x,]", arg.lower())
@@ -109,6 +124,10 @@ def parse_spec(spec: str) -> tuple[str, np.ndarray]:
         points = size * size if name in ("square", "rotations") else size
         if points > MAX_POINTS:
             raise SpecError(f"{spec} names {points} points, more than {MAX_POINTS}")
+        if name in ("symmetric", "deepsets", "alternating") and size > MAX_SYMMETRIC:
+            raise SpecError(f"{spec}: S_n and A_n are explained up to {MAX_SYMMETRIC} points "
+                            f"here (their stabilizer chains take seconds past that); call "
+                            f"ps.explain on the action for more")
         if name == "cyclic":
             desc, gens = f"C_{size} rotating {size} points", groups.cyclic(size)
         elif name == "dihedral":

@@ -9,6 +9,7 @@ applies to it unchanged.
 
 from __future__ import annotations
 
+import math
 import warnings
 from functools import cached_property
 
@@ -323,12 +324,17 @@ def tensor_power(gens, k: int) -> np.ndarray:
     gens = as_gens(gens, "gens")
     k = as_positive_int(k, "k")
     n = gens.shape[1]
-    need = gens.shape[0] * n**k * 8  # Python ints: n**k does not overflow
-    if need > config.max_bytes:
+    # the points alone must fit (also with no generators); n**k only once k is known to
+    # be small, since 3**(10**8) takes minutes to compute
+    rows = max(gens.shape[0], 1)
+    fits = n <= 1 or k * math.log2(n) + math.log2(rows * 8) <= math.log2(config.max_bytes) + 1
+    need = rows * n**k * 8 if fits else None
+    if need is None or need > config.max_bytes:
+        size = (f"{need / 2**20:.3g} MiB" if need is not None else
+                f"about 2**{k * math.log2(n):.0f} bytes")
         raise MemoryError(f"tensor_power: {gens.shape[0]} generators on {n}**{k} points need "
-                          f"{need / 2**20:.3g} MiB, over config.max_bytes = "
-                          f"{config.max_bytes / 2**20:.3g} MiB; lower k or raise the bound "
-                          f"with config.override(max_bytes=...)")
+                          f"{size}, over config.max_bytes = {config.max_bytes / 2**20:.3g} MiB; "
+                          f"lower k or raise the bound with config.override(max_bytes=...)")
     out = np.zeros((gens.shape[0], 1), dtype=INDEX)
     for j in range(1, k + 1):
         out = (out[:, :, None] * n + gens[:, None, :]).reshape(gens.shape[0], n**j)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import as_tolerance
+from ._validate import as_axis, as_positive_int, as_rng, as_tolerance
 from .actions import Action
 from .patterns import Pattern, _as_action
 
@@ -131,14 +131,14 @@ def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None
     if not callable(f):
         raise TypeError("f must be callable")
     x = np.asarray(x)
-    out_axis = axis if out_axis is None else out_axis
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis={axis} is out of range for x of shape {x.shape}")
-    if x.ndim == 0 or x.shape[axis] != act.n_in:
+    n_samples = as_positive_int(n_samples, "n_samples", minimum=0)
+    rng = as_rng(rng)
+    out_axis = axis if out_axis is None else out_axis  # the number given, read on f(x)
+    axis = as_axis(axis, x.ndim, "axis")
+    if x.shape[axis] != act.n_in:
         raise ValueError(f"x must have {act.n_in} entries along axis {axis}, got shape {x.shape}")
     y = _host_array(f(x))
-    if not -y.ndim <= out_axis < y.ndim:
-        raise ValueError(f"out_axis={out_axis} is out of range for f(x) of shape {y.shape}")
+    out_axis = as_axis(out_axis, y.ndim, "out_axis")
     if y.shape[out_axis] != act.n_out:
         raise ValueError(f"f(x) must have {act.n_out} entries along axis {out_axis}, "
                          f"got shape {y.shape}")

@@ -269,6 +269,7 @@ def cayley(action, ax=None, max_order: int = 120, title: str | None = None):
     >>> fig = ps.plot.cayley(ps.Action.same(ps.groups.dihedral(5)))
     """
     from .actions import Action, regular
+    from .groups import _order_up_to
 
     if isinstance(action, Action):
         gens = np.asarray(action.joint)
@@ -458,30 +459,6 @@ def accuracy(table, ax=None, title: str | None = None, ylabel: str = "accuracy")
     if title:
         ax.set_title(title)
     return fig
-
-
-def _order_up_to(gens, limit: int) -> int:
-    """The group's order when it is at most ``limit``, else ``limit + 1``.
-
-    A breadth-first walk over the elements that stops past ``limit``: a
-    stabilizer chain says "2^300" for 300 disjoint transpositions on 20000
-    points only after 19 s, and its widest orbit (2) says nothing.
-    """
-    identity = np.arange(gens.shape[1], dtype=np.int64)
-    seen, frontier = {identity.tobytes()}, [identity]
-    while frontier:
-        found = []
-        for h in frontier:
-            for s in gens:
-                g = s[h]
-                key = g.tobytes()
-                if key not in seen:
-                    if len(seen) == limit:
-                        return limit + 1
-                    seen.add(key)
-                    found.append(g)
-        frontier = found
-    return len(seen)
 
 
 def _distinct_names(keys, name: str) -> list[str]:

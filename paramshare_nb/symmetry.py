@@ -397,6 +397,16 @@ class SymmetryGroup:
         """Number of points acted on (all parts)."""
         return int(self._offsets[-1])
 
+    def _part(self, part) -> int:
+        """``part`` as an index into :attr:`sizes` (negative counts from the end)."""
+        if isinstance(part, (bool, np.bool_)) or not isinstance(part, (int, np.integer)):
+            raise TypeError(f"part must be an int, got {type(part).__name__}")
+        k = len(self.sizes)
+        if not -k <= part < k:
+            raise ValueError(f"part={part} is out of range: the group acts on {k} parts of "
+                             f"sizes {tuple(self.sizes)}; use 0..{k - 1} or -1 for the outputs")
+        return int(part) % k
+
     def projection(self, part: int) -> np.ndarray:
         """Generators restricted to one part, renumbered from 0.
 
@@ -411,7 +421,7 @@ class SymmetryGroup:
             ``(k, sizes[part])``: generators of the projection of the group
             on that part (row ``j`` is the image of generator ``j``).
         """
-        part = range(len(self.sizes))[part]
+        part = self._part(part)
         lo, hi = self._offsets[part], self._offsets[part + 1]
         return _frozen(self.generators[:, lo:hi] - lo)
 
@@ -454,7 +464,7 @@ class SymmetryGroup:
         numpy.ndarray
             ``(sizes[part],)`` int64 orbit ids.
         """
-        part = range(len(self.sizes))[part]
+        part = self._part(part)
         lo, hi = self._offsets[part], self._offsets[part + 1]
         return _frozen(_canonical_labels(self.orbits[lo:hi]))
 

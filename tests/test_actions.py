@@ -162,3 +162,24 @@ def test_empty_generator_sets_and_point_sets():
     assert t.shape == (0, 9)
     p = ps.product(ps.Action.same(groups.trivial(0)), ps.Action.same(groups.trivial(3)))
     assert (p.n_in, p.n_out, p.order()) == (0, 0, 1)
+
+
+def test_tensor_power_refuses_before_computing_n_to_the_k():
+    # a float division of the size overflowed (k=700), n**k ran for minutes (k=10**8), and
+    # without generators the bound never fired
+    from paramshare_nb.actions import tensor_power
+    for gens, k in ((ps.groups.symmetric(3), 700), (ps.groups.symmetric(3), 10**8),
+                    (np.zeros((0, 3), dtype=np.int64), 30)):
+        with pytest.raises(MemoryError, match=r"tensor_power: .* points need"):
+            tensor_power(gens, k)
+    assert tensor_power(ps.groups.symmetric(3), 3).shape == (2, 27)
+
+
+def test_grids_check_their_size_before_allocating():
+    with pytest.raises(MemoryError, match=r"shape=\(4294967296, 4294967296\)"):
+        ps.groups.grid_translations((2**32, 2**32))  # np.prod wrapped to 0
+    with pytest.raises(MemoryError, match="h=1000000"):
+        ps.groups.square_symmetries(10**6)
+    with ps.config.override(max_bytes=10_000):
+        with pytest.raises(MemoryError, match="config.max_bytes"):
+            ps.groups.grid_translations((100, 100))

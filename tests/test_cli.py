@@ -112,3 +112,30 @@ def test_help_lists_all_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("info", "demo", "explain"):
         assert cmd in out
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("cyclic:" + "9" * 5000, "5000-digit size"),  # int() refuses past 4300 digits
+    ("regular:symmetric:400", "up to 64 points"),  # its order alone took minutes
+    ("regular:symmetric:7", "more than 4096 elements"),  # counted up to the bound only
+    ("symmetric:4096", "up to 64 points"),  # a MemoryError traceback after 13 s
+    ("alternating:65", "up to 64 points"),
+    ("regular:" * 1200 + "cyclic:3", "nested regular"),  # a RecursionError
+])
+def test_explain_refuses_large_specs_at_once(spec, match):
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError, match=match):
+        parse_spec(spec)
+    assert time.perf_counter() - t0 < 5  # a guard against the minutes-long paths, not a timing
+
+
+def test_explain_reports_the_memory_bound_without_a_traceback(capsys, monkeypatch):
+    from paramshare_nb import _cli_explain
+
+    def too_big(args):
+        raise MemoryError("the chain needs 9 GiB, over config.max_bytes")
+    monkeypatch.setattr(_cli_explain, "run", too_big)
+    assert main(["explain", "cyclic:5"]) == 1
+    err = capsys.readouterr().err
+    assert "explain cyclic:5: the chain needs 9 GiB" in err and "Traceback" not in err

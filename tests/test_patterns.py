@@ -265,6 +265,21 @@ def test_equivariance_error_validates_axes():
         ps.equivariance_error(lambda x: x, act, np.ones((2, 3)), axis=2)
     with pytest.raises(ValueError, match="out_axis=3"):
         ps.equivariance_error(lambda x: x, act, np.ones((2, 3)), axis=1, out_axis=3)
+    # each argument named: they gave "size must be >= 0", "tuple indices must be
+    # integers", "'<=' not supported" and numpy's SeedSequence message
+    x = np.ones((2, 3))
+    with pytest.raises(ValueError, match="n_samples must be >= 0"):
+        ps.equivariance_error(lambda a: a, act, x, n_samples=-1)
+    with pytest.raises(TypeError, match="axis must be an int"):
+        ps.equivariance_error(lambda a: a, act, x, axis=1.0)
+    with pytest.raises(TypeError, match="out_axis must be an int"):
+        ps.equivariance_error(lambda a: a, act, x, out_axis="a")
+    with pytest.raises(TypeError, match="rng must be None, an int seed"):
+        ps.equivariance_error(lambda a: a, act, x, rng="x")
+    # the default out_axis is the number given as axis, read on f(x)
+    def widen(a):  # (B, N) -> (B, N, 2): axis 1 is still the points
+        return np.repeat(a[:, :, None], 2, axis=2)
+    assert ps.equivariance_error(widen, act, x, axis=1) == 0.0
 
 
 def test_n_entries_counts_distinct_positions():

@@ -469,3 +469,13 @@ def test_explain_prints_to_stdout(capsys):
     act = ps.Action.same(ps.groups.cyclic(3))
     ps.explain(ps.dense_pattern(act), act)
     assert "Pattern of shape (3, 3)" in capsys.readouterr().out
+
+
+def test_symmetry_group_parts_are_checked_by_name():
+    sg = ps.symmetry_group(ps.dense_pattern(ps.Action.same(ps.groups.cyclic(3))))
+    for method in (sg.projection, sg.orbits_of):
+        with pytest.raises(ValueError, match="part=5 is out of range"):
+            method(5)  # a bare IndexError from range() before
+        with pytest.raises(TypeError, match="part must be an int"):
+            method(0.5)
+    np.testing.assert_array_equal(sg.orbits_of(-1), sg.orbits_out)
