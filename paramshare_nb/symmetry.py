@@ -1154,6 +1154,9 @@ def explain(pattern, action=None, file=None, max_nodes: int | None = None) -> No
     Pattern of shape (4, 4): ...
     Uniquely equivariant: yes ...
     """
+    if file is not None and not callable(getattr(file, "write", None)):
+        raise TypeError(f"file must be a writable text stream (with a write method), got "
+                        f"{type(file).__name__}")
     print(_explain_text(pattern, action, max_nodes), file=file or sys.stdout)
 
 

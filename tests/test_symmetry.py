@@ -479,3 +479,9 @@ def test_symmetry_group_parts_are_checked_by_name():
         with pytest.raises(TypeError, match="part must be an int"):
             method(0.5)
     np.testing.assert_array_equal(sg.orbits_of(-1), sg.orbits_out)
+
+
+def test_explain_checks_its_file_before_the_search():
+    act = ps.Action.same(ps.groups.cyclic(3))
+    with pytest.raises(TypeError, match="file must be a writable text stream"):
+        ps.explain(ps.dense_pattern(act), act, file=3)  # an AttributeError from print before
