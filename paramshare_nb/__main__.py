@@ -91,7 +91,9 @@ def main(argv=None) -> int:
         except _cli_explain.SpecError as exc:
             parser.error(f"explain {spec}: {exc}")
         except (MemoryError, RuntimeError) as exc:  # the memory bound, the search budget
-            print(f"explain {spec}: {exc}", file=sys.stderr)
+            hint = " (from the command line: PARAMSHARE_MAX_BYTES=...)" \
+                if isinstance(exc, MemoryError) else ""
+            print(f"explain {spec}: {exc}{hint}", file=sys.stderr)
             return 1
     return 2
 

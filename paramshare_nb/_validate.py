@@ -9,7 +9,9 @@ signature only and never alias the caller's data.
 
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
 import zipfile
 import zlib
 
@@ -135,7 +137,8 @@ def as_real(v, name: str, lo: float = -math.inf, hi: float = math.inf,
     """
     kind = np.asarray(v).dtype.kind if np.ndim(v) == 0 and not isinstance(v, str) else ""
     if isinstance(v, (bool, np.bool_)) or kind not in ("i", "u", "f", "O") or (
-            kind == "O" and not isinstance(v, int)):  # "O": a Python int past int64
+            kind == "O" and not isinstance(v, (numbers.Real, decimal.Decimal))):
+        # "O": a Python int past int64, a Fraction, a Decimal
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     try:
         f = float(v)
@@ -163,9 +166,9 @@ def as_rng(rng, name: str = "rng") -> np.random.Generator:
     """``numpy.random.default_rng(rng)``, with an error that names ``name``."""
     try:
         return np.random.default_rng(rng)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be None, an int seed or a numpy.random.Generator, got "
-                        f"{type(rng).__name__} ({exc})") from None
+    except (TypeError, ValueError) as exc:  # a negative seed stays a ValueError
+        raise type(exc)(f"{name} must be None, a non-negative int seed or a "
+                        f"numpy.random.Generator, got {type(rng).__name__} ({exc})") from None
 
 
 def as_positive_int(v, name: str, minimum: int = 1) -> int:

@@ -331,7 +331,7 @@ def tensor_power(gens, k: int) -> np.ndarray:
     need = rows * n**k * 8 if fits else None
     if need is None or need > config.max_bytes:
         size = (f"{need / 2**20:.3g} MiB" if need is not None else
-                f"about 2**{k * math.log2(n):.0f} bytes")
+                f"about 2**{k * math.log2(n) + math.log2(rows * 8):.0f} bytes")
         raise MemoryError(f"tensor_power: {gens.shape[0]} generators on {n}**{k} points need "
                           f"{size}, over config.max_bytes = {config.max_bytes / 2**20:.3g} MiB; "
                           f"lower k or raise the bound with config.override(max_bytes=...)")

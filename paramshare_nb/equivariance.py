@@ -134,10 +134,15 @@ def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None
     n_samples = as_positive_int(n_samples, "n_samples", minimum=0)
     rng = as_rng(rng)
     out_axis = axis if out_axis is None else out_axis  # the number given, read on f(x)
+    given = axis
     axis = as_axis(axis, x.ndim, "axis")
     if x.shape[axis] != act.n_in:
-        raise ValueError(f"x must have {act.n_in} entries along axis {axis}, got shape {x.shape}")
+        raise ValueError(f"x must have {act.n_in} entries along axis {given}, got shape "
+                         f"{x.shape}")
     y = _host_array(f(x))
+    if isinstance(out_axis, (int, np.integer)) and not isinstance(out_axis, bool) and not (
+            -y.ndim <= out_axis < y.ndim):
+        raise ValueError(f"out_axis={out_axis} is out of range for f(x) of shape {y.shape}")
     out_axis = as_axis(out_axis, y.ndim, "out_axis")
     if y.shape[out_axis] != act.n_out:
         raise ValueError(f"f(x) must have {act.n_out} entries along axis {out_axis}, "

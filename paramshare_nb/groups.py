@@ -474,7 +474,8 @@ def square_symmetries(h: int, rotations_only: bool = False) -> np.ndarray:
         ``(1, h*h)`` (rotation) or ``(2, h*h)`` (rotation, left-right flip).
     """
     h = as_positive_int(h, "h")
-    idx = np.arange(_points_that_fit(h * h, 2, f"h={h}"), dtype=INDEX).reshape(h, h)
+    n_gens = 1 if rotations_only else 2
+    idx = np.arange(_points_that_fit(h * h, n_gens, f"h={h}"), dtype=INDEX).reshape(h, h)
     # np.rot90 moves the pixel value at idx[r, c] to a new place; reading the
     # rotated grid back gives, for each destination, its source: invert it.
     rot = _from_image_map(np.rot90(idx))

@@ -118,8 +118,9 @@ class SGD(Optimizer):
         super().__init__(params, lr)
         momentum = as_real(momentum, "SGD: momentum", 0.0, 1.0, hi_open=True)
         weight_decay = as_real(weight_decay, "SGD: weight_decay", lo=0.0)
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"SGD: nesterov must be a bool, got {type(nesterov).__name__}")
+        if not (isinstance(nesterov, (bool, np.bool_)) or (
+                isinstance(nesterov, (int, np.integer)) and nesterov in (0, 1))):
+            raise TypeError(f"SGD: nesterov must be a bool, got {nesterov!r}")
         if nesterov and momentum == 0:
             raise ValueError("SGD: nesterov needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, bool(nesterov), weight_decay
@@ -156,8 +157,13 @@ class Adam(Optimizer):
                  weight_decay: float = 0.0):
         super().__init__(params, lr)
         name = type(self).__name__
-        if isinstance(betas, (str, bytes)) or np.ndim(betas) != 1 or len(betas) != 2:
+        try:
+            pair = None if isinstance(betas, (str, bytes)) else tuple(betas)
+        except TypeError:  # not iterable
+            pair = None
+        if pair is None or len(pair) != 2:
             raise TypeError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
+        betas = pair
         self.betas = tuple(as_real(b, f"{name}: betas[{i}]", 0.0, 1.0, hi_open=True)
                            for i, b in enumerate(betas))
         self.eps = as_real(eps, f"{name}: eps", lo=0.0, lo_open=True)
@@ -249,7 +255,7 @@ class StepLR(_Schedule):
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
         super().__init__(optimizer)
         self.step_size = as_positive_int(step_size, "StepLR: step_size")
-        self.gamma = as_real(gamma, "StepLR: gamma", lo=0.0, lo_open=True)
+        self.gamma = as_real(gamma, "StepLR: gamma", lo=0.0)
 
     def get_lr(self) -> float:
         """``base_lr * gamma ** (epoch // step_size)``."""

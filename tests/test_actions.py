@@ -183,3 +183,13 @@ def test_grids_check_their_size_before_allocating():
     with ps.config.override(max_bytes=10_000):
         with pytest.raises(MemoryError, match="config.max_bytes"):
             ps.groups.grid_translations((100, 100))
+
+
+def test_size_messages_count_what_is_built():
+    from paramshare_nb.actions import tensor_power
+    with ps.config.override(max_bytes=2**20):  # 1 generator x 3**20 points x 8 bytes
+        with pytest.raises(MemoryError, match=r"about 2\*\*35 bytes"):  # it said 2**32
+            tensor_power(ps.groups.cyclic(3), 20)
+    with ps.config.override(max_bytes=90_000):  # (1 + 2) x 4096 x 8 = 98304 bytes
+        with pytest.raises(MemoryError, match="1 generators on 4096 points"):
+            ps.groups.square_symmetries(64, rotations_only=True)

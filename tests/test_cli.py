@@ -139,3 +139,4 @@ def test_explain_reports_the_memory_bound_without_a_traceback(capsys, monkeypatc
     assert main(["explain", "cyclic:5"]) == 1
     err = capsys.readouterr().err
     assert "explain cyclic:5: the chain needs 9 GiB" in err and "Traceback" not in err
+    assert "PARAMSHARE_MAX_BYTES" in err  # the command line's knob, not config.override

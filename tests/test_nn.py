@@ -459,6 +459,17 @@ def test_checkpoint_and_pattern_files_read_what_save_wrote(tmp_path):
     assert ps.load_pattern(tmp_path / "pat") == pat  # save_pattern wrote pat.npz
 
 
+def test_files_written_over_keep_their_mode_and_bytes_paths_work(tmp_path):
+    act = ps.Action.same(ps.groups.cyclic(5))
+    path = checkpoint.save(tmp_path / "m", _model(act, 1))
+    os.chmod(path, 0o600)
+    checkpoint.save(tmp_path / "m", _model(act, 2))
+    assert os.stat(path).st_mode & 0o777 == 0o600  # os.replace would have reset it
+    pat = ps.dense_pattern(act)
+    ps.save_pattern(os.fsencode(tmp_path / "b"), pat)
+    assert ps.load_pattern(os.fsencode(tmp_path / "b")) == pat
+
+
 def test_checkpoint_and_pattern_files_follow_the_umask(tmp_path):
     act = ps.Action.same(ps.groups.cyclic(5))
     old = os.umask(0o022)
@@ -481,7 +492,7 @@ def test_dropout_and_leaky_relu_check_their_numbers():
         nn.LeakyReLU("a")
     with pytest.raises(ValueError, match="LeakyReLU: slope must be finite"):
         nn.LeakyReLU(float("nan"))
-    with pytest.raises(TypeError, match="Dropout: rng must be None, an int seed"):
+    with pytest.raises(TypeError, match="Dropout: rng must be None, a non-negative int seed"):
         nn.Dropout(0.5, rng="x")
     with pytest.raises(TypeError, match="EquivariantLinear: rng must be None"):
         nn.EquivariantLinear(ps.Action.same(ps.groups.cyclic(3)), 1, 1, rng="x")

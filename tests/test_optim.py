@@ -187,7 +187,7 @@ def test_a_failed_step_changes_nothing():
     (lambda p: optim.Adam(p, betas=(0.9, 1.0)), ValueError, r"betas\[1\] must be finite"),
     (lambda p: optim.Adam(p, eps=None), TypeError, "eps must be a real number"),
     (lambda p: optim.StepLR(optim.SGD(p, lr=0.1), 1, gamma=float("nan")), ValueError,
-     "gamma must be finite and > 0"),
+     "gamma must be finite and >= 0"),
     (lambda p: optim.StepLR(optim.SGD(p, lr=0.1), 1, gamma=-1.0), ValueError, "gamma"),
     (lambda p: optim.StepLR(optim.SGD(p, lr=0.1), 1.5), TypeError, "step_size must be an int"),
     (lambda p: optim.CosineAnnealingLR(optim.SGD(p, lr=0.1), 3, eta_min=-1.0), ValueError,
@@ -207,3 +207,20 @@ def test_a_schedule_that_overflows_is_refused_unchanged():
     with pytest.raises(ValueError, match="overflowed"):
         sched.step()
     assert opt.lr == 1e200 and sched.epoch == 1
+
+
+def test_numbers_users_pass_are_still_taken():
+    from decimal import Decimal
+    from fractions import Fraction
+    p = [nn.Parameter(np.ones(2))]
+    assert optim.SGD(p, lr=Fraction(1, 10)).lr == 0.1
+    assert optim.SGD(p, lr=Decimal("0.1")).lr == 0.1
+    assert optim.SGD(p, lr=np.float32(0.5), momentum=0.5, nesterov=1).nesterov is True
+    assert optim.Adam(p, betas=(b for b in (0.8, 0.9))).betas == (0.8, 0.9)
+    assert optim.Adam(p, betas=np.array([0.8, 0.9])).betas == (0.8, 0.9)
+    sched = optim.StepLR(optim.SGD(p, lr=1.0), 1, gamma=0)  # a rate of 0 after one epoch
+    assert sched.step() == 0.0
+    with pytest.raises(TypeError, match="nesterov must be a bool"):
+        optim.SGD(p, lr=0.1, momentum=0.5, nesterov=np.array([1, 0]))
+    with pytest.raises(ValueError, match="non-negative int seed"):  # a ValueError, as numpy's
+        nn.Dropout(0.5, rng=-1)

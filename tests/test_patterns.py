@@ -274,9 +274,14 @@ def test_equivariance_error_validates_axes():
         ps.equivariance_error(lambda a: a, act, x, axis=1.0)
     with pytest.raises(TypeError, match="out_axis must be an int"):
         ps.equivariance_error(lambda a: a, act, x, out_axis="a")
-    with pytest.raises(TypeError, match="rng must be None, an int seed"):
+    with pytest.raises(TypeError, match="rng must be None, a non-negative int seed"):
         ps.equivariance_error(lambda a: a, act, x, rng="x")
     # the default out_axis is the number given as axis, read on f(x)
+    with pytest.raises(ValueError, match=r"along axis -1, got shape \(3, 2\)"):
+        ps.equivariance_error(lambda a: a, act, np.ones((3, 2)))  # the number given
+    with pytest.raises(ValueError, match=r"out_axis=5 is out of range for f\(x\) of shape"):
+        ps.equivariance_error(lambda a: a, act, x, out_axis=5)
+
     def widen(a):  # (B, N) -> (B, N, 2): axis 1 is still the points
         return np.repeat(a[:, :, None], 2, axis=2)
     assert ps.equivariance_error(widen, act, x, axis=1) == 0.0

@@ -553,7 +553,7 @@ class SegmentReduce(Function):
             inv = np.zeros(n_segments, dtype=np.float64)
             inv[nonempty] = 1 / counts[nonempty]
             # a float mean of ints and bools, as numpy's mean (1/2 in an int dtype is 0)
-            fdt = a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)
+            fdt = a.dtype if a.dtype.kind in "fc" else np.dtype(np.float64)
             scale = inv.astype(fdt).reshape((1, -1) + (1,) * (a.ndim - 2))
             out = out * scale
             ctx.scale = scale

@@ -333,7 +333,7 @@ class Dropout(Module):
         keep = self.rng.random(x.shape) >= self.p
         # the scale in x's float dtype (float64 for ints and bools, as numpy promotes):
         # cast to an int dtype, 1 / 0.7 would be 1
-        fdt = x.dtype if np.dtype(x.dtype).kind == "f" else np.dtype(np.float64)
+        fdt = x.dtype if np.dtype(x.dtype).kind in "fc" else np.dtype(np.float64)
         return x * (keep / (1 - self.p)).astype(fdt)
 
 
