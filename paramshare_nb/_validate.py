@@ -114,12 +114,17 @@ def as_point(i, n: int, name: str = "i") -> int:
     return int(i)
 
 
-def as_axis(axis, ndim: int, name: str = "axis") -> int:
-    """Validate an axis of an ``ndim``-dimensional array; negative axes count from the end."""
+def as_axis(axis, ndim: int, name: str = "axis", within: str | None = None) -> int:
+    """Validate an axis of an ``ndim``-dimensional array; negative axes count from the end.
+
+    ``within`` says what is indexed in the error (default "an array of ``ndim``
+    dimensions"), for indices into other sequences.
+    """
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
     if not -ndim <= axis < ndim:
-        raise ValueError(f"{name}={axis} is out of range for an array of {ndim} dimensions")
+        raise ValueError(f"{name}={axis} is out of range for "
+                         f"{within or f'an array of {ndim} dimensions'}")
     return int(axis) % ndim
 
 

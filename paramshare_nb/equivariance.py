@@ -140,10 +140,7 @@ def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None
         raise ValueError(f"x must have {act.n_in} entries along axis {given}, got shape "
                          f"{x.shape}")
     y = _host_array(f(x))
-    if isinstance(out_axis, (int, np.integer)) and not isinstance(out_axis, bool) and not (
-            -y.ndim <= out_axis < y.ndim):
-        raise ValueError(f"out_axis={out_axis} is out of range for f(x) of shape {y.shape}")
-    out_axis = as_axis(out_axis, y.ndim, "out_axis")
+    out_axis = as_axis(out_axis, y.ndim, "out_axis", within=f"f(x) of shape {y.shape}")
     if y.shape[out_axis] != act.n_out:
         raise ValueError(f"f(x) must have {act.n_out} entries along axis {out_axis}, "
                          f"got shape {y.shape}")

@@ -60,7 +60,7 @@ from . import config, perm
 from ._kernels.groups_cpu import _orbits
 from ._kernels.refine_cpu import _child, _initial, _is_automorphism, _orbit_labels_fixing
 from ._schreier import StabChain
-from ._validate import INDEX, as_int_array
+from ._validate import INDEX, as_axis, as_int_array
 from .actions import Action, regular
 from .equivariance import is_equivariant
 from .patterns import Pattern, dense_pattern, sparse_pattern
@@ -399,13 +399,9 @@ class SymmetryGroup:
 
     def _part(self, part) -> int:
         """``part`` as an index into :attr:`sizes` (negative counts from the end)."""
-        if isinstance(part, (bool, np.bool_)) or not isinstance(part, (int, np.integer)):
-            raise TypeError(f"part must be an int, got {type(part).__name__}")
         k = len(self.sizes)
-        if not -k <= part < k:
-            raise ValueError(f"part={part} is out of range: the group acts on {k} parts of "
-                             f"sizes {tuple(self.sizes)}; use 0..{k - 1} or -1 for the outputs")
-        return int(part) % k
+        return as_axis(part, k, "part", within=f"a group acting on {k} parts of sizes "
+                       f"{tuple(self.sizes)} (0..{k - 1}, or -1 for the outputs)")
 
     def projection(self, part: int) -> np.ndarray:
         """Generators restricted to one part, renumbered from 0.

@@ -386,6 +386,27 @@ def kernels(dtype, tile):
         cuda.syncthreads()
         return s
 
+    @cuda.jit(device=True)
+    def dw_edges(dw, prows, pcols, lo, hi, step, co, ci):
+        # sum of dW[m, co, n, ci] over the parameter-major edges lo, lo + step, ... < hi
+        s = zero
+        for e in range(lo, hi, step):
+            s += dw[prows[e], co, pcols[e], ci]
+        return s
+
+    @cuda.jit(device=True)
+    def csr_edges(dy, x, prows, pcols, lo, hi, step, co, ci):
+        # sum over the edges lo, lo + step, ... < hi of sum_b dy[b, m, co] x[b, n, ci]:
+        # each edge's products summed, as the CPU's csr does (summing the inputs that share
+        # a parameter first can overflow where this stays finite)
+        s = zero
+        for e in range(lo, hi, step):
+            m = prows[e]
+            n = pcols[e]
+            for b in range(dy.shape[0]):
+                s += dy[b, m, co] * x[b, n, ci]
+        return s
+
     @cuda.jit
     def reduce_dw(dw, pptr, prows, pcols, dtheta):
         # dtheta[p, co, ci] = sum over p's edges (parameter-major CSR) of dW[m, co, n, ci].
@@ -396,9 +417,7 @@ def kernels(dtype, tile):
         w = cuda.blockIdx.x
         while w < npar * nco * nci:  # uniform across the block
             p, co, ci = item_of(w, nco, nci)
-            s = zero
-            for e in range(pptr[p] + t, pptr[p + 1], TT):
-                s += dw[prows[e], co, pcols[e], ci]
+            s = dw_edges(dw, prows, pcols, pptr[p] + t, pptr[p + 1], TT, co, ci)
             s = block_total(buf, s, t)
             if t == 0:
                 dtheta[p, co, ci] = s
@@ -412,47 +431,31 @@ def kernels(dtype, tile):
         w = cuda.grid(1)
         while w < npar * nco * nci:
             p, co, ci = item_of(w, nco, nci)
-            s = zero
-            for e in range(pptr[p], pptr[p + 1]):
-                s += dw[prows[e], co, pcols[e], ci]
-            dtheta[p, co, ci] = s
+            dtheta[p, co, ci] = dw_edges(dw, prows, pcols, pptr[p], pptr[p + 1], 1, co, ci)
             w += cuda.gridsize(1)
 
     @cuda.jit
     def csr_dtheta_items(dy, x, pptr, prows, pcols, dtheta):
         # csr_dtheta with one thread per (p, co, ci), as reduce_dw_items
         npar, nco, nci = dtheta.shape
-        nb = dy.shape[0]
         w = cuda.grid(1)
         while w < npar * nco * nci:
             p, co, ci = item_of(w, nco, nci)
-            s = zero
-            for e in range(pptr[p], pptr[p + 1]):
-                m = prows[e]
-                n = pcols[e]
-                for b in range(nb):
-                    s += dy[b, m, co] * x[b, n, ci]
-            dtheta[p, co, ci] = s
+            dtheta[p, co, ci] = csr_edges(dy, x, prows, pcols, pptr[p], pptr[p + 1], 1, co,
+                                          ci)
             w += cuda.gridsize(1)
 
     @cuda.jit
     def csr_dtheta(dy, x, pptr, prows, pcols, dtheta):
-        # dtheta[p, co, ci] = sum over p's edges (m, n) of sum_b dy[b, m, co] x[b, n, ci]:
-        # each edge's products summed, as the CPU's csr does (summing the inputs that share
-        # a parameter first can overflow where this stays finite).  Blocks as reduce_dw.
+        # dtheta[p, co, ci] = sum over p's edges (m, n) of sum_b dy[b, m, co] x[b, n, ci]
+        # (csr_edges).  Blocks as reduce_dw.
         npar, nco, nci = dtheta.shape
-        nb = dy.shape[0]
         buf = cuda.shared.array(TT, dtype=nbtype)
         t = cuda.threadIdx.x
         w = cuda.blockIdx.x
         while w < npar * nco * nci:  # uniform across the block
             p, co, ci = item_of(w, nco, nci)
-            s = zero
-            for e in range(pptr[p] + t, pptr[p + 1], TT):
-                m = prows[e]
-                n = pcols[e]
-                for b in range(nb):
-                    s += dy[b, m, co] * x[b, n, ci]
+            s = csr_edges(dy, x, prows, pcols, pptr[p] + t, pptr[p + 1], TT, co, ci)
             s = block_total(buf, s, t)
             if t == 0:
                 dtheta[p, co, ci] = s
