@@ -135,6 +135,13 @@ def kernels(dtype, tile):
     TP = tile + 1  # padded shared rows
     TT = tile * tile  # threads of a block reduction
 
+    @cuda.jit(device=True)
+    def item_of(w, n1, n2):
+        # (i0, i1, i2) of the flat C-order index w into an (N0, n1, n2) array: (p, co, ci)
+        # of dtheta's items, (b, m, co) of y's, ...
+        r = w // n2
+        return r // n1, r % n1, w % n2
+
     @cuda.jit
     def csr_forward(x, theta, indptr, cols, params, y):
         nb, nm, nco = y.shape
@@ -163,10 +170,7 @@ def kernels(dtype, tile):
         stride = cuda.gridsize(1)
         total = ng * nb * nci
         while i < total:
-            ci = i % nci
-            t = i // nci
-            b = t % nb
-            g = t // nb
+            g, b, ci = item_of(i, nb, nci)
             s = zero
             for k in range(pptr[g], pptr[g + 1]):
                 s += x[b, plus[k], ci]
@@ -243,10 +247,7 @@ def kernels(dtype, tile):
         stride = cuda.gridsize(1)
         total = npar * nco * nci
         while i < total:
-            ci = i % nci
-            t = i // nci
-            co = t % nco
-            p = t // nco
+            p, co, ci = item_of(i, nco, nci)
             s = zero
             for c in range(chunk_ptr[p], chunk_ptr[p + 1]):
                 s += partial[c, co, ci]
@@ -259,10 +260,7 @@ def kernels(dtype, tile):
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
         while i < npar * nco * nci:
-            ci = i % nci
-            t = i // nci
-            co = t % nco
-            p = t // nco
+            p, co, ci = item_of(i, nco, nci)
             theta_t[p, ci, co] = theta[p, co, ci]
             i += stride
 
@@ -274,10 +272,7 @@ def kernels(dtype, tile):
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
         while i < nu * nco * nci:
-            ci = i % nci
-            t = i // nci
-            co = t % nco
-            u = t // nco
+            u, co, ci = item_of(i, nco, nci)
             s = zero
             for e in range(ptr[u], ptr[u + 1]):
                 s += theta[params[e], co, ci]
@@ -310,10 +305,7 @@ def kernels(dtype, tile):
         stride = cuda.gridsize(1)
         total = nm * nco * nci
         while i < total:
-            ci = i % nci
-            t = i // nci
-            co = t % nco
-            m = t // nco
+            m, co, ci = item_of(i, nco, nci)
             for e in range(indptr[m], indptr[m + 1]):
                 w[m, co, cols[e], ci] += theta[params[e], co, ci]
             i += stride
@@ -361,12 +353,6 @@ def kernels(dtype, tile):
             if r0 + ty < nr and s0 + tx < ns:
                 c[r0 + ty, s0 + tx] = acc
             w += cuda.gridDim.x
-
-    @cuda.jit(device=True)
-    def item_of(w, nco, nci):
-        # (p, co, ci) of a block-reduction kernel's item w, over dtheta's (P, Co, Ci)
-        r = w // nci
-        return r // nco, r % nco, w % nci
 
     @cuda.jit(device=True)
     def block_total(buf, s, t):
@@ -542,10 +528,7 @@ def kernels(dtype, tile):
         stride = cuda.gridsize(1)
         total = nd * nco * nci
         while i < total:
-            ci = i % nci
-            t = i // nci
-            co = t % nco
-            d = t // nco
+            d, co, ci = item_of(i, nco, nci)
             s = zero
             for j in range(ptr[d], ptr[d + 1]):
                 s += coef[j] * theta[idx[j], co, ci]
