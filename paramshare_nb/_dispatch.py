@@ -887,12 +887,13 @@ def _streams(m, n, nb, c_in, c_out, itemsize):
 def _streaming_forward(pattern, nb, o, k, dtype, nchunks):
     """``run(x, theta, y)``: the streamed small ``W`` (``o x k``), buffer shape decided once."""
     indptr, cols, params = csr_of(pattern)
+    complete = _complete(pattern)
     kernel = small_cpu.small_forward if nchunks > 1 else small_cpu.small_forward.serial
     wt_shape = (k, _round_up(o, _lanes(dtype.itemsize)))
 
     def run(x, theta, y):
-        kernel(x.reshape(nb, k), theta, indptr, cols, params, np.empty(wt_shape, dtype),
-               y.reshape(nb, o), nchunks)
+        kernel(x.reshape(nb, k), theta, indptr, cols, params, complete,
+               np.empty(wt_shape, dtype), y.reshape(nb, o), nchunks)
     run.any_batch_shape = True  # x and y in any C-contiguous shape of their size
     return run
 
@@ -900,13 +901,14 @@ def _streaming_forward(pattern, nb, o, k, dtype, nchunks):
 def _streaming_grad(pattern, nb, o, k, dtype, nchunks):
     """``run(dy, x, theta, dx, dtheta)``: the streamed small ``W``'s backward in one call."""
     indptr, cols, params = csr_of(pattern)
+    complete = _complete(pattern)
     kernel = small_cpu.small_backward if nchunks > 1 else small_cpu.small_backward.serial
     w_shape = (o, _round_up(k, _lanes(dtype.itemsize)))
     # each chunk's dW, with vectors along its longer side (small_backward's layouts)
     part_shape = (nchunks, min(o, k), _part_width(max(o, k), dtype.itemsize))
 
     def run(dy, x, theta, dx, dtheta):
-        kernel(dy.reshape(nb, o), x.reshape(nb, k), theta, indptr, cols, params,
+        kernel(dy.reshape(nb, o), x.reshape(nb, k), theta, indptr, cols, params, complete,
                np.empty(w_shape, dtype), np.empty(part_shape, dtype), dx.reshape(nb, k),
                dtheta, nchunks)
     run.any_batch_shape = True  # dy, x and dx in any C-contiguous shape of their size

@@ -278,6 +278,13 @@ def _dense_random(m, n, n_params, seed):
                    np.r_[idx[r, c], 0, n_params - 1])
 
 
+def _dense_complete(m, n, n_params, seed):
+    """:func:`_dense_random` without its multi-edges: every entry once, as dense designs."""
+    idx = np.random.default_rng(seed).integers(0, n_params, (m, n))
+    r, c = np.nonzero(idx >= 0)
+    return Pattern((m, n), r, c, idx[r, c])
+
+
 def _stream_shapes(lanes):
     """``(M, N, Co, Ci)`` for the streamed small ``W`` (``o = M * Co``, ``k = N * Ci``):
     o of one partial vector (8-row tiles); o of two (4 x 2 tiles) with k < o (dW
@@ -314,12 +321,15 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
         monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
     rng = np.random.default_rng(17)
     for i, (m, n, c_out, c_in) in enumerate(_stream_shapes(32 // np.dtype(dtype).itemsize)):
-        pat = _dense_random(m, n, 4, i)
         assert _dispatch._streamed(m * c_out, n * c_in, np.dtype(dtype).itemsize)
-        for batch in (1, 7, 13, 300):  # 300: blocks of 128 rows in the outer products
-            calls.clear()
-            _check_channels(pat, ("materialize",), dtype, batch, c_in, c_out, rng)
-            assert calls == ["small_forward", "small_backward"]
+        # multi-edges, and every entry once (W gathered, not summed)
+        for pat, batches in ((_dense_random(m, n, 4, i), (1, 7, 13, 300)),
+                             (_dense_complete(m, n, 4, i), (7, 300))):
+            assert _dispatch._complete(pat) == (batches == (7, 300))
+            for batch in batches:  # 300: blocks of 128 rows in the outer products
+                calls.clear()
+                _check_channels(pat, ("materialize",), dtype, batch, c_in, c_out, rng)
+                assert calls == ["small_forward", "small_backward"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -438,24 +448,26 @@ def test_small_w_kernels_with_more_chunks_than_rows():
     the outputs (they are rows 2-6 of larger NaN-filled arrays, the rest must stay NaN)."""
     from paramshare_nb import _dispatch
     from paramshare_nb._kernels import small_cpu
-    pat = _dense_random(5, 20, 4, 5)
     rng = np.random.default_rng(29)
     theta = rng.standard_normal((4, 1, 1))
     x, dy = rng.standard_normal((5, 20)), rng.standard_normal((5, 5))
-    indptr, cols, params = _dispatch.csr_of(pat)
-    y_big, dx_big = np.full((9, 5), np.nan), np.full((9, 20), np.nan)
-    y, dx, dth = y_big[2:7], dx_big[2:7], np.empty((4, 1, 1))
-    for kernel in (small_cpu.small_forward, small_cpu.small_forward.serial):
-        kernel(x, theta, indptr, cols, params, np.empty((20, 8)), y, 4)
-        assert_close(y.reshape(5, 5, 1), ref.forward(x.reshape(5, 20, 1), theta, pat))
-    for kernel in (small_cpu.small_backward, small_cpu.small_backward.serial):
-        kernel(dy, x, theta, indptr, cols, params, np.empty((5, 20)), np.empty((4, 5, 24)), dx,
-               dth, 4)
-        rdx, rdth = ref.grad(dy.reshape(5, 5, 1), x.reshape(5, 20, 1), theta, pat)
-        assert_close(dx.reshape(5, 20, 1), rdx)
-        assert_close(dth, rdth)
-    assert np.isnan(np.r_[y_big[:2], y_big[7:]]).all()
-    assert np.isnan(np.r_[dx_big[:2], dx_big[7:]]).all()
+    for pat in (_dense_random(5, 20, 4, 5), _dense_complete(5, 20, 4, 5)):
+        complete = _dispatch._complete(pat)
+        indptr, cols, params = _dispatch.csr_of(pat)
+        y_big, dx_big = np.full((9, 5), np.nan), np.full((9, 20), np.nan)
+        y, dx, dth = y_big[2:7], dx_big[2:7], np.empty((4, 1, 1))
+        for kernel in (small_cpu.small_forward, small_cpu.small_forward.serial):
+            # scratch full of NaN: the kernels must write all of it they read
+            kernel(x, theta, indptr, cols, params, complete, np.full((20, 8), np.nan), y, 4)
+            assert_close(y.reshape(5, 5, 1), ref.forward(x.reshape(5, 20, 1), theta, pat))
+        for kernel in (small_cpu.small_backward, small_cpu.small_backward.serial):
+            kernel(dy, x, theta, indptr, cols, params, complete, np.full((5, 24), np.nan),
+                   np.full((4, 5, 24), np.nan), dx, dth, 4)
+            rdx, rdth = ref.grad(dy.reshape(5, 5, 1), x.reshape(5, 20, 1), theta, pat)
+            assert_close(dx.reshape(5, 20, 1), rdx)
+            assert_close(dth, rdth)
+        assert np.isnan(np.r_[y_big[:2], y_big[7:]]).all()
+        assert np.isnan(np.r_[dx_big[:2], dx_big[7:]]).all()
 
 
 @pytest.mark.parametrize("name", ["multi", "cayley", "deepsets_perturbed"])
