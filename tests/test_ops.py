@@ -585,6 +585,16 @@ def test_prepared_calls_replay_and_respect_config(data, monkeypatch):
     x_t = np.asfortranarray(x)  # another layout: the validated path, same answer
     assert_close(ps.tied_matmul(x_t, theta, pat, method="materialize"), ref.forward(x, theta, pat))
     assert built[-1] == "forward_runner"
+    # the key fixes type, shape and dtype, not layout: a read-only or Fortran array of a
+    # replayed signature is checked and copied, whichever argument it is
+    x_ro = x.copy()
+    x_ro.flags.writeable = False
+    del built[:]
+    assert_close(ps.tied_matmul(x_ro, theta, pat, method="materialize"), ref.forward(x, theta, pat))
+    for args in ((np.asfortranarray(dy), x, theta), (dy, x_ro, theta)):
+        for got, want in zip(ps.tied_matmul_grad(*args, pat, method="materialize"), (rdx, rdth)):
+            assert_close(got, want)
+    assert built == ["forward_runner", "grad_runner", "grad_runner"]
     with pytest.raises(ValueError, match="x must have shape"):
         ps.tied_matmul(x[..., :5].copy(), theta, pat)
     with config.override(max_bytes=8):
