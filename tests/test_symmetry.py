@@ -359,6 +359,42 @@ def test_merge_sort_kernel_is_a_stable_sort():
         assert np.array_equal(i2, expect) and np.array_equal(k2, keys[expect])
 
 
+
+@settings(max_examples=60, deadline=None)
+@given(nv=st.integers(1, 12), k=st.integers(0, 5), seed=st.integers(0, 2**32 - 1))
+def test_orbits_added_one_generator_at_a_time(nv, k, seed):
+    """The search's running orbits (``_add_generator``, one generator at a time) equal the
+    orbits of all the generators at once, and a plain breadth-first orbit count."""
+    from paramshare_nb._kernels.refine_cpu import _add_generator, _orbit_labels_fixing
+
+    rng = np.random.default_rng(seed)
+    gens = np.array([rng.permutation(nv) for _ in range(k)], dtype=np.int64).reshape(k, nv)
+    parent = np.arange(nv)
+    labels = parent.copy()
+    for g in gens:
+        labels = _add_generator(parent, g)
+    assert np.array_equal(labels, _orbit_labels_fixing(gens, np.zeros(0, np.int64), 0))
+    want = np.full(nv, -1)
+    for start in range(nv):  # breadth-first, labelled by the smallest point reached first
+        if want[start] < 0:
+            want[start], todo = start, [start]
+            while todo:
+                a = todo.pop()
+                for g in gens:
+                    if want[g[a]] < 0:
+                        want[g[a]] = start
+                        todo.append(int(g[a]))
+    assert np.array_equal(labels, want)
+
+
+def test_symmetric_groups_on_many_points():
+    """An invariant layer of C_300 and Deep Sets on 120 points: Aut is S_300 (x 1) and
+    S_120: the search keeps its orbits one generator at a time (it used to recompute them)."""
+    inv = ps.symmetry_group(ps.dense_pattern(ps.Action.invariant(ps.groups.cyclic(300))))
+    assert inv.order == math.factorial(300)
+    deep = ps.symmetry_group(ps.dense_pattern(ps.Action.same(ps.groups.symmetric(120))))
+    assert deep.order == math.factorial(120)
+
 # -- bad input and the budget ------------------------------------------------------------
 
 def test_bad_inputs():

@@ -357,33 +357,55 @@ def _orbit_labels_fixing(gens, fixed, nfixed):
 
     Returns labels in ``0..V-1`` numbered by smallest point (canonical).
     """
-    k = gens.shape[0]
-    nv = gens.shape[1]
-    parent = np.arange(nv)
-    for g in range(k):
+    parent = np.arange(gens.shape[1])
+    for g in range(gens.shape[0]):
         ok = True
         for j in range(nfixed):
             if gens[g, fixed[j]] != fixed[j]:
                 ok = False
                 break
-        if not ok:
-            continue
-        for i in range(nv):
-            a = i
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            b = gens[g, i]
-            while parent[b] != b:
-                parent[b] = parent[parent[b]]
-                b = parent[b]
-            if a != b:
-                if a < b:
-                    parent[b] = a
-                else:
-                    parent[a] = b
-    labels = np.empty(nv, dtype=np.int64)
-    for i in range(nv):
+        if ok:
+            _union_orbits(parent, gens[g])
+    return _orbit_labels(parent)
+
+
+@njit(cache=True, nogil=True)
+def _add_generator(parent, gen):
+    """Join the orbits of union-find ``parent`` by ``gen``'s; the labels of the result.
+
+    The search keeps the orbits of all its generators this way, one generator
+    at a time: recomputing them from every generator at each one made it
+    quadratic (``explain`` on the invariant layer of C_800: 1,600 generators over its two
+    designs' searches, 3.2 s of its 8).
+    """
+    _union_orbits(parent, gen)
+    return _orbit_labels(parent)
+
+
+@njit(cache=True, nogil=True)
+def _union_orbits(parent, gen):
+    """Union-find ``parent``: join each point's set with its image's; roots are smallest."""
+    for i in range(parent.size):
+        a = i
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        b = gen[i]
+        while parent[b] != b:
+            parent[b] = parent[parent[b]]
+            b = parent[b]
+        if a != b:
+            if a < b:
+                parent[b] = a
+            else:
+                parent[a] = b
+
+
+@njit(cache=True, nogil=True)
+def _orbit_labels(parent):
+    """Each point's root in union-find ``parent`` (its smallest point)."""
+    labels = np.empty(parent.size, dtype=np.int64)
+    for i in range(parent.size):
         a = i
         while parent[a] != a:
             a = parent[a]
