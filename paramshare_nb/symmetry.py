@@ -61,8 +61,10 @@ from ._kernels.groups_cpu import _orbits
 from ._kernels.refine_cpu import (
     _add_generator,
     _child,
+    _edges_land_on_their_own,
     _initial,
     _is_automorphism,
+    _is_automorphism_simple,
     _orbit_labels_fixing,
 )
 from ._schreier import StabChain
@@ -142,7 +144,23 @@ class _Graph:
     def csr(self):
         return self.optr, self.oadj, self.ow, self.iptr, self.iadj, self.iw
 
+    @cached_property
+    def simple(self) -> bool:
+        """No two edges from one vertex to another (``oadj`` is sorted within each row)."""
+        same = self.oadj[1:] == self.oadj[:-1]
+        starts = self.optr[1:-1]
+        same[starts[(starts > 0) & (starts < self.oadj.size)] - 1] = False  # across two rows
+        return not bool(same.any())
+
+    @cached_property
+    def ocol(self):
+        """Each out-edge's colour (``okey % ncol``, divided once, not at every check)."""
+        return self.okey % self.ncol
+
     def is_automorphism(self, gamma: np.ndarray) -> bool:
+        if self.simple:
+            return bool(_is_automorphism_simple(gamma, self.colors, self.optr, self.oadj,
+                                                self.ocol))
         return bool(_is_automorphism(gamma, self.colors, self.optr, self.oadj, self.okey,
                                      self.ncol))
 
@@ -651,15 +669,28 @@ def _edge_keys(rows, cols, params, n, p):
     return (rows * n + cols) * p + params
 
 
-def _preserves(pat: Pattern, g_in: np.ndarray, g_out: np.ndarray) -> bool:
-    """The exact edge-multiset check of THEORY.md section 2 for one pair."""
+def _preserver(pat: Pattern):
+    """``check(g_in, g_out)``: the exact edge-multiset check of THEORY.md section 2, for
+    many pairs, what they share done once.
+
+    Without multi-edges, and with ``W``'s index table no larger than a few
+    times the edges, each edge's image is looked up in the table (exact:
+    the images are distinct, as many as the edges, and each must be an edge
+    with the same parameter); otherwise the sorted edge keys are compared
+    (the original's sorted once).
+    """
     m, n = pat.shape
+    rows, cols, params = pat.rows, pat.cols, pat.params
+    if not pat.has_multi_edges and m * n <= 4 * pat.nnz + 4096 and 8 * m * n <= config.max_bytes:
+        index = pat.index()
+        return lambda g_in, g_out: bool(_edges_land_on_their_own(index, rows, cols, params,
+                                                                 g_in, g_out))
     p = max(pat.n_params, 1)
-    if m * n * p >= 2**62:  # fall back to a per-row comparison that cannot overflow
-        return _preserves_rowwise(pat, g_in, g_out)
-    keys = np.sort(_edge_keys(pat.rows, pat.cols, pat.params, n, p))
-    moved = np.sort(_edge_keys(g_out[pat.rows], g_in[pat.cols], pat.params, n, p))
-    return bool(np.array_equal(keys, moved))
+    if m * n * p >= 2**62:  # a per-row comparison that cannot overflow
+        return lambda g_in, g_out: _preserves_rowwise(pat, g_in, g_out)
+    keys = np.sort(_edge_keys(rows, cols, params, n, p))
+    return lambda g_in, g_out: bool(np.array_equal(
+        keys, np.sort(_edge_keys(g_out[rows], g_in[cols], params, n, p))))
 
 
 def _preserves_rowwise(pat, g_in, g_out):
@@ -733,8 +764,9 @@ def symmetry_group(pattern, max_nodes: int | None = None) -> SymmetryGroup:
     graph, sizes = _layers_graph([pat])
     res = _search(graph, _budget(max_nodes))
     n = pat.shape[1]
+    preserves = _preserver(pat)
     for gamma in res.generators:  # belt and braces: the pattern-level check
-        if not _preserves(pat, gamma[:n], gamma[n:] - n):
+        if not preserves(gamma[:n], gamma[n:] - n):
             raise AssertionError("internal error: a found symmetry does not preserve the "
                                  "pattern; please report this")
     return SymmetryGroup(res.generators, _checked_order(res), sizes, res.base,
@@ -775,11 +807,12 @@ def symmetry_group_layers(patterns, max_nodes: int | None = None) -> SymmetryGro
     graph, sizes = _layers_graph(pats)
     res = _search(graph, _budget(max_nodes))
     offs = np.concatenate([[0], np.cumsum(sizes)])
+    checks = [_preserver(p) for p in pats]
     for gamma in res.generators:
-        for i, p in enumerate(pats):
+        for i, preserves in enumerate(checks):
             g_in = gamma[offs[i]:offs[i + 1]] - offs[i]
             g_out = gamma[offs[i + 1]:offs[i + 2]] - offs[i + 1]
-            if not _preserves(p, g_in, g_out):
+            if not preserves(g_in, g_out):
                 raise AssertionError("internal error: a found symmetry does not preserve "
                                      f"layer {i}; please report this")
     return SymmetryGroup(res.generators, _checked_order(res), sizes,
@@ -1212,8 +1245,9 @@ def _explain_text(pattern, action=None, max_nodes=None) -> str:
     say(f"  inputs : {_sizes_text(act.orbits_in())}")
     say(f"  outputs: {_sizes_text(act.orbits_out())}")
     if not res.equivariant:
+        preserves = _preserver(pat)
         bad = [k for k, (a, b) in enumerate(zip(act.gens_in, act.gens_out))
-               if not _preserves(pat, a, b)]
+               if not preserves(a, b)]
         say(f"Equivariant: NO -- generator pair(s) {bad[:8]} move the pattern")
         say("Suggestion: build the layer with ps.dense_pattern(action) (always equivariant) or "
             "ps.sparse_pattern(action) for a free action")

@@ -130,6 +130,41 @@ def test_hypothesis_against_brute_force(m, n, n_params, density, multi, seed):
     _check_against_oracle(pat)
 
 
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(1, 4), n=st.integers(1, 5), n_params=st.integers(1, 3),
+       density=st.floats(0.2, 1.0), multi=st.sampled_from([0.0, 0.4]),
+       seed=st.integers(0, 2**32 - 1))
+def test_pattern_and_graph_checks_against_entry_codes(m, n, n_params, density, multi, seed):
+    """The search's automorphism checks (sorting, and one pass for graphs without parallel
+    edges) and the pattern-level check (index table, or sorted keys; also under a tiny
+    memory bound) against the entries' parameter multisets, on symmetries (brute force)
+    and random pairs."""
+    from paramshare_nb._kernels.refine_cpu import _is_automorphism, _is_automorphism_simple
+    from paramshare_nb.symmetry import _layers_graph, _preserver
+
+    rng = np.random.default_rng(seed)
+    pat = random_pattern(rng, m, n, n_params, density, multi)
+    codes = _entry_codes(pat)
+    graph, _ = _layers_graph([pat])
+    assert graph.simple == (not pat.has_multi_edges)
+    _, symmetries = brute_force_aut(pat)
+    pairs = [symmetries[i] for i in rng.integers(len(symmetries), size=3)]
+    pairs += [(rng.permutation(n), rng.permutation(m)) for _ in range(5)]
+    checks = [_preserver(pat)]
+    with config.override(max_bytes=8):  # no room for the index table: the sorted keys
+        checks.append(_preserver(pat))
+    for s_in, s_out in pairs:
+        want = bool(np.array_equal(codes[np.ix_(s_out, s_in)], codes))
+        gamma = np.concatenate([s_in, np.asarray(s_out) + n]).astype(np.int64)
+        assert graph.is_automorphism(gamma) == want
+        assert bool(_is_automorphism(gamma, graph.colors, graph.optr, graph.oadj, graph.okey,
+                                     graph.ncol)) == want
+        if graph.simple:
+            assert bool(_is_automorphism_simple(gamma, graph.colors, graph.optr, graph.oadj,
+                                                graph.ocol)) == want
+        assert [check(s_in, s_out) for check in checks] == [want, want]
+
 # -- invariants -------------------------------------------------------------------------
 
 def _relabel(pat, pi_in, pi_out):

@@ -352,6 +352,46 @@ def _is_automorphism(gamma, colors, optr, oadj, okey, ncol):
 
 
 @njit(cache=True, nogil=True)
+def _is_automorphism_simple(gamma, colors, optr, oadj, ocol):
+    """:func:`_is_automorphism` for a graph without parallel edges (no two edges from one
+    vertex to another), in one pass over the edges and no sorting.
+
+    ``ocol[e]`` is edge ``e``'s colour.  Each vertex ``g = gamma[u]`` stamps
+    its out-neighbours with ``u`` and the edge's colour; ``u``'s out-edges,
+    mapped by ``gamma``, must land on exactly those stamps (as many, distinct
+    since ``gamma`` is a bijection).
+    Deep Sets on 512 points (262,144 edges): 1.3 against 6.1 ms a check (one run).
+    """
+    nv = gamma.shape[0]
+    stamp = np.full(nv, -1, dtype=np.int64)
+    mark = np.empty(nv, dtype=np.int64)
+    for u in range(nv):
+        g = gamma[u]
+        if colors[g] != colors[u] or optr[g + 1] - optr[g] != optr[u + 1] - optr[u]:
+            return False
+        for e in range(optr[g], optr[g + 1]):
+            stamp[oadj[e]] = u
+            mark[oadj[e]] = ocol[e]
+        for e in range(optr[u], optr[u + 1]):
+            v = gamma[oadj[e]]
+            if stamp[v] != u or mark[v] != ocol[e]:
+                return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _edges_land_on_their_own(index, rows, cols, params, g_in, g_out):
+    """Whether every edge ``(r, c, p)`` moved to ``(g_out[r], g_in[c])`` finds ``p`` there in
+    ``index`` (``W``'s parameter ids, ``-1`` for zeros): the pattern check of a pattern
+    without multi-edges, one pass: 0.8 ms for Deep Sets' 262,144 edges, against 2.6
+    for numpy's 2-D gather and 12.1 for sorting the edge keys (one run)."""
+    for e in range(rows.size):
+        if index[g_out[rows[e]], g_in[cols[e]]] != params[e]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
 def _orbit_labels_fixing(gens, fixed, nfixed):
     """Union-find orbits of the generators that fix ``fixed[:nfixed]`` pointwise.
 
