@@ -61,7 +61,6 @@ from ._kernels.groups_cpu import _orbits
 from ._kernels.refine_cpu import (
     _add_generator,
     _child,
-    _edges_land_on_their_own,
     _initial,
     _is_automorphism,
     _is_automorphism_simple,
@@ -70,7 +69,7 @@ from ._kernels.refine_cpu import (
 from ._schreier import StabChain
 from ._validate import INDEX, as_axis, as_int_array
 from .actions import Action, regular
-from .equivariance import is_equivariant
+from .equivariance import _preserver, is_equivariant
 from .patterns import Pattern, dense_pattern, sparse_pattern
 
 __all__ = [
@@ -663,41 +662,6 @@ def _as_action(action, name="action") -> Action:
         raise TypeError(f"{name} must be a paramshare_nb.Action, got {type(action).__name__}; "
                         f"wrap generators with Action.same(gens) or Action(gens_in, gens_out)")
     return action
-
-
-def _edge_keys(rows, cols, params, n, p):
-    return (rows * n + cols) * p + params
-
-
-def _preserver(pat: Pattern):
-    """``check(g_in, g_out)``: the exact edge-multiset check of THEORY.md section 2, for
-    many pairs, what they share done once.
-
-    Without multi-edges, and with ``W``'s index table no larger than a few
-    times the edges, each edge's image is looked up in the table (exact:
-    the images are distinct, as many as the edges, and each must be an edge
-    with the same parameter); otherwise the sorted edge keys are compared
-    (the original's sorted once).
-    """
-    m, n = pat.shape
-    rows, cols, params = pat.rows, pat.cols, pat.params
-    if not pat.has_multi_edges and m * n <= 4 * pat.nnz + 4096 and 8 * m * n <= config.max_bytes:
-        index = pat.index()
-        return lambda g_in, g_out: bool(_edges_land_on_their_own(index, rows, cols, params,
-                                                                 g_in, g_out))
-    p = max(pat.n_params, 1)
-    if m * n * p >= 2**62:  # a per-row comparison that cannot overflow
-        return lambda g_in, g_out: _preserves_rowwise(pat, g_in, g_out)
-    keys = np.sort(_edge_keys(rows, cols, params, n, p))
-    return lambda g_in, g_out: bool(np.array_equal(
-        keys, np.sort(_edge_keys(g_out[rows], g_in[cols], params, n, p))))
-
-
-def _preserves_rowwise(pat, g_in, g_out):
-    order = np.lexsort((pat.params, g_in[pat.cols], g_out[pat.rows]))
-    a = np.stack([pat.rows, pat.cols, pat.params])
-    b = np.stack([g_out[pat.rows], g_in[pat.cols], pat.params])[:, order]
-    return bool(np.array_equal(a, b))
 
 
 def _budget(max_nodes):

@@ -146,6 +146,39 @@ def test_pattern_is_equivariant_detects_breakage():
         ps.is_equivariant(pat, deep_sets(5))
 
 
+
+def test_is_equivariant_on_every_path_of_the_exact_check():
+    """The three ways of the exact check agree with the entries' parameter multisets: W's
+    index table (no multi-edges), sorted keys (multi-edges), and row-by-row sorting where
+    ``M * N * P`` passes int64 (it used to refuse those patterns)."""
+    rot = np.roll(np.arange(4), 1)
+    act = ps.Action([rot], [np.roll(np.arange(3), 1)])
+    big = 2**61
+    ring = [(m, n, (n - m) % 4) for m in range(3) for n in range(4)]  # not equivariant
+    broken = ps.dense_pattern(act).index()
+    broken[0, 1] = -1  # a structural zero in one orbit of entries
+    cases = {
+        "index": ps.dense_pattern(act),
+        "index-broken": ps.Pattern.from_index(broken),
+        "keys": ps.Pattern((3, 4), [0, 0, 1, 2], [0, 0, 1, 3], [1, 2, 3, 1]),
+        "rowwise": ps.Pattern((3, 4), [0, 0, 1, 2], [0, 0, 1, 3], [big, 5, 7, big - 3],
+                              n_params=big + 1),
+        "rowwise-ring": ps.Pattern((3, 4), *zip(*ring), n_params=big),
+    }
+    for name, pat in cases.items():
+        for a in (act, ps.Action([np.arange(4)], [np.arange(3)])):
+            cells = {}
+            for r, c, p in zip(pat.rows.tolist(), pat.cols.tolist(), pat.params.tolist()):
+                cells.setdefault((r, c), []).append(p)
+            want = all(sorted(cells.get((int(go[r]), int(gi[c])), [])) == sorted(v)
+                       for gi, go in zip(a.gens_in, a.gens_out) for (r, c), v in cells.items())
+            assert ps.is_equivariant(pat, a) == want, name
+    # each path gives both answers
+    assert ps.is_equivariant(cases["index"], act)
+    assert not ps.is_equivariant(cases["index-broken"], act)
+    assert not ps.is_equivariant(cases["keys"], act)
+    assert not ps.is_equivariant(cases["rowwise-ring"], act)
+
 def test_save_load_round_trip(tmp_path):
     pat = ps.sparse_pattern(ps.Action.same(groups.cyclic(5)))
     path = tmp_path / "p.npz"
