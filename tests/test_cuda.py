@@ -126,6 +126,23 @@ def test_cuda_matches_reference_and_cpu(name, method, dtype, scalar, batch):
     _close(dth, rdth, dtype)
 
 
+
+@pytest.mark.parametrize("c_out,c_in", [(3, 1), (1, 2)])
+def test_cuda_grad_with_one_channel_on_a_side(c_out, c_in):
+    """With one channel on a side, dx reads theta transposed as a reshape (no copy kernel):
+    csr, gather and complement against the reference."""
+    pat = PATTERNS["multi"]
+    m, n = pat.shape
+    rng = np.random.default_rng(8)
+    theta = rng.standard_normal((pat.n_params, c_out, c_in))
+    x, dy = rng.standard_normal((4, n, c_in)), rng.standard_normal((4, m, c_out))
+    rdx, rdth = ref.grad(dy, x, theta, pat)
+    for method in ("csr", "gather", "complement"):
+        y, dx, dth = _cuda_run(pat, method, theta, x, dy)
+        _close(y, ref.forward(x, theta, pat), np.float64)
+        _close(dx, rdx, np.float64)
+        _close(dth, rdth, np.float64)
+
 def test_cuda_complement_on_deep_sets_and_an_empty_residual():
     from paramshare_nb import _dispatch
     deep = PATTERNS["deepsets"]

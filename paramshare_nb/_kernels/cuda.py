@@ -1292,8 +1292,11 @@ def tied_matmul_grad(dy, x, theta, pattern, method="auto"):
     if how == "materialize":
         _mat_grad(pattern, dyc, xc, tc, dx3, dth3, ks)
         return _wrap_like(template, dx), _wrap_like(template, dth)
-    theta_t = cuda.device_array((pattern.n_params, c_in, c_out), dtype=dtype)
-    _launch1(ks, "transpose_theta", theta_t.size, tc, theta_t)
+    if c_in == 1 or c_out == 1:  # (P, a, 1) and (P, 1, a) lie alike in memory
+        theta_t = tc.reshape(pattern.n_params, c_in, c_out)
+    else:  # an allocation and a launch: about 70 us on an H200's host (run 6)
+        theta_t = cuda.device_array((pattern.n_params, c_in, c_out), dtype=dtype)
+        _launch1(ks, "transpose_theta", theta_t.size, tc, theta_t)
     dy_tot = _forward(dyc, theta_t, pattern, dx3, how, True, ks)
     if how == "complement":
         _complement_dtheta(pattern, dyc, xc, dth3, ks, dy_tot)
