@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .groups_cpu import _find, _link
+
 _MULT = 1099511628211  # FNV prime: trace mixing (int64 arithmetic wraps)
 
 
@@ -426,19 +428,7 @@ def _add_generator(parent, gen):
 def _union_orbits(parent, gen):
     """Union-find ``parent``: join each point's set with its image's; roots are smallest."""
     for i in range(parent.size):
-        a = i
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        b = gen[i]
-        while parent[b] != b:
-            parent[b] = parent[parent[b]]
-            b = parent[b]
-        if a != b:
-            if a < b:
-                parent[b] = a
-            else:
-                parent[a] = b
+        _link(parent, i, gen[i])
 
 
 @njit(cache=True, nogil=True)
@@ -446,8 +436,5 @@ def _orbit_labels(parent):
     """Each point's root in union-find ``parent`` (its smallest point)."""
     labels = np.empty(parent.size, dtype=np.int64)
     for i in range(parent.size):
-        a = i
-        while parent[a] != a:
-            a = parent[a]
-        labels[i] = a
+        labels[i] = _find(parent, i)
     return labels
