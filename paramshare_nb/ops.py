@@ -364,7 +364,9 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     elif y.size:
         xc = _canonical(x, dtype, (b, n, c_in))
         tc = _canonical(theta, dtype, (pattern.n_params, c_out, c_in))
-        direct = out is None or (out.flags.c_contiguous
+        # a subclass (np.matrix, a masked array) goes through a temporary: the kernels take
+        # plain arrays, and np.matrix's reshape stays 2-D
+        direct = out is None or (type(out) is np.ndarray and out.flags.c_contiguous
                                  and not np.may_share_memory(out, x)
                                  and not np.may_share_memory(out, theta))
         target = y if direct else np.empty(shape, dtype)
