@@ -195,10 +195,12 @@ def _check_backend(backend, *objs) -> str:
 # Validation, layouts and the strategy depend only on the shapes, dtypes and
 # method of a call (and on SERIAL_WORK, config.max_bytes and, for work split over
 # threads, numba's thread count): a call with plain numpy arrays that need no copy
-# is prepared once per such signature and replayed, which takes the per-call
-# overhead of a small multiply from about 10 us to about 2 (Figure 1's forward).
+# (backend None or "cpu", as autograd's TiedMatmul passes) is prepared once per such
+# signature and replayed, which takes the per-call overhead of a small multiply from
+# about 10 us to about 2 (Figure 1's forward).
 
-#: Prepared calls kept per pattern (the memo is cleared when it grows past this).
+#: Prepared calls kept per pattern and kind, forward or gradient (each memo is cleared when
+#: it grows past this).
 _MAX_CALLS = 64
 
 
@@ -343,7 +345,8 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     pattern = _check_pattern(pattern)
     method = _check_method(method)
     key = None
-    if out is None and backend is None and type(x) is np.ndarray and type(theta) is np.ndarray:
+    if (out is None and (backend is None or type(backend) is str and backend == "cpu")
+            and type(x) is np.ndarray and type(theta) is np.ndarray):
         key = (method, x.shape, x.dtype, theta.shape, theta.dtype, _dispatch.SERIAL_WORK,
                config.max_bytes)
         call = _replay(pattern, _FORWARD_CALLS, key, x, theta)
@@ -456,8 +459,8 @@ def tied_matmul_grad(dy, x, theta, pattern, *, method="auto", backend=None):
     pattern = _check_pattern(pattern)
     method = _check_method(method)
     key = None
-    if (backend is None and type(dy) is np.ndarray and type(x) is np.ndarray
-            and type(theta) is np.ndarray):
+    if ((backend is None or type(backend) is str and backend == "cpu")
+            and type(dy) is np.ndarray and type(x) is np.ndarray and type(theta) is np.ndarray):
         key = (method, dy.shape, dy.dtype, x.shape, x.dtype, theta.shape, theta.dtype,
                _dispatch.SERIAL_WORK, config.max_bytes)
         call = _replay(pattern, _GRAD_CALLS, key, dy, x, theta)

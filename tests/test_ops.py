@@ -582,19 +582,29 @@ def test_prepared_calls_replay_and_respect_config(data, monkeypatch):
         assert_close(dx, rdx)
         assert_close(dth, rdth)
     assert built == ["forward_runner", "grad_runner"]
+    # backend="cpu" (autograd's TiedMatmul passes it) replays the same calls
+    assert_close(ps.tied_matmul(x, theta, pat, method="materialize", backend="cpu"),
+                 ref.forward(x, theta, pat))
+    assert_close(ps.tied_matmul_grad(dy, x, theta, pat, method="materialize", backend="cpu")[1],
+                 rdth)
+    assert built == ["forward_runner", "grad_runner"]
     x_t = np.asfortranarray(x)  # another layout: the validated path, same answer
     assert_close(ps.tied_matmul(x_t, theta, pat, method="materialize"), ref.forward(x, theta, pat))
     assert built[-1] == "forward_runner"
     # the key fixes type, shape and dtype, not layout: a read-only or Fortran array of a
     # replayed signature is checked and copied, whichever argument it is
-    x_ro = x.copy()
-    x_ro.flags.writeable = False
+    x_ro, theta_ro = x.copy(), theta.copy()
+    x_ro.flags.writeable = theta_ro.flags.writeable = False
+    theta_f = np.repeat(theta, 2)[::2]  # strided (theta is 1-D here)
     del built[:]
-    assert_close(ps.tied_matmul(x_ro, theta, pat, method="materialize"), ref.forward(x, theta, pat))
-    for args in ((np.asfortranarray(dy), x, theta), (dy, x_ro, theta)):
+    for args in ((x_ro, theta), (x, theta_ro), (x, theta_f)):
+        assert_close(ps.tied_matmul(*args, pat, method="materialize"), ref.forward(x, theta, pat))
+    grad_args = ((np.asfortranarray(dy), x, theta), (dy, x_ro, theta), (dy, x, theta_ro),
+                 (dy, x, theta_f))
+    for args in grad_args:
         for got, want in zip(ps.tied_matmul_grad(*args, pat, method="materialize"), (rdx, rdth)):
             assert_close(got, want)
-    assert built == ["forward_runner", "grad_runner", "grad_runner"]
+    assert built == ["forward_runner"] * 3 + ["grad_runner"] * 4
     with pytest.raises(ValueError, match="x must have shape"):
         ps.tied_matmul(x[..., :5].copy(), theta, pat)
     with config.override(max_bytes=8):

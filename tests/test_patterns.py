@@ -147,37 +147,64 @@ def test_pattern_is_equivariant_detects_breakage():
 
 
 
-def test_is_equivariant_on_every_path_of_the_exact_check():
-    """The three ways of the exact check agree with the entries' parameter multisets: W's
-    index table (no multi-edges), sorted keys (multi-edges), and row-by-row sorting where
-    ``M * N * P`` passes int64 (it used to refuse those patterns)."""
-    rot = np.roll(np.arange(4), 1)
-    act = ps.Action([rot], [np.roll(np.arange(3), 1)])
+def test_is_equivariant_on_every_path_of_the_exact_check(monkeypatch):
+    """Each way of the exact check (spied) gives both answers, as the entries' parameter
+    multisets do: W's index table (no multi-edges), sorted keys (multi-edges), and
+    row-by-row sorting where ``M * N * P`` passes int64 (those patterns used to be
+    refused), with and without multi-edges."""
+    from paramshare_nb import equivariance
+    used = []
+    for name in ("_edges_land_on_their_own", "_edge_keys", "_preserves_rowwise"):
+        real = getattr(equivariance, name)
+        monkeypatch.setattr(equivariance, name,
+                            lambda *a, r=real, n=name: used.append(n) or r(*a))
     big = 2**61
-    ring = [(m, n, (n - m) % 4) for m in range(3) for n in range(4)]  # not equivariant
-    broken = ps.dense_pattern(act).index()
+    rot = ps.Action([np.roll(np.arange(4), 1)], [np.roll(np.arange(3), 1)])
+    broken = ps.dense_pattern(rot).index()
     broken[0, 1] = -1  # a structural zero in one orbit of entries
-    cases = {
-        "index": ps.dense_pattern(act),
-        "index-broken": ps.Pattern.from_index(broken),
-        "keys": ps.Pattern((3, 4), [0, 0, 1, 2], [0, 0, 1, 3], [1, 2, 3, 1]),
-        "rowwise": ps.Pattern((3, 4), [0, 0, 1, 2], [0, 0, 1, 3], [big, 5, 7, big - 3],
-                              n_params=big + 1),
-        "rowwise-ring": ps.Pattern((3, 4), *zip(*ring), n_params=big),
-    }
-    for name, pat in cases.items():
-        for a in (act, ps.Action([np.arange(4)], [np.arange(3)])):
-            cells = {}
-            for r, c, p in zip(pat.rows.tolist(), pat.cols.tolist(), pat.params.tolist()):
-                cells.setdefault((r, c), []).append(p)
-            want = all(sorted(cells.get((int(go[r]), int(gi[c])), [])) == sorted(v)
-                       for gi, go in zip(a.gens_in, a.gens_out) for (r, c), v in cells.items())
-            assert ps.is_equivariant(pat, a) == want, name
-    # each path gives both answers
-    assert ps.is_equivariant(cases["index"], act)
-    assert not ps.is_equivariant(cases["index-broken"], act)
-    assert not ps.is_equivariant(cases["keys"], act)
-    assert not ps.is_equivariant(cases["rowwise-ring"], act)
+    swap2 = ps.Action([np.array([1, 0])], [np.array([0])])
+    def pair(a, b, n_params=None):  # two inputs, one output, two parameters on each entry
+        return ps.Pattern((1, 2), [0, 0, 0, 0], [0, 0, 1, 1], a + b, n_params=n_params)
+
+    def moves(g):  # g on 5000 inputs, the 3 outputs fixed
+        return ps.Action([g], [np.arange(3)])
+
+    sparse = ps.Pattern((3, 5000), [0, 1, 2], [0, 1, 2], [big - 1] * 3, n_params=big)
+    keep, spoil = np.arange(5000), np.arange(5000)
+    keep[[3, 4]], spoil[[0, 3]] = [4, 3], [3, 0]
+    cases = [  # (pattern, action, the path it takes, answer)
+        (ps.dense_pattern(rot), rot, "_edges_land_on_their_own", True),
+        (ps.Pattern.from_index(broken), rot, "_edges_land_on_their_own", False),
+        (pair([0, 1], [0, 1]), swap2, "_edge_keys", True),
+        (pair([0, 1], [0, 0]), swap2, "_edge_keys", False),
+        (pair([big, 5], [big, 5], big + 1), swap2, "_preserves_rowwise", True),
+        (pair([big, 5], [big, 6], big + 1), swap2, "_preserves_rowwise", False),
+        (sparse, moves(keep), "_preserves_rowwise", True),
+        (sparse, moves(spoil), "_preserves_rowwise", False),
+    ]
+    for pat, act, path, answer in cases:
+        cells = {}
+        for r, c, p in zip(pat.rows.tolist(), pat.cols.tolist(), pat.params.tolist()):
+            cells.setdefault((r, c), []).append(p)
+        want = all(sorted(cells.get((int(go[r]), int(gi[c])), [])) == sorted(v)
+                   for gi, go in zip(act.gens_in, act.gens_out) for (r, c), v in cells.items())
+        assert want == answer
+        used.clear()
+        assert ps.is_equivariant(pat, act) == answer
+        assert path in used and len(set(used)) == 1, (path, used)
+
+
+def test_pattern_check_refuses_maps_that_are_not_permutations():
+    """symmetry_group's last check of each symmetry found is exact for any map: one that
+    is not a bijection is refused before the index table is read (it passed there)."""
+    from paramshare_nb.equivariance import _preserver
+    pat = ps.Pattern((2, 3), [0, 0, 0, 1, 1, 1], [0, 1, 2, 0, 1, 2], [0, 0, 0, 1, 1, 1])
+    check = _preserver(pat)
+    assert check(np.array([1, 2, 0]), np.array([0, 1]))
+    assert not check(np.array([0, 0, 0]), np.array([0, 1]))
+    assert not check(np.array([0, 1, 3]), np.array([0, 1]))
+    assert not check(np.array([0, 1, 2]), np.array([1, 1]))
+
 
 def test_save_load_round_trip(tmp_path):
     pat = ps.sparse_pattern(ps.Action.same(groups.cyclic(5)))

@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+# numba's on-disk cache keys a kernel on its own file: after editing _find or _link,
+# clear this module's __pycache__ too, or the orbit kernels keep the old ones
 from .groups_cpu import _find, _link
 
 _MULT = 1099511628211  # FNV prime: trace mixing (int64 arithmetic wraps)
@@ -382,11 +384,32 @@ def _is_automorphism_simple(gamma, colors, optr, oadj, ocol):
 
 
 @njit(cache=True, nogil=True)
+def _is_permutation(g, n):
+    """Whether ``g`` holds each of ``0 .. n - 1`` exactly once."""
+    if g.size != n:
+        return False
+    seen = np.zeros(n, dtype=np.bool_)
+    for i in range(n):
+        v = g[i]
+        if v < 0 or v >= n or seen[v]:
+            return False
+        seen[v] = True
+    return True
+
+
+@njit(cache=True, nogil=True)
 def _edges_land_on_their_own(index, rows, cols, params, g_in, g_out):
     """Whether every edge ``(r, c, p)`` moved to ``(g_out[r], g_in[c])`` finds ``p`` there in
     ``index`` (``W``'s parameter ids, ``-1`` for zeros): the pattern check of a pattern
     without multi-edges, one pass: 0.8 ms for Deep Sets' 262,144 edges, against 2.6
-    for numpy's 2-D gather and 12.1 for sorting the edge keys (one run)."""
+    for numpy's 2-D gather and 12.1 for sorting the edge keys (one run).
+
+    Exact only for bijections (the moved edges are then distinct, as many as the
+    edges): ``g_in`` and ``g_out`` are checked to be permutations of ``index``'s
+    columns and rows first, so that this check also catches a search that went wrong.
+    """
+    if not (_is_permutation(g_in, index.shape[1]) and _is_permutation(g_out, index.shape[0])):
+        return False
     for e in range(rows.size):
         if index[g_out[rows[e]], g_in[cols[e]]] != params[e]:
             return False

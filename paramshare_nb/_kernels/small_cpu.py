@@ -435,18 +435,19 @@ def small_backward(dy, x, theta, indptr, cols, params, complete, w, part, dx, dt
 def _dtheta_of_parts(part, indptr, cols, params, by_cols, complete, dtheta):
     """``dtheta[p] = sum`` over ``p``'s entries of the chunks' ``dW`` (or ``dW.T``), added
     chunk by chunk in a fixed order.  Scalar patterns take loops of their own (as in
-    :func:`_fill_w`: with the channel loops, C_64 took 21 against 3.9 us); a ``complete``
-    pattern (:func:`_fill_w`) reads its entries in ``W``'s order, without ``indptr``
-    and ``cols`` (3.9 against 7.2 us)."""
+    :func:`_fill_w`: with the channel loops, C_64 took 21 against 3.9 us); a scalar
+    ``complete`` pattern (:func:`_fill_w`) reads its entries in ``W``'s order, without
+    ``indptr`` and ``cols`` (3.9 against 7.2 us).  With channels the entries go through
+    ``indptr`` and ``cols`` either way."""
     nco, nci = dtheta.shape[1], dtheta.shape[2]
     for i in range(dtheta.shape[0]):
         for co in range(nco):
             for ci in range(nci):
                 dtheta[i, co, ci] = 0
     m = indptr.size - 1
-    n = params.size // m if complete and m > 0 else 0
     if nco == 1 and nci == 1:
-        if n:
+        if complete and m > 0:
+            n = params.size // m
             for i in range(m):
                 for j in range(n):
                     a, b = (j, i) if by_cols else (i, j)
