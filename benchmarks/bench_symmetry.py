@@ -6,9 +6,9 @@ Targets (THEORY/issue 4, on the development machine): dense patterns of
 under 1 s.  Large symmetric groups (Deep Sets on 512 points, the invariant
 layer of ``C_1700``: one generator per level) and ``D_4`` on 32 x 32 track
 the incremental orbits and one-pass checks (1.1, 0.64 and 0.21 s in one run;
-9.1, 23.2 and 0.41 s before).  Kernels compile in ``setup`` (one small search), so timings
-exclude JIT time; :class:`Compile` tracks compile time separately in a fresh
-process with an empty numba cache.
+9.1, 23.2 and 0.41 s before).  Kernels compile in ``setup`` (one small
+search), so timings exclude JIT time; :class:`Compile` tracks compile time
+separately in a fresh process with an empty numba cache.
 
 The peer is nauty through pynauty (optional: ``pip install pynauty``), in
 the same class so a ratio comes from one run.  nauty colours vertices, not
