@@ -30,7 +30,7 @@ def _check_dtype(x: Tensor, layer: Module, name: str) -> None:
         raise RuntimeError(f"{name}: input is on {x.device}, the layer's parameters on "
                            f"{params[0].device}; use Tensor(x).to('{params[0].device}') or "
                            f"model.to('{x.device}')")
-    want = layer.dtype
+    want = params[0].dtype if params else None  # layer.dtype, without a second traversal
     if want is not None and x.dtype != want:
         fix = f"x.astype(np.{want})"
         if x.dtype in (np.float32, np.float64):  # a model holds float32 or float64 only
