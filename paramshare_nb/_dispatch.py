@@ -1208,7 +1208,7 @@ def materialize(theta, pattern):
     w = np.empty((m, c_out, n, c_in), dtype=theta.dtype)
     if w.size:
         indptr, cols, params = csr_of(pattern)
-        _run(cpu.gather_w, theta, indptr, cols, params, w)
+        _run(cpu.gather_w, theta, indptr, cols, params, _complete(pattern), w)
     return w
 
 

@@ -470,22 +470,26 @@ def test_small_w_kernels_with_more_chunks_than_rows():
         assert np.isnan(np.r_[dx_big[:2], dx_big[7:]]).all()
 
 
-@pytest.mark.parametrize("name", ["multi", "cayley", "deepsets_perturbed"])
+@pytest.mark.parametrize("name", ["multi", "cayley", "deepsets_perturbed", "d4", "deepsets"])
 def test_gather_w_writes_every_value(name):
     """``cpu.gather_w`` (serial and parallel) into a NaN-filled ``W``: structural zeros,
-    multi-edges summed, every value written, against ``np.add.at``."""
+    multi-edges summed, complete patterns (plain stores; one input channel in a loop of
+    its own), every value written, against ``np.add.at``."""
     from paramshare_nb import _dispatch
     from paramshare_nb._kernels import cpu
     pat = PATTERNS[name]
     m, n = pat.shape
-    theta = np.random.default_rng(47).standard_normal((pat.n_params, 2, 3))
-    want = np.zeros((m, n, 2, 3))
-    np.add.at(want, (pat.rows, pat.cols), theta[pat.params])
+    complete = _dispatch._complete(pat)
+    assert complete == (name in ("d4", "deepsets"))
     indptr, cols, params = _dispatch.csr_of(pat)
-    for kernel in (cpu.gather_w, cpu.gather_w.serial):
-        w = np.full((m, 2, n, 3), np.nan)
-        kernel(theta, indptr, cols, params, w)
-        np.testing.assert_allclose(w, want.transpose(0, 2, 1, 3), atol=1e-12)
+    for c_out, c_in in ((2, 3), (3, 1)):
+        theta = np.random.default_rng(47).standard_normal((pat.n_params, c_out, c_in))
+        want = np.zeros((m, n, c_out, c_in))
+        np.add.at(want, (pat.rows, pat.cols), theta[pat.params])
+        for kernel in (cpu.gather_w, cpu.gather_w.serial):
+            w = np.full((m, c_out, n, c_in), np.nan)
+            kernel(theta, indptr, cols, params, complete, w)
+            np.testing.assert_allclose(w, want.transpose(0, 2, 1, 3), atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

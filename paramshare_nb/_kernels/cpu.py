@@ -68,18 +68,43 @@ def kernel(fastmath=False, nrt=True):
 # ---------------------------------------------------------------------------
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _gather_row_complete(theta, params, m, w):
+    """Row ``m`` of :func:`gather_w` for a complete pattern (every entry one edge, the
+    edges in row-major order): plain stores, no walk through ``cols``.  One input
+    channel, a network's first layer, takes a loop of its own.  Against the walk, one
+    thread, paired: D4 on 8 x 8 pixels with 16 x 1 channels 7.4x (35 against 306 us),
+    8 x 8 1.5x, 16 x 16 1.2x; C_64 with 16 x 1 channels 9.1x."""
+    nco, nn, nci = w.shape[1], w.shape[2], w.shape[3]
+    base = m * nn
+    if nci == 1:
+        for co in range(nco):
+            for n in range(nn):
+                w[m, co, n, 0] = theta[params[base + n], co, 0]
+    else:
+        for co in range(nco):
+            for n in range(nn):
+                p = params[base + n]
+                for ci in range(nci):
+                    w[m, co, n, ci] = theta[p, co, ci]
+
+
 @kernel()
-def gather_w(theta, indptr, cols, params, w):
+def gather_w(theta, indptr, cols, params, complete, w):
     """``w[m, :, n, :] = sum_{edges (m, n, p)} theta[p]``; ``w`` is ``(M, Co, N, Ci)``.
 
     Each row's edges must be sorted by column (a :class:`Pattern`'s are), so
     that every value of ``w`` is written once, in memory order: the first edge
     of a cell assigns, its multi-edges add, a cell without edges gets zero.
     Zeroing ``w`` first and adding every edge wrote it twice: one thread,
-    C_64 regular with 16 x 16 channels, 0.49 -> 0.37 ms (minima).
+    C_64 regular with 16 x 16 channels, 0.49 -> 0.37 ms (minima).  ``complete``
+    patterns take :func:`_gather_row_complete`.
     """
     nm, nco, nn, nci = w.shape
     for m in prange(nm):
+        if complete:
+            _gather_row_complete(theta, params, m, w)
+            continue
         lo, hi = indptr[m], indptr[m + 1]
         for co in range(nco):
             e = lo
