@@ -473,8 +473,9 @@ def test_small_w_kernels_with_more_chunks_than_rows():
 @pytest.mark.parametrize("name", ["multi", "cayley", "deepsets_perturbed", "d4", "deepsets"])
 def test_gather_w_writes_every_value(name):
     """``cpu.gather_w`` (serial and parallel) into a NaN-filled ``W``: structural zeros,
-    multi-edges summed, complete patterns (plain stores; one input channel in a loop of
-    its own), every value written, against ``np.add.at``."""
+    multi-edges summed, complete patterns (plain stores; one input channel, and input
+    channels in whole SIMD vectors, in loops of their own), every value written, against
+    ``np.add.at``."""
     from paramshare_nb import _dispatch
     from paramshare_nb._kernels import cpu
     pat = PATTERNS[name]
@@ -482,14 +483,17 @@ def test_gather_w_writes_every_value(name):
     complete = _dispatch._complete(pat)
     assert complete == (name in ("d4", "deepsets"))
     indptr, cols, params = _dispatch.csr_of(pat)
-    for c_out, c_in in ((2, 3), (3, 1)):
+    # 8 input channels: whole SIMD vectors (two of float64, one of float32)
+    for c_out, c_in, dtype in ((2, 3, np.float64), (3, 1, np.float64), (2, 8, np.float64),
+                               (2, 8, np.float32)):
         theta = np.random.default_rng(47).standard_normal((pat.n_params, c_out, c_in))
-        want = np.zeros((m, n, c_out, c_in))
+        theta = theta.astype(dtype)
+        want = np.zeros((m, n, c_out, c_in), dtype)
         np.add.at(want, (pat.rows, pat.cols), theta[pat.params])
         for kernel in (cpu.gather_w, cpu.gather_w.serial):
-            w = np.full((m, c_out, n, c_in), np.nan)
+            w = np.full((m, c_out, n, c_in), np.nan, dtype)
             kernel(theta, indptr, cols, params, complete, w)
-            np.testing.assert_allclose(w, want.transpose(0, 2, 1, 3), atol=1e-12)
+            np.testing.assert_allclose(w, want.transpose(0, 2, 1, 3), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
