@@ -5,6 +5,7 @@ Run on a machine with an NVIDIA GPU (about 2 minutes on an H200 machine with
 
     python benchmarks/gpu_check.py            # tests + timings, w1-w4
     python benchmarks/gpu_check.py --no-tests --only w1,w4
+    python benchmarks/gpu_check.py --no-tests --kernels auto,csr --only w2,w4
 
 1. ``NUMBA_ENABLE_CUDASIM=0 python -m pytest tests/test_cuda.py
    tests/test_gpu_check.py`` in a subprocess (the real device, not the
@@ -260,7 +261,27 @@ def primitives() -> dict:
         "copy_to_host(1 int), a sync": lambda: dev_one.copy_to_host(),
         "reshape(32, 32)": lambda: a.reshape(32, 32),
         "current_context()": cuda.current_context,
+        "get_current_device() + 2 attributes": lambda: (
+            cuda.get_current_device().MULTIPROCESSOR_COUNT,
+            cuda.get_current_device().MAX_THREADS_PER_MULTIPROCESSOR),
     }
+    try:  # the layers under a launch: typing skipped, then argument packing skipped too
+        from cuda.core import LaunchConfig, launch
+        from numba.cuda.cudadrv import driver
+        touch[4, 256](a, a, a, a)
+        kernel = next(iter(touch.overloads.values()))
+        stream = driver._to_core_stream(0)
+        cases["launch, overload.launch (no typing)"] = lambda: kernel.launch(
+            (a, a, a, a), (4, 1, 1), (256, 1, 1), stream, 0)
+        packed = []
+        for t, v in zip(kernel.argument_types, (a, a, a, a)):
+            kernel._prepare_args(t, v, stream, [], packed)
+        config = LaunchConfig(grid=(4, 1, 1), block=(256, 1, 1), shmem_size=0)
+        cufunc = kernel._codelibrary.get_cufunc().kernel
+        cases["launch, cuda.core with packed args"] = lambda: launch(stream, config, cufunc,
+                                                                     *packed)
+    except Exception as exc:  # internals differ between numba-cuda versions
+        print("    (launch layers not timed:", repr(exc)[:120], ")")
     got = {}
     for name, fn in cases.items():
         fn()
@@ -319,6 +340,95 @@ def profile_calls(only, methods, calls=100) -> str:
     return text.getvalue()
 
 
+class _TimedKernels(dict):
+    """A kernel set whose launches record CUDA events around themselves: ``log`` gets
+    ``(name, grid, block, start, end)`` per launch (device time, no host overhead)."""
+
+    def __init__(self, ks, log, cuda):
+        super().__init__(ks)
+        self._log, self._cuda = log, cuda
+
+    def __getitem__(self, name):
+        kernel, log, cuda = super().__getitem__(name), self._log, self._cuda
+
+        class Configured:
+            def __getitem__(self, cfg):
+                launch = kernel[cfg]
+
+                def run(*args):
+                    start, end = cuda.event(), cuda.event()
+                    start.record()
+                    launch(*args)
+                    end.record()
+                    log.append((name, cfg, start, end))
+                return run
+        return Configured()
+
+
+def _timed_set(plain, log, cuda, dtype, tile):
+    return _TimedKernels(plain(dtype, tile), log, cuda)
+
+
+def _counted(alloc, allocs, *args, **kwargs):
+    allocs.append(1)
+    return alloc(*args, **kwargs)
+
+
+def kernel_times(only, methods, calls=20) -> dict:
+    """Per workload and method: wall ms per forward + backward, and each kernel's launches
+    and device ms (CUDA events), and the device allocations per call."""
+    import numpy as np
+    from numba import cuda
+
+    sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from compare import workloads
+
+    import paramshare_nb as ps
+    from paramshare_nb._kernels import cuda as cu
+    plain_kernels, plain_alloc = cu.kernels, cuda.device_array
+    got = {}
+    for key, (_, make, nb, ci, co, _) in workloads().items():
+        if key not in only:
+            continue
+        pat = make()
+        m, n = pat.shape
+        shapes = (((pat.n_params,), (nb, n), (nb, m)) if ci is None else
+                  ((pat.n_params, co, ci), (nb, n, ci), (nb, m, co)))
+        rng = np.random.default_rng(0)
+        dev = [cuda.to_device(rng.standard_normal(s).astype(np.float32))
+               for s in (shapes[1], shapes[0], shapes[2])]
+        for method in methods:
+            run = functools.partial(_ours, ps, pat, dev, method)
+            wall = _median(run, cuda.synchronize, repeat=calls, budget=5.0)
+            log, allocs = [], []
+            cu.kernels = functools.partial(_timed_set, plain_kernels, log, cuda)
+            cuda.device_array = functools.partial(_counted, plain_alloc, allocs)
+            try:
+                for _ in range(calls):
+                    run()
+                cuda.synchronize()
+            finally:
+                cu.kernels, cuda.device_array = plain_kernels, plain_alloc
+            per = {}
+            for name, cfg, start, end in log:
+                row = per.setdefault(name, {"launches": 0, "device_ms": 0.0, "config": str(cfg)})
+                row["launches"] += 1
+                row["device_ms"] += start.elapsed_time(end)
+            for row in per.values():
+                row["launches"] /= calls
+                row["device_ms"] /= calls
+            device = sum(r["device_ms"] for r in per.values())
+            got[f"{key} {method}"] = {"wall_ms": wall * 1e3, "device_ms": device,
+                                      "allocs": len(allocs) / calls, "kernels": per}
+            print(f"    {key} {method}: wall {wall * 1e3:.3f} ms, kernels {device:.3f} ms on the "
+                  f"device, {len(allocs) / calls:g} allocations")
+            for name, r in sorted(per.items(), key=lambda kv: -kv[1]["device_ms"]):
+                print(f"        {name:22s} x{r['launches']:<4g} {r['device_ms']:8.4f} ms  "
+                      f"{r['config']}")
+    return got
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="w1,w2,w3,w4")
@@ -327,6 +437,9 @@ def main(argv=None):
     ap.add_argument("--profile", metavar="METHODS",
                     help="instead of timing: cProfile these methods (comma-separated) on the "
                          "--only workloads, and time numba's primitives; $OUT/profile.txt")
+    ap.add_argument("--kernels", metavar="METHODS",
+                    help="instead of timing: each kernel's device time (CUDA events) for these "
+                         "methods on the --only workloads; $OUT/kernels.json")
     args = ap.parse_args(argv)
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
     # the device's copy of the tree may have no .git: the caller can name the commit
@@ -343,6 +456,11 @@ def main(argv=None):
     report["device"] = name.decode() if isinstance(name, bytes) else str(name)
     print("device:", report["device"])
     _save("gpu_check.json", json.dumps(report, indent=1, default=str))
+    if args.kernels:
+        report["primitives_us"] = primitives()
+        report["kernels"] = kernel_times(args.only.split(","), args.kernels.split(","))
+        _save("kernels.json", json.dumps(report, indent=1, default=str))
+        return 0
     if args.profile:
         report["primitives_us"] = primitives()
         _save("profile.txt", profile_calls(args.only.split(","), args.profile.split(",")))

@@ -5,6 +5,7 @@ the CPU, and is timed (timing itself is stubbed: the simulator's times mean
 nothing).
 """
 
+import functools
 import os
 import sys
 
@@ -76,3 +77,18 @@ def test_gpu_check_gemms_alone_are_the_dense_products(scalar):
     np.testing.assert_allclose(y.reshape(dy.shape), ref.forward(x, theta, pat), atol=1e-12)
     np.testing.assert_allclose(dx.reshape(x.shape), ref.grad(dy, x, theta, pat)[0], atol=1e-12)
     np.testing.assert_allclose(dw, dy.reshape(3, -1).T @ x.reshape(3, -1), atol=1e-12)
+
+
+def test_gpu_check_kernel_times_count_each_launch(monkeypatch):
+    tiny = {"w4": ("Figure-1 D5, scalar, batch 3", lambda: ps.dense_pattern(compare.figure1_d5()),
+                   3, None, None, 3.0)}
+    monkeypatch.setattr(compare, "workloads", lambda: tiny)
+    monkeypatch.setattr(gpu_check, "_median", lambda fn, sync, **kw: (fn(), sync(), 1e-3)[2])
+    with ps.config.override(cuda_threads=16, cuda_max_blocks=4):
+        got = gpu_check.kernel_times(["w4"], ["csr"], calls=2)
+    row = got["w4 csr"]
+    # forward: one csr_forward; gradient: csr_forward (dx) and a dtheta reduction
+    assert row["kernels"]["csr_forward"]["launches"] == 2
+    assert sum(r["launches"] for r in row["kernels"].values()) == 3
+    assert row["allocs"] == 3  # y, dx, dtheta
+    assert not isinstance(cuda.device_array, functools.partial)  # restored
