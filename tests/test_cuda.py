@@ -127,6 +127,28 @@ def test_cuda_matches_reference_and_cpu(name, method, dtype, scalar, batch):
 
 
 
+@pytest.mark.parametrize("name", list(PATTERNS))
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_writes_all_it_allocates(monkeypatch, name, method):
+    # every device buffer starts as NaN: a kernel that reads an entry nobody wrote (W of a
+    # complete pattern is stored, not zeroed and added) shows in the result
+    from paramshare_nb._kernels import cuda as ck
+    plain = ck.cuda.device_array
+
+    def nan_filled(shape, dtype=np.float64, **kwargs):
+        a = plain(shape, dtype=dtype, **kwargs)
+        if np.issubdtype(np.dtype(dtype), np.floating) and a.size:
+            a.copy_to_device(np.full(a.shape, np.nan, dtype))
+        return a
+    monkeypatch.setattr(ck.cuda, "device_array", nan_filled)
+    pat = PATTERNS[name]
+    theta, x, dy = _data(pat, np.float32, False, (3, 2))
+    y, dx, dth = _cuda_run(pat, method, theta, x, dy)
+    _close(y, ref.forward(x, theta, pat), np.float32)
+    rdx, rdth = ref.grad(dy, x, theta, pat)
+    _close(dx, rdx, np.float32)
+    _close(dth, rdth, np.float32)
+
 @pytest.mark.parametrize("c_out,c_in", [(3, 1), (1, 2)])
 def test_cuda_grad_with_one_channel_on_a_side(c_out, c_in):
     """With one channel on a side, dx reads theta transposed as a reshape (no copy kernel):

@@ -298,8 +298,9 @@ def kernels(dtype, tile):
     # -- materialize: W on the device, a tiled GEMM, dW reduced by parameter --
 
     @cuda.jit
-    def scatter_w(theta, indptr, cols, params, w):
-        # w (M, Co, N, Ci), zeroed; one thread owns w[m, co, :, ci] (multi-edges: no race)
+    def scatter_w(theta, indptr, cols, params, complete, w):
+        # w (M, Co, N, Ci); one thread owns w[m, co, :, ci] (multi-edges: no race).  A
+        # complete pattern stores every entry once; any other adds into a zeroed w.
         nm, nco, _, nci = w.shape
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
@@ -307,7 +308,10 @@ def kernels(dtype, tile):
         while i < total:
             m, co, ci = item_of(i, nco, nci)
             for e in range(indptr[m], indptr[m + 1]):
-                w[m, co, cols[e], ci] += theta[params[e], co, ci]
+                if complete:
+                    w[m, co, cols[e], ci] = theta[params[e], co, ci]
+                else:
+                    w[m, co, cols[e], ci] += theta[params[e], co, ci]
             i += stride
 
     @cuda.jit
@@ -381,16 +385,20 @@ def kernels(dtype, tile):
         return s
 
     @cuda.jit(device=True)
-    def csr_edges(dy, x, prows, pcols, lo, hi, step, co, ci):
-        # sum over the edges lo, lo + step, ... < hi of sum_b dy[b, m, co] x[b, n, ci]:
-        # each edge's products summed, as the CPU's csr does (summing the inputs that share
-        # a parameter first can overflow where this stays finite)
+    def csr_edges(dy, x, prows, pcols, lo, hi, first, step, co, ci):
+        # sum of dy[b, m, co] x[b, n, ci] over the (edge, batch) pairs j = first,
+        # first + step, ... of the edges lo..hi, batch fastest: the batch is spread over
+        # the block too (w4's ten parameters of ten edges each, batch 4096: 0.92 ms on
+        # an H200 with one thread per edge walking the batch).  Each edge's products
+        # summed, as the CPU's csr does (summing the inputs that share a parameter first
+        # can overflow where this stays finite).
+        nb = dy.shape[0]
         s = zero
-        for e in range(lo, hi, step):
-            m = prows[e]
-            n = pcols[e]
-            for b in range(dy.shape[0]):
-                s += dy[b, m, co] * x[b, n, ci]
+        for j in range(first, (hi - lo) * nb, step):
+            k = j // nb
+            e = lo + k
+            b = j - k * nb
+            s += dy[b, prows[e], co] * x[b, pcols[e], ci]
         return s
 
     @cuda.jit
@@ -427,8 +435,8 @@ def kernels(dtype, tile):
         w = cuda.grid(1)
         while w < npar * nco * nci:
             p, co, ci = item_of(w, nco, nci)
-            dtheta[p, co, ci] = csr_edges(dy, x, prows, pcols, pptr[p], pptr[p + 1], 1, co,
-                                          ci)
+            dtheta[p, co, ci] = csr_edges(dy, x, prows, pcols, pptr[p], pptr[p + 1], 0, 1,
+                                          co, ci)
             w += cuda.gridsize(1)
 
     @cuda.jit
@@ -441,7 +449,7 @@ def kernels(dtype, tile):
         w = cuda.blockIdx.x
         while w < npar * nco * nci:  # uniform across the block
             p, co, ci = item_of(w, nco, nci)
-            s = csr_edges(dy, x, prows, pcols, pptr[p] + t, pptr[p + 1], TT, co, ci)
+            s = csr_edges(dy, x, prows, pcols, pptr[p], pptr[p + 1], t, TT, co, ci)
             s = block_total(buf, s, t)
             if t == 0:
                 dtheta[p, co, ci] = s
@@ -1095,11 +1103,14 @@ def _materialize(pattern, theta, ks):
     """``W (M, Co, N, Ci)`` on the device (its callers check ``config.max_bytes`` first)."""
     m, n = pattern.shape
     _, c_out, c_in = theta.shape
+    from .. import _dispatch
     dp = _device_plan(pattern, False)
     w = cuda.device_array((m, c_out, n, c_in), dtype=theta.dtype)
-    _launch1(ks, "fill_zero", w.size, w.reshape(w.size))
+    complete = _dispatch._complete(pattern)
+    if not complete:
+        _launch1(ks, "fill_zero", w.size, w.reshape(w.size))
     _launch1(ks, "scatter_w", m * c_out * c_in, theta, dp["indptr"], dp["cols"], dp["params"],
-             w)
+             int(complete), w)
     return w
 
 
