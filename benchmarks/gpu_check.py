@@ -8,7 +8,7 @@ Run on a machine with an NVIDIA GPU (about 2 minutes on an H200 machine with
     python benchmarks/gpu_check.py --no-tests --kernels auto,csr --only w2,w4
 
 1. ``NUMBA_ENABLE_CUDASIM=0 python -m pytest tests/test_cuda.py
-   tests/test_gpu_check.py`` in a subprocess (the real device, not the
+   tests/test_cuda_launch.py tests/test_gpu_check.py`` in a subprocess (the real device, not the
    simulator; each test at tiny and at the default grids; in parallel
    processes when pytest-xdist is there, since compiling the kernels is most
    of the time).
@@ -45,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_tests() -> dict:
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=short", "tests/test_cuda.py",
-           "tests/test_gpu_check.py"]
+           "tests/test_cuda_launch.py", "tests/test_gpu_check.py"]
     try:
         import xdist  # noqa: F401
         cmd += ["-n", str(min(8, os.cpu_count() or 1))]
@@ -282,6 +282,22 @@ def primitives() -> dict:
                                                                      *packed)
     except Exception as exc:  # internals differ between numba-cuda versions
         print("    (launch layers not timed:", repr(exc)[:120], ")")
+    try:  # this library's launch and GEMM, and the layers under an allocation
+        from numba.cuda.cudadrv import devicearray, devices
+
+        from paramshare_nb._kernels import cuda_blas, cuda_launch
+        cases["cuda_launch.launch, 4 array args"] = lambda: cuda_launch.launch(
+            touch, 4, 256, a, a, a, a)
+        sq, out = (cuda.device_array((32, 32), np.float32) for _ in range(2))
+        if cuda_blas.available():
+            cases["cuda_blas.gemm 32 x 32"] = lambda: cuda_blas.gemm(sq, sq, out, 0, 1)
+        ctx = devices.get_context()
+        cases["context memalloc(4096)"] = lambda: ctx.memalloc(4096)
+        mem = ctx.memalloc(4096)
+        cases["DeviceNDArray on memory"] = lambda: devicearray.DeviceNDArray(
+            (1024,), (4,), np.float32, gpu_data=mem)
+    except Exception as exc:
+        print("    (library primitives not timed:", repr(exc)[:120], ")")
     got = {}
     for name, fn in cases.items():
         fn()
@@ -340,33 +356,14 @@ def profile_calls(only, methods, calls=100) -> str:
     return text.getvalue()
 
 
-class _TimedKernels(dict):
-    """A kernel set whose launches record CUDA events around themselves: ``log`` gets
-    ``(name, grid, block, start, end)`` per launch (device time, no host overhead)."""
-
-    def __init__(self, ks, log, cuda):
-        super().__init__(ks)
-        self._log, self._cuda = log, cuda
-
-    def __getitem__(self, name):
-        kernel, log, cuda = super().__getitem__(name), self._log, self._cuda
-
-        class Configured:
-            def __getitem__(self, cfg):
-                launch = kernel[cfg]
-
-                def run(*args):
-                    start, end = cuda.event(), cuda.event()
-                    start.record()
-                    launch(*args)
-                    end.record()
-                    log.append((name, cfg, start, end))
-                return run
-        return Configured()
-
-
-def _timed_set(plain, log, cuda, dtype, tile):
-    return _TimedKernels(plain(dtype, tile), log, cuda)
+def _timed_launch(plain, log, cuda, ks, name, grid, block, *args):
+    """``_launch`` between two CUDA events: ``log`` gets ``(name, (grid, block), start,
+    end)`` per launch (device time; a launch's host overhead too while the GPU idles)."""
+    start, end = cuda.event(), cuda.event()
+    start.record()
+    plain(ks, name, grid, block, *args)
+    end.record()
+    log.append((name, (grid, block), start, end))
 
 
 def _counted(alloc, allocs, *args, **kwargs):
@@ -386,7 +383,7 @@ def kernel_times(only, methods, calls=20) -> dict:
 
     import paramshare_nb as ps
     from paramshare_nb._kernels import cuda as cu
-    plain_kernels, plain_alloc = cu.kernels, cuda.device_array
+    plain_launch, plain_alloc = cu._launch, cuda.device_array
     got = {}
     for key, (_, make, nb, ci, co, _) in workloads().items():
         if key not in only:
@@ -402,14 +399,14 @@ def kernel_times(only, methods, calls=20) -> dict:
             run = functools.partial(_ours, ps, pat, dev, method)
             wall = _median(run, cuda.synchronize, repeat=calls, budget=5.0)
             log, allocs = [], []
-            cu.kernels = functools.partial(_timed_set, plain_kernels, log, cuda)
+            cu._launch = functools.partial(_timed_launch, plain_launch, log, cuda)
             cuda.device_array = functools.partial(_counted, plain_alloc, allocs)
             try:
                 for _ in range(calls):
                     run()
                 cuda.synchronize()
             finally:
-                cu.kernels, cuda.device_array = plain_kernels, plain_alloc
+                cu._launch, cuda.device_array = plain_launch, plain_alloc
             per = {}
             for name, cfg, start, end in log:
                 row = per.setdefault(name, {"launches": 0, "device_ms": 0.0, "config": str(cfg)})

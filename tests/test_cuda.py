@@ -465,6 +465,45 @@ def test_cuda_reduction_shape_and_auto_rule(monkeypatch):
     assert ck._choose(regular, "scatter", 1) == "scatter"
 
 
+def test_cuda_auto_takes_cublas_for_long_dense_rows(monkeypatch):
+    from paramshare_nb._kernels import cuda as ck
+    monkeypatch.setattr(ck.cuda_blas, "available", lambda: True)
+    c16 = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(16)))  # rows of 16 edges
+    assert ck._choose(c16, "auto", 1, 16, 16) == "materialize"  # 256 terms an output
+    assert ck._choose(c16, "auto", 1, 16, 1) == "materialize"  # dx's columns: 256 terms
+    assert ck._choose(c16, "auto", 1, 8, 8) == "csr"  # 128 terms: csr's one launch
+    with config.override(max_bytes=16 * 16 * 16 * 16 * 4):  # W in float32 just fits
+        assert ck._choose(c16, "auto", 1, 16, 16) == "materialize"
+        assert ck._choose(c16, "auto", 1, 16, 16, itemsize=8) == "csr"
+    half = Pattern((2, 512), np.zeros(256, int), np.arange(256), np.arange(256))
+    assert ck._choose(half, "auto", 1, 1, 1) == "csr"  # W a quarter filled
+    monkeypatch.setattr(ck.cuda_blas, "available", lambda: False)
+    assert ck._choose(c16, "auto", 1, 16, 16) == "csr"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_gemm_both_ways_against_numpy(monkeypatch, dtype):
+    # cuBLAS (a device with CuPy) and the tiled numba kernel, every transpose, odd sizes
+    from paramshare_nb._kernels import cuda as ck
+    rng = np.random.default_rng(5)
+    ks = ck.kernels(dtype, ck._tile())
+    blas = [True, False] if ck.cuda_blas.available() else [False]
+    for use_blas in blas:
+        if not use_blas:
+            monkeypatch.setattr(ck.cuda_blas, "gemm", lambda *a: False)
+        for ta in (False, True):
+            for tb in (False, True):
+                r, k, s_ = 7, 5, 9
+                a = rng.standard_normal((k, r) if ta else (r, k)).astype(dtype)
+                b = rng.standard_normal((s_, k) if tb else (k, s_)).astype(dtype)
+                c = cuda.device_array((r, s_), dtype)
+                ck._gemm(cuda.to_device(a), cuda.to_device(b), c, ta, tb, ks)
+                want = (a.T if ta else a) @ (b.T if tb else b)
+                _close(c.copy_to_host(), want, dtype)
+    if not ck.cuda_blas.available():
+        assert not ck.cuda_blas.gemm(cuda.to_device(a), cuda.to_device(b), c, ta, tb)
+
+
 def test_cuda_nonfinite_flag_is_reset_and_per_thread(monkeypatch):
     import threading
 

@@ -53,6 +53,7 @@ import numba
 import numpy as np
 
 from .. import config
+from . import cuda_blas, cuda_launch
 
 try:
     from numba import cuda
@@ -668,7 +669,8 @@ def _canonical(arr, dtype, shape, ks):
         flat = arr.reshape(arr.size)
         out = cuda.device_array(arr.size, dtype=dtype)
         if arr.size:
-            ks["cast_copy"][_grid(arr.size, config.cuda_threads), config.cuda_threads](flat, out)
+            _launch(ks, "cast_copy", _grid(arr.size, config.cuda_threads), config.cuda_threads,
+                flat, out)
         arr = out
     return arr.reshape(shape)
 
@@ -867,7 +869,7 @@ def _device_dy_blocks(pattern):
 _CSR_BELOW = 2 ** 25
 
 
-def _choose(pattern, method, work, c_in=1, c_out=1):
+def _choose(pattern, method, work, c_in=1, c_out=1, itemsize=4):
     """The strategy to run for ``work`` multiply-adds of the plain product.
 
     ``"auto"`` is csr unless rows share parameters (half as many groups as edges or
@@ -877,6 +879,9 @@ def _choose(pattern, method, work, c_in=1, c_out=1):
     ``C_in``-wide inputs, so the narrower side; else ``"gather"``.  The CPU cost model's
     constants are CPU throughputs (BLAS, fused loops, call overhead), not a GPU's, so it
     is not reused here; every other method runs as asked.
+
+    Where csr would be chosen, cuBLAS is there and ``W`` is dense and within
+    ``config.max_bytes``, long csr rows go to ``"materialize"`` (:func:`_blas_pays`).
     """
     if method in ("materialize", "gather", "complement", "scatter", "csr"):
         return method
@@ -886,31 +891,56 @@ def _choose(pattern, method, work, c_in=1, c_out=1):
     from .. import _dispatch
     plan = _dispatch.plan_of(pattern)
     if plan.n_groups * 2 > pattern.nnz or work < _CSR_BELOW:
-        return "csr"
+        return "materialize" if _blas_pays(pattern, c_in, c_out, itemsize) else "csr"
     if plan.split() is not None:
         return "scatter" if c_out <= c_in else "complement"
     return "gather"
+
+
+#: csr's serial terms per output (the longest row's edges x C_in, or a column's x C_out
+#: for dx) from which cuBLAS's products on ``W`` take over in ``"auto"``: csr is a thread
+#: per output summing its terms one after another, 1024 of them per output of w2.
+_LONG_ROWS = 256
+
+
+def _blas_pays(pattern, c_in, c_out, itemsize) -> bool:
+    """Whether ``"auto"`` takes cuBLAS's products on ``W`` over ``"csr"``: cuBLAS usable,
+    ``W`` at least half filled and within ``config.max_bytes``, and csr's rows long."""
+    m, n = pattern.shape
+    if not cuda_blas.available() or 2 * pattern.n_entries < m * n \
+            or m * n * c_in * c_out * itemsize > config.max_bytes:
+        return False
+    from .. import _dispatch
+    longest = _dispatch._cached(pattern, "cuda_longest_rows", lambda: (
+        int(np.bincount(pattern.rows, minlength=1).max(initial=0)),
+        int(np.bincount(pattern.cols, minlength=1).max(initial=0))))
+    return max(longest[0] * c_in, longest[1] * c_out) >= _LONG_ROWS
+
+
+def _launch(ks, name, grid, block, *args):
+    """Every launch: the kernel ``name`` of the set ``ks`` on ``grid x block`` threads."""
+    cuda_launch.launch(ks[name], grid, block, *args)
 
 
 def _launch1(ks, name, size, *args):
     """A 1-D grid-stride launch over ``size`` work items (nothing when empty)."""
     if size:
         threads = config.cuda_threads
-        ks[name][_grid(size, threads), threads](*args)
+        _launch(ks, name, _grid(size, threads), threads, *args)
 
 
 def _tiled(ks, name, work, *args):
     """A launch of a shared-memory tiled kernel: ``work`` tile-blocks, ``tile x tile`` threads."""
     if work:
         t = _tile()
-        ks[name][max(1, min(config.cuda_max_blocks, work)), (t, t)](*args)
+        _launch(ks, name, max(1, min(config.cuda_max_blocks, work)), (t, t), *args)
 
 
 def _reduce(ks, name, items, *args):
     """A launch of a block-reduction kernel: one block of ``tile**2`` threads per item."""
     if items:
         t = _tile()
-        ks[name][max(1, min(config.cuda_max_blocks, items)), t * t](*args)
+        _launch(ks, name, max(1, min(config.cuda_max_blocks, items)), t * t, *args)
 
 
 def _dtheta_reduce(ks, name, items, work, *args):
@@ -945,10 +975,18 @@ def _thread_per_item(items, work) -> bool:
 
 
 def _resident_threads() -> int:
-    """Threads the current device holds at once (the simulator's: an H100-sized guess)."""
-    dev = cuda.get_current_device()
-    sms = getattr(dev, "MULTIPROCESSOR_COUNT", 132)
-    return sms * getattr(dev, "MAX_THREADS_PER_MULTIPROCESSOR", 2048)
+    """Threads the current device holds at once (the simulator's: an H100-sized guess);
+    kept per context (asking the device cost 12 us on an H200 host)."""
+    key = cuda_launch.context_key()
+    hit = _RESIDENT.get(key)
+    if hit is None:
+        dev = cuda.get_current_device()
+        sms = getattr(dev, "MULTIPROCESSOR_COUNT", 132)
+        hit = _RESIDENT[key] = sms * getattr(dev, "MAX_THREADS_PER_MULTIPROCESSOR", 2048)
+    return hit
+
+
+_RESIDENT: dict = {}
 
 
 def _nonfinite(a, ks) -> bool:
@@ -998,8 +1036,8 @@ def _gather_dtheta(dp, dy, x, dtheta, ks):
     g_sums = cuda.device_array((dp["n_groups"], nb, c_in), dtype=x.dtype)
     _launch1(ks, "gather", g_sums.size, x, dp["pptr"], dp["plus"], g_sums)
     partial = cuda.device_array((dp["n_chunks"],) + dtheta.shape[1:], dtype=x.dtype)
-    ks["dtheta_partial"][min(config.cuda_max_blocks, dp["n_chunks"]), config.cuda_threads](
-        dy, g_sums, dp["chunk_lo"], dp["chunk_hi"], dp["grow"], partial)
+    _launch(ks, "dtheta_partial", min(config.cuda_max_blocks, dp["n_chunks"]),
+            config.cuda_threads, dy, g_sums, dp["chunk_lo"], dp["chunk_hi"], dp["grow"], partial)
     _launch1(ks, "reduce_chunks", dtheta.size, partial, dp["chunk_ptr"], dtheta)
 
 
@@ -1115,11 +1153,10 @@ def _materialize(pattern, theta, ks):
 
 
 def _gemm(a, b, c, ta, tb, ks):
-    """``c = op(a) @ op(b)`` by the tiled kernel (``op`` transposes when ``ta``/``tb``).
-
-    With CuPy importable and CuPy arrays in, ``cupy.matmul`` could take this place; this
-    numba GEMM is the one path, and the one the tests exercise.
-    """
+    """``c = op(a) @ op(b)`` (``op`` transposes when ``ta``/``tb``): cuBLAS where CuPy is
+    installed (:mod:`.cuda_blas`), else the tiled numba kernel."""
+    if cuda_blas.gemm(a, b, c, ta, tb):
+        return
     t = _tile()
     _tiled(ks, "gemm", math.ceil(c.shape[0] / t) * math.ceil(c.shape[1] / t),
            a, b, c, int(ta), int(tb))
@@ -1235,7 +1272,8 @@ def tied_matmul(x, theta, pattern, out=None, method="auto"):
         dtype = np.dtype(np.float32)
     scalar, c_out, c_in, lead, shape = _layout(xd, td, pattern)
     b = math.prod(lead)
-    how = _choose(pattern, method, b * pattern.nnz * c_in * c_out, c_in, c_out)
+    how = _choose(pattern, method, b * pattern.nnz * c_in * c_out, c_in, c_out,
+                  dtype.itemsize)
     ks = kernels(dtype, _tile())
     m, n = pattern.shape
     if out is not None:
@@ -1286,7 +1324,8 @@ def tied_matmul_grad(dy, x, theta, pattern, method="auto"):
         raise ValueError(f"dy must have the output's shape {shape} (batch of x, then "
                          f"{'M' if scalar else 'M, C_out'}), got {tuple(dyd.shape)}")
     b = math.prod(lead)
-    how = _choose(pattern, method, b * pattern.nnz * c_in * c_out, c_in, c_out)
+    how = _choose(pattern, method, b * pattern.nnz * c_in * c_out, c_in, c_out,
+                  dtype.itemsize)
     ks = kernels(dtype, _tile())
     m, n = pattern.shape
     dx = cuda.device_array(tuple(xd.shape), dtype=dtype)
