@@ -8,10 +8,10 @@ Run on a machine with an NVIDIA GPU (about 2 minutes on an H200 machine with
     python benchmarks/gpu_check.py --no-tests --kernels auto,csr --only w2,w4
 
 1. ``NUMBA_ENABLE_CUDASIM=0 python -m pytest tests/test_cuda.py
-   tests/test_cuda_launch.py tests/test_gpu_check.py`` in a subprocess (the real device, not the
-   simulator; each test at tiny and at the default grids; in parallel
-   processes when pytest-xdist is there, since compiling the kernels is most
-   of the time).
+   tests/test_cuda_launch.py tests/test_cuda_memory.py tests/test_gpu_check.py`` in a
+   subprocess (the real device, not the simulator; each test at tiny and at the
+   default grids; in parallel processes when pytest-xdist is there, since compiling
+   the kernels is most of the time).
 2. For each workload of ``compare.py``: forward + backward of
    ``tied_matmul`` on device arrays, per strategy and ``"auto"``, against
    what a user would write on the GPU: materialise ``W`` and call cuBLAS
@@ -45,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_tests() -> dict:
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=short", "tests/test_cuda.py",
-           "tests/test_cuda_launch.py", "tests/test_gpu_check.py"]
+           "tests/test_cuda_launch.py", "tests/test_cuda_memory.py", "tests/test_gpu_check.py"]
     try:
         import xdist  # noqa: F401
         cmd += ["-n", str(min(8, os.cpu_count() or 1))]
@@ -383,7 +383,7 @@ def kernel_times(only, methods, calls=20) -> dict:
 
     import paramshare_nb as ps
     from paramshare_nb._kernels import cuda as cu
-    plain_launch, plain_alloc = cu._launch, cuda.device_array
+    plain_launch, plain_alloc = cu._launch, cu.cuda_memory.empty
     got = {}
     for key, (_, make, nb, ci, co, _) in workloads().items():
         if key not in only:
@@ -400,13 +400,13 @@ def kernel_times(only, methods, calls=20) -> dict:
             wall = _median(run, cuda.synchronize, repeat=calls, budget=5.0)
             log, allocs = [], []
             cu._launch = functools.partial(_timed_launch, plain_launch, log, cuda)
-            cuda.device_array = functools.partial(_counted, plain_alloc, allocs)
+            cu.cuda_memory.empty = functools.partial(_counted, plain_alloc, allocs)
             try:
                 for _ in range(calls):
                     run()
                 cuda.synchronize()
             finally:
-                cu._launch, cuda.device_array = plain_launch, plain_alloc
+                cu._launch, cu.cuda_memory.empty = plain_launch, plain_alloc
             per = {}
             for name, cfg, start, end in log:
                 row = per.setdefault(name, {"launches": 0, "device_ms": 0.0, "config": str(cfg)})

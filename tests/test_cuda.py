@@ -133,14 +133,14 @@ def test_cuda_writes_all_it_allocates(monkeypatch, name, method):
     # every device buffer starts as NaN: a kernel that reads an entry nobody wrote (W of a
     # complete pattern is stored, not zeroed and added) shows in the result
     from paramshare_nb._kernels import cuda as ck
-    plain = ck.cuda.device_array
+    plain = ck.cuda_memory.empty
 
-    def nan_filled(shape, dtype=np.float64, **kwargs):
-        a = plain(shape, dtype=dtype, **kwargs)
-        if np.issubdtype(np.dtype(dtype), np.floating) and a.size:
+    def nan_filled(shape, dtype):
+        a = plain(shape, dtype)
+        if a.size:
             a.copy_to_device(np.full(a.shape, np.nan, dtype))
         return a
-    monkeypatch.setattr(ck.cuda, "device_array", nan_filled)
+    monkeypatch.setattr(ck.cuda_memory, "empty", nan_filled)
     pat = PATTERNS[name]
     theta, x, dy = _data(pat, np.float32, False, (3, 2))
     y, dx, dth = _cuda_run(pat, method, theta, x, dy)

@@ -54,7 +54,7 @@ def fake(monkeypatch):
     log = []
     binding = type("B", (), {"cuCtxGetCurrent": staticmethod(lambda: (0, 7))})
     monkeypatch.setattr(cl, "_FAST", cl._Internals(
-        binding, lambda h: h, lambda **kw: kw, lambda *a: log.append(("core",) + a), (FakeArray,),
+        binding, lambda h: h, lambda **kw: kw, lambda *a: log.append(("core",) + a), FakeArray,
         "stream"))
     monkeypatch.setattr(cl, "_COMPILED", {})
     monkeypatch.setattr(cl, "_CONFIGS", {})

@@ -91,4 +91,5 @@ def test_gpu_check_kernel_times_count_each_launch(monkeypatch):
     assert row["kernels"]["csr_forward"]["launches"] == 2
     assert sum(r["launches"] for r in row["kernels"].values()) == 3
     assert row["allocs"] == 3  # y, dx, dtheta
-    assert not isinstance(cuda.device_array, functools.partial)  # restored
+    from paramshare_nb._kernels import cuda_memory
+    assert not isinstance(cuda_memory.empty, functools.partial)  # restored

@@ -53,7 +53,7 @@ import numba
 import numpy as np
 
 from .. import config
-from . import cuda_blas, cuda_launch
+from . import cuda_blas, cuda_launch, cuda_memory
 
 try:
     from numba import cuda
@@ -661,18 +661,18 @@ def _canonical(arr, dtype, shape, ks):
         # negative strides work (copy_to_host refuses them on a real device).  The key is
         # ``:``, not ``...``: a real device array's indexing takes no Ellipsis (the
         # simulator's numpy does, so only a GPU shows it)
-        dense = cuda.device_array(arr.shape, dtype=arr.dtype)
+        dense = cuda_memory.empty(arr.shape, arr.dtype)
         if arr.size:
             dense[:] = arr
         arr = dense
     if np.dtype(arr.dtype) != dtype:
-        flat = arr.reshape(arr.size)
-        out = cuda.device_array(arr.size, dtype=dtype)
+        flat = cuda_memory.view(arr, arr.size)
+        out = cuda_memory.empty(arr.size, dtype)
         if arr.size:
             _launch(ks, "cast_copy", _grid(arr.size, config.cuda_threads), config.cuda_threads,
                 flat, out)
         arr = out
-    return arr.reshape(shape)
+    return cuda_memory.view(arr, shape)
 
 
 def _overlaps(a, b) -> bool:
@@ -995,7 +995,7 @@ def _nonfinite(a, ks) -> bool:
         return False
     flag = _flag()
     flag[0] = 0
-    _launch1(ks, "flag_nonfinite", a.size, a.reshape(a.size), flag)
+    _launch1(ks, "flag_nonfinite", a.size, cuda_memory.view(a, a.size), flag)
     cuda.synchronize()
     return bool(flag[0])
 
@@ -1020,7 +1020,7 @@ def _flag():
 def _gather_forward(dp, x, theta, y, ks):
     """Plain group sums of ``x``, then the tiled contraction into ``y``."""
     nb, _, c_in = x.shape
-    g_sums = cuda.device_array((dp["n_groups"], nb, c_in), dtype=x.dtype)
+    g_sums = cuda_memory.empty((dp["n_groups"], nb, c_in), x.dtype)
     _launch1(ks, "gather", g_sums.size, x, dp["pptr"], dp["plus"], g_sums)
     t = _tile()
     _tiled(ks, "contract_tiled", y.shape[1] * math.ceil(nb / t) * math.ceil(y.shape[2] / t),
@@ -1031,11 +1031,11 @@ def _gather_dtheta(dp, dy, x, dtheta, ks):
     """``dtheta`` by group sums: chunked partial sums, then a fixed-order sum of chunks."""
     nb, _, c_in = x.shape
     if dp["n_chunks"] == 0:
-        _launch1(ks, "fill_zero", dtheta.size, dtheta.reshape(dtheta.size))
+        _launch1(ks, "fill_zero", dtheta.size, cuda_memory.view(dtheta, dtheta.size))
         return
-    g_sums = cuda.device_array((dp["n_groups"], nb, c_in), dtype=x.dtype)
+    g_sums = cuda_memory.empty((dp["n_groups"], nb, c_in), x.dtype)
     _launch1(ks, "gather", g_sums.size, x, dp["pptr"], dp["plus"], g_sums)
-    partial = cuda.device_array((dp["n_chunks"],) + dtheta.shape[1:], dtype=x.dtype)
+    partial = cuda_memory.empty((dp["n_chunks"],) + dtheta.shape[1:], x.dtype)
     _launch(ks, "dtheta_partial", min(config.cuda_max_blocks, dp["n_chunks"]),
             config.cuda_threads, dy, g_sums, dp["chunk_lo"], dp["chunk_hi"], dp["grow"], partial)
     _launch1(ks, "reduce_chunks", dtheta.size, partial, dp["chunk_ptr"], dtheta)
@@ -1043,7 +1043,7 @@ def _gather_dtheta(dp, dy, x, dtheta, ks):
 
 def _block_totals(src, blk_ptr, blk_cols, n_blocks, ks):
     nb, _, nc = src.shape
-    tot = cuda.device_array((nb, n_blocks, nc), dtype=src.dtype)
+    tot = cuda_memory.empty((nb, n_blocks, nc), src.dtype)
     _launch1(ks, "block_totals", tot.size, src, blk_ptr, blk_cols, tot)
     return tot
 
@@ -1065,7 +1065,7 @@ def _run_gather(dg, src, out, ks):
 def _contract_cols(x, theta, zcol, zparam, n_z, ks):
     """``z[b, j] = theta[zparam[j]] @ x[b, zcol[j]]``, ``z (B, n_z, Co)``."""
     nb = x.shape[0]
-    z = cuda.device_array((nb, n_z, theta.shape[1]), dtype=x.dtype)
+    z = cuda_memory.empty((nb, n_z, theta.shape[1]), x.dtype)
     t = _tile()
     _tiled(ks, "contract_cols", n_z * math.ceil(nb / t) * math.ceil(theta.shape[1] / t),
            x, theta, zcol, zparam, z)
@@ -1091,7 +1091,7 @@ def _complement_forward(pattern, transposed, x, theta, y, ks):
     tot = theta_d = None
     if ds is not None and not _nonfinite(theta, ks):
         coef_d, _ = _coef(ds, x.dtype)
-        theta_d = cuda.device_array((ds["n_derived"],) + tuple(theta.shape[1:]),
+        theta_d = cuda_memory.empty((ds["n_derived"],) + tuple(theta.shape[1:]),
                                     dtype=x.dtype)
         _launch1(ks, "combine", theta_d.size, theta, ds["d_ptr"], ds["d_p"], coef_d, theta_d)
         if not _nonfinite(theta_d, ks):  # theta_0 - theta_1 can overflow (the CPU's _derived)
@@ -1120,12 +1120,12 @@ def _complement_dtheta(pattern, dy, x, dtheta, ks, dy_tot=None):
         _gather_dtheta(dp, dy, x, dtheta, ks)
         return
     nb, _, c_out = dy.shape
-    dd = cuda.device_array((ds["n_derived"],) + tuple(dtheta.shape[1:]), dtype=x.dtype)
+    dd = cuda_memory.empty((ds["n_derived"],) + tuple(dtheta.shape[1:]), x.dtype)
     _gather_dtheta(ds["res"], dy, x, dd, ks)
     _, coef_p = _coef(ds, x.dtype)
     _launch1(ks, "combine", dtheta.size, dd, ds["p_ptr"], ds["p_d"], coef_p, dtheta)
     # the bases: per base, dy summed over its rows, against the block total of x
-    dsum = cuda.device_array((nb, ds["n_bases"], c_out), dtype=x.dtype)
+    dsum = cuda_memory.empty((nb, ds["n_bases"], c_out), x.dtype)
     blocks = _device_dy_blocks(pattern) if dy_tot is not None else None
     if blocks is not None:
         _launch1(ks, "row_sums", dsum.size, dy_tot, blocks[0], blocks[1], dsum, 0)
@@ -1143,10 +1143,10 @@ def _materialize(pattern, theta, ks):
     _, c_out, c_in = theta.shape
     from .. import _dispatch
     dp = _device_plan(pattern, False)
-    w = cuda.device_array((m, c_out, n, c_in), dtype=theta.dtype)
+    w = cuda_memory.empty((m, c_out, n, c_in), theta.dtype)
     complete = _dispatch._complete(pattern)
     if not complete:
-        _launch1(ks, "fill_zero", w.size, w.reshape(w.size))
+        _launch1(ks, "fill_zero", w.size, cuda_memory.view(w, w.size))
     _launch1(ks, "scatter_w", m * c_out * c_in, theta, dp["indptr"], dp["cols"], dp["params"],
              int(complete), w)
     return w
@@ -1178,7 +1178,7 @@ def _entry_theta(pattern, theta, ks):
     entries = _dispatch.entries_of(pattern)
     ptr, params = _device_cached(pattern, "cuda_entries", lambda: (
         _index(np.r_[pattern.entry_starts, pattern.nnz]), _index(pattern.params)))
-    theta_e = cuda.device_array((entries.n_params,) + tuple(theta.shape[1:]), dtype=theta.dtype)
+    theta_e = cuda_memory.empty((entries.n_params,) + tuple(theta.shape[1:]), theta.dtype)
     _launch1(ks, "entry_sums", theta_e.size, theta, ptr, params, theta_e)
     return entries, theta_e
 
@@ -1195,8 +1195,8 @@ def _mat_forward(pattern, x, theta, y, ks):
     nb = x.shape[0]
     w = _materialize(pattern, theta, ks)
     m, c_out, n, c_in = w.shape
-    _gemm(x.reshape(nb, n * c_in), w.reshape(m * c_out, n * c_in),
-          y.reshape(nb, m * c_out), False, True, ks)
+    _gemm(cuda_memory.view(x, (nb, n * c_in)), cuda_memory.view(w, (m * c_out, n * c_in)),
+          cuda_memory.view(y, (nb, m * c_out)), False, True, ks)
 
 
 def _mat_grad(pattern, dy, x, theta, dx, dtheta, ks):
@@ -1208,22 +1208,23 @@ def _mat_grad(pattern, dy, x, theta, dx, dtheta, ks):
     m, n = pattern.shape
     _, c_out, c_in = theta.shape
     _dispatch._check_w_bytes(pattern, c_out, c_in, np.dtype(x.dtype).itemsize, "materialize")
-    dy2 = dy.reshape(nb, m * c_out)
-    x2 = x.reshape(nb, n * c_in)
+    dy2 = cuda_memory.view(dy, (nb, m * c_out))
+    x2 = cuda_memory.view(x, (nb, n * c_in))
     if _sparse_input(pattern, dy, ks):
         entries, theta_e = _entry_theta(pattern, theta, ks)
-        theta_t = cuda.device_array((entries.n_params, c_in, c_out), dtype=theta.dtype)
+        theta_t = cuda_memory.empty((entries.n_params, c_in, c_out), theta.dtype)
         _launch1(ks, "transpose_theta", theta_t.size, theta_e, theta_t)
         _forward(dy, theta_t, entries, dx, "csr", True, ks)
     else:
         w = _materialize(pattern, theta, ks)
-        _gemm(dy2, w.reshape(m * c_out, n * c_in), dx.reshape(nb, n * c_in), False, False, ks)
+        _gemm(dy2, cuda_memory.view(w, (m * c_out, n * c_in)),
+              cuda_memory.view(dx, (nb, n * c_in)), False, False, ks)
         del w
-    dw = cuda.device_array((m * c_out, n * c_in), dtype=x.dtype)
+    dw = cuda_memory.empty((m * c_out, n * c_in), x.dtype)
     _gemm(dy2, x2, dw, True, False, ks)
     pptr, prows, pcols = _device_param_major(pattern)
     _dtheta_reduce(ks, "reduce_dw", dtheta.size, _longest_param(pattern),
-                   dw.reshape(m, c_out, n, c_in), pptr, prows, pcols, dtheta)
+                   cuda_memory.view(dw, (m, c_out, n, c_in)), pptr, prows, pcols, dtheta)
 
 
 def _forward(x, theta, pattern, y, how, transposed, ks):
@@ -1287,10 +1288,10 @@ def tied_matmul(x, theta, pattern, out=None, method="auto"):
         if not od.is_c_contiguous():
             raise ValueError("out must be C-contiguous on the device")
     else:
-        od = cuda.device_array(shape, dtype=dtype)
+        od = cuda_memory.empty(shape, dtype)
     if od.size:
         if b * n == 0 or _nothing_to_sum(pattern, n, c_in):
-            _launch1(ks, "fill_zero", od.size, od.reshape(od.size))
+            _launch1(ks, "fill_zero", od.size, cuda_memory.view(od, od.size))
         else:
             xc = _canonical(xd, dtype, (b, n, c_in), ks)
             tc = _canonical(td, dtype, (pattern.n_params, c_out, c_in), ks)
@@ -1298,10 +1299,11 @@ def tied_matmul(x, theta, pattern, out=None, method="auto"):
             # have already overwritten; compute into a temporary, as the CPU does
             target = od
             if _overlaps(od, xc) or _overlaps(od, tc):
-                target = cuda.device_array(shape, dtype=dtype)
-            _forward(xc, tc, pattern, target.reshape(b, m, c_out), how, False, ks)
+                target = cuda_memory.empty(shape, dtype)
+            _forward(xc, tc, pattern, cuda_memory.view(target, (b, m, c_out)), how, False, ks)
             if target is not od:
-                _launch1(ks, "cast_copy", od.size, target.reshape(od.size), od.reshape(od.size))
+                _launch1(ks, "cast_copy", od.size, cuda_memory.view(target, od.size),
+                         cuda_memory.view(od, od.size))
     return out if out is not None else _wrap_like(template, od)
 
 
@@ -1328,24 +1330,24 @@ def tied_matmul_grad(dy, x, theta, pattern, method="auto"):
                   dtype.itemsize)
     ks = kernels(dtype, _tile())
     m, n = pattern.shape
-    dx = cuda.device_array(tuple(xd.shape), dtype=dtype)
-    dth = cuda.device_array(tuple(td.shape), dtype=dtype)
+    dx = cuda_memory.empty(tuple(xd.shape), dtype)
+    dth = cuda_memory.empty(tuple(td.shape), dtype)
     if b == 0 or m == 0 or c_out == 0 or _nothing_to_sum(pattern, n, c_in):
         for a in (dx, dth):
-            _launch1(ks, "fill_zero", a.size, a.reshape(a.size))
+            _launch1(ks, "fill_zero", a.size, cuda_memory.view(a, a.size))
         return _wrap_like(template, dx), _wrap_like(template, dth)
     dyc = _canonical(dyd, dtype, (b, m, c_out), ks)
     xc = _canonical(xd, dtype, (b, n, c_in), ks)
     tc = _canonical(td, dtype, (pattern.n_params, c_out, c_in), ks)
-    dx3 = dx.reshape(b, n, c_in)
-    dth3 = dth.reshape(pattern.n_params, c_out, c_in)
+    dx3 = cuda_memory.view(dx, (b, n, c_in))
+    dth3 = cuda_memory.view(dth, (pattern.n_params, c_out, c_in))
     if how == "materialize":
         _mat_grad(pattern, dyc, xc, tc, dx3, dth3, ks)
         return _wrap_like(template, dx), _wrap_like(template, dth)
     if c_in == 1 or c_out == 1:  # (P, a, 1) and (P, 1, a) lie alike in memory
-        theta_t = tc.reshape(pattern.n_params, c_in, c_out)
+        theta_t = cuda_memory.view(tc, (pattern.n_params, c_in, c_out))
     else:  # an allocation and a launch: 30 + 41 us of numba-cuda's overhead on an H200 host
-        theta_t = cuda.device_array((pattern.n_params, c_in, c_out), dtype=dtype)
+        theta_t = cuda_memory.empty((pattern.n_params, c_in, c_out), dtype)
         _launch1(ks, "transpose_theta", theta_t.size, tc, theta_t)
     dy_tot = _forward(dyc, theta_t, pattern, dx3, how, True, ks)
     if how == "complement":

@@ -34,7 +34,7 @@ class _Internals(NamedTuple):
     handle_of: Any  # cuda.bindings.utils.get_cuda_native_handle
     config: Any  # cuda.core.LaunchConfig
     launch: Any  # cuda.core.launch
-    array_types: tuple  # numba-cuda's DeviceNDArray and MappedNDArray
+    array_type: type  # numba-cuda's DeviceNDArray
     stream: Any  # the legacy default stream, as cuda.core takes it
 
 
@@ -47,25 +47,25 @@ def _internals():
         from cuda.bindings.utils import get_cuda_native_handle
         from cuda.core import LaunchConfig, launch
         from numba.cuda.cudadrv import driver
-        from numba.cuda.cudadrv.devicearray import DeviceNDArray, MappedNDArray
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
         stream = driver._to_core_stream(0)
     except (ImportError, AttributeError):  # pragma: no cover - another numba-cuda
         return None
-    return _Internals(binding, get_cuda_native_handle, LaunchConfig, launch,
-                      (DeviceNDArray, MappedNDArray), stream)
+    return _Internals(binding, get_cuda_native_handle, LaunchConfig, launch, DeviceNDArray,
+                      stream)
 
 
 _FAST = _internals()
 
 
-def _key(args, array_types):
+def _key(args, array_type):
     """The arguments' signature (dtype and rank per array, ``int`` per int), or None when
     one is neither a C-contiguous, non-broadcast device array nor a Python int."""
     key = []
     for a in args:
         if type(a) is int:
             key.append(int)
-        elif (type(a) in array_types and a.is_c_contiguous()
+        elif (type(a) is array_type and a.is_c_contiguous()
               and (a.size == 0 or 0 not in a.strides)):
             key.append((a.dtype, a.ndim))
         else:
@@ -123,7 +123,7 @@ def launch(dispatcher, grid, block, *args):
     if _FAST is None:
         dispatcher[grid, block](*args)
         return
-    sig = _key(args, _FAST.array_types)
+    sig = _key(args, _FAST.array_type)
     if sig is None:
         dispatcher[grid, block](*args)
         return

@@ -1,0 +1,92 @@
+"""Device arrays for the CUDA kernels: allocated from CuPy's memory pool where CuPy is
+installed, and reshaped without numba-cuda's general machinery.
+
+On an H200 host (``gpu_check.py --kernels``, the primitives) ``cuda.device_array`` took
+45 us, 21 us of it numba's allocation, and each array it frees later costs a
+``cuMemFree``, which waits for the device; a numba ``DeviceNDArray`` around memory that
+is already there took 2.9 us and ``reshape`` 9.3 us.  A w2 forward + backward made six
+arrays and sixteen reshapes.  CuPy's pool hands out memory in microseconds and takes
+it back without freeing it; the arrays are numba's ``DeviceNDArray`` as before, on
+memory that CuPy owns.  Without CuPy (and in the simulator) numba allocates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from . import cuda_launch
+
+try:
+    from numba import cuda
+except ImportError:  # pragma: no cover - numba without its CUDA part
+    cuda = None
+
+
+def _load():
+    """What a pooled allocation needs, or None (no CuPy, the simulator, another
+    numba-cuda)."""
+    if numba.config.ENABLE_CUDASIM or cuda_launch.context_key() is None:
+        return None
+    try:
+        import cupy
+        from numba.cuda.cudadrv import devices, driver
+    except Exception:  # noqa: BLE001 - not installed, or not usable here
+        return None
+    return cupy, devices, driver
+
+
+def _array_type():
+    """numba-cuda's ``DeviceNDArray`` on a real device, else None (the simulator)."""
+    if numba.config.ENABLE_CUDASIM or cuda is None:
+        return None
+    try:
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    except ImportError:  # pragma: no cover - another numba-cuda
+        return None
+    return DeviceNDArray
+
+
+_LIB = _load()
+_ARRAY = _array_type()
+#: numba's context object per CUDA context handle (looking it up cost 7 us)
+_CONTEXTS: dict = {}
+
+
+def _strides(shape, itemsize):
+    out, step = [], itemsize
+    for s in reversed(shape):
+        out.append(step)
+        step *= max(s, 1)
+    return tuple(reversed(out))
+
+
+def empty(shape, dtype):
+    """An uninitialised C-contiguous device array (``cuda.device_array``'s contract)."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if _LIB is None or nbytes == 0:
+        return cuda.device_array(shape, dtype=dtype)
+    cupy, devices, driver = _LIB
+    key = cuda_launch.context_key()
+    ctx = _CONTEXTS.get(key)
+    if ctx is None:
+        ctx = _CONTEXTS[key] = devices.get_context()
+    with cupy.cuda.Stream.null:  # reused in the order of the stream the kernels run on
+        mem = cupy.cuda.alloc(nbytes)
+    data = driver.MemoryPointer(ctx, driver.binding.CUdeviceptr(mem.ptr), nbytes, owner=mem)
+    return _ARRAY(shape, _strides(shape, dtype.itemsize), dtype, gpu_data=data)
+
+
+def view(a, shape):
+    """``a.reshape(shape)`` for a C-contiguous device array, without numba's general
+    reshape where ``a`` is a plain ``DeviceNDArray`` (the sizes must agree)."""
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if _ARRAY is None or type(a) is not _ARRAY or a.size == 0 or not a.is_c_contiguous():
+        return a.reshape(shape)
+    if math.prod(shape) != a.size:
+        raise ValueError(f"cannot view {a.size} entries as shape {shape}")
+    return _ARRAY(shape, _strides(shape, a.dtype.itemsize), a.dtype, gpu_data=a.gpu_data)

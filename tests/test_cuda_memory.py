@@ -1,0 +1,51 @@
+"""Device arrays from paramshare_nb._kernels.cuda_memory: CuPy's pool and cheap views
+on a device with CuPy, numba's own calls elsewhere; the same arrays either way."""
+
+import numpy as np
+import pytest
+
+from paramshare_nb._kernels import cuda_memory as cm
+
+cuda = pytest.importorskip("numba.cuda")
+pytestmark = pytest.mark.skipif(not cuda.is_available(), reason="no CUDA device or simulator")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 1, 3), (0, 3), 7])
+def test_empty_is_a_writable_c_contiguous_device_array(shape, dtype):
+    a = cm.empty(shape, dtype)
+    want = (shape,) if isinstance(shape, int) else shape
+    assert tuple(a.shape) == want and np.dtype(a.dtype) == np.dtype(dtype)
+    assert a.is_c_contiguous()
+    host = np.arange(int(np.prod(want)), dtype=dtype).reshape(want)
+    if host.size:
+        a.copy_to_device(host)
+    np.testing.assert_array_equal(a.copy_to_host(), host)
+
+
+def test_pooled_memory_lives_as_long_as_its_array_and_views():
+    kept = []
+    for k in range(20):  # freed and reused in between: every kept array keeps its values
+        a = cm.empty((64,), np.float32)
+        a.copy_to_device(np.full(64, k, np.float32))
+        kept.append(cm.view(a, (8, 8)))
+        del a
+        cm.empty((64,), np.float32)  # a neighbour that dies at once
+    for k, v in enumerate(kept):
+        np.testing.assert_array_equal(v.copy_to_host(), np.full((8, 8), k, np.float32))
+
+
+def test_view_reshapes_like_numba():
+    a = cuda.to_device(np.arange(24, dtype=np.float64))
+    for shape in [(2, 3, 4), (24,), 24, (4, 6), (1, 24)]:
+        v = cm.view(a, shape)
+        np.testing.assert_array_equal(v.copy_to_host(), np.arange(24.0).reshape(shape))
+        assert tuple(v.strides) == np.arange(24.0).reshape(shape).strides
+    with pytest.raises(ValueError):
+        cm.view(cuda.to_device(np.arange(24.0)), (5, 5))
+    strided = cuda.to_device(np.arange(24.0).reshape(4, 6))[:, ::2]  # numba's reshape decides
+    try:
+        v = cm.view(strided, (12,))
+    except NotImplementedError:  # a device: numba does not copy in a reshape
+        return
+    np.testing.assert_array_equal(v.copy_to_host(), np.arange(24.0).reshape(4, 6)[:, ::2].ravel())
