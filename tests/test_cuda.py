@@ -423,13 +423,18 @@ def test_cuda_cupy_and_torch_arrays_stay_on_the_device(family):
     np.testing.assert_array_equal(back(xd), x)  # inputs never modified
 
 
-@pytest.mark.parametrize("per_thread", [False, True], ids=["block-per-item", "thread-per-item"])
+@pytest.mark.parametrize("per_thread,splits", [(False, 1), (True, 1), (False, 7)],
+                         ids=["block-per-item", "thread-per-item", "7-blocks-per-item"])
 @pytest.mark.parametrize("method", ["csr", "materialize"])
 @pytest.mark.parametrize("name", list(PATTERNS))
-def test_cuda_dtheta_reductions_agree_either_way(monkeypatch, name, method, per_thread):
-    # csr_dtheta / reduce_dw run a block or a thread per (p, co, ci); both give dtheta
+def test_cuda_dtheta_reductions_agree_either_way(monkeypatch, name, method, per_thread, splits):
+    # csr_dtheta / reduce_dw run a block or a thread per (p, co, ci), and csr's also
+    # several blocks per item (7: some parts past the last term); all give dtheta
     from paramshare_nb._kernels import cuda as ck
+    if method == "materialize" and splits > 1:
+        pytest.skip("reduce_dw runs one block per item")
     monkeypatch.setattr(ck, "_thread_per_item", lambda items, work: per_thread)
+    monkeypatch.setattr(ck, "_splits", lambda items, work: splits)
     pat = PATTERNS[name]
     for scalar, dtype in ((False, np.float32), (True, np.float64)):
         theta, x, dy = _data(pat, dtype, scalar, (5,))
@@ -446,6 +451,10 @@ def test_cuda_reduction_shape_and_auto_rule(monkeypatch):
     with config.override(cuda_threads=256, cuda_max_blocks=4096):
         assert ck._thread_per_item(8256 * 64, 8 * 64)  # D4 on a 16 x 16 image, csr
         assert not ck._thread_per_item(2 * 32 * 32, 131072 * 64)  # Deep Sets S_512
+        assert ck._splits(2 * 32 * 32, 131072 * 64) == 1  # 2048 items fill 1056 blocks
+        assert ck._splits(10, 10 * 4096) == 20  # w4: 8 terms a thread
+        assert ck._splits(10, 10 ** 8) == 106  # 1056 resident blocks
+        assert ck._splits(10, 100) == 1
     # the longest parameter counts, not the mean: one orbit of 12 edges among 1-edge ones
     lopsided = Pattern((4, 4), np.repeat(np.arange(4), 4), np.tile(np.arange(4), 4),
                        [0, 4, 4, 4, 4, 1, 4, 4, 4, 4, 2, 4, 4, 4, 4, 3])

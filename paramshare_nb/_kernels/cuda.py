@@ -386,20 +386,21 @@ def kernels(dtype, tile):
         return s
 
     @cuda.jit(device=True)
-    def csr_edges(dy, x, prows, pcols, lo, hi, first, step, co, ci):
-        # sum of dy[b, m, co] x[b, n, ci] over the (edge, batch) pairs j = first,
-        # first + step, ... of the edges lo..hi, batch fastest: the batch is spread over
-        # the block too (w4's ten parameters of ten edges each, batch 4096: 0.92 ms on
-        # an H200 with one thread per edge walking the batch).  Each edge's products
-        # summed, as the CPU's csr does (summing the inputs that share a parameter first
-        # can overflow where this stays finite).
+    def csr_edges(dy, x, prows, pcols, lo, j, stop, step, co, ci):
+        # sum of dy[b, m, co] x[b, n, ci] over the (edge, batch) pairs j, j + step, ...
+        # < stop of the edges from lo on, batch fastest: the batch is spread over the
+        # block too (w4's ten parameters of ten edges each, batch 4096: 0.92 ms on an
+        # H200 with one thread per edge walking the batch).  Each edge's products summed,
+        # as the CPU's csr does (summing the inputs that share a parameter first can
+        # overflow where this stays finite).
         nb = dy.shape[0]
         s = zero
-        for j in range(first, (hi - lo) * nb, step):
+        while j < stop:
             k = j // nb
             e = lo + k
             b = j - k * nb
             s += dy[b, prows[e], co] * x[b, pcols[e], ci]
+            j += step
         return s
 
     @cuda.jit
@@ -436,8 +437,9 @@ def kernels(dtype, tile):
         w = cuda.grid(1)
         while w < npar * nco * nci:
             p, co, ci = item_of(w, nco, nci)
-            dtheta[p, co, ci] = csr_edges(dy, x, prows, pcols, pptr[p], pptr[p + 1], 0, 1,
-                                          co, ci)
+            lo = pptr[p]
+            dtheta[p, co, ci] = csr_edges(dy, x, prows, pcols, lo, 0,
+                                          (pptr[p + 1] - lo) * dy.shape[0], 1, co, ci)
             w += cuda.gridsize(1)
 
     @cuda.jit
@@ -450,11 +452,49 @@ def kernels(dtype, tile):
         w = cuda.blockIdx.x
         while w < npar * nco * nci:  # uniform across the block
             p, co, ci = item_of(w, nco, nci)
-            s = csr_edges(dy, x, prows, pcols, pptr[p], pptr[p + 1], t, TT, co, ci)
+            lo = pptr[p]
+            s = csr_edges(dy, x, prows, pcols, lo, t, (pptr[p + 1] - lo) * dy.shape[0], TT,
+                          co, ci)
             s = block_total(buf, s, t)
             if t == 0:
                 dtheta[p, co, ci] = s
             w += cuda.gridDim.x
+
+    @cuda.jit
+    def csr_dtheta_split(dy, x, pptr, prows, pcols, partial):
+        # csr_dtheta for few items of many terms: partial[k, i] is part k of item i's
+        # (edge, batch) pairs, cut in len(partial) equal runs, one block each
+        n_split, items = partial.shape
+        nco = dy.shape[2]
+        nci = x.shape[2]
+        buf = cuda.shared.array(TT, dtype=nbtype)
+        t = cuda.threadIdx.x
+        w = cuda.blockIdx.x
+        while w < n_split * items:  # uniform across the block
+            k = w // items
+            i = w - k * items
+            p, co, ci = item_of(i, nco, nci)
+            lo = pptr[p]
+            total = (pptr[p + 1] - lo) * dy.shape[0]
+            run = (total + n_split - 1) // n_split
+            stop = min(total, (k + 1) * run)
+            s = csr_edges(dy, x, prows, pcols, lo, k * run + t, stop, TT, co, ci)
+            s = block_total(buf, s, t)
+            if t == 0:
+                partial[k, i] = s
+            w += cuda.gridDim.x
+
+    @cuda.jit
+    def sum_splits(partial, out):
+        # out[i] = partial[0, i] + partial[1, i] + ..., in that order
+        n_split, items = partial.shape
+        i = cuda.grid(1)
+        while i < items:
+            s = zero
+            for k in range(n_split):
+                s += partial[k, i]
+            out[i] = s
+            i += cuda.gridsize(1)
 
     # -- complement sums and the scatter order --
 
@@ -611,6 +651,7 @@ def kernels(dtype, tile):
               fill_zero=fill_zero,
               scatter_w=scatter_w, gemm=gemm, reduce_dw=reduce_dw, csr_dtheta=csr_dtheta,
               reduce_dw_items=reduce_dw_items, csr_dtheta_items=csr_dtheta_items,
+              csr_dtheta_split=csr_dtheta_split, sum_splits=sum_splits,
               block_totals=block_totals,
               flag_nonfinite=flag_nonfinite, gather_sums=gather_sums, row_sums=row_sums,
               combine=combine, contract_cols=contract_cols, base_dtheta=base_dtheta)
@@ -946,13 +987,32 @@ def _reduce(ks, name, items, *args):
 def _dtheta_reduce(ks, name, items, work, *args):
     """``name`` (``reduce_dw`` or ``csr_dtheta``) over ``items`` outputs of at most
     ``work`` terms each: a block per item, or its ``_items`` twin, a thread per item,
-    where that has the shorter critical path (:func:`_thread_per_item`).  The choice,
-    and so the order of the sums, can differ between GPUs (it counts their threads);
-    on one device it is the same on every run."""
+    where that has the shorter critical path (:func:`_thread_per_item`); csr's items,
+    when too few to fill the device, split over several blocks each (:func:`_splits`).
+    The choice, and so the order of the sums, can differ between GPUs (it counts their
+    threads); on one device it is the same on every run."""
     if _thread_per_item(items, work):
         _launch1(ks, name + "_items", items, *args)
-    else:
+        return
+    n_split = _splits(items, work) if name == "csr_dtheta" else 1
+    if n_split == 1:
         _reduce(ks, name, items, *args)
+        return
+    *inputs, dtheta = args
+    partial = cuda_memory.empty((n_split, items), dtheta.dtype)
+    _reduce(ks, "csr_dtheta_split", n_split * items, *inputs, partial)
+    _launch1(ks, "sum_splits", items, partial, cuda_memory.view(dtheta, items))
+
+
+def _splits(items, work) -> int:
+    """Blocks per item for ``items`` block sums of ``work`` terms: enough to fill the
+    device's resident blocks, each block keeping at least 8 terms a thread (w4 on an
+    H200: 10 parameters of 40960 terms, 78 us in 10 blocks)."""
+    tt = _tile() ** 2
+    at_once = max(1, min(config.cuda_max_blocks, _resident_threads() // tt))
+    if items >= at_once:
+        return 1
+    return max(1, min(math.ceil(at_once / items), work // (8 * tt)))
 
 
 def _thread_per_item(items, work) -> bool:
@@ -1298,7 +1358,7 @@ def tied_matmul(x, theta, pattern, out=None, method="auto"):
             # out=x (or theta) in place: "csr" and the GEMM read inputs that other threads
             # have already overwritten; compute into a temporary, as the CPU does
             target = od
-            if _overlaps(od, xc) or _overlaps(od, tc):
+            if out is not None and (_overlaps(od, xc) or _overlaps(od, tc)):
                 target = cuda_memory.empty(shape, dtype)
             _forward(xc, tc, pattern, cuda_memory.view(target, (b, m, c_out)), how, False, ks)
             if target is not od:
