@@ -233,10 +233,23 @@ def render_gpu_rst(path: Path = GPU_RESULTS) -> str:
         peer = ms.get(peers[0]) if peers else None
         out += [f"     - {_vs_peer(ms['auto'], peer)}" if _number(peer) and
                 _number(ms.get("auto")) and peer > 0 and ms["auto"] > 0 else "     - n/a"]
+    kernels = rec.get("kernels")
+    if kernels:
+        out += ["", "Where a call's time goes (``gpu_check.py --kernels``: the median wall time, "
+                "and the device time between CUDA events around each launch, which takes in "
+                "a launch's host overhead while the device idles; cuBLAS's products are not "
+                "among the launches):", ""]
+        for name, k in kernels.items():
+            parts = ", ".join(f"{kn} {kv['device_ms'] * 1e3:.0f} us"
+                              for kn, kv in sorted(k["kernels"].items(),
+                                                   key=lambda kv: -kv[1]["device_ms"]))
+            out += [f"* {name}: {k['wall_ms']:.3f} ms wall, {k['device_ms']:.3f} ms in "
+                    f"kernels ({parts}); {k['allocs']:g} arrays allocated"]
     prim = rec.get("primitives_us")
     if prim:
-        out += ["", "What numba's own calls cost on that machine (microseconds each, from "
-                "``gpu_check.py --profile``; the floor under every strategy's launches):", ""]
+        out += ["", "What launching and allocating cost on that machine (microseconds per "
+                "call): numba-cuda's own calls, and the packed launch, cuBLAS call and "
+                "allocation layers this library uses instead:", ""]
         out += [f"* {k}: {v:.1f}" for k, v in prim.items()]
     return "\n".join(out) + "\n"
 

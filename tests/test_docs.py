@@ -177,7 +177,10 @@ def test_gpu_benchmarks_render_and_store(tmp_path, monkeypatch):
                {"workload": "w4", "desc": "Figure 1", "ms": dict(
                    {m: 3.0 for m in mb.GPU_METHODS}, **{"cupy (cuBLAS)": 1.0})}]}
     (tmp_path / "run.json").write_text(json.dumps(run))
-    (tmp_path / "prim.json").write_text(json.dumps({"primitives_us": {"launch": 41.5}}))
+    (tmp_path / "prim.json").write_text(json.dumps({"primitives_us": {"launch": 41.5}, "kernels": {
+        "w4 csr": {"wall_ms": 0.3, "device_ms": 0.1, "allocs": 3, "kernels": {
+            "csr_forward": {"launches": 2, "device_ms": 0.06, "config": "(80, 256)"},
+            "csr_dtheta": {"launches": 1, "device_ms": 0.04, "config": "(10, 256)"}}}}}))
     (tmp_path / "tests.log").write_text("....\n===== 7 passed in 3.1s =====\n")
     out = tmp_path / "gpu.json"
     rec = mb.store_gpu([tmp_path / "prim.json", tmp_path / "run.json"], tmp_path / "tests.log",
@@ -186,7 +189,9 @@ def test_gpu_benchmarks_render_and_store(tmp_path, monkeypatch):
     assert "when stored" in rec["commit"]  # the run named none
     rst = mb.render_gpu_rst(out)
     for text in ("Test GPU", "7 passed", "2.50x faster", "ours is 3.0x slower", "MISMATCH",
-                 "launch: 41.5", "list-table", "(float32)"):
+                 "launch: 41.5", "list-table", "(float32)",
+                 "w4 csr: 0.300 ms wall, 0.100 ms in kernels (csr_forward 60 us, csr_dtheta "
+                 "40 us); 3 arrays allocated"):
         assert text in rst, text
     # gpu_check.py's own record: its commit, dtype and test summary; integer times
     run.update(commit="abc1234", dtype="float64", tests={"summary": "9 passed in 1s", "tail": []})
