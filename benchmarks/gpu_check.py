@@ -311,12 +311,9 @@ def primitives() -> dict:
     return got
 
 
-def profile_calls(only, methods, calls=100) -> str:
-    """cProfile of ``calls`` forward + backward calls per method on the named workloads."""
-    import cProfile
-    import io
-    import pstats
-
+def _device_workloads(only):
+    """``(key, pattern, (x, theta, dy))`` on the device, float32, for the workloads of
+    ``compare.py`` named in ``only``."""
     import numpy as np
     from numba import cuda
 
@@ -324,20 +321,31 @@ def profile_calls(only, methods, calls=100) -> str:
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from compare import workloads
 
-    import paramshare_nb as ps
-    text = io.StringIO()
     for key, (_, make, nb, ci, co, _) in workloads().items():
         if key not in only:
             continue
         pat = make()
         m, n = pat.shape
-        shapes = (((pat.n_params,), (nb, n), (nb, m)) if ci is None else
-                  ((pat.n_params, co, ci), (nb, n, ci), (nb, m, co)))
+        shapes = (((nb, n), (pat.n_params,), (nb, m)) if ci is None else
+                  ((nb, n, ci), (pat.n_params, co, ci), (nb, m, co)))
         rng = np.random.default_rng(0)
-        theta, x, dy = (cuda.to_device(rng.standard_normal(s).astype(np.float32))
-                        for s in shapes)
+        yield key, pat, tuple(cuda.to_device(rng.standard_normal(s).astype(np.float32))
+                              for s in shapes)
+
+
+def profile_calls(only, methods, calls=100) -> str:
+    """cProfile of ``calls`` forward + backward calls per method on the named workloads."""
+    import cProfile
+    import io
+    import pstats
+
+    from numba import cuda
+
+    import paramshare_nb as ps
+    text = io.StringIO()
+    for key, pat, dev in _device_workloads(only):
         for method in methods:
-            run = functools.partial(_ours, ps, pat, (x, theta, dy), method)
+            run = functools.partial(_ours, ps, pat, dev, method)
             run()
             cuda.synchronize()
             prof = cProfile.Profile()
@@ -374,27 +382,13 @@ def _counted(alloc, allocs, *args, **kwargs):
 def kernel_times(only, methods, calls=20) -> dict:
     """Per workload and method: wall ms per forward + backward, and each kernel's launches
     and device ms (CUDA events), and the device allocations per call."""
-    import numpy as np
     from numba import cuda
-
-    sys.path.insert(0, ROOT)
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from compare import workloads
 
     import paramshare_nb as ps
     from paramshare_nb._kernels import cuda as cu
     plain_launch, plain_alloc = cu._launch, cu.cuda_memory.empty
     got = {}
-    for key, (_, make, nb, ci, co, _) in workloads().items():
-        if key not in only:
-            continue
-        pat = make()
-        m, n = pat.shape
-        shapes = (((pat.n_params,), (nb, n), (nb, m)) if ci is None else
-                  ((pat.n_params, co, ci), (nb, n, ci), (nb, m, co)))
-        rng = np.random.default_rng(0)
-        dev = [cuda.to_device(rng.standard_normal(s).astype(np.float32))
-               for s in (shapes[1], shapes[0], shapes[2])]
+    for key, pat, dev in _device_workloads(only):
         for method in methods:
             run = functools.partial(_ours, ps, pat, dev, method)
             wall = _median(run, cuda.synchronize, repeat=calls, budget=5.0)
