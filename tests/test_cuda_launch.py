@@ -130,3 +130,31 @@ def test_packing_matches_numba_cuda_on_the_device():
     got = cl._packed((flat_a, 5, b))
     as_int = [int(v.value) if isinstance(v, ctypes._SimpleCData) else int(v) for v in want]
     assert [int(v.value) if isinstance(v, ctypes.c_int64) else v for v in got] == as_int
+
+
+def test_without_a_driver_the_first_cuda_call_says_how_to_get_it():
+    # a fresh process off the simulator: where no GPU is usable (this machine, in CI),
+    # importing the CUDA twin and its launch and memory layers must end in the
+    # RuntimeError with the hint, not in an error of the driver bindings
+    import subprocess
+    import sys
+    code = """if True:
+        import numpy as np
+        from numba import cuda
+        import paramshare_nb as ps
+        if cuda.is_available():
+            print("AVAILABLE")
+        else:
+            pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(3)))
+            try:
+                ps.tied_matmul(np.ones((2, 3)), np.ones(pat.n_params), pat, backend="cuda")
+            except RuntimeError as exc:
+                print("HINT" if "pip install" in str(exc) else repr(exc))
+    """
+    import os
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    if "AVAILABLE" in out.stdout:
+        pytest.skip("a CUDA device is usable here")
+    assert out.stdout.strip() == "HINT", out.stdout + out.stderr[-2000:]

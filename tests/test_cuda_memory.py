@@ -49,3 +49,15 @@ def test_view_reshapes_like_numba():
     except NotImplementedError:  # a device: numba does not copy in a reshape
         return
     np.testing.assert_array_equal(v.copy_to_host(), np.arange(24.0).reshape(4, 6)[:, ::2].ravel())
+
+
+def test_no_driver_leaves_numbas_allocation(monkeypatch):
+    # on a machine with numba-cuda but no driver, importing the CUDA twin must not fail
+    # here: its first call says how to get CUDA (found with the driver library missing)
+    import numba
+
+    def no_driver():
+        raise RuntimeError("the NVIDIA driver library was not found")
+    monkeypatch.setattr(numba.config, "ENABLE_CUDASIM", 0)
+    monkeypatch.setattr(cm.cuda_launch, "context_key", no_driver)
+    assert cm._load() is None

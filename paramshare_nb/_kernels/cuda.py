@@ -710,8 +710,8 @@ def _canonical(arr, dtype, shape, ks):
         flat = cuda_memory.view(arr, arr.size)
         out = cuda_memory.empty(arr.size, dtype)
         if arr.size:
-            _launch(ks, "cast_copy", _grid(arr.size, config.cuda_threads), config.cuda_threads,
-                flat, out)
+            _launch(ks, "cast_copy", _grid(arr.size, config.cuda_threads),
+                    config.cuda_threads, flat, out)
         arr = out
     return cuda_memory.view(arr, shape)
 
@@ -906,7 +906,9 @@ def _device_dy_blocks(pattern):
 
 #: Multiply-adds (``B nnz C_in C_out``) under which ``"auto"`` keeps ``"csr"`` on CUDA:
 #: gather's five more launches cost about 200 us on an H200 host (41 us a launch), in
-#: which csr does about 2**25 of them (1.7e11 a second, measured on w2).
+#: which csr does about 2**25 of them (1.7e11 a second, measured on w2).  Measured with
+#: numba-cuda's own launches; packed ones (:mod:`.cuda_launch`) cost 12 us, so the bound
+#: is on the high side, not re-measured.
 _CSR_BELOW = 2 ** 25
 
 
@@ -915,8 +917,8 @@ def _choose(pattern, method, work, c_in=1, c_out=1, itemsize=4):
 
     ``"auto"`` is csr unless rows share parameters (half as many groups as edges or
     fewer) and the work pays for more launches.  Then it is complement sums where the
-    pattern has them (Deep Sets on an H200: scatter 3.35 ms, complement 4.10, gather
-    4.63, csr 250): ``"scatter"`` sums ``C_out``-wide products and ``"complement"``
+    pattern has them (Deep Sets on an H200: scatter 1.87 ms, complement 2.25, gather
+    4.00, csr 297): ``"scatter"`` sums ``C_out``-wide products and ``"complement"``
     ``C_in``-wide inputs, so the narrower side; else ``"gather"``.  The CPU cost model's
     constants are CPU throughputs (BLAS, fused loops, call overhead), not a GPU's, so it
     is not reused here; every other method runs as asked.
@@ -1151,8 +1153,7 @@ def _complement_forward(pattern, transposed, x, theta, y, ks):
     tot = theta_d = None
     if ds is not None and not _nonfinite(theta, ks):
         coef_d, _ = _coef(ds, x.dtype)
-        theta_d = cuda_memory.empty((ds["n_derived"],) + tuple(theta.shape[1:]),
-                                    dtype=x.dtype)
+        theta_d = cuda_memory.empty((ds["n_derived"],) + tuple(theta.shape[1:]), x.dtype)
         _launch1(ks, "combine", theta_d.size, theta, ds["d_ptr"], ds["d_p"], coef_d, theta_d)
         if not _nonfinite(theta_d, ks):  # theta_0 - theta_1 can overflow (the CPU's _derived)
             tot = _block_totals(x, ds["blk_ptr"], ds["blk_cols"], ds["n_blocks"], ks)
@@ -1199,9 +1200,9 @@ def _complement_dtheta(pattern, dy, x, dtheta, ks, dy_tot=None):
 
 def _materialize(pattern, theta, ks):
     """``W (M, Co, N, Ci)`` on the device (its callers check ``config.max_bytes`` first)."""
+    from .. import _dispatch
     m, n = pattern.shape
     _, c_out, c_in = theta.shape
-    from .. import _dispatch
     dp = _device_plan(pattern, False)
     w = cuda_memory.empty((m, c_out, n, c_in), theta.dtype)
     complete = _dispatch._complete(pattern)

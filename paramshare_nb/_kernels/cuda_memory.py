@@ -28,9 +28,11 @@ except ImportError:  # pragma: no cover - numba without its CUDA part
 def _load():
     """What a pooled allocation needs, or None (no CuPy, the simulator, another
     numba-cuda)."""
-    if numba.config.ENABLE_CUDASIM or cuda_launch.context_key() is None:
+    if numba.config.ENABLE_CUDASIM:
         return None
     try:
+        if cuda_launch.context_key() is None:  # no packed launches: no bindings either
+            return None
         import cupy
         from numba.cuda.cudadrv import devices, driver
     except Exception:  # noqa: BLE001 - not installed, or not usable here
