@@ -337,6 +337,36 @@ def test_gradcheck_catches_a_wrong_backward():
         gradcheck(lambda x: x * 2.0, Tensor(np.ones(2, np.float32), requires_grad=True))
 
 
+def test_backward_names_an_op_whose_gradients_are_wrong():
+    # the engine names the op only when something is wrong (a name for every node cost
+    # time in every backward); both of its checks
+    class _WrongShape(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 2.0
+
+        @staticmethod
+        def backward(ctx, g):
+            return (g[:1],)
+
+    class _TooMany(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 2.0
+
+        @staticmethod
+        def backward(ctx, g):
+            return (g, g)
+
+    a = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"backward of wrongshape: gradient of shape \(1,\) "
+                                           r"for an input of shape \(2,\) \(a bug in that op\)"):
+        _WrongShape.apply(a).sum().backward()
+    with pytest.raises(RuntimeError, match="backward of toomany returned 2 gradients for 1 "
+                                           "inputs"):
+        _TooMany.apply(a).sum().backward()
+
+
 @pytest.mark.parametrize("scale", [1e-7, 1e-12])
 def test_gradcheck_scales_with_the_gradient_and_keeps_grads(scale):
     """A backward twice too large fails also for a tiny function (the tolerance once had a

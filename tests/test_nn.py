@@ -192,7 +192,7 @@ def test_shared_parameter_counted_once(rng):
 
 
 def test_layer_errors(d4):
-    _, act = d4
+    gens, act = d4
     layer = nn.EquivariantLinear(act, 2, 3)
     with pytest.raises(ValueError, match=r"EquivariantLinear\(N=16.*expected input of shape "
                                          r"\(batch, 16, 2\)"):
@@ -203,6 +203,17 @@ def test_layer_errors(d4):
         layer(np.ones((4, 16, 2)))
     with pytest.raises(TypeError, match=r"use x.astype\(np.float32\)$"):  # no model.astype(int)
         layer(Tensor(np.ones((4, 16, 2), np.int64)))
+    with pytest.raises(TypeError, match=r"EquivariantLinear\(N=16.*must be a Tensor or an "
+                                        r"array, got str"):
+        layer("x")
+    with pytest.raises(ValueError, match=r"Linear\(2 -> 3, bias=True\): expected input of "
+                                         r"shape \(\.\.\., 2\), got \(4, 5\)"):
+        nn.Linear(2, 3)(np.ones((4, 5), np.float32))
+    with pytest.raises(TypeError, match=r"Linear\(2 -> 3, bias=True\): input dtype float64"):
+        nn.Linear(2, 3)(np.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"OrbitPool\(n=16, n_orbits=3, reduce='mean'\): "
+                                         r"expected input of shape \(batch, 16, \.\.\.\)"):
+        nn.OrbitPool(gens, "mean")(np.ones((4, 9, 2), np.float32))
     with pytest.raises(ValueError, match="design must be"):
         nn.EquivariantLinear(act, 1, 1, design="diagonal")
     identity = ps.Pattern.from_index(np.where(np.eye(16, dtype=bool), 0, -1))

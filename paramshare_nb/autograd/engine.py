@@ -53,19 +53,20 @@ def _ones_like(data):
     return to_device(ones) if device_of(data) == "cuda" else ones
 
 
-def _accumulate(table, node, grad, op_name):
-    if tuple(grad.shape) != tuple(node.shape):
-        raise RuntimeError(f"backward of {op_name}: gradient of shape {tuple(grad.shape)} for an "
-                           f"input of shape {tuple(node.shape)} (a bug in that op)")
+def _accumulate(table, node, grad, op):
+    """Add ``grad`` into ``node``'s entry; ``op`` is the Function class that made it."""
+    if tuple(grad.shape) != tuple(node.data.shape):
+        raise RuntimeError(f"backward of {op.name()}: gradient of shape {tuple(grad.shape)} "
+                           f"for an input of shape {node.shape} (a bug in that op)")
     key = id(node)
     old = table.get(key)
     if old is None:
         table[key] = grad
     else:
-        table[key] = _add(old, grad, op_name)
+        table[key] = _add(old, grad)
 
 
-def _add(a, b, op_name):
+def _add(a, b):
     if not (is_cuda_array(a) or is_cuda_array(b)):
         return a + b
     # CUDA gradients: summed on the host (see Function.native_cuda)
@@ -122,7 +123,7 @@ def backward(root, grad=None) -> None:
                     if node.grad is None:
                         node.grad = g.copy() if isinstance(g, np.ndarray) else g
                     else:
-                        node.grad = _add(node.grad, g, "leaf")
+                        node.grad = _add(node.grad, g)
                 continue
             if ctx.host_fallback:
                 g = to_host(g)
@@ -131,10 +132,10 @@ def backward(root, grad=None) -> None:
                 grads = (grads,)
             if ctx.host_fallback:
                 grads = tuple(None if x is None else to_device(x) for x in grads)
-            op = type(ctx).name()
+            op = type(ctx)
             if len(grads) != len(ctx.parents):
-                raise RuntimeError(f"backward of {op} returned {len(grads)} gradients for "
-                                   f"{len(ctx.parents)} inputs")
+                raise RuntimeError(f"backward of {op.name()} returned {len(grads)} gradients "
+                                   f"for {len(ctx.parents)} inputs")
             for parent, pg in zip(ctx.parents, grads):
                 if pg is None or not parent.requires_grad:
                     continue

@@ -203,24 +203,28 @@ class Function:
         -------
         Tensor
         """
-        from .tensor import Tensor
-
+        tensor = _TENSOR[0] if _TENSOR else _tensor_class()
+        arrays = []
         for i, t in enumerate(inputs):
-            if not isinstance(t, Tensor):
+            if not isinstance(t, tensor):
                 raise TypeError(f"{cls.name()}: input {i} must be a Tensor, got "
                                 f"{type(t).__name__}")
-        _check_inputs(cls, inputs)
+            arrays.append(t.data)
+        # numpy data (a Tensor holds ndarrays on the CPU): no device checks to make
+        on_host = all(type(a) is np.ndarray for a in arrays)
+        _check_inputs(cls, inputs, on_host)
         ctx = cls()
         ctx.needs_input_grad = tuple(t.requires_grad for t in inputs)
-        arrays = _with_float_dtype(cls, [t.data for t in inputs])
-        ctx.host_fallback = not cls.native_cuda and any(is_cuda_array(a) for a in arrays)
+        arrays = _with_float_dtype(cls, arrays)
+        ctx.host_fallback = (not on_host and not cls.native_cuda
+                             and any(is_cuda_array(a) for a in arrays))
         if ctx.host_fallback:
             arrays = [to_host(a) for a in arrays]
         data = cls.forward(ctx, *arrays, **options)
         if ctx.host_fallback:
             data = to_device(np.asarray(data))
         record = is_grad_enabled() and any(ctx.needs_input_grad)
-        out = Tensor(data, requires_grad=record)
+        out = tensor(data, requires_grad=record)
         if record:
             ctx.parents = inputs
             out._ctx = ctx
@@ -241,12 +245,21 @@ def _with_float_dtype(cls, arrays):
             (a.astype(floats[0]) if not is_cuda_array(a) else a) for a in arrays]
 
 
-def _check_inputs(cls, inputs) -> None:
+_TENSOR: list = []
+
+
+def _tensor_class():
+    """The Tensor class (tensor.py imports this module, so it comes late, once)."""
+    from .tensor import Tensor
+    _TENSOR.append(Tensor)
+    return Tensor
+
+
+def _check_inputs(cls, inputs, on_host=False) -> None:
     if len(inputs) < 2:
         return
-    first = inputs[0].data
-    cuda0 = is_cuda_array(first)
-    if any(is_cuda_array(t.data) != cuda0 for t in inputs[1:]):
+    cuda0 = False if on_host else is_cuda_array(inputs[0].data)
+    if not on_host and any(is_cuda_array(t.data) != cuda0 for t in inputs[1:]):
         desc = ", ".join(f"{t.device}" for t in inputs)
         raise RuntimeError(f"{cls.name()}: inputs are on different devices ({desc}); move them "
                            f"to one device first (Tensor.to('cpu') or .to('cuda'))")

@@ -208,9 +208,8 @@ def _norm_axes(axis, ndim):
 
 
 def _expand(g, shape, axes, keepdims):
-    if not keepdims:
-        for ax in axes:
-            g = np.expand_dims(g, ax)
+    if not keepdims:  # the reduced axes back as ones (one reshape, not an expand_dims each)
+        g = g.reshape(tuple(1 if ax in axes else n for ax, n in enumerate(shape)))
     return np.broadcast_to(g, shape)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -57,7 +58,7 @@ class Tensor:
                                 "before wrapping")
         else:
             data = np.array(data, dtype=dtype, copy=True) if copy else np.asarray(data, dtype)
-        if requires_grad and not np.issubdtype(np.dtype(data.dtype), np.floating):
+        if requires_grad and np.dtype(data.dtype).kind != "f":
             raise TypeError(f"Tensor: requires_grad needs floating-point data, got dtype "
                             f"{data.dtype}; use .astype(np.float32)")
         self.data = data
@@ -79,7 +80,7 @@ class Tensor:
     @property
     def size(self) -> int:
         """Number of elements."""
-        return int(np.prod(self.data.shape))
+        return math.prod(self.data.shape)
 
     @property
     def dtype(self) -> np.dtype:

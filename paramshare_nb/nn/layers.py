@@ -16,27 +16,39 @@ __all__ = ["EquivariantLinear", "Linear", "Sequential", "OrbitPool", "Flatten", 
            "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity"]
 
 
-def _as_tensor(x, layer: str) -> Tensor:
+def _label(layer) -> str:
+    """How errors name ``layer``: a string as given, a module as its class and settings
+    (built only when an error needs it: a layer's every call would pay for it)."""
+    if isinstance(layer, str):
+        return layer
+    return f"{type(layer).__name__}({layer.extra_repr()})"
+
+
+def _as_tensor(x, layer) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if isinstance(x, (np.ndarray, list, tuple)) or hasattr(x, "__cuda_array_interface__"):
         return Tensor(x)
-    raise TypeError(f"{layer}: input must be a Tensor or an array, got {type(x).__name__}")
+    raise TypeError(f"{_label(layer)}: input must be a Tensor or an array, got "
+                    f"{type(x).__name__}")
 
 
-def _check_dtype(x: Tensor, layer: Module, name: str) -> None:
-    params = layer.parameters()
-    if params and x.device != params[0].device:
-        raise RuntimeError(f"{name}: input is on {x.device}, the layer's parameters on "
-                           f"{params[0].device}; use Tensor(x).to('{params[0].device}') or "
+def _check_dtype(x: Tensor, layer: Module, weight) -> None:
+    """``x`` on the device and of the dtype of the layer's ``weight`` (its parameters
+    share both: ``model.to`` and ``model.astype`` move and convert them together)."""
+    data, want = x.data, weight.data
+    if type(data) is np.ndarray and type(want) is np.ndarray and data.dtype == want.dtype:
+        return  # the usual case, without the device and dtype properties
+    if x.device != weight.device:
+        raise RuntimeError(f"{_label(layer)}: input is on {x.device}, the layer's parameters "
+                           f"on {weight.device}; use Tensor(x).to('{weight.device}') or "
                            f"model.to('{x.device}')")
-    want = params[0].dtype if params else None  # layer.dtype, without a second traversal
-    if want is not None and x.dtype != want:
-        fix = f"x.astype(np.{want})"
+    if x.dtype != weight.dtype:
+        fix = f"x.astype(np.{weight.dtype})"
         if x.dtype in (np.float32, np.float64):  # a model holds float32 or float64 only
             fix += f" or model.astype(np.{x.dtype})"
-        raise TypeError(f"{name}: input dtype {x.dtype} does not match the layer's {want}; "
-                        f"use {fix}")
+        raise TypeError(f"{_label(layer)}: input dtype {x.dtype} does not match the layer's "
+                        f"{weight.dtype}; use {fix}")
 
 
 def _check_gain(gain, layer: str) -> float:
@@ -161,13 +173,14 @@ class EquivariantLinear(Module):
 
     def forward(self, x):
         """Apply the layer to ``x`` of shape ``(batch, N, c_in)`` -> ``(batch, M, c_out)``."""
-        name = f"EquivariantLinear({self.extra_repr()})"
-        x = _as_tensor(x, name)
+        x = _as_tensor(x, self)
         m, n = self.pattern.shape
-        if x.ndim < 2 or x.shape[-2] != n or x.shape[-1] != self.c_in:
-            raise ValueError(f"{name}: expected input of shape (batch, {n}, {self.c_in}) (N "
-                             f"inputs of the action, c_in channels), got {x.shape}")
-        _check_dtype(x, self, name)
+        shape = x.shape  # a tuple: some device arrays' shapes take no negative index
+        if len(shape) < 2 or shape[-2] != n or shape[-1] != self.c_in:
+            raise ValueError(f"{_label(self)}: expected input of shape (batch, {n}, "
+                             f"{self.c_in}) (N inputs of the action, c_in channels), got "
+                             f"{x.shape}")
+        _check_dtype(x, self, self.weight)
         y = tied_matmul(x, self.weight, self.pattern)
         if self.bias is not None:
             y = y + self.bias[self._bias_index]
@@ -206,12 +219,11 @@ class Linear(Module):
 
     def forward(self, x):
         """Apply to ``x`` of shape ``(..., in_features)``."""
-        name = f"Linear({self.extra_repr()})"
-        x = _as_tensor(x, name)
+        x = _as_tensor(x, self)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"{name}: expected input of shape (..., {self.in_features}), got "
-                             f"{x.shape}")
-        _check_dtype(x, self, name)
+            raise ValueError(f"{_label(self)}: expected input of shape (..., "
+                             f"{self.in_features}), got {x.shape}")
+        _check_dtype(x, self, self.weight)
         y = x @ self.weight.T
         return y + self.bias if self.bias is not None else y
 
@@ -281,11 +293,10 @@ class OrbitPool(Module):
 
     def forward(self, x):
         """Pool ``x`` of shape ``(batch, n, channels)``."""
-        name = f"OrbitPool({self.extra_repr()})"
-        x = _as_tensor(x, name)
+        x = _as_tensor(x, self)
         if x.ndim < 2 or x.shape[1] != self.n:
-            raise ValueError(f"{name}: expected input of shape (batch, {self.n}, ...), got "
-                             f"{x.shape}")
+            raise ValueError(f"{_label(self)}: expected input of shape (batch, {self.n}, ...), "
+                             f"got {x.shape}")
         return segment_reduce(x, self.labels, self.n_orbits, self.reduce)
 
 
