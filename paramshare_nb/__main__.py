@@ -41,11 +41,18 @@ def _cuda_status() -> str:
         from numba import cuda
     except ImportError:
         return "not installed (pip install 'paramshare_nb[cuda]')"
+    import numba
+    if numba.config.ENABLE_CUDASIM:
+        return "numba's simulator (NUMBA_ENABLE_CUDASIM=1): kernels run in Python, for tests"
     try:
         if cuda.is_available():
             dev = cuda.get_current_device()
             name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
-            return f"usable: {name}"
+            from ._kernels import cuda_blas
+            how = ("cuBLAS and a memory pool through CuPy" if cuda_blas.available() else
+                   "no CuPy: numba's GEMM and allocator (pip install cupy for cuBLAS and a "
+                   "memory pool)")
+            return f"usable: {name}; {how}"
     except Exception as exc:  # a broken driver must not break `info`
         return f"not usable ({exc})"
     return "installed, no usable GPU"

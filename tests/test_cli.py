@@ -23,6 +23,24 @@ def test_info(capsys):
         assert word in out
 
 
+@pytest.mark.parametrize("cupy", [True, False])
+def test_info_on_a_gpu_says_what_does_the_products(monkeypatch, cupy):
+    numba = pytest.importorskip("numba")
+    cuda = pytest.importorskip("numba.cuda")
+    from paramshare_nb import __main__ as cli
+    from paramshare_nb._kernels import cuda_blas
+    if numba.config.ENABLE_CUDASIM:
+        assert "simulator" in cli._cuda_status()
+    device = type("Device", (), {"name": b"NVIDIA H200"})()
+    monkeypatch.setattr(numba.config, "ENABLE_CUDASIM", 0)
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "get_current_device", lambda: device)
+    monkeypatch.setattr(cuda_blas, "available", lambda: cupy)
+    status = cli._cuda_status()
+    assert status.startswith("usable: NVIDIA H200; ")
+    assert ("through CuPy" in status) == cupy and ("pip install cupy" in status) != cupy
+
+
 def test_explain_dihedral(capsys):
     code, out, _ = _run(capsys, "explain", "dihedral:5")
     assert code == 0
