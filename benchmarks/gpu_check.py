@@ -8,10 +8,10 @@ Run on a machine with an NVIDIA GPU (about 2 minutes on an H200 machine with
     python benchmarks/gpu_check.py --no-tests --kernels auto,csr --only w2,w4
 
 1. ``NUMBA_ENABLE_CUDASIM=0 python -m pytest tests/test_cuda.py
-   tests/test_cuda_launch.py tests/test_cuda_memory.py tests/test_gpu_check.py`` in a
-   subprocess (the real device, not the simulator; each test at tiny and at the
-   default grids; in parallel processes when pytest-xdist is there, since compiling
-   the kernels is most of the time).
+   tests/test_cuda_launch.py tests/test_cuda_memory.py tests/test_cuda_blas.py
+   tests/test_gpu_check.py`` in a subprocess (the real device, not the simulator;
+   each test at tiny and at the default grids; in parallel processes when
+   pytest-xdist is there, since compiling the kernels is most of the time).
 2. For each workload of ``compare.py``: forward + backward of
    ``tied_matmul`` on device arrays, per strategy and ``"auto"``, against
    what a user would write on the GPU: materialise ``W`` and call cuBLAS
@@ -45,7 +45,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_tests() -> dict:
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=short", "tests/test_cuda.py",
-           "tests/test_cuda_launch.py", "tests/test_cuda_memory.py", "tests/test_gpu_check.py"]
+           "tests/test_cuda_launch.py", "tests/test_cuda_memory.py", "tests/test_cuda_blas.py",
+           "tests/test_gpu_check.py"]
     try:
         import xdist  # noqa: F401
         cmd += ["-n", str(min(8, os.cpu_count() or 1))]

@@ -45,8 +45,20 @@ class FakeDispatcher:
             self.log.append(("numba", cfg, args))
             sig = tuple(self.typeof_pyval(a) for a in args)
             lib = type("Lib", (), {"get_cufunc": lambda s: type("F", (), {"kernel": "K"})()})
-            self.overloads[sig] = type("O", (), {"argument_types": sig, "_codelibrary": lib()})
+            self.overloads[sig] = type("O", (), {"argument_types": sig, "_codelibrary": lib(),
+                                                 "debug": self.debug, "cooperative": False,
+                                                 "extensions": []})
         return run
+
+    debug = False
+
+
+class FakeContext:
+    """numba's Context: its device's primary context until numba resets it."""
+
+    def __init__(self):
+        self.device = type("Device", (), {})()
+        self.device.primary_context = self
 
 
 @pytest.fixture
@@ -58,6 +70,9 @@ def fake(monkeypatch):
         "stream"))
     monkeypatch.setattr(cl, "_COMPILED", {})
     monkeypatch.setattr(cl, "_CONFIGS", {})
+    monkeypatch.setattr(cl, "_CONTEXTS", {})
+    monkeypatch.setattr(cl, "closed", False)
+    monkeypatch.setattr(cl, "_numba_context", FakeContext)
     return log, FakeDispatcher(log)
 
 
@@ -99,6 +114,38 @@ def test_a_signature_numba_typed_otherwise_stays_on_numbas_path(fake):
     for _ in range(3):
         cl.launch(d, 1, 1, x)
     assert [e[0] for e in log] == ["numba"] * 3
+
+
+def test_no_current_context_and_debug_kernels_take_numbas_path(fake, monkeypatch):
+    log, d = fake
+    x = FakeArray((4,))
+    monkeypatch.setattr(cl._FAST.binding, "cuCtxGetCurrent", staticmethod(lambda: (0, 0)))
+    for _ in range(3):  # numba's launch makes the context; nothing is kept for handle 0
+        cl.launch(d, 1, 1, x)
+    assert [e[0] for e in log] == ["numba"] * 3 and not cl._COMPILED
+    monkeypatch.setattr(cl._FAST.binding, "cuCtxGetCurrent", staticmethod(lambda: (0, 7)))
+    d.debug = True  # numba checks a debug kernel's error flag after each launch
+    for _ in range(3):
+        cl.launch(d, 1, 1, x)
+    assert [e[0] for e in log] == ["numba"] * 6
+
+
+def test_a_context_numba_reset_is_forgotten(fake):
+    # numba.cuda.close() resets the primary context; its handle can come back, its numba
+    # Context does not: the kernels cached for it go, and CuPy is left alone from then on
+    log, d = fake
+    x = FakeArray((4,))
+    cl.launch(d, 1, 1, x)
+    cl.launch(d, 1, 1, x)
+    assert log[-1][0] == "core" and not cl.closed
+    key, ctx = cl.current_context()
+    assert key == 7 and cl.current_context()[1] is ctx
+    ctx.device.primary_context = None  # what numba's Device.reset does
+    cl.launch(d, 1, 1, x)
+    assert cl.closed and log[-1][0] == "numba"  # compiled again in the new context
+    assert cl.current_context()[1] is not ctx
+    cl.launch(d, 1, 1, x)
+    assert log[-1][0] == "core"
 
 
 def test_the_simulator_uses_numbas_path_only():

@@ -61,3 +61,51 @@ def test_no_driver_leaves_numbas_allocation(monkeypatch):
     monkeypatch.setattr(numba.config, "ENABLE_CUDASIM", 0)
     monkeypatch.setattr(cm.cuda_launch, "context_key", no_driver)
     assert cm._load() is None
+
+
+def test_the_pool_takes_small_arrays_only_and_stops_when_it_cannot(monkeypatch):
+    allocs = []
+
+    class Cupy:
+        class cuda:
+            Stream = type("Stream", (), {"null": __import__("contextlib").nullcontext()})
+
+            @staticmethod
+            def alloc(n):
+                allocs.append(n)
+                return type("Memory", (), {"ptr": 4096})()
+
+    class Driver:
+        binding = type("binding", (), {"CUdeviceptr": staticmethod(int)})
+
+        @staticmethod
+        def MemoryPointer(ctx, ptr, n, owner):
+            return ("memory", ctx, ptr, n, owner)
+
+    monkeypatch.setattr(cm, "_LIB", (Cupy, Driver))
+    monkeypatch.setattr(cm, "_ARRAY", lambda shape, strides, dtype, gpu_data: (
+        "pooled", shape, strides, gpu_data[:4]))
+    monkeypatch.setattr(cm.cuda_launch, "closed", False)
+    monkeypatch.setattr(cm.cuda_launch, "current_context", lambda: (7, "ctx"))
+    monkeypatch.setattr(cm.cuda, "device_array", lambda shape, dtype: ("numba", shape))
+    assert cm.empty((4, 3), np.float32) == ("pooled", (4, 3), (12, 4), ("memory", "ctx", 4096, 48))
+    assert cm.empty(cm.POOLED_BELOW // 4, np.float32) == ("numba", (cm.POOLED_BELOW // 4,))
+    assert cm.empty((0, 3), np.float32)[0] == "numba"
+    monkeypatch.setattr(cm.cuda_launch, "current_context", lambda: (0, None))  # none current
+    assert cm.empty(5, np.float32)[0] == "numba"
+    monkeypatch.setattr(cm.cuda_launch, "current_context", lambda: (7, "ctx"))
+    monkeypatch.setattr(cm.cuda_launch, "closed", True)  # numba.cuda.close() freed the pool
+    assert cm.empty(5, np.float32)[0] == "numba"
+    monkeypatch.setattr(cm.cuda_launch, "closed", False)
+    assert allocs == [48]
+
+    def out_of_memory(n):
+        raise MemoryError("out of memory allocating 20 bytes")
+    monkeypatch.setattr(Cupy.cuda, "alloc", staticmethod(out_of_memory))
+    with pytest.raises(MemoryError):
+        cm.empty(5, np.float32)
+
+    def broken(n):
+        raise RuntimeError("cudaErrorInsufficientDriver")
+    monkeypatch.setattr(Cupy.cuda, "alloc", staticmethod(broken))
+    assert cm.empty(5, np.float32)[0] == "numba" and cm._LIB is None

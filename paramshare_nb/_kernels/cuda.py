@@ -1039,12 +1039,14 @@ def _thread_per_item(items, work) -> bool:
 def _resident_threads() -> int:
     """Threads the current device holds at once (the simulator's: an H100-sized guess);
     kept per context (asking the device cost 12 us on an H200 host)."""
-    key = cuda_launch.context_key()
-    hit = _RESIDENT.get(key)
+    key, _ = cuda_launch.current_context()  # 0: no context current, nothing kept
+    hit = _RESIDENT.get(key) if key != 0 else None
     if hit is None:
         dev = cuda.get_current_device()
         sms = getattr(dev, "MULTIPROCESSOR_COUNT", 132)
-        hit = _RESIDENT[key] = sms * getattr(dev, "MAX_THREADS_PER_MULTIPROCESSOR", 2048)
+        hit = sms * getattr(dev, "MAX_THREADS_PER_MULTIPROCESSOR", 2048)
+        if key != 0:
+            _RESIDENT[key] = hit
     return hit
 
 

@@ -13,14 +13,18 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import cuda_launch
+
 #: cuBLAS's operation codes
 _N, _T = 0, 1
 _INT_MAX = 2**31 - 1
 
 
 def _load():
-    """``(cublas module, cupy module)``, or None without CuPy or in the simulator."""
-    if numba.config.ENABLE_CUDASIM:
+    """``(cublas module, cupy module)``, or None without CuPy, in the simulator and under
+    per-thread default streams (kept apart from them, as :mod:`.cuda_memory` is)."""
+    from .cuda_memory import _per_thread_streams
+    if numba.config.ENABLE_CUDASIM or _per_thread_streams():
         return None
     try:
         import cupy
@@ -36,8 +40,9 @@ _SCALARS = {np.dtype(t): (np.ones(1, t), np.zeros(1, t)) for t in (np.float32, n
 
 
 def available() -> bool:
-    """Whether :func:`gemm` can run (CuPy importable, a real device)."""
-    return _LIB is not None
+    """Whether :func:`gemm` can run (CuPy importable and working, a real device, and no
+    ``numba.cuda.close()`` since: it destroys CuPy's cuBLAS handle with the context)."""
+    return _LIB is not None and not cuda_launch.closed
 
 
 def _pointer(a):
@@ -53,8 +58,9 @@ def gemm(a, b, c, ta, tb) -> bool:
     Row-major ``c`` is column-major ``c.T``, and ``c.T = op(b).T @ op(a).T``: cuBLAS
     multiplies ``b`` then ``a``, each with its row length as the leading dimension.
     """
-    if _LIB is None or not (a.is_c_contiguous() and b.is_c_contiguous()
-                            and c.is_c_contiguous()):
+    global _LIB
+    if not available() or not (a.is_c_contiguous() and b.is_c_contiguous()
+                               and c.is_c_contiguous()):
         return False
     dtype = np.dtype(c.dtype)
     if dtype not in _SCALARS or not (np.dtype(a.dtype) == np.dtype(b.dtype) == dtype):
@@ -63,13 +69,19 @@ def gemm(a, b, c, ta, tb) -> bool:
     nk = a.shape[0] if ta else a.shape[1]
     if nr == 0 or ns == 0:
         return True
+    if nk == 0:  # c = 0: the numba kernel writes it
+        return False
     if max(nr, ns, nk, a.shape[1], b.shape[1]) > _INT_MAX:
         return False
     cublas, cupy = _LIB
     one, zero = _SCALARS[dtype]
     call = cublas.sgemm if dtype == np.float32 else cublas.dgemm
-    with cupy.cuda.Stream.null:  # the legacy default stream, as the numba launches
-        call(cupy.cuda.device.get_cublas_handle(), _T if tb else _N, _T if ta else _N,
-             ns, nr, nk, one.ctypes.data, _pointer(b), max(1, b.shape[1]),
-             _pointer(a), max(1, a.shape[1]), zero.ctypes.data, _pointer(c), ns)
+    try:
+        with cupy.cuda.Stream.null:  # the legacy default stream, as the numba launches
+            call(cupy.cuda.device.get_cublas_handle(), _T if tb else _N, _T if ta else _N,
+                 ns, nr, nk, one.ctypes.data, _pointer(b), max(1, b.shape[1]),
+                 _pointer(a), max(1, a.shape[1]), zero.ctypes.data, _pointer(c), ns)
+    except Exception:  # noqa: BLE001 - CuPy imports but its cuBLAS fails: numba's GEMM
+        _LIB = None  # from now on (beta = 0: whatever reached c is overwritten)
+        return False
     return True

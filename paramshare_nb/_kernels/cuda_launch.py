@@ -10,9 +10,10 @@ This module's kernels take only C-contiguous device arrays and Python ints, whos
 packing numba's data model fixes: an array is ``(meminfo, parent, size, itemsize, data
 pointer, *shape, *strides)`` with the first two null, an int a C ``int64``.  The first
 launch of each argument signature goes through numba (which compiles, types and
-launches), and records the compiled function for the current device; later ones pack
+launches), and records the compiled function for the current context; later ones pack
 their arguments here.  Anything else (the simulator, another numba-cuda whose internals
-are missing, a host array or a non-contiguous view) takes numba's own path.
+are missing, a host array or a non-contiguous view, no current context, a debug or
+cooperative kernel) takes numba's own path.
 """
 
 from __future__ import annotations
@@ -22,9 +23,16 @@ from typing import Any, NamedTuple
 
 import numba
 
-#: (device, dispatcher, signature key) -> cuda.core kernel, or None for numba's path
+#: (context handle, dispatcher, signature key) -> cuda.core kernel, or None for numba's path
 _COMPILED: dict = {}
 _CONFIGS: dict = {}
+#: numba's Context per context handle: a context numba reset (``numba.cuda.close()``) gets
+#: a new Context object, while its handle can come back
+_CONTEXTS: dict = {}
+#: Whether numba has reset a context this module used.  Everything made in it is gone,
+#: CuPy's pooled memory and cuBLAS handle included, so :mod:`.cuda_memory` and
+#: :mod:`.cuda_blas` leave CuPy alone from then on.
+closed = False
 
 
 class _Internals(NamedTuple):
@@ -84,6 +92,11 @@ def _compiled(dispatcher, args):
     overload = dispatcher.overloads.get(sig)
     if overload is None or tuple(overload.argument_types) != sig:
         return None
+    # numba's launch does more for these: checks a debug kernel's error flag after it,
+    # launches a cooperative one as such, and lets extensions convert the arguments
+    if getattr(overload, "debug", True) or getattr(overload, "cooperative", True) \
+            or getattr(overload, "extensions", None):
+        return None
     return overload._codelibrary.get_cufunc().kernel
 
 
@@ -118,6 +131,36 @@ def context_key():
     return _FAST.handle_of(_FAST.binding.cuCtxGetCurrent()[1])
 
 
+def _numba_context():
+    from numba.cuda.cudadrv import devices
+    return devices.get_context()
+
+
+def current_context():
+    """``(handle, numba Context)`` of this thread's current CUDA context: ``(0, None)``
+    with none current, ``(None, None)`` where :func:`context_key` is None.
+
+    Caches keyed by the handle stay valid while numba's Context for it is its device's
+    primary context; once numba has reset it, they are cleared and :data:`closed` set.
+    """
+    key = context_key()
+    if not key:
+        return key, None
+    ctx = _CONTEXTS.get(key)
+    if ctx is None or ctx.device.primary_context is not ctx:
+        if ctx is not None:
+            _forget_all()
+        ctx = _CONTEXTS[key] = _numba_context()
+    return key, ctx
+
+
+def _forget_all():
+    global closed
+    closed = True
+    _COMPILED.clear()
+    _CONTEXTS.clear()
+
+
 def launch(dispatcher, grid, block, *args):
     """``dispatcher[grid, block](*args)`` on the default stream, packed here when it can be."""
     if _FAST is None:
@@ -127,7 +170,11 @@ def launch(dispatcher, grid, block, *args):
     if sig is None:
         dispatcher[grid, block](*args)
         return
-    where = (context_key(), dispatcher, sig)
+    key, _ = current_context()
+    if not key:  # no context current yet: numba's launch makes one, and nothing is kept
+        dispatcher[grid, block](*args)
+        return
+    where = (key, dispatcher, sig)
     kernel = _COMPILED.get(where, False)
     if kernel is False:  # first launch here: numba compiles, types and launches it
         dispatcher[grid, block](*args)

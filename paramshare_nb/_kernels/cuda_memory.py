@@ -7,12 +7,20 @@ On an H200 host (``gpu_check.py --kernels``, the primitives) ``cuda.device_array
 is already there took 2.9 us and ``reshape`` 9.3 us.  A w2 forward + backward made six
 arrays and sixteen reshapes.  CuPy's pool hands out memory in microseconds and takes
 it back without freeing it; the arrays are numba's ``DeviceNDArray`` as before, on
-memory that CuPy owns.  Without CuPy (and in the simulator) numba allocates.
+memory that CuPy owns.
+
+Only arrays under :data:`POOLED_BELOW` come from the pool: CuPy keeps what it is given
+back (``cupy.get_default_memory_pool().free_all_blocks()`` returns it to the device),
+and a large array's allocation is small beside the work on it.  numba allocates the
+rest, and everything without CuPy, in the simulator, under per-thread default streams
+(the pool's reuse follows one stream), and after ``numba.cuda.close()`` (which frees
+CuPy's pooled memory behind its back).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
@@ -24,20 +32,30 @@ try:
 except ImportError:  # pragma: no cover - numba without its CUDA part
     cuda = None
 
+#: Bytes from which arrays come from numba's allocator rather than CuPy's pool.
+POOLED_BELOW = 64 << 20
+
+
+def _per_thread_streams() -> bool:
+    """Whether the default stream is each thread's own (cuda-python's or numba's flag)."""
+    flags = (os.environ.get("CUDA_PYTHON_CUDA_PER_THREAD_DEFAULT_STREAM", "0"),
+             os.environ.get("NUMBA_CUDA_PER_THREAD_DEFAULT_STREAM", "0"))
+    return any(f.strip() not in ("", "0") for f in flags)
+
 
 def _load():
     """What a pooled allocation needs, or None (no CuPy, the simulator, another
-    numba-cuda)."""
-    if numba.config.ENABLE_CUDASIM:
+    numba-cuda, per-thread default streams)."""
+    if numba.config.ENABLE_CUDASIM or _per_thread_streams():
         return None
     try:
         if cuda_launch.context_key() is None:  # no packed launches: no bindings either
             return None
         import cupy
-        from numba.cuda.cudadrv import devices, driver
+        from numba.cuda.cudadrv import driver
     except Exception:  # noqa: BLE001 - not installed, or not usable here
         return None
-    return cupy, devices, driver
+    return cupy, driver
 
 
 def _array_type():
@@ -53,8 +71,6 @@ def _array_type():
 
 _LIB = _load()
 _ARRAY = _array_type()
-#: numba's context object per CUDA context handle (looking it up cost 7 us)
-_CONTEXTS: dict = {}
 
 
 def _strides(shape, itemsize):
@@ -67,18 +83,24 @@ def _strides(shape, itemsize):
 
 def empty(shape, dtype):
     """An uninitialised C-contiguous device array (``cuda.device_array``'s contract)."""
+    global _LIB
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     nbytes = math.prod(shape) * dtype.itemsize
-    if _LIB is None or nbytes == 0:
+    if _LIB is None or not 0 < nbytes < POOLED_BELOW or cuda_launch.closed:
         return cuda.device_array(shape, dtype=dtype)
-    cupy, devices, driver = _LIB
-    key = cuda_launch.context_key()
-    ctx = _CONTEXTS.get(key)
-    if ctx is None:
-        ctx = _CONTEXTS[key] = devices.get_context()
-    with cupy.cuda.Stream.null:  # reused in the order of the stream the kernels run on
-        mem = cupy.cuda.alloc(nbytes)
+    key, ctx = cuda_launch.current_context()
+    if ctx is None:  # no context current yet: numba's allocation makes one
+        return cuda.device_array(shape, dtype=dtype)
+    cupy, driver = _LIB
+    try:
+        with cupy.cuda.Stream.null:  # reused in the order of the stream the kernels run on
+            mem = cupy.cuda.alloc(nbytes)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - CuPy imports but cannot allocate: numba from now on
+        _LIB = None
+        return cuda.device_array(shape, dtype=dtype)
     data = driver.MemoryPointer(ctx, driver.binding.CUdeviceptr(mem.ptr), nbytes, owner=mem)
     return _ARRAY(shape, _strides(shape, dtype.itemsize), dtype, gpu_data=data)
 
