@@ -340,23 +340,11 @@ def test_gradcheck_catches_a_wrong_backward():
 def test_backward_names_an_op_whose_gradients_are_wrong():
     # the engine names the op only when something is wrong (a name for every node cost
     # time in every backward); both of its checks
-    class _WrongShape(Function):
-        @staticmethod
-        def forward(ctx, a):
-            return a * 2.0
-
-        @staticmethod
-        def backward(ctx, g):
-            return (g[:1],)
-
-    class _TooMany(Function):
-        @staticmethod
-        def forward(ctx, a):
-            return a * 2.0
-
-        @staticmethod
-        def backward(ctx, g):
-            return (g, g)
+    def doubling(name, backward):
+        return type(name, (Function,), {"forward": staticmethod(lambda ctx, a: a * 2.0),
+                                        "backward": staticmethod(backward)})
+    _WrongShape = doubling("_WrongShape", lambda ctx, g: (g[:1],))
+    _TooMany = doubling("_TooMany", lambda ctx, g: (g, g))
 
     a = Tensor(np.array([1.0, 2.0]), requires_grad=True)
     with pytest.raises(RuntimeError, match=r"backward of wrongshape: gradient of shape \(1,\) "
