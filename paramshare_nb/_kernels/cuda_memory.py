@@ -89,7 +89,7 @@ def empty(shape, dtype):
     nbytes = math.prod(shape) * dtype.itemsize
     if _LIB is None or not 0 < nbytes < POOLED_BELOW or cuda_launch.closed:
         return cuda.device_array(shape, dtype=dtype)
-    key, ctx = cuda_launch.current_context()
+    _, ctx = cuda_launch.current_context()
     if ctx is None:  # no context current yet: numba's allocation makes one
         return cuda.device_array(shape, dtype=dtype)
     cupy, driver = _LIB
