@@ -45,11 +45,6 @@ def available() -> bool:
     return _LIB is not None and not cuda_launch.closed
 
 
-def _pointer(a):
-    data = a.gpu_data
-    return 0 if data is None else int(data.device_pointer)
-
-
 def gemm(a, b, c, ta, tb) -> bool:
     """``c = op(a) @ op(b)`` by cuBLAS for row-major, C-contiguous 2-D device arrays of
     one float dtype; ``op`` transposes when ``ta``/``tb``.  Returns False, having done
@@ -76,11 +71,12 @@ def gemm(a, b, c, ta, tb) -> bool:
     cublas, cupy = _LIB
     one, zero = _SCALARS[dtype]
     call = cublas.sgemm if dtype == np.float32 else cublas.dgemm
+    ptr = cuda_launch.pointer
     try:
         with cupy.cuda.Stream.null:  # the legacy default stream, as the numba launches
             call(cupy.cuda.device.get_cublas_handle(), _T if tb else _N, _T if ta else _N,
-                 ns, nr, nk, one.ctypes.data, _pointer(b), max(1, b.shape[1]),
-                 _pointer(a), max(1, a.shape[1]), zero.ctypes.data, _pointer(c), ns)
+                 ns, nr, nk, one.ctypes.data, ptr(b), max(1, b.shape[1]),
+                 ptr(a), max(1, a.shape[1]), zero.ctypes.data, ptr(c), ns)
     except Exception:  # noqa: BLE001 - CuPy imports but its cuBLAS fails: numba's GEMM
         _LIB = None  # from now on (beta = 0: whatever reached c is overwritten)
         return False

@@ -109,15 +109,19 @@ def _config(grid, block):
     return hit
 
 
+def pointer(a) -> int:
+    """The device address of a numba device array's data (0 for no memory)."""
+    data = a.gpu_data
+    return 0 if data is None else int(data.device_pointer)
+
+
 def _packed(args):
     out = []
     for a in args:
         if type(a) is int:
             out.append(ctypes.c_int64(a))
         else:
-            data = a.gpu_data
-            out += (0, 0, a.size, a.dtype.itemsize,
-                    0 if data is None else int(data.device_pointer))
+            out += (0, 0, a.size, a.dtype.itemsize, pointer(a))
             out += a.shape
             out += a.strides
     return out
