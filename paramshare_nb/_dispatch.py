@@ -671,36 +671,6 @@ def _chunks(work):
     return 1 if work < SERIAL_WORK else numba.get_num_threads()
 
 
-#: The streamed kernels (:mod:`.small_cpu`) split the batch over threads below
-#: ``SERIAL_WORK``, in chunks of at least this many rows and this much work (rows times
-#: ``W``'s entries): they do about 25 products a nanosecond on one core, so a parallel
-#: region (1.6-2.8 us with OpenMP) pays from about 100 thousand products, and each chunk
-#: adds its own ``dW`` to reduce.  Measured, float32, 2 threads against 1 (forward and
-#: backward): Figure 1's 5 x 20 at batch 512 1.18 / 1.05 of the time, 1024 0.94 / 0.86,
-#: 4096 0.62 / 0.63; C_32's 32 x 32 at batch 128 1.18 / 1.04, 256 0.94 / 0.83; C_64 at
-#: batch 64 1.08 / 1.10; a 16 x 16 (C_8, 2 channels) at batch 256 2.25 / 2.18, 1024
-#: 0.88 / 0.79.
-_STREAM_CHUNK_ROWS = 256
-_STREAM_CHUNK_WORK = 1 << 15
-
-
-def _stream_chunks(nb, o, k):
-    """Chunks of the batch for the streamed kernels on an ``o x k`` ``W`` (see
-    :data:`_STREAM_CHUNK_ROWS`); all threads past ``SERIAL_WORK``, as elsewhere."""
-    per = max(_STREAM_CHUNK_ROWS, -(-_STREAM_CHUNK_WORK // (o * k)))
-    if nb < 2 * per and nb * o * k < SERIAL_WORK:
-        return 1  # asks numba nothing (get_num_threads: 0.7 us)
-    if nb * o * k >= SERIAL_WORK:
-        return numba.get_num_threads()
-    return max(1, min(numba.get_num_threads(), nb // per))
-
-
-def may_split(work):
-    """Whether a call of ``work`` element products (``B * M * N * Co * Ci``) may run on
-    several threads, so that a plan made for it depends on numba's thread count."""
-    return work >= min(SERIAL_WORK, 2 * _STREAM_CHUNK_WORK)
-
-
 def _scalar_edges(pattern, transposed):
     """``(rows, cols, params)`` int64 edge arrays for the scalar kernels."""
     def build():
@@ -791,7 +761,7 @@ def _materialize_forward(pattern, nb, c_in, c_out, dtype):
     else:
         _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")  # gathered there
         run = _streaming_forward(pattern, nb, m * c_out, n * c_in, dtype,
-                                 _stream_chunks(nb, m * c_out, n * c_in))
+                                 _chunks(nb * m * n * c_out * c_in))
     def sparse(x, theta, y):
         entries, theta_e = entry_pattern(pattern, theta)
         _run_forward("csr", entries, x, theta_e, y)
@@ -807,7 +777,7 @@ def _materialize_grad(pattern, nb, c_in, c_out, dtype):
     else:
         _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")
         run = _streaming_grad(pattern, nb, m * c_out, n * c_in, dtype,
-                              _stream_chunks(nb, m * c_out, n * c_in))
+                              _chunks(nb * m * n * c_out * c_in))
 
     def sparse_dx(dy, x, theta, dx, dtheta):
         entries, theta_e = entry_pattern(pattern, theta)

@@ -224,7 +224,7 @@ def _remember(pattern, kind, key, work, call):
     calls = pattern.__dict__.setdefault(kind, {})
     if len(calls) >= _MAX_CALLS:
         calls.clear()
-    calls[key] = (call, numba.get_num_threads() if _dispatch.may_split(work) else None)
+    calls[key] = (call, None if work < _dispatch.SERIAL_WORK else numba.get_num_threads())
 
 
 def _replay(pattern, kind, key, *arrays):

@@ -332,47 +332,6 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
                 assert calls == ["small_forward", "small_backward"]
 
 
-def test_small_w_streaming_splits_long_batches(monkeypatch):
-    """Below ``SERIAL_WORK`` the streamed kernels split a long batch over threads, in chunks
-    of at least ``_STREAM_CHUNK_ROWS`` rows and ``_STREAM_CHUNK_WORK`` products; the calls
-    kept for replay are planned again when the thread count changes."""
-    from paramshare_nb import _dispatch
-    from paramshare_nb._kernels import small_cpu
-    threads = numba.get_num_threads()
-    rows = _dispatch._STREAM_CHUNK_ROWS
-    assert _dispatch._stream_chunks(2 * rows - 1, 5, 20) == 1
-    assert _dispatch._stream_chunks(64, 64, 64) == 1  # C_64 at batch 64: one chunk
-    per = -(-_dispatch._STREAM_CHUNK_WORK // 100)  # Figure 1's 5 x 20: work decides
-    assert _dispatch._stream_chunks(2 * per - 1, 5, 20) == 1
-    assert _dispatch._stream_chunks(2 * per, 5, 20) == min(threads, 2)
-    assert _dispatch._stream_chunks(64 * per, 5, 20) == min(threads, 64)
-    monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)  # past SERIAL_WORK: all threads
-    assert _dispatch._stream_chunks(1, 5, 20) == threads
-    monkeypatch.undo()
-    chunks = []
-    kern = small_cpu.small_forward
-    spy = type("Spy", (), {
-        "serial": staticmethod(lambda *a: chunks.append(a[-1]) or kern.serial(*a)),
-        "__call__": staticmethod(lambda *a: chunks.append(a[-1]) or kern(*a))})()
-    monkeypatch.setattr(small_cpu, "small_forward", spy)
-    pat = _dense_complete(5, 20, 10, 3)
-    rng = np.random.default_rng(2)
-    theta = rng.standard_normal(10)
-    batch = 2 * per + 3  # chunks of unequal length
-    x, dy = rng.standard_normal((batch, 20)), rng.standard_normal((batch, 5))
-    try:
-        for n in sorted({1, min(threads, 2)}):  # the same signature, replayed per thread count
-            numba.set_num_threads(n)
-            assert_close(ps.tied_matmul(x, theta, pat, method="materialize"),
-                         ref.forward(x, theta, pat))
-            assert chunks[-1] == n
-            for got, want in zip(ps.tied_matmul_grad(dy, x, theta, pat, method="materialize"),
-                                 ref.grad(dy, x, theta, pat)):
-                assert_close(got, want)
-    finally:
-        numba.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_square_w_streams_at_small_batches(dtype, monkeypatch):
     """A small scalar ``W`` that is not thin (C_32's 32 x 32, a 20 x 37 with multi-edges,
