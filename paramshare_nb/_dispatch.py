@@ -28,7 +28,12 @@ _CACHE_ATTR = "_paramshare_ops_plans"
 
 #: Below this many element operations a kernel runs on one thread: a parallel
 #: region's barrier costs more than it saves (and, on a busy machine, a
-#: descheduled worker can stall it for a whole time slice).
+#: descheduled worker can stall it for a whole time slice).  Measured against a
+#: lower bound for the streamed small-``W`` kernels alone (2 threads): Figure 1 at
+#: batch 4096 took 0.034 ms forward + backward split over threads, 0.050 on one, but
+#: a step that also called OpenBLAS (a 4096 x 5 x 64 and a 256^3 product) took
+#: 1.04-1.21 ms split against 0.26-0.46 on one thread: numba's OpenMP workers, still
+#: spinning after the region (``config``), and BLAS's own threads fight for the cores.
 SERIAL_WORK = 1 << 23
 
 #: Complement splits with at most this many (derived parameter, parameter) pairs map
