@@ -380,6 +380,7 @@ class Plan:
         self._gather = None
         self._z = None
         self._split = None
+        self.scratch = {}  # arrays reused across calls (_scratch_array)
         # a single parameter times the identity (Deep Sets' residual): one plain GEMM
         self.identity_param = -1
         if (self.n_groups == m == n == self.nnz and np.count_nonzero(np.diff(self.param_ptr)) == 1
@@ -461,10 +462,10 @@ def _gather_forward(plan, x, theta, y):
         _run(tile_sums_cpu.gather_forward, x, theta, gp.pptr, gp.plus, plan.row_ptr,
              plan.row_groups, plan.gparam, y, _chunks(work), work=work)
         return
-    g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
+    g_sums = _scratch_array(plan.scratch, "g_sums", (plan.n_groups, nb, c_in), x.dtype)
     gp.run(x, g_sums, False)
     if _blas_contract(plan, c_in, c_out):
-        r = np.empty((plan.n_groups, nb, c_out), dtype=x.dtype)
+        r = _scratch_array(plan.scratch, "g_products", (plan.n_groups, nb, c_out), x.dtype)
         for p in range(plan.n_params):
             a, z = plan.param_ptr[p], plan.param_ptr[p + 1]
             if z > a:
@@ -627,10 +628,10 @@ def _gather_dtheta(plan, dy, x, dtheta):
         if nchunks > 1:
             np.sum(part, axis=0, out=dtheta)
         return
-    g_sums = np.empty((plan.n_groups, nb, c_in), dtype=x.dtype)
+    g_sums = _scratch_array(plan.scratch, "g_sums", (plan.n_groups, nb, c_in), x.dtype)
     gp.run(x, g_sums, False)
     if _blas_contract(plan, c_in, c_out):
-        d = np.empty((plan.n_groups, nb, c_out), dtype=x.dtype)
+        d = _scratch_array(plan.scratch, "g_dy", (plan.n_groups, nb, c_out), x.dtype)
         _run(cpu.gather_rows_tm, dy, plan.grow, d)
         for p in range(plan.n_params):
             a, z = plan.param_ptr[p], plan.param_ptr[p + 1]
@@ -846,34 +847,43 @@ def _blas_forward(pattern, nb, c_in, c_out, dtype):
     return run
 
 
-def _scratch_of(pattern, name, shape, dtype):
-    """The pattern's :class:`~paramshare_nb._scratch.Scratch` for ``name`` arrays of this
-    shape and dtype (``None`` for sizes allocated each time), one for every runner: ``W``
-    and ``dW`` do not depend on the batch, and the pages are reused across batch sizes."""
-    key = ("scratch", name, shape, np.dtype(dtype).str)
-    plans = _plans(pattern)
-    if key not in plans:
-        plans[key] = scratch(shape, dtype)
-    return plans[key]
+def _scratch_array(store, name, shape, dtype):
+    """An array for ``name``: the one ``store`` (a pattern's plans, a :class:`Plan`'s
+    ``scratch``) keeps for it when it has this shape and dtype and nothing else holds it,
+    else a new one (kept from now on when its size suits
+    :func:`~paramshare_nb._scratch.scratch`).  One per name and dtype, whatever the
+    batch: a new batch size replaces it, so no more than that is kept."""
+    key = ("scratch", name, dtype.str)
+    buf = store.get(key)
+    if buf is None or buf.shape != shape:
+        buf = scratch(shape, dtype)
+        if buf is None:
+            return np.empty(shape, dtype)
+        store[key] = buf
+    return buf.take()
 
 
 def _gatherer(pattern, c_out, c_in, dtype):
     """``theta -> W`` as an ``(M * Co, N * Ci)`` matrix, the way of gathering decided once."""
     _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")
     m, n = pattern.shape
-    buf = _scratch_of(pattern, "w", (m, c_out, n, c_in), dtype)
+    shape = (m, c_out, n, c_in)
+    kept = scratch(shape, dtype) is not None  # a large W: gathered into the pattern's array
+
+    def buf():
+        return _scratch_array(_plans(pattern), "w", shape, dtype)
     if (c_out, c_in) == (1, 1) and _complete(pattern):
         # scalar, every entry once, row-major: params is the index (a 1-D fancy index:
         # 1.6 against 2.7 us for np.take on 32 x 32)
         params = pattern.params
-        if buf is None:
+        if not kept:
             return lambda theta: theta.reshape(-1)[params].reshape(m, n)
         # mode="clip": with the default "raise", numpy gathers into a temporary first
-        return lambda theta: np.take(theta.reshape(-1), params, out=buf.take().reshape(-1),
-                                     mode="clip").reshape(m, n)
-    if buf is None:
+        return lambda theta: np.take(theta.reshape(-1), params, mode="clip",
+                                     out=buf().reshape(-1)).reshape(m, n)
+    if not kept:
         return lambda theta: materialize(theta, pattern).reshape(m * c_out, n * c_in)
-    return lambda theta: materialize(theta, pattern, buf.take()).reshape(m * c_out, n * c_in)
+    return lambda theta: materialize(theta, pattern, buf()).reshape(m * c_out, n * c_in)
 
 
 def _streamed(o, k, itemsize):
@@ -950,15 +960,14 @@ def _blas_grad(pattern, nb, c_in, c_out, dtype):
     small, keep = _small_w(pattern, c_out, c_in), _keep_w(pattern, c_out, c_in)
     _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "the dense dW")
     reduce = _dw_reducer(pattern, c_out, c_in, small)
-    m, n = pattern.shape
-    dw_buf = _scratch_of(pattern, "dw", (m * c_out, n * c_in), dtype)
+    dw_shape = (pattern.shape[0] * c_out, pattern.shape[1] * c_in)
 
     def run(dy, x, theta, dx, dtheta):
         dy2 = dy.reshape(nb, -1)
         if dx is not None:
             w = _forwards_w(theta, pattern, w_of) if keep else w_of(theta)
             np.matmul(dy2, w, out=dx.reshape(nb, -1))
-        dw = None if dw_buf is None else dw_buf.take()
+        dw = _scratch_array(_plans(pattern), "dw", dw_shape, dtype)
         reduce(np.matmul(dy2.T, x.reshape(nb, -1), out=dw), dtheta)
     return run
 

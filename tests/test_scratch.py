@@ -68,14 +68,17 @@ def test_materialize_gathers_w_into_the_same_pages(monkeypatch, channels):
     shape = (pat.n_params,) if channels == 1 else (pat.n_params, channels, channels)
     theta = rng.standard_normal(shape)
     lead = (n,) if channels == 1 else (n, channels)
-    w_scratch = _dispatch._scratch_of(pat, "w", (n, channels, n, channels), np.float64)
-    dw_scratch = _dispatch._scratch_of(pat, "dw", (n * channels, n * channels), np.float64)
+    plans = _dispatch._plans(pat)
     arrays = []
     for batch in (4, 4, 4, 7):
         x, dy = rng.standard_normal((batch,) + lead), rng.standard_normal((batch,) + lead)
         y = ps.tied_matmul(x, theta, pat, method="materialize")
-        assert np.shares_memory(_dispatch._plans(pat)["last_w"][1], w_scratch.array)
+        w_scratch = plans[("scratch", "w", "<f8")]
+        assert np.shares_memory(plans["last_w"][1], w_scratch.array)
         dx, dth = ps.tied_matmul_grad(dy, x, theta, pat, method="materialize")
+        dw_scratch = plans[("scratch", "dw", "<f8")]
+        assert w_scratch.shape == (n, channels, n, channels)
+        assert dw_scratch.shape == (n * channels, n * channels)
         arrays.append((weakref.ref(w_scratch.array), weakref.ref(dw_scratch.array)))
         np.testing.assert_allclose(y, ref.forward(x, theta, pat), rtol=1e-12, atol=1e-12)
         for got, want in zip((dx, dth), ref.grad(dy, x, theta, pat)):
@@ -90,14 +93,17 @@ def test_materialize_gathers_w_into_the_same_pages(monkeypatch, channels):
     np.testing.assert_allclose(dx, ref.grad(dy, x, theta, pat)[0], rtol=1e-12, atol=1e-12)
 
 
-def test_threads_sharing_a_pattern_get_their_own_w(monkeypatch):
+@pytest.mark.parametrize("method, channels", [("materialize", 2), ("gather", 4)])
+def test_threads_sharing_a_pattern_get_their_own_scratch(monkeypatch, method, channels):
     """Calls of one prepared signature from several threads (Dask's threaded scheduler):
-    each one's W and dW are its own while it runs."""
+    each one's W and dW (gather: group sums and products) are its own while it runs; and
+    the batch sizes alternate."""
     monkeypatch.setattr(_scratch, "MIN_BYTES", 0)
     pat = _pattern(16)
     rng = np.random.default_rng(2)
-    jobs = [(rng.standard_normal((pat.n_params, 2, 2)), rng.standard_normal((8, 16, 2)),
-             rng.standard_normal((8, 16, 2))) for _ in range(6)]
+    c = channels
+    jobs = [(rng.standard_normal((pat.n_params, c, c)), rng.standard_normal((b, 16, c)),
+             rng.standard_normal((b, 16, c))) for b in (8, 8, 8, 5, 8, 8)]
     want = [(ref.forward(x, t, pat),) + ref.grad(dy, x, t, pat) for t, x, dy in jobs]
     errors = []
 
@@ -105,8 +111,8 @@ def test_threads_sharing_a_pattern_get_their_own_w(monkeypatch):
         try:
             for i in range(40):
                 t, x, dy = jobs[(k + i) % len(jobs)]
-                got = (ps.tied_matmul(x, t, pat, method="materialize"),) + \
-                    ps.tied_matmul_grad(dy, x, t, pat, method="materialize")
+                got = (ps.tied_matmul(x, t, pat, method=method),) + \
+                    ps.tied_matmul_grad(dy, x, t, pat, method=method)
                 for g, w in zip(got, want[(k + i) % len(jobs)]):
                     np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
         except AssertionError as exc:  # pragma: no cover - the failure being tested for
@@ -118,3 +124,5 @@ def test_threads_sharing_a_pattern_get_their_own_w(monkeypatch):
     for th in threads:
         th.join()
     assert not errors
+    if method == "gather":  # the sums went through kept arrays
+        assert ("scratch", "g_sums", "<f8") in _dispatch.plan_of(pat).scratch
