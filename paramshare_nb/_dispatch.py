@@ -855,11 +855,13 @@ def _scratch_array(store, name, shape, dtype):
     batch: a new batch size replaces it, so no more than that is kept."""
     key = ("scratch", name, dtype.str)
     buf = store.get(key)
-    if buf is None or buf.shape != shape:
-        buf = scratch(shape, dtype)
-        if buf is None:
-            return np.empty(shape, dtype)
-        store[key] = buf
+    if buf is not None and buf.shape == shape:
+        return buf.take()
+    buf = scratch(shape, dtype)
+    if buf is None:  # a size allocated each time: the kept one (another size) goes
+        store.pop(key, None)
+        return np.empty(shape, dtype)
+    store[key] = buf
     return buf.take()
 
 
@@ -961,13 +963,14 @@ def _blas_grad(pattern, nb, c_in, c_out, dtype):
     _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "the dense dW")
     reduce = _dw_reducer(pattern, c_out, c_in, small)
     dw_shape = (pattern.shape[0] * c_out, pattern.shape[1] * c_in)
+    dw_kept = scratch(dw_shape, dtype) is not None
 
     def run(dy, x, theta, dx, dtheta):
         dy2 = dy.reshape(nb, -1)
         if dx is not None:
             w = _forwards_w(theta, pattern, w_of) if keep else w_of(theta)
             np.matmul(dy2, w, out=dx.reshape(nb, -1))
-        dw = _scratch_array(_plans(pattern), "dw", dw_shape, dtype)
+        dw = _scratch_array(_plans(pattern), "dw", dw_shape, dtype) if dw_kept else None
         reduce(np.matmul(dy2.T, x.reshape(nb, -1), out=dw), dtheta)
     return run
 
