@@ -840,6 +840,8 @@ def _blas_forward(pattern, nb, c_in, c_out, dtype):
     o = pattern.shape[0] * c_out
 
     def run(x, theta, y):
+        if keep:  # a W no backward took: dropped first, so that its array is reused
+            _plans(pattern).pop("last_w", None)
         w = w_of(theta)
         if keep:
             _plans(pattern)["last_w"] = (theta.copy(), w)
