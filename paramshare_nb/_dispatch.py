@@ -1090,9 +1090,11 @@ def _costs(plan, nb, c_in, c_out, itemsize):
         # every tile computes all its lanes (D4 on 16 x 16 at batch 1: 0.8 ms, materialize 0.15)
         lanes = _round_up(nb, cpu.TILE_B)
         costs["csr"] = 2 * lanes * plan.nnz / (4 * _FUSED) + lanes * (m + n) / _ADDS + _CALL
-    else:  # SIMD tiles: 4 batch elements x output channels padded to 2 vectors
+    else:  # SIMD tiles: 4 batch elements (a tail of 1-3 costs a whole tile) x output
+        # channels padded to 2 vectors
         padded = c_in * _round_up(c_out, 2 * _lanes(itemsize))
-        costs["csr"] = 2 * nb * plan.nnz * padded / _SIMD + nb * m / 4 * _ITER + _CALL
+        costs["csr"] = (2 * _round_up(nb, 4) * plan.nnz * padded / _SIMD + nb * m / 4 * _ITER
+                        + _CALL)
     costs["gather"] = _gather_cost(plan, nb, c_in, c_out)
     sp = plan.split()
     if _one_pass(sp, nb, nb * n * cc):
@@ -1118,8 +1120,10 @@ def _costs(plan, nb, c_in, c_out, itemsize):
 def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
     """The cheapest strategy by the cost model, with the estimates (memoised per pattern).
 
-    Returns ``(strategy, costs, dtheta_strategy)``; the last is the cheapest
-    without ``"scatter"`` (which has no ``dtheta`` of its own).
+    Returns ``(strategy, costs, dtheta_strategy, dtheta_costs)``: the
+    strategy for the multiply, the estimates, and the cheapest strategy for
+    ``dtheta`` with its own estimates (no ``"scatter"``, which has no
+    ``dtheta`` of its own; ``"csr"``'s runs other kernels than its forward).
     """
     memo = _plans(pattern).setdefault("choices", {})
     # the chunks (threads, when the work passes SERIAL_WORK) decide whether the one-pass
@@ -1136,7 +1140,7 @@ def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
         for_dtheta = {k: v for k, v in costs.items() if k != "scatter"}
         for_dtheta["csr"] = _csr_dtheta_cost(plan, batch, c_in, c_out, itemsize)
         hit = memo[key] = (min(costs, key=costs.get), costs,
-                           min(for_dtheta, key=for_dtheta.get))
+                           min(for_dtheta, key=for_dtheta.get), for_dtheta)
     return hit
 
 
@@ -1206,13 +1210,51 @@ def grad_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
     """``run(dy, x, theta, dx, dtheta)`` for these sizes: :func:`forward_runner`'s twin."""
     hx = ht = method
     if method == "auto":
-        hx = choose(pattern, nb, c_out, c_in, dtype.itemsize, transposed=True)[0]
-        ht = _choose_dtheta(pattern, nb, c_in, c_out, dtype.itemsize)
+        hx, ht = _choose_grad(pattern, nb, c_in, c_out, dtype.itemsize)
     elif method == "scatter":
         ht = "complement"
     if hx == ht == "materialize":
         return _materialize_grad(pattern, nb, c_in, c_out, dtype)
-    return lambda dy, x, theta, dx, dtheta: _run_grad(hx, ht, pattern, dy, x, theta, dx, dtheta)
+    if "materialize" not in (hx, ht):
+        return lambda dy, x, theta, dx, dtheta: _run_grad(hx, ht, pattern, dy, x, theta, dx,
+                                                          dtheta)
+    # one side materialised: its runner prepared here once, not on every call
+    if hx == "materialize":
+        transposed = _cached(pattern, "transposed", pattern.transpose)
+        dx_run = _materialize_forward(transposed, nb, c_out, c_in, dtype)
+
+        def run(dy, x, theta, dx, dtheta):
+            dx_run(dy, np.ascontiguousarray(theta.transpose(0, 2, 1)), dx)
+            _run_dtheta(ht, pattern, dy, x, dtheta)
+        return run
+    dtheta_run = _blas_grad(pattern, nb, c_in, c_out, dtype)
+
+    def run(dy, x, theta, dx, dtheta):
+        _run_forward(hx, pattern, dy, np.ascontiguousarray(theta.transpose(0, 2, 1)), dx,
+                     transposed=True)
+        dtheta_run(dy, x, theta, None, dtheta)
+    return run
+
+
+#: Estimated extra seconds of a backward whose ``dx`` and ``dtheta`` take different
+#: strategies: two set-ups instead of one, and none of a pair's sharing (``W`` gathered
+#: once, ``dy``'s totals, the fused scalar pass).  Measured: Figure 1 at 8 -> 8 channels,
+#: batch 16, 25.5 us against 16.4 for materialize both; the Cayley D8 design, 1 -> 8
+#: channels, batch 16, 20.0 against 12.9 for csr both.
+_MIXED = 2 * _CALL
+
+
+def _choose_grad(pattern, nb, c_in, c_out, itemsize):
+    """``(dx strategy, dtheta strategy)``: the cheapest pair, a pair of one strategy
+    (``"scatter"``'s ``dtheta`` is ``"complement"``'s) spared :data:`_MIXED`."""
+    dx_costs = choose(pattern, nb, c_out, c_in, itemsize, transposed=True)[1]
+    dtheta_costs = choose(pattern, nb, c_in, c_out, itemsize)[3]
+    pairs = {}
+    for hx, cx in dx_costs.items():
+        for ht, ct in dtheta_costs.items():
+            joint = hx == ht or (hx, ht) == ("scatter", "complement")
+            pairs[hx, ht] = cx + ct + (0.0 if joint else _MIXED)
+    return min(pairs, key=pairs.get)
 
 
 def _run_grad(hx, ht, pattern, dy, x, theta, dx, dtheta):
@@ -1229,11 +1271,16 @@ def _run_grad(hx, ht, pattern, dy, x, theta, dx, dtheta):
         _complement_dtheta(plan_of(pattern), dy, x, dtheta, dy_tot, _dy_blocks(pattern))
         return
     _run_forward(hx, pattern, dy, theta_t, dx, transposed=True)
-    if ht == "materialize":
-        _mat_grad(dy, x, theta, pattern, None, dtheta)
-    elif ht == "csr":
+    _run_dtheta(ht, pattern, dy, x, dtheta)
+
+
+def _run_dtheta(how, pattern, dy, x, dtheta):
+    if how == "materialize":
+        _blas_grad(pattern, x.shape[0], x.shape[2], dy.shape[2], x.dtype)(dy, x, None, None,
+                                                                           dtheta)
+    elif how == "csr":
         _csr_dtheta(dy, x, pattern, dtheta)
-    elif ht == "complement":
+    elif how == "complement":
         _complement_dtheta(plan_of(pattern), dy, x, dtheta)
     else:
         _gather_dtheta(plan_of(pattern), dy, x, dtheta)

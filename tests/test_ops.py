@@ -656,6 +656,27 @@ def test_csr_dtheta_in_both_orientations(dtype):
             assert_close(dtheta, ref.grad(dy, x, theta, pat)[1])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_tiles_take_any_batch_tail(dtype):
+    """``csr``'s 4-element tiles with a tail of 1, 2 or 3 elements (the tile repeats the
+    last one and stores only the real ones), forward and ``dx``, against the reference; an
+    output past the batch is never written."""
+    pat = PATTERNS["cayley"]
+    m, n = pat.shape
+    rng = np.random.default_rng(12)
+    for c_in, c_out in ((3, 16), (5, 2)):
+        theta = rng.standard_normal((pat.n_params, c_out, c_in)).astype(dtype)
+        for batch in range(1, 10):
+            x = rng.standard_normal((batch, n, c_in)).astype(dtype)
+            dy = rng.standard_normal((batch, m, c_out)).astype(dtype)
+            assert_close(ps.tied_matmul(x, theta, pat, method="csr"), ref.forward(x, theta, pat))
+            dx, _ = ps.tied_matmul_grad(dy, x, theta, pat, method="csr")
+            assert_close(dx, ref.grad(dy, x, theta, pat)[0])
+            out = np.full((batch + 1, m, c_out), 7.0, dtype)
+            ps.tied_matmul(x, theta, pat, method="csr", out=out[:batch])
+            assert (out[batch] == 7.0).all()
+
+
 def test_scalar_csr_dtheta_takes_the_fused_pass(monkeypatch):
     """Scalar ``dtheta`` by ``csr`` with ``dx`` by another strategy: the fused scalar pass
     computes both (the channel tiles would use 1 lane of 64)."""
