@@ -304,8 +304,7 @@ def main(argv=None):
         from paramshare_nb import _dispatch
         c_in, c_out = (1, 1) if scalar else (ci, co)
         hf = _dispatch.choose(pat, x.shape[0], c_in, c_out, dtype.itemsize)[0]
-        hx = _dispatch.choose(pat, x.shape[0], c_out, c_in, dtype.itemsize, transposed=True)[0]
-        ht = _dispatch._choose_dtheta(pat, x.shape[0], c_in, c_out, dtype.itemsize)
+        hx, ht = _dispatch._choose_grad(pat, x.shape[0], c_in, c_out, dtype.itemsize)
         ours = Ours(pat, scalar)
         t_first = time.perf_counter()
         ref = ours(x, theta, dy)

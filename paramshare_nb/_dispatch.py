@@ -1215,7 +1215,8 @@ def grad_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
         ht = "complement"
     if hx == ht == "materialize":
         return _materialize_grad(pattern, nb, c_in, c_out, dtype)
-    if "materialize" not in (hx, ht):
+    if "materialize" not in (hx, ht) or (ht == "csr" and c_in == c_out == 1):
+        # (a scalar csr dtheta is the fused pass, dx included: _run_grad)
         return lambda dy, x, theta, dx, dtheta: _run_grad(hx, ht, pattern, dy, x, theta, dx,
                                                           dtheta)
     # one side materialised: its runner prepared here once, not on every call
@@ -1249,11 +1250,15 @@ def _choose_grad(pattern, nb, c_in, c_out, itemsize):
     (``"scatter"``'s ``dtheta`` is ``"complement"``'s) spared :data:`_MIXED`."""
     dx_costs = choose(pattern, nb, c_out, c_in, itemsize, transposed=True)[1]
     dtheta_costs = choose(pattern, nb, c_in, c_out, itemsize)[3]
+    fused = c_in == c_out == 1  # a scalar csr dtheta runs the fused pass, dx included
     pairs = {}
     for hx, cx in dx_costs.items():
         for ht, ct in dtheta_costs.items():
             joint = hx == ht or (hx, ht) == ("scatter", "complement")
-            pairs[hx, ht] = cx + ct + (0.0 if joint else _MIXED)
+            if fused and ht == "csr":
+                pairs[hx, ht] = ct + (0.0 if joint else 1e-9)  # the same pass: csr's name first
+            else:
+                pairs[hx, ht] = cx + ct + (0.0 if joint else _MIXED)
     return min(pairs, key=pairs.get)
 
 
@@ -1275,20 +1280,14 @@ def _run_grad(hx, ht, pattern, dy, x, theta, dx, dtheta):
 
 
 def _run_dtheta(how, pattern, dy, x, dtheta):
-    if how == "materialize":
-        _blas_grad(pattern, x.shape[0], x.shape[2], dy.shape[2], x.dtype)(dy, x, None, None,
-                                                                           dtheta)
-    elif how == "csr":
+    """``dtheta`` by ``how``; a materialised ``dtheta`` has its runner prepared in
+    :func:`grad_runner` instead."""
+    if how == "csr":
         _csr_dtheta(dy, x, pattern, dtheta)
     elif how == "complement":
         _complement_dtheta(plan_of(pattern), dy, x, dtheta)
     else:
         _gather_dtheta(plan_of(pattern), dy, x, dtheta)
-
-
-def _choose_dtheta(pattern, nb, c_in, c_out, itemsize):
-    """The cheapest ``dtheta`` strategy (the forward's estimates; no ``"scatter"``)."""
-    return choose(pattern, nb, c_in, c_out, itemsize)[2]
 
 
 def _check_w_bytes(pattern, c_out, c_in, itemsize, what="method='materialize'"):

@@ -689,8 +689,9 @@ def test_scalar_csr_dtheta_takes_the_fused_pass(monkeypatch):
     rng = np.random.default_rng(4)
     x, dy = rng.standard_normal((5, pat.shape[1], 1)), rng.standard_normal((5, pat.shape[0], 1))
     theta = rng.standard_normal((pat.n_params, 1, 1))
+    monkeypatch.setattr(_dispatch, "_choose_grad", lambda *a: ("materialize", "csr"))
     dx, dtheta = np.full_like(x, np.nan), np.full_like(theta, np.nan)
-    _dispatch._run_grad("materialize", "csr", pat, dy, x, theta, dx, dtheta)
+    _dispatch.grad_runner(pat, 5, 1, 1, x.dtype)(dy, x, theta, dx, dtheta)
     rdx, rdth = ref.grad(dy, x, theta, pat)
     assert_close(dx, rdx)
     assert_close(dtheta, rdth)
@@ -705,7 +706,7 @@ def test_dtheta_choice_counts_csr_own_kernels():
     pat = ps.dense_pattern(ps.Action.same(ps.groups.symmetric(16)))
     costs = _dispatch.choose(pat, 64, 1, 16, 4)[1]
     assert _dispatch._csr_dtheta_cost(_dispatch.plan_of(pat), 64, 1, 16, 4) > costs["csr"]
-    assert _dispatch._choose_dtheta(pat, 64, 1, 16, 4) != "csr"
+    assert _dispatch._choose_grad(pat, 64, 1, 16, 4)[1] != "csr"
 
 
 def test_strategies_agree(data):
