@@ -1255,8 +1255,8 @@ def _choose_grad(pattern, nb, c_in, c_out, itemsize):
     for hx, cx in dx_costs.items():
         for ht, ct in dtheta_costs.items():
             joint = hx == ht or (hx, ht) == ("scatter", "complement")
-            if fused and ht == "csr":
-                pairs[hx, ht] = ct + (0.0 if joint else 1e-9)  # the same pass: csr's name first
+            if fused and ht == "csr":  # every (hx, "csr") runs that pass: ("csr", "csr") names it
+                pairs[hx, ht] = ct + (0.0 if joint else 1e-9)
             else:
                 pairs[hx, ht] = cx + ct + (0.0 if joint else _MIXED)
     return min(pairs, key=pairs.get)
