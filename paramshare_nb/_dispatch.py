@@ -1090,11 +1090,12 @@ def _costs(plan, nb, c_in, c_out, itemsize):
         # every tile computes all its lanes (D4 on 16 x 16 at batch 1: 0.8 ms, materialize 0.15)
         lanes = _round_up(nb, cpu.TILE_B)
         costs["csr"] = 2 * lanes * plan.nnz / (4 * _FUSED) + lanes * (m + n) / _ADDS + _CALL
-    else:  # SIMD tiles: 4 batch elements (a tail of 1-3 costs a whole tile) x output
-        # channels padded to 2 vectors
+    else:  # SIMD tiles: 4 batch elements x output channels padded to 2 vectors.  A tail
+        # of 1-3 elements takes a whole tile's pass, but charging it so (round_up(nb, 4))
+        # moved batch 1 from csr to gather, 3x slower (C_64, 8 -> 8 channels: 45 -> 142
+        # us): _SIMD underrates the tiles where theta's loads dominate
         padded = c_in * _round_up(c_out, 2 * _lanes(itemsize))
-        costs["csr"] = (2 * _round_up(nb, 4) * plan.nnz * padded / _SIMD + nb * m / 4 * _ITER
-                        + _CALL)
+        costs["csr"] = 2 * nb * plan.nnz * padded / _SIMD + nb * m / 4 * _ITER + _CALL
     costs["gather"] = _gather_cost(plan, nb, c_in, c_out)
     sp = plan.split()
     if _one_pass(sp, nb, nb * n * cc):

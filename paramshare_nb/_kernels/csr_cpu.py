@@ -33,9 +33,11 @@ from .simd import inline, lanes, load, store, vbcast, vfma, vload, vstore, vzero
 def _rows_quad(x, theta_t, indptr, cols, params, bstride, sstride, y, b, m, rows):
     """``y[b : b + rows, m]`` for ``rows`` of 1 to 4: 4 batch elements x 2 vectors of output
     channels per pass.  Past ``rows`` the tile repeats the last element and stores nothing:
-    every loaded vector of ``theta`` serves all the rows, so the batch's tail of 1-3
-    elements costs one pass, not 1-3 (one element at a time took 4x a quad's time each:
-    S_64 at 3 -> 16 channels, batch 3, 82 against 25 us for batch 4)."""
+    every loaded vector of ``theta`` serves all the rows, so a tail of 2-3 elements costs
+    one pass, not 2-3 of :func:`_rows_one` (S_64 at 3 -> 16 channels, batch 3: 82 against
+    25 us for batch 4; C_64 at 8 -> 8, batch 3: 110-133 against 54-83).  A single element
+    keeps :func:`_rows_one`: with 8 input channels the repeated rows' multiply-adds cost
+    more than the loads they share (C_64, batch 1: 45-49 against 52-80 us)."""
     nci = theta_t.shape[1]
     nm, nco, cop = y.shape[1], y.shape[2], theta_t.shape[2]
     L = lanes(x)
@@ -76,6 +78,22 @@ def _rows_quad(x, theta_t, indptr, cols, params, bstride, sstride, y, b, m, rows
             store(y, o + 3 * rstep + L, c3, n - L)
 
 
+@inline
+def _rows_one(x, theta_t, indptr, cols, params, bstride, sstride, y, b, m):
+    """``y[b, m]`` alone (a batch of one, or its last element), one vector of output
+    channels at a time."""
+    nci = theta_t.shape[1]
+    nm, nco, cop = y.shape[1], y.shape[2], theta_t.shape[2]
+    for col in range(0, nco, lanes(x)):  # no pass over padding alone
+        acc = vzero(x)
+        for e in range(indptr[m], indptr[m + 1]):
+            xo = b * bstride + cols[e] * sstride
+            to = params[e] * nci * cop + col
+            for ci in range(nci):
+                acc = vfma(vbcast(x, xo + ci), vload(theta_t, to + ci * cop), acc)
+        store(y, (b * nm + m) * nco + col, acc, nco - col)
+
+
 @kernel(nrt=False)
 def csr_rows(x, theta_t, indptr, cols, params, bstride, sstride, y, nchunks):
     """``y[b, m] = sum_{entries e of row m} theta[params[e]] @ source(b, cols[e])``.
@@ -93,8 +111,11 @@ def csr_rows(x, theta_t, indptr, cols, params, bstride, sstride, y, nchunks):
             q = t // nm
             m = t - q * nm
             b = 4 * q
-            _rows_quad(x, theta_t, indptr, cols, params, bstride, sstride, y, b, m,
-                       min(4, nb - b))
+            if b + 1 == nb:  # a single element: no repeated rows' multiply-adds
+                _rows_one(x, theta_t, indptr, cols, params, bstride, sstride, y, b, m)
+            else:
+                _rows_quad(x, theta_t, indptr, cols, params, bstride, sstride, y, b, m,
+                           min(4, nb - b))
 
 
 @inline
