@@ -19,7 +19,7 @@ import numpy as np
 
 from . import config
 from ._kernels import cpu, csr_cpu, simd, small_cpu, sums_cpu, tile_sums_cpu
-from ._scratch import scratch
+from ._scratch import keeps, scratch
 
 INDEX = np.int64
 
@@ -880,7 +880,7 @@ def _gatherer(pattern, c_out, c_in, dtype):
     _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "materialize")
     m, n = pattern.shape
     shape = (m, c_out, n, c_in)
-    kept = scratch(shape, dtype) is not None  # a large W: gathered into the pattern's array
+    kept = keeps(shape, dtype)  # a large W: gathered into the pattern's array
 
     def buf():
         return _scratch_array(_plans(pattern), "w", shape, dtype)
@@ -973,7 +973,7 @@ def _blas_grad(pattern, nb, c_in, c_out, dtype):
     _check_w_bytes(pattern, c_out, c_in, dtype.itemsize, "the dense dW")
     reduce = _dw_reducer(pattern, c_out, c_in, small)
     dw_shape = (pattern.shape[0] * c_out, pattern.shape[1] * c_in)
-    dw_kept = scratch(dw_shape, dtype) is not None
+    dw_kept = keeps(dw_shape, dtype)
 
     def run(dy, x, theta, dx, dtheta):
         dy2 = dy.reshape(nb, -1)

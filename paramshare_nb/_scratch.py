@@ -16,6 +16,7 @@ at most in all.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -95,10 +96,13 @@ class Scratch:
             _kept_bytes -= self.array.nbytes
 
 
+def keeps(shape, dtype) -> bool:
+    """Whether arrays of this shape and dtype are kept: :data:`MIN_BYTES` to
+    :data:`MAX_BYTES`."""
+    return MIN_BYTES <= math.prod(shape) * np.dtype(dtype).itemsize <= MAX_BYTES
+
+
 def scratch(shape, dtype):
-    """A :class:`Scratch` for arrays of :data:`MIN_BYTES` to :data:`MAX_BYTES`, else
-    ``None`` (allocate each time)."""
-    size = np.dtype(dtype).itemsize
-    for s in shape:
-        size *= s
-    return Scratch(shape, dtype) if MIN_BYTES <= size <= MAX_BYTES else None
+    """A :class:`Scratch` for arrays that :func:`keeps`, else ``None`` (allocate each
+    time)."""
+    return Scratch(shape, dtype) if keeps(shape, dtype) else None

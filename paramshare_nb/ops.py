@@ -210,6 +210,12 @@ _FORWARD_CALLS = "_paramshare_forward_calls"
 _GRAD_CALLS = "_paramshare_grad_calls"
 
 
+def _cpu_backend(backend) -> bool:
+    """``backend`` None or ``"cpu"``, the calls that may be replayed (no ``==`` on an
+    arbitrary object, which may be an array)."""
+    return backend is None or (type(backend) is str and backend == "cpu")
+
+
 def _ready(a) -> bool:
     """A plain numpy array the kernels can take as it is (C-contiguous, writeable)."""
     if type(a) is not np.ndarray:
@@ -345,8 +351,8 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     pattern = _check_pattern(pattern)
     method = _check_method(method)
     key = None
-    if (out is None and (backend is None or type(backend) is str and backend == "cpu")
-            and type(x) is np.ndarray and type(theta) is np.ndarray):
+    if (out is None and _cpu_backend(backend) and type(x) is np.ndarray
+            and type(theta) is np.ndarray):
         key = (method, x.shape, x.dtype, theta.shape, theta.dtype, _dispatch.SERIAL_WORK,
                config.max_bytes)
         call = _replay(pattern, _FORWARD_CALLS, key, x, theta)
@@ -459,8 +465,8 @@ def tied_matmul_grad(dy, x, theta, pattern, *, method="auto", backend=None):
     pattern = _check_pattern(pattern)
     method = _check_method(method)
     key = None
-    if ((backend is None or type(backend) is str and backend == "cpu")
-            and type(dy) is np.ndarray and type(x) is np.ndarray and type(theta) is np.ndarray):
+    if (_cpu_backend(backend) and type(dy) is np.ndarray and type(x) is np.ndarray
+            and type(theta) is np.ndarray):
         key = (method, dy.shape, dy.dtype, x.shape, x.dtype, theta.shape, theta.dtype,
                _dispatch.SERIAL_WORK, config.max_bytes)
         call = _replay(pattern, _GRAD_CALLS, key, dy, x, theta)
