@@ -6,7 +6,8 @@ call :func:`forward`, :func:`grad` here.  This module owns
 
 - the per-pattern plans (parameter-major CSR, per-row parameter groups,
   complement structure), computed once and cached on the immutable pattern;
-- the cost model that picks a strategy;
+- the cost model that picks a strategy (or the candidates that
+  :mod:`._measure` times, under ``config.planner == "measure"``);
 - the lazy import of the CUDA twin (never at package import).
 """
 
@@ -17,7 +18,7 @@ import math
 import numba
 import numpy as np
 
-from . import config
+from . import _measure, config
 from ._kernels import cpu, csr_cpu, simd, small_cpu, sums_cpu, tile_sums_cpu
 from ._scratch import keeps, scratch
 
@@ -1127,11 +1128,7 @@ def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
     ``dtheta`` of its own; ``"csr"``'s runs other kernels than its forward).
     """
     memo = _plans(pattern).setdefault("choices", {})
-    # the chunks (threads, when the work passes SERIAL_WORK) decide whether the one-pass
-    # complement applies; small work asks numba nothing (get_num_threads costs ~2 us)
-    n = pattern.shape[0] if transposed else pattern.shape[1]
-    key = (batch, c_in, c_out, itemsize, transposed, config.max_bytes,
-           _chunks(batch * n * c_in * c_out), SERIAL_WORK)
+    key = _signature(pattern, batch, c_in, c_out, itemsize, transposed)
     hit = memo.get(key)
     if hit is None:
         if len(memo) > 256:  # many batch sizes: keep the memo small
@@ -1143,6 +1140,23 @@ def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
         hit = memo[key] = (min(costs, key=costs.get), costs,
                            min(for_dtheta, key=for_dtheta.get), for_dtheta)
     return hit
+
+
+def _signature(pattern, batch, c_in, c_out, itemsize, transposed=False):
+    """What a choice depends on besides the pattern: the sizes, the memory bound, and the
+    chunks (threads, when the work passes SERIAL_WORK), which decide whether the one-pass
+    complement applies; small work asks numba nothing (get_num_threads costs ~2 us)."""
+    n = pattern.shape[0] if transposed else pattern.shape[1]
+    return (batch, c_in, c_out, itemsize, transposed, config.max_bytes,
+            _chunks(batch * n * c_in * c_out), SERIAL_WORK)
+
+
+def _measured(pattern, kind, nb, c_in, c_out, dtype, costs, build):
+    """``config.planner == "measure"``: the runner :func:`._measure.planned` makes from the
+    candidates of ``costs``, each built by ``build``, its choice kept per pattern."""
+    memo = _plans(pattern).setdefault("measured", {})
+    key = (kind,) + _signature(pattern, nb, c_in, c_out, dtype.itemsize)
+    return _measure.planned(memo, key, _measure.candidates(costs), build)
 
 
 def _csr_dtheta_cost(plan, nb, c_in, c_out, itemsize):
@@ -1191,7 +1205,10 @@ def forward_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
     """
     how = method
     if how == "auto":
-        how = choose(pattern, nb, c_in, c_out, dtype.itemsize)[0]
+        how, costs = choose(pattern, nb, c_in, c_out, dtype.itemsize)[:2]
+        if config.planner == "measure":
+            return _measured(pattern, "forward", nb, c_in, c_out, dtype, costs,
+                             lambda how: forward_runner(pattern, nb, c_in, c_out, dtype, how))
     if how == "materialize":
         return _materialize_forward(pattern, nb, c_in, c_out, dtype)
     return lambda x, theta, y: _run_forward(how, pattern, x, theta, y)
@@ -1209,11 +1226,18 @@ def grad(dy, x, theta, pattern, dx, dtheta, method="auto"):
 
 def grad_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
     """``run(dy, x, theta, dx, dtheta)`` for these sizes: :func:`forward_runner`'s twin."""
-    hx = ht = method
-    if method == "auto":
-        hx, ht = _choose_grad(pattern, nb, c_in, c_out, dtype.itemsize)
-    elif method == "scatter":
-        ht = "complement"
+    if method != "auto":
+        return _pair_runner(pattern, nb, c_in, c_out, dtype, method,
+                            "complement" if method == "scatter" else method)
+    pairs = _grad_pairs(pattern, nb, c_in, c_out, dtype.itemsize)
+    if config.planner == "measure":
+        return _measured(pattern, "grad", nb, c_in, c_out, dtype, pairs,
+                         lambda pair: _pair_runner(pattern, nb, c_in, c_out, dtype, *pair))
+    return _pair_runner(pattern, nb, c_in, c_out, dtype, *min(pairs, key=pairs.get))
+
+
+def _pair_runner(pattern, nb, c_in, c_out, dtype, hx, ht):
+    """:func:`grad_runner` for ``dx`` by ``hx`` and ``dtheta`` by ``ht``."""
     if hx == ht == "materialize":
         return _materialize_grad(pattern, nb, c_in, c_out, dtype)
     if "materialize" not in (hx, ht) or (ht == "csr" and c_in == c_out == 1):
@@ -1247,7 +1271,13 @@ _MIXED = 2 * _CALL
 
 
 def _choose_grad(pattern, nb, c_in, c_out, itemsize):
-    """``(dx strategy, dtheta strategy)``: the cheapest pair, a pair of one strategy
+    """``(dx strategy, dtheta strategy)``: the cheapest of :func:`_grad_pairs`."""
+    pairs = _grad_pairs(pattern, nb, c_in, c_out, itemsize)
+    return min(pairs, key=pairs.get)
+
+
+def _grad_pairs(pattern, nb, c_in, c_out, itemsize):
+    """``{(dx strategy, dtheta strategy): estimated seconds}``, a pair of one strategy
     (``"scatter"``'s ``dtheta`` is ``"complement"``'s) spared :data:`_MIXED`."""
     dx_costs = choose(pattern, nb, c_out, c_in, itemsize, transposed=True)[1]
     dtheta_costs = choose(pattern, nb, c_in, c_out, itemsize)[3]
@@ -1256,11 +1286,11 @@ def _choose_grad(pattern, nb, c_in, c_out, itemsize):
     for hx, cx in dx_costs.items():
         for ht, ct in dtheta_costs.items():
             joint = hx == ht or (hx, ht) == ("scatter", "complement")
-            if fused and ht == "csr":  # every (hx, "csr") runs that pass: ("csr", "csr") names it
-                pairs[hx, ht] = ct + (0.0 if joint else 1e-9)
-            else:
+            if not (fused and ht == "csr"):
                 pairs[hx, ht] = cx + ct + (0.0 if joint else _MIXED)
-    return min(pairs, key=pairs.get)
+            elif hx == "csr":  # every (hx, "csr") runs that pass: ("csr", "csr") names it
+                pairs[hx, ht] = ct
+    return pairs
 
 
 def _run_grad(hx, ht, pattern, dy, x, theta, dx, dtheta):

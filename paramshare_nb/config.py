@@ -15,6 +15,9 @@ Environment variables (read once, at import):
     Upper bound on blocks per CUDA launch (kernels use grid-stride loops).
 ``PARAMSHARE_SEARCH_NODES``
     Node budget of the symmetry search tree.  Default 1_000_000.
+``PARAMSHARE_PLANNER``
+    How ``method="auto"`` picks a CPU strategy of the tied multiply:
+    ``estimate`` (default) or ``measure``; see :data:`planner`.
 
 Threads.  numba's parallel kernels and OpenBLAS each keep a pool of worker
 threads, and the tied multiply alternates between them (a BLAS product, then
@@ -44,7 +47,11 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["max_bytes", "cuda_threads", "cuda_max_blocks", "search_nodes", "override"]
+__all__ = ["max_bytes", "cuda_threads", "cuda_max_blocks", "search_nodes", "planner",
+           "PLANNERS", "override"]
+
+#: The values :data:`planner` takes.
+PLANNERS = ("estimate", "measure")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -58,6 +65,15 @@ def _env_int(name: str, default: int) -> int:
     if value <= 0:
         raise ValueError(f"environment variable {name}={raw!r} must be positive")
     return value
+
+
+def _env_choice(name: str, choices: tuple, default: str) -> str:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw not in choices:
+        raise ValueError(f"environment variable {name}={raw!r} must be one of {choices}")
+    return raw
 
 
 #: Rounds a GNU OpenMP worker spins after a parallel region before it sleeps.
@@ -86,6 +102,16 @@ cuda_threads: int = _env_int("PARAMSHARE_CUDA_THREADS", 256)
 cuda_max_blocks: int = _env_int("PARAMSHARE_CUDA_MAX_BLOCKS", 4096)
 #: Node budget of the individualisation-refinement search.
 search_nodes: int = _env_int("PARAMSHARE_SEARCH_NODES", 1_000_000)
+#: How ``method="auto"`` picks the tied multiply's CPU strategy.  ``"estimate"``
+#: (default): a cost model from the pattern's statistics and the sizes, the same
+#: choice on every run and machine.  ``"measure"``: on the first call of each
+#: signature (pattern, sizes, dtype, threads), time the candidates the model
+#: rates within a factor of the cheapest on the call's own arrays, and keep the
+#: fastest for that pattern, as FFTW's ``FFTW_MEASURE`` does.  That first call
+#: compiles and runs every candidate (seconds, once per process); the choice, so
+#: the rounding of the results, can differ between runs and machines.  CUDA
+#: arrays keep the estimates.
+planner: str = _env_choice("PARAMSHARE_PLANNER", PLANNERS, "estimate")
 
 
 @contextlib.contextmanager
@@ -95,7 +121,7 @@ def override(**values):
     Parameters
     ----------
     **values
-        New values, by name (``max_bytes=..., cuda_threads=...``).
+        New values, by name (``max_bytes=..., cuda_threads=..., planner=...``).
 
     Examples
     --------
@@ -105,12 +131,16 @@ def override(**values):
     1048576
     """
     g = globals()
-    unknown = [k for k in values if k not in __all__ or k == "override"]
+    known = [k for k in __all__ if k not in ("PLANNERS", "override")]
+    unknown = [k for k in values if k not in known]
     if unknown:
-        raise ValueError(f"unknown config value(s) {unknown}; known: {__all__[:-1]}")
+        raise ValueError(f"unknown config value(s) {unknown}; known: {known}")
     old = {k: g[k] for k in values}
     for k, v in values.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        if k == "planner":
+            if not (isinstance(v, str) and v in PLANNERS):
+                raise ValueError(f"config.planner must be one of {PLANNERS}, got {v!r}")
+        elif not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"config.{k} must be a positive int, got {v!r}")
         if k == "cuda_threads" and v > 1024:
             raise ValueError(f"config.cuda_threads must be at most 1024 (CUDA's threads "

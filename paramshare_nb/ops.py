@@ -22,8 +22,10 @@ with several parameters (multi-edges) sum them, structural zeros cost
 nothing.
 
 Strategies (``method=``; ``"auto"`` lets a cost model pick from the pattern's
-statistics, the batch size and the channels; forward, ``dx`` (the transposed
-multiply, planned on ``pattern.T``) and ``dtheta`` are planned separately):
+statistics, the batch size and the channels, or, under ``config.planner =
+"measure"``, times the model's best candidates on a signature's first call;
+forward, ``dx`` (the transposed multiply, planned on ``pattern.T``) and
+``dtheta`` are planned as a pair):
 
 ``"materialize"``
     Gather ``W`` (bounded by ``config.max_bytes``) and call BLAS; ``dtheta``
@@ -278,7 +280,8 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
         or overlaps an input the result goes through a temporary.
     method : str, optional
         Force a strategy (one of :data:`METHODS`); ``"auto"`` (default) lets
-        the cost model choose.  Every strategy gives the same result up to
+        the cost model choose, or measurement under ``config.planner =
+        "measure"``.  Every strategy gives the same result up to
         floating-point reassociation.
     backend : {None, "cpu", "cuda"}, optional
         ``None`` (default) picks ``"cuda"`` for CUDA arrays, else ``"cpu"``.
@@ -354,7 +357,7 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     if (out is None and _cpu_backend(backend) and type(x) is np.ndarray
             and type(theta) is np.ndarray):
         key = (method, x.shape, x.dtype, theta.shape, theta.dtype, _dispatch.SERIAL_WORK,
-               config.max_bytes)
+               config.max_bytes, config.planner)
         call = _replay(pattern, _FORWARD_CALLS, key, x, theta)
         if call is not None:
             return call(x, theta)
@@ -438,7 +441,8 @@ def tied_matmul_grad(dy, x, theta, pattern, *, method="auto", backend=None):
         The tying pattern, shape ``(M, N)``.
     method : str, optional
         Force a strategy (one of :data:`METHODS`) for both gradients;
-        ``"auto"`` (default) lets the cost model choose.
+        ``"auto"`` (default) lets the cost model (or, under
+        ``config.planner = "measure"``, measurement) choose.
     backend : {None, "cpu", "cuda"}, optional
         As in :func:`tied_matmul`.
 
@@ -468,7 +472,7 @@ def tied_matmul_grad(dy, x, theta, pattern, *, method="auto", backend=None):
     if (_cpu_backend(backend) and type(dy) is np.ndarray and type(x) is np.ndarray
             and type(theta) is np.ndarray):
         key = (method, dy.shape, dy.dtype, x.shape, x.dtype, theta.shape, theta.dtype,
-               _dispatch.SERIAL_WORK, config.max_bytes)
+               _dispatch.SERIAL_WORK, config.max_bytes, config.planner)
         call = _replay(pattern, _GRAD_CALLS, key, dy, x, theta)
         if call is not None:
             return call(dy, x, theta)

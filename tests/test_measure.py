@@ -1,0 +1,141 @@
+"""Tests of the measuring planner (``config.planner = "measure"``)."""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import reference_ops as ref
+
+import paramshare_nb as ps
+from paramshare_nb import _dispatch, _measure, config
+
+
+def assert_close(actual, expected):
+    tol = 2e-5 if actual.dtype == np.float32 else 1e-11
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale)
+
+
+def test_candidates_within_span_cheapest_first():
+    costs = {"a": 5.0, "b": 1.0, "c": 3.9, "d": 4.1, "e": 2.0}
+    assert _measure.candidates(costs, span=4.0) == ["b", "e", "c"]
+    assert _measure.candidates(costs, span=10.0, most=2) == ["b", "e"]
+    assert _measure.candidates({"only": 7.0}) == ["only"]
+
+
+def _sleeper(seconds, value, calls):
+    def run(out):
+        calls.append(value)
+        time.sleep(seconds)
+        out[0] = value
+    return run
+
+
+def test_fastest_picks_the_quick_runner_and_drops_hopeless_ones():
+    calls = []
+    runners = [_sleeper(0.02, 0, calls), _sleeper(0.0, 1, calls), _sleeper(0.005, 2, calls)]
+    assert _measure.fastest(runners, (np.zeros(1),)) == 1
+    # once untimed, then twice a round (the second call timed); after one round, 20 ms
+    # against ~0 is past HOPELESS: dropped
+    assert calls.count(0) == 3
+    assert calls.count(1) == 1 + 2 * _measure.ROUNDS
+
+
+def test_planned_measures_once_and_leaves_the_winners_result():
+    calls, built = [], []
+    speeds = {"slow": 0.01, "quick": 0.0}
+
+    def build(option):
+        built.append(option)
+        return _sleeper(speeds[option], option, calls)
+    memo = {}
+    run = _measure.planned(memo, "k", ["slow", "quick"], build)
+    assert built == []  # nothing built before the first call
+    out = np.zeros(1, dtype=object)
+    run(out)
+    assert memo == {"k": "quick"} and out[0] == "quick"
+    assert calls[-1] == "quick"  # the winner wrote last
+    del calls[:]
+    run(out)
+    assert calls == ["quick"]
+    # a new runner for the same key builds the kept choice at once, measuring nothing
+    del built[:]
+    _measure.planned(memo, "k", ["slow", "quick"], build)(out)
+    assert built == ["quick"] and calls == ["quick", "quick"]
+
+
+def _cases():
+    s6 = ps.Action.same(ps.groups.symmetric(6))
+    cayley = ps.sparse_pattern(ps.Action.same(ps.regular(ps.groups.dihedral(3))))
+    return [(ps.dense_pattern(s6), (3,), 1, 1, np.float64),
+            (ps.dense_pattern(s6), (4,), 2, 3, np.float32),
+            (cayley, (2, 3), 3, 2, np.float64),
+            (ps.dense_pattern(ps.Action.same(ps.groups.cyclic(5))), (), 1, 4, np.float32)]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_measured_results_match_the_reference(case, monkeypatch):
+    """Under ``planner="measure"``: the oracle's results on the measuring call and after it,
+    one measurement per signature (spied), the choice among the model's candidates."""
+    pat, batch, c_in, c_out, dtype = _cases()[case]
+    rng = np.random.default_rng(case)
+    m, n = pat.shape
+    scalar = c_in == c_out == 1
+    theta = rng.standard_normal((pat.n_params,) if scalar else (pat.n_params, c_out, c_in))
+    x = rng.standard_normal(batch + ((n,) if scalar else (n, c_in)))
+    dy = rng.standard_normal(batch + ((m,) if scalar else (m, c_out)))
+    theta, x, dy = (a.astype(dtype) for a in (theta, x, dy))
+    timed = []
+    monkeypatch.setattr(_measure, "fastest", lambda r, a, f=_measure.fastest:
+                        timed.append(len(r)) or f(r, a))
+    with config.override(planner="measure"):
+        for _ in range(2):
+            assert_close(ps.tied_matmul(x, theta, pat), ref.forward(x, theta, pat))
+            for got, want in zip(ps.tied_matmul_grad(dy, x, theta, pat),
+                                 ref.grad(dy, x, theta, pat)):
+                assert got.dtype == dtype
+                assert_close(got, want)
+    nb = int(np.prod(batch))
+    itemsize = np.dtype(dtype).itemsize
+    chosen = _dispatch._plans(pat)["measured"]
+    sig = _dispatch._signature(pat, nb, c_in, c_out, itemsize)
+    forward = _measure.candidates(_dispatch.choose(pat, nb, c_in, c_out, itemsize)[1])
+    pairs = _measure.candidates(_dispatch._grad_pairs(pat, nb, c_in, c_out, itemsize))
+    assert chosen[("forward",) + sig] in forward
+    assert chosen[("grad",) + sig] in pairs
+    assert timed == [k for k in (len(forward), len(pairs)) if k > 1]
+
+
+def test_the_planner_is_part_of_a_calls_signature(monkeypatch):
+    """A call replayed under ``"estimate"`` is planned again under ``"measure"``."""
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.symmetric(7)))
+    x = np.random.default_rng(0).standard_normal((3, 7, 2))
+    theta = np.random.default_rng(1).standard_normal((pat.n_params, 2, 2))
+    ps.tied_matmul(x, theta, pat)
+    ps.tied_matmul_grad(np.ones((3, 7, 2)), x, theta, pat)
+    assert "measured" not in _dispatch._plans(pat)
+    with config.override(planner="measure"):
+        ps.tied_matmul(x, theta, pat)
+        ps.tied_matmul_grad(np.ones((3, 7, 2)), x, theta, pat)
+    kinds = sorted(k[0] for k in _dispatch._plans(pat)["measured"])
+    assert kinds == ["forward", "grad"]
+
+
+def test_planner_setting_is_validated():
+    with pytest.raises(ValueError, match="planner must be one of"):
+        with config.override(planner="fast"):
+            pass
+    with pytest.raises(ValueError, match="planner must be one of"):
+        with config.override(planner=1):
+            pass
+    assert config.planner == "estimate"
+    code = "import paramshare_nb"
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PARAMSHARE_PLANNER": "quick", "PATH": ""})
+    assert "PARAMSHARE_PLANNER='quick' must be one of" in bad.stderr
+    good = subprocess.run(
+        [sys.executable, "-c", code + "; print(paramshare_nb.config.planner)"],
+        capture_output=True, text=True, env={"PARAMSHARE_PLANNER": "measure", "PATH": ""})
+    assert good.stdout.strip() == "measure", good.stderr
