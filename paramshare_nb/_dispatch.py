@@ -1043,13 +1043,40 @@ def _dw_reducer(pattern, c_out, c_in, small):
 # Rough throughputs of this kind of machine, per core-set: BLAS GEMM flops,
 # fused numba multiply-add loops, gathered vector adds (elements), and the
 # Python overhead of one call.  Only ratios matter.
-_BLAS = 40e9
+#
+# How well they choose is measured on three grids of cases, every strategy and
+# every (dx, dtheta) pair timed (float32, a 2-core Zen 4): A, 8 patterns x 4
+# channel pairs x batches 1-128; B, 8 other patterns, other channels, batches
+# 2-256; C, 8 patterns at 16 and 32 channels, batches 3-64.  Cases where the
+# choice took 1.25x the best time, A / B / C: 29 / 22 / 16 of 250 / 248 / 140
+# before _GEMM_PEAK, _TILE_STEP, _dw_cost and the streamed pair, 17 / 10 / 17
+# after; the geometric mean of choice / best 1.079 / 1.067 / 1.087 before,
+# 1.042 / 1.025 / 1.068 after.  config.planner = "measure" times instead.
+_BLAS = 40e9  # per-parameter products of gather-contract
+#: OpenBLAS GEMMs (float32, 2 threads, Zen 4) ran at 6-110 GFLOP/s with a smallest side of
+#: 16, 37-170 at 64 and 100-190 from 256 up, over 140 shapes: a rate saturating in the
+#: smallest side (see :func:`_gemm_time`) fits their middle, where a fixed 40 GFLOP/s with
+#: a penalty for thin sides priced w2's dense ``dW`` (1024 x 64 x 1024, about 1 ms) at 3.4
+#: ms, which sent that ``dtheta`` to csr's tiles once they were priced right, 2x slower.
+_GEMM_PEAK = 120e9
+_GEMM_HALF = 64
 _FUSED = 6e9
 _SIMD = 25e9  # explicit-SIMD tiles (csr with channels: Cayley D8, 16 -> 16, batch 64)
 _STREAM = 50e9  # a small W streamed over the batch (padded flops; Figure 1, batch 4096)
 _ADDS = 1.5e9
 _CALL = 4e-6
 _ITER = 2e-8  # overhead of one (target, batch) iteration of a fused kernel: dominates at C = 1
+#: Seconds per step of csr's ``dtheta`` tiles (one entry and batch element: 4 broadcast
+#: channels x 2 vectors, 8 vector FMAs), plus :data:`_CALL` and a copy of the padded tiles
+#: (``/ _ADDS``).  Steps measured 1.1-1.5 ns on patterns with many entries per parameter
+#: and 2-4 ns with 16 or fewer (batch 4-128); 4 ns chose best on grids A and B, where
+#: counting padded flops at ``_SIMD`` had overpriced these tiles 1.0-3.5x.
+_TILE_STEP = 4e-9
+#: The one-pass complement's fixed cost: derived parameters, checks, the call.  Measured
+#: 12.3-13.1 us at batch 1 for S_4 to S_64 up to 8 -> 8 channels; at 7 calls' worth (28
+#: us) the cheaper GEMMs of :data:`_GEMM_PEAK` took Deep Sets S_5, 32 -> 32 channels,
+#: batch 64, to materialize (45 against 33 us forward).
+_ONE_PASS_FIXED = 4 * _CALL
 
 
 def _gather_cost(plan, nb, c_in, c_out):
@@ -1073,6 +1100,26 @@ def _gather_cost(plan, nb, c_in, c_out):
     return nb * plan.gather().n_terms * c_in / _ADDS + ctime + iters + 3 * _CALL
 
 
+def _gemm_time(nb, o, k):
+    """A BLAS product of ``nb`` rows with an ``o x k`` matrix (or ``dW``'s ``o x nb x k``):
+    its rate rises with its smallest side ``s`` as ``s / (s + _GEMM_HALF)`` of
+    :data:`_GEMM_PEAK`."""
+    s = min(nb, o, k)
+    return 2 * nb * o * k * (s + _GEMM_HALF) / (_GEMM_PEAK * s)
+
+
+def _dw_cost(plan, nb, c_in, c_out, itemsize):
+    """``"materialize"``'s ``dtheta``: the dense ``dW`` by BLAS (no ``W``), then reduced by
+    parameter, a pass over each entry's ``C_out`` rows of ``C_in`` (D4 on 8 x 8, batch 1,
+    1 -> 8 channels: 38 us for the product, 59 for the reduction of 32768 one-element rows,
+    where pricing ``dW`` as the forward's ``W``, 37 us in all, made this ``dtheta`` 3.7x
+    slower than csr's; with 16 -> 16 channels the same number of entries reduces in about
+    0.1 ms)."""
+    m, n = plan.shape
+    rows = plan.nnz * c_out * -(-c_in // _lanes(itemsize))
+    return _gemm_time(nb, m * c_out, n * c_in) + 2 * rows / _ADDS + 2 * _CALL
+
+
 def _costs(plan, nb, c_in, c_out, itemsize):
     """Estimated seconds of each strategy for one forward-direction multiply."""
     m, n = plan.shape
@@ -1080,10 +1127,7 @@ def _costs(plan, nb, c_in, c_out, itemsize):
     dense = m * n * cc
     costs = {}
     if dense * itemsize <= config.max_bytes:
-        # BLAS is poor on thin matrices (measured: a 4096 x 20 x 5 float32 GEMM runs at
-        # about 0.4 of the square-matrix rate, not 5/64 of it)
-        skinny = min(1.0, min(nb, m * c_out, n * c_in) / 64) ** 0.35
-        costs["materialize"] = dense / _ADDS + 2 * nb * dense / (_BLAS * skinny) + 2 * _CALL
+        costs["materialize"] = dense / _ADDS + _gemm_time(nb, m * c_out, n * c_in) + 2 * _CALL
         if _streams(m, n, nb, c_in, c_out, itemsize):  # output rows padded to vectors
             padded = _round_up(m * c_out, _lanes(itemsize)) * n * c_in
             costs["materialize"] = dense / _ADDS + 2 * nb * padded / _STREAM + _CALL
@@ -1104,7 +1148,7 @@ def _costs(plan, nb, c_in, c_out, itemsize):
         # derived parameters, checks and the call: about 30 us of Python (Deep Sets, batch 1)
         padded = _round_up(c_out, _lanes(itemsize))
         costs["complement"] = (nb * n * (c_in + c_out) / _ADDS + 2 * nb * n * c_in * padded / _SIMD
-                               + 2 * nb * sp.n_bases * cc / _FUSED + 7 * _CALL)
+                               + 2 * nb * sp.n_bases * cc / _FUSED + _ONE_PASS_FIXED)
     elif sp is not None:
         costs["complement"] = (_gather_cost(sp.residual, nb, c_in, c_out)
                                + (nb * n * c_in + sp.u_rows.size * nb * c_out) / _ADDS
@@ -1136,6 +1180,8 @@ def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
         plan = plan_of(pattern, transposed)
         costs = _costs(plan, batch, c_in, c_out, itemsize)
         for_dtheta = {k: v for k, v in costs.items() if k != "scatter"}
+        if "materialize" in costs:
+            for_dtheta["materialize"] = _dw_cost(plan, batch, c_in, c_out, itemsize)
         for_dtheta["csr"] = _csr_dtheta_cost(plan, batch, c_in, c_out, itemsize)
         hit = memo[key] = (min(costs, key=costs.get), costs,
                            min(for_dtheta, key=for_dtheta.get), for_dtheta)
@@ -1168,7 +1214,9 @@ def _csr_dtheta_cost(plan, nb, c_in, c_out, itemsize):
         lanes = _round_up(nb, cpu.TILE_B)
         return 4 * lanes * plan.nnz / (4 * _FUSED) + lanes * (m + n) / _ADDS + _CALL
     lo, hi = min(c_in, c_out), max(c_in, c_out)
-    return (2 * nb * plan.nnz * _round_up(lo, 4) * _round_up(hi, 2 * _lanes(itemsize)) / _SIMD
+    vectors = 2 * _lanes(itemsize)
+    tiles = -(-lo // 4) * -(-hi // vectors)
+    return (nb * plan.nnz * tiles * _TILE_STEP + plan.n_params * tiles * 4 * vectors / _ADDS
             + _CALL)
 
 
@@ -1290,6 +1338,13 @@ def _grad_pairs(pattern, nb, c_in, c_out, itemsize):
                 pairs[hx, ht] = cx + ct + (0.0 if joint else _MIXED)
             elif hx == "csr":  # every (hx, "csr") runs that pass: ("csr", "csr") names it
                 pairs[hx, ht] = ct
+    m, n = pattern.shape
+    if "materialize" in dtheta_costs and _streams(m, n, nb, c_in, c_out, itemsize):
+        # one streamed call: W gathered once, dx and dW its two products; priced as two
+        # calls it lost to csr's fused pass, 2.0-2.6x slower (scalar C_16 and Figure 1,
+        # batch 1-128: 8.4 against 3.3 us at C_16, batch 1)
+        fwd = choose(pattern, nb, c_in, c_out, itemsize)[1]["materialize"]
+        pairs["materialize", "materialize"] = 2 * fwd - m * n * c_in * c_out / _ADDS - _CALL
     return pairs
 
 
