@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 # time the checkout this script lives in, not whatever copy happens to be installed
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import paramshare_nb as ps  # noqa: E402
+from paramshare_nb import config  # noqa: E402
 
 try:  # optional peer
     import torch
@@ -271,7 +272,30 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for numba, BLAS and torch (default: all cores)")
+    ap.add_argument("--planner", choices=config.PLANNERS, default=config.planner,
+                    help="how method='auto' chooses: the cost model's estimates, or "
+                         "timing the candidates on each workload's first call "
+                         f"(default {config.planner!r}, from PARAMSHARE_PLANNER)")
     args = ap.parse_args(argv)
+    with config.override(planner=args.planner):
+        _compare(args)
+
+
+def _strategies(pat, nb, c_in, c_out, itemsize):
+    """``(forward, dx, dtheta)`` as ``"auto"`` runs them: the estimates' choice, or under
+    ``config.planner == "measure"`` the measured one (kept once a first call has run)."""
+    from paramshare_nb import _dispatch
+    hf = _dispatch.choose(pat, nb, c_in, c_out, itemsize)[0]
+    hx, ht = _dispatch._choose_grad(pat, nb, c_in, c_out, itemsize)
+    if config.planner == "measure":
+        measured = _dispatch._plans(pat).get("measured", {})
+        sig = _dispatch._signature(pat, nb, c_in, c_out, itemsize)
+        hf = measured.get(("forward",) + sig, hf)
+        hx, ht = measured.get(("grad",) + sig, (hx, ht))
+    return hf, hx, ht
+
+
+def _compare(args):
     dtype = np.dtype(args.dtype)
     import numba
     threads = numba.get_num_threads()
@@ -281,6 +305,7 @@ def main(argv=None):
     peers = [NumpyPeer, ScipyPeer] + ([TorchPeer] if with_torch else [])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# paramshare_nb compare: dtype {dtype}, numba threads {threads}, "
+          f"planner {config.planner}, "
           f"cpus {os.cpu_count()}, load average {load:.1f} at start, "
           f"torch {'yes ' + torch.__version__ if torch else 'not installed'}; "
           f"paramshare_nb from {os.path.dirname(ps.__file__)}")
@@ -301,14 +326,12 @@ def main(argv=None):
             theta = (rng.standard_normal((pat.n_params, co, ci)) / np.sqrt(n * ci)).astype(dtype)
             x = rng.standard_normal((nb, n, ci)).astype(dtype)
             dy = rng.standard_normal((nb, m, co)).astype(dtype)
-        from paramshare_nb import _dispatch
         c_in, c_out = (1, 1) if scalar else (ci, co)
-        hf = _dispatch.choose(pat, x.shape[0], c_in, c_out, dtype.itemsize)[0]
-        hx, ht = _dispatch._choose_grad(pat, x.shape[0], c_in, c_out, dtype.itemsize)
         ours = Ours(pat, scalar)
         t_first = time.perf_counter()
         ref = ours(x, theta, dy)
         t_first = time.perf_counter() - t_first
+        hf, hx, ht = _strategies(pat, nb, c_in, c_out, dtype.itemsize)
         # ours is timed in a block of calls before each peer and its median is over all
         # blocks: this machine's speed drifts by up to 2x within seconds, and the ratios
         # should compare medians over the same minutes

@@ -1197,6 +1197,18 @@ def _signature(pattern, batch, c_in, c_out, itemsize, transposed=False):
             _chunks(batch * n * c_in * c_out), SERIAL_WORK)
 
 
+def _feeds_backward(pattern, nb, c_in, c_out, itemsize, how):
+    """Whether the estimates' forward ``how`` gathers a ``W`` that their backward's ``dx``
+    takes again (:func:`_forwards_w`).  The measuring planner keeps such a forward: timed
+    alone it pays for a gather that a training step shares, and on w2 (C_64, 16 -> 16
+    channels, batch 64) it lost to csr's forward in some processes (1.38 against 1.05 ms),
+    after which forward + backward took 4.4-6.8 ms against 3.6-3.7."""
+    m, n = pattern.shape
+    return (how == "materialize" and _keep_w(pattern, c_out, c_in)
+            and not _streams(m, n, nb, c_in, c_out, itemsize)
+            and _choose_grad(pattern, nb, c_in, c_out, itemsize)[0] == "materialize")
+
+
 def _measured(pattern, kind, nb, c_in, c_out, dtype, costs, build):
     """``config.planner == "measure"``: the runner :func:`._measure.planned` makes from the
     candidates of ``costs``, each built by ``build``, its choice kept per pattern."""
@@ -1254,7 +1266,8 @@ def forward_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
     how = method
     if how == "auto":
         how, costs = choose(pattern, nb, c_in, c_out, dtype.itemsize)[:2]
-        if config.planner == "measure":
+        if config.planner == "measure" and not _feeds_backward(pattern, nb, c_in, c_out,
+                                                               dtype.itemsize, how):
             return _measured(pattern, "forward", nb, c_in, c_out, dtype, costs,
                              lambda how: forward_runner(pattern, nb, c_in, c_out, dtype, how))
     if how == "materialize":

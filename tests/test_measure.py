@@ -43,6 +43,21 @@ def test_fastest_picks_the_quick_runner_and_drops_hopeless_ones():
     assert calls.count(1) == 1 + 2 * _measure.ROUNDS
 
 
+def test_fastest_keeps_the_models_choice_in_a_near_tie(monkeypatch):
+    clock = iter(range(10_000))
+    monkeypatch.setattr(_measure.time, "perf_counter", lambda: next(clock) * 1e-6)
+
+    def runner(cost):
+        def run():
+            for _ in range(cost):  # each tick of the fake clock is one microsecond
+                next(clock)
+        return run
+    # 10 % faster than the model's choice (index 0): not enough; 20 %: taken
+    assert _measure.fastest([runner(100), runner(90)], ()) == 0
+    assert _measure.fastest([runner(100), runner(80)], ()) == 1
+    assert _measure.fastest([runner(80), runner(100)], ()) == 0
+
+
 def test_planned_measures_once_and_leaves_the_winners_result():
     calls, built = [], []
     speeds = {"slow": 0.01, "quick": 0.0}
@@ -139,3 +154,44 @@ def test_planner_setting_is_validated():
         [sys.executable, "-c", code + "; print(paramshare_nb.config.planner)"],
         capture_output=True, text=True, env={"PARAMSHARE_PLANNER": "measure", "PATH": ""})
     assert good.stdout.strip() == "measure", good.stderr
+
+
+def test_compare_script_reports_the_measured_strategies(monkeypatch, capsys):
+    """``benchmarks/compare.py --planner measure`` runs the workloads under the measuring
+    planner and prints the strategies it measured, not the estimates'."""
+    import os
+    bench = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks")
+    monkeypatch.syspath_prepend(bench)
+    import compare
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(6)))
+    monkeypatch.setattr(compare, "workloads", lambda: {
+        "w9": ("C_6, 2->3, batch 4", lambda: pat, 4, 2, 3, 1.0)})
+    # "measuring" that picks the model's last candidate: never the estimates' choice
+    monkeypatch.setattr(_measure, "fastest", lambda runners, args: len(runners) - 1)
+    compare.main(["--only", "w9", "--repeat", "2", "--no-torch", "--planner", "measure"])
+    out = capsys.readouterr().out
+    assert "planner measure" in out and config.planner == "estimate"
+    sig = _dispatch._signature(pat, 4, 2, 3, 4)
+    chosen = _dispatch._plans(pat)["measured"]
+    forward, (hx, ht) = chosen[("forward",) + sig], chosen[("grad",) + sig]
+    assert forward != _dispatch.choose(pat, 4, 2, 3, 4)[0]
+    assert (hx, ht) != _dispatch._choose_grad(pat, 4, 2, 3, 4)
+    assert f"forward {forward}, dx {hx}, dtheta {ht}" in out
+
+
+def test_a_forward_whose_w_the_backward_takes_is_not_measured(monkeypatch):
+    """The estimates' materialised forward keeps ``W`` for their backward's ``dx``; timed
+    alone it would pay for that shared gather, so the measuring planner keeps it."""
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(64)))
+    assert _dispatch._feeds_backward(pat, 64, 16, 16, 4, "materialize")
+    assert not _dispatch._feeds_backward(pat, 64, 16, 16, 4, "csr")
+    assert not _dispatch._feeds_backward(pat, 1, 1, 1, 4, "materialize")  # streamed: no W kept
+    timed = []
+    monkeypatch.setattr(_measure, "fastest", lambda r, a: timed.append(len(r)) or 0)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 64, 16)).astype(np.float32)
+    theta = rng.standard_normal((pat.n_params, 16, 16)).astype(np.float32)
+    with config.override(planner="measure"):
+        y = ps.tied_matmul(x, theta, pat)
+    assert_close(y, ref.forward(x, theta, pat))
+    assert timed == [] and "measured" not in _dispatch._plans(pat)
