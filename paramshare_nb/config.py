@@ -108,9 +108,9 @@ search_nodes: int = _env_int("PARAMSHARE_SEARCH_NODES", 1_000_000)
 #: signature (pattern, sizes, dtype, threads), time the candidates the model
 #: rates within a factor of the cheapest on the call's own arrays, and keep the
 #: fastest for that pattern, as FFTW's ``FFTW_MEASURE`` does.  That first call
-#: compiles and runs every candidate (seconds, once per process); the choice, so
-#: the rounding of the results, can differ between runs and machines.  CUDA
-#: arrays keep the estimates.
+#: runs every candidate and compiles those not in numba's cache yet (seconds);
+#: the choice, so the rounding of the results, can differ between runs and
+#: machines.  CUDA arrays keep the estimates.
 planner: str = _env_choice("PARAMSHARE_PLANNER", PLANNERS, "estimate")
 
 
