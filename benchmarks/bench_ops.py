@@ -66,6 +66,29 @@ class TiedMatmul:
         ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat)
 
 
+class MeasuredTiedMatmul:
+    """Forward + backward under ``config.planner = "measure"`` (float32): beside
+    :class:`TiedMatmul`'s, what timing the candidates buys on this machine."""
+
+    params = (list(WORKLOADS),)
+    param_names = ["workload"]
+    timeout = 600
+
+    def setup(self, key):
+        self.planner = ps.config.planner
+        ps.config.planner = "measure"  # (teardown restores it)
+        self.pat, self.theta, self.x, self.dy = _data(key, np.dtype("float32"))
+        ps.tied_matmul(self.x, self.theta, self.pat)  # measures the candidates
+        ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat)
+
+    def teardown(self, key):
+        ps.config.planner = self.planner
+
+    def time_forward_backward(self, key):
+        ps.tied_matmul(self.x, self.theta, self.pat)
+        ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat)
+
+
 class NumpyPeerTiedMatmul:
     """The numpy peer (materialised ``W``, matmul, ``bincount``) on the same data."""
 
