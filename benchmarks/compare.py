@@ -21,6 +21,7 @@ compare medians over the same minutes of a machine whose speed drifts.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -289,9 +290,10 @@ def _strategies(pat, nb, c_in, c_out, itemsize):
     hx, ht = _dispatch._choose_grad(pat, nb, c_in, c_out, itemsize)
     if config.planner == "measure":
         measured = _dispatch._plans(pat).get("measured", {})
-        sig = _dispatch._signature(pat, nb, c_in, c_out, itemsize)
-        hf = measured.get(("forward",) + sig, hf)
-        hx, ht = measured.get(("grad",) + sig, (hx, ht))
+        key = functools.partial(_dispatch.measured_key, pat, nb=nb, c_in=c_in, c_out=c_out,
+                                itemsize=itemsize)
+        hf = measured.get(key("forward"), hf)
+        hx, ht = measured.get(key("grad"), (hx, ht))
     return hf, hx, ht
 
 

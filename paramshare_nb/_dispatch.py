@@ -1040,9 +1040,10 @@ def _dw_reducer(pattern, c_out, c_in, small):
 # ---------------------------------------------------------------------------
 # the cost model
 # ---------------------------------------------------------------------------
-# Rough throughputs of this kind of machine, per core-set: BLAS GEMM flops,
-# fused numba multiply-add loops, gathered vector adds (elements), and the
-# Python overhead of one call.  Only ratios matter.
+# Rough throughputs of this kind of machine, per core-set: BLAS flops (GEMMs
+# by _gemm_time, gather-contract's per-parameter products at _BLAS), fused
+# numba multiply-add loops, gathered vector adds (elements), and the Python
+# overhead of one call.  Only ratios matter.
 #
 # How well they choose is measured on three grids of cases, every strategy and
 # every (dx, dtheta) pair timed (float32, a 2-core Zen 4): A, 8 patterns x 4
@@ -1145,7 +1146,7 @@ def _costs(plan, nb, c_in, c_out, itemsize):
     sp = plan.split()
     if _one_pass(sp, nb, nb * n * cc):
         # totals and one multiply-add pass over the rows; output channels padded to vectors;
-        # derived parameters, checks and the call: about 30 us of Python (Deep Sets, batch 1)
+        # derived parameters, checks and the call: _ONE_PASS_FIXED
         padded = _round_up(c_out, _lanes(itemsize))
         costs["complement"] = (nb * n * (c_in + c_out) / _ADDS + 2 * nb * n * c_in * padded / _SIMD
                                + 2 * nb * sp.n_bases * cc / _FUSED + _ONE_PASS_FIXED)
@@ -1197,12 +1198,24 @@ def _signature(pattern, batch, c_in, c_out, itemsize, transposed=False):
             _chunks(batch * n * c_in * c_out), SERIAL_WORK)
 
 
+def _measuring():
+    """Whether ``config.planner`` asks for measurement (a ValueError for a value that
+    names no planner: assigned directly, it is not checked as ``override`` checks it)."""
+    if config.planner == "estimate":
+        return False
+    if config.planner == "measure":
+        return True
+    raise ValueError(f"config.planner must be one of {config.PLANNERS}, got "
+                     f"{config.planner!r}")
+
+
 def _feeds_backward(pattern, nb, c_in, c_out, itemsize, how):
     """Whether the estimates' forward ``how`` gathers a ``W`` that their backward's ``dx``
-    takes again (:func:`_forwards_w`).  The measuring planner keeps such a forward: timed
-    alone it pays for a gather that a training step shares, and on w2 (C_64, 16 -> 16
-    channels, batch 64) it lost to csr's forward in some processes (1.38 against 1.05 ms),
-    after which forward + backward took 4.4-6.8 ms against 3.6-3.7."""
+    takes again (:func:`_forwards_w`).  The measuring planner keeps such a forward, and
+    measures only the ``dtheta`` of that backward: timed alone the forward pays for a
+    gather that a training step shares, and on w2 (C_64, 16 -> 16 channels, batch 64) it
+    lost to csr's forward in some processes (1.38 against 1.05 ms), after which forward +
+    backward took 4.4-6.8 ms against 3.6-3.7."""
     m, n = pattern.shape
     return (how == "materialize" and _keep_w(pattern, c_out, c_in)
             and not _streams(m, n, nb, c_in, c_out, itemsize)
@@ -1213,8 +1226,18 @@ def _measured(pattern, kind, nb, c_in, c_out, dtype, costs, build):
     """``config.planner == "measure"``: the runner :func:`._measure.planned` makes from the
     candidates of ``costs``, each built by ``build``, its choice kept per pattern."""
     memo = _plans(pattern).setdefault("measured", {})
-    key = (kind,) + _signature(pattern, nb, c_in, c_out, dtype.itemsize)
-    return _measure.planned(memo, key, _measure.candidates(costs), build)
+    key = measured_key(pattern, kind, nb, c_in, c_out, dtype.itemsize)
+    # a losing "materialize" leaves the W it kept for a backward
+    return _measure.planned(memo, key, _measure.candidates(costs), build,
+                            settle=lambda: _plans(pattern).pop("last_w", None))
+
+
+def measured_key(pattern, kind, nb, c_in, c_out, itemsize):
+    """Where ``_plans(pattern)["measured"]`` keeps the measured choice of ``kind``
+    (``"forward"`` or ``"grad"``): the signature and numba's thread count, always (the
+    signature has it only past :data:`SERIAL_WORK`, as ops counts work; csr's kernels
+    count theirs otherwise)."""
+    return (kind, numba.get_num_threads()) + _signature(pattern, nb, c_in, c_out, itemsize)
 
 
 def _csr_dtheta_cost(plan, nb, c_in, c_out, itemsize):
@@ -1266,8 +1289,8 @@ def forward_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
     how = method
     if how == "auto":
         how, costs = choose(pattern, nb, c_in, c_out, dtype.itemsize)[:2]
-        if config.planner == "measure" and not _feeds_backward(pattern, nb, c_in, c_out,
-                                                               dtype.itemsize, how):
+        if _measuring() and not _feeds_backward(pattern, nb, c_in, c_out, dtype.itemsize,
+                                                 how):
             return _measured(pattern, "forward", nb, c_in, c_out, dtype, costs,
                              lambda how: forward_runner(pattern, nb, c_in, c_out, dtype, how))
     if how == "materialize":
@@ -1291,7 +1314,11 @@ def grad_runner(pattern, nb, c_in, c_out, dtype, method="auto"):
         return _pair_runner(pattern, nb, c_in, c_out, dtype, method,
                             "complement" if method == "scatter" else method)
     pairs = _grad_pairs(pattern, nb, c_in, c_out, dtype.itemsize)
-    if config.planner == "measure":
+    if _measuring():
+        if _feeds_backward(pattern, nb, c_in, c_out, dtype.itemsize,
+                           choose(pattern, nb, c_in, c_out, dtype.itemsize)[0]):
+            # the forward, kept unmeasured, gathers W for this dx: only dtheta is measured
+            pairs = {p: c for p, c in pairs.items() if p[0] == "materialize"}
         return _measured(pattern, "grad", nb, c_in, c_out, dtype, pairs,
                          lambda pair: _pair_runner(pattern, nb, c_in, c_out, dtype, *pair))
     return _pair_runner(pattern, nb, c_in, c_out, dtype, *min(pairs, key=pairs.get))

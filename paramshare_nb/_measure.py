@@ -13,6 +13,7 @@ estimates and a way to build each one's runner.
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 #: Candidates whose estimate is within this factor of the cheapest are timed (the
@@ -74,28 +75,43 @@ def fastest(runners, args):
     return best if times[best] * MARGIN < times[0] else 0
 
 
-def planned(memo, key, options, build):
+def planned(memo, key, options, build, settle=None):
     """A runner for the fastest of ``options``, measured on its first call.
 
     ``build(option)`` returns a runner, a function of the call's arrays that
     writes its outputs in full.  A choice already in ``memo[key]`` is built
     at once.  Otherwise the returned runner times every option on its first
     call's arrays (each writes the outputs in turn), stores the winner in
-    ``memo[key]``, and runs the winner once more, so that the outputs hold
-    its result, as they do on every later call.
+    ``memo[key]``, calls ``settle()`` (to drop what the losers left behind),
+    and runs the winner once more, so that the outputs hold its result, as
+    they do on every later call.  Threads that call it meanwhile wait for
+    that one measurement, and a choice another runner stored for ``key``
+    first is taken as it is.
     """
     hit = memo.get(key)
     if hit is not None or len(options) == 1:
         return build(options[0] if hit is None else hit)
     chosen = []
+    lock = threading.Lock()
 
     def run(*args):
         if not chosen:
-            runners = [build(option) for option in options]
-            i = fastest(runners, args)
-            if len(memo) > 256:  # many signatures: keep the memo small
-                memo.clear()
-            memo[key] = options[i]
-            chosen.append(runners[i])
+            with lock:
+                if not chosen:
+                    chosen.append(_choose(memo, key, options, build, settle, args))
         chosen[0](*args)
     return run
+
+
+def _choose(memo, key, options, build, settle, args):
+    hit = memo.get(key)
+    if hit is not None:
+        return build(hit)
+    runners = [build(option) for option in options]
+    i = fastest(runners, args)
+    if len(memo) > 256:  # many signatures: keep the memo small
+        memo.clear()
+    memo[key] = options[i]
+    if settle is not None:
+        settle()
+    return runners[i]

@@ -24,8 +24,8 @@ nothing.
 Strategies (``method=``; ``"auto"`` lets a cost model pick from the pattern's
 statistics, the batch size and the channels, or, under ``config.planner =
 "measure"``, times the model's best candidates on a signature's first call;
-forward, ``dx`` (the transposed multiply, planned on ``pattern.T``) and
-``dtheta`` are planned as a pair):
+the forward is planned alone, the backward's ``dx`` (the transposed
+multiply, planned on ``pattern.T``) and ``dtheta`` as a pair):
 
 ``"materialize"``
     Gather ``W`` (bounded by ``config.max_bytes``) and call BLAS; ``dtheta``

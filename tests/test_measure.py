@@ -115,11 +115,10 @@ def test_measured_results_match_the_reference(case, monkeypatch):
     nb = int(np.prod(batch))
     itemsize = np.dtype(dtype).itemsize
     chosen = _dispatch._plans(pat)["measured"]
-    sig = _dispatch._signature(pat, nb, c_in, c_out, itemsize)
     forward = _measure.candidates(_dispatch.choose(pat, nb, c_in, c_out, itemsize)[1])
     pairs = _measure.candidates(_dispatch._grad_pairs(pat, nb, c_in, c_out, itemsize))
-    assert chosen[("forward",) + sig] in forward
-    assert chosen[("grad",) + sig] in pairs
+    assert chosen[_dispatch.measured_key(pat, "forward", nb, c_in, c_out, itemsize)] in forward
+    assert chosen[_dispatch.measured_key(pat, "grad", nb, c_in, c_out, itemsize)] in pairs
     assert timed == [k for k in (len(forward), len(pairs)) if k > 1]
 
 
@@ -171,9 +170,9 @@ def test_compare_script_reports_the_measured_strategies(monkeypatch, capsys):
     compare.main(["--only", "w9", "--repeat", "2", "--no-torch", "--planner", "measure"])
     out = capsys.readouterr().out
     assert "planner measure" in out and config.planner == "estimate"
-    sig = _dispatch._signature(pat, 4, 2, 3, 4)
     chosen = _dispatch._plans(pat)["measured"]
-    forward, (hx, ht) = chosen[("forward",) + sig], chosen[("grad",) + sig]
+    forward = chosen[_dispatch.measured_key(pat, "forward", 4, 2, 3, 4)]
+    hx, ht = chosen[_dispatch.measured_key(pat, "grad", 4, 2, 3, 4)]
     assert forward != _dispatch.choose(pat, 4, 2, 3, 4)[0]
     assert (hx, ht) != _dispatch._choose_grad(pat, 4, 2, 3, 4)
     assert f"forward {forward}, dx {hx}, dtheta {ht}" in out
@@ -195,3 +194,112 @@ def test_a_forward_whose_w_the_backward_takes_is_not_measured(monkeypatch):
         y = ps.tied_matmul(x, theta, pat)
     assert_close(y, ref.forward(x, theta, pat))
     assert timed == [] and "measured" not in _dispatch._plans(pat)
+
+
+def _c16_data(nb, seed=5):
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(16)))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((nb, 16, 8)).astype(np.float32)
+    theta = rng.standard_normal((pat.n_params, 8, 8)).astype(np.float32)
+    dy = rng.standard_normal((nb, 16, 8)).astype(np.float32)
+    return pat, x, theta, dy
+
+
+def test_a_losing_materialize_leaves_no_w_behind(monkeypatch):
+    """A materialised forward keeps ``W`` for its backward; when it loses the measurement
+    (here csr, the model's choice at batch 4, wins), that ``W`` is dropped."""
+    pat, x, theta, _ = _c16_data(4)
+    options = _measure.candidates(_dispatch.choose(pat, 4, 8, 8, 4)[1])
+    assert options[0] != "materialize" and "materialize" in options
+    monkeypatch.setattr(_measure, "fastest", lambda runners, args: [
+        r(*args) for r in runners] and 0)  # every candidate runs once; the first wins
+    with config.override(planner="measure"):
+        assert_close(ps.tied_matmul(x, theta, pat), ref.forward(x, theta, pat))
+    assert "last_w" not in _dispatch._plans(pat)
+
+
+def test_the_backward_of_a_kept_forward_measures_only_dtheta(monkeypatch):
+    pat, x, theta, dy = _c16_data(16)
+    assert _dispatch._feeds_backward(pat, 16, 8, 8, 4, "materialize")
+    timed = []
+    monkeypatch.setattr(_measure, "fastest", lambda r, a: timed.append(len(r)) or 0)
+    with config.override(planner="measure"):
+        for got, want in zip(ps.tied_matmul_grad(dy, x, theta, pat),
+                             ref.grad(dy, x, theta, pat)):
+            assert_close(got, want)
+    pairs = _dispatch._grad_pairs(pat, 16, 8, 8, 4)
+    keep = _measure.candidates({p: c for p, c in pairs.items() if p[0] == "materialize"})
+    assert timed == [len(keep)] and len(keep) < len(_measure.candidates(pairs))
+
+
+@pytest.mark.parametrize("kind", ["forward", "grad"])
+def test_every_candidate_gives_the_reference(kind, monkeypatch):
+    """Each candidate in turn made the winner (the measured choice is one of them)."""
+    for pat, batch, c_in, c_out, dtype in _cases():
+        nb = int(np.prod(batch))
+        m, n = pat.shape
+        rng = np.random.default_rng(nb)
+        theta = rng.standard_normal((pat.n_params, c_out, c_in)).astype(dtype)
+        x = rng.standard_normal((nb, n, c_in)).astype(dtype)
+        dy = rng.standard_normal((nb, m, c_out)).astype(dtype)
+        costs = (_dispatch.choose(pat, nb, c_in, c_out, np.dtype(dtype).itemsize)[1]
+                 if kind == "forward" else
+                 _dispatch._grad_pairs(pat, nb, c_in, c_out, np.dtype(dtype).itemsize))
+        for i in range(len(_measure.candidates(costs))):
+            monkeypatch.setattr(_measure, "fastest", lambda r, a, i=i: i)
+            _dispatch._plans(pat).pop("measured", None)
+            with config.override(planner="measure"):
+                if kind == "forward":
+                    y = np.full((nb, m, c_out), np.nan, dtype)
+                    _dispatch.forward_runner(pat, nb, c_in, c_out, np.dtype(dtype))(x, theta, y)
+                    assert_close(y, ref.forward(x, theta, pat))
+                    continue
+                dx, dth = np.full_like(x, np.nan), np.full_like(theta, np.nan)
+                _dispatch.grad_runner(pat, nb, c_in, c_out, np.dtype(dtype))(
+                    dy, x, theta, dx, dth)
+                for got, want in zip((dx, dth), ref.grad(dy, x, theta, pat)):
+                    assert_close(got, want)
+
+
+def test_threads_share_one_measurement(monkeypatch):
+    import threading
+    pat, x, theta, _ = _c16_data(4, seed=6)
+    timed = []
+    gate = threading.Barrier(4)
+
+    def slow_fastest(runners, args):
+        timed.append(len(runners))
+        time.sleep(0.05)  # the others arrive meanwhile
+        return 0
+    monkeypatch.setattr(_measure, "fastest", slow_fastest)
+    with config.override(planner="measure"):
+        run = _dispatch.forward_runner(pat, 4, 8, 8, x.dtype)
+    outs = [np.full((4, 16, 8), np.nan, np.float32) for _ in range(4)]
+
+    def call(k):
+        gate.wait()
+        run(x, theta, outs[k])
+    workers = [threading.Thread(target=call, args=(k,)) for k in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(timed) == 1
+    for y in outs:
+        assert_close(y, ref.forward(x, theta, pat))
+
+
+def test_the_key_holds_the_thread_count(monkeypatch):
+    import numba
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(4)))
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 1)
+    one = _dispatch.measured_key(pat, "grad", 2, 1, 1, 8)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
+    assert _dispatch.measured_key(pat, "grad", 2, 1, 1, 8) != one
+
+
+def test_a_misspelt_planner_is_an_error(monkeypatch):
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(4)))
+    monkeypatch.setattr(config, "planner", "Measure")
+    with pytest.raises(ValueError, match="config.planner must be one of"):
+        ps.tied_matmul(np.ones((2, 4)), np.ones(pat.n_params), pat)
