@@ -21,7 +21,6 @@ compare medians over the same minutes of a machine whose speed drifts.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import sys
@@ -290,10 +289,9 @@ def _strategies(pat, nb, c_in, c_out, itemsize):
     hx, ht = _dispatch._choose_grad(pat, nb, c_in, c_out, itemsize)
     if config.planner == "measure":
         measured = _dispatch._plans(pat).get("measured", {})
-        key = functools.partial(_dispatch.measured_key, pat, nb=nb, c_in=c_in, c_out=c_out,
-                                itemsize=itemsize)
-        hf = measured.get(key("forward"), hf)
-        hx, ht = measured.get(key("grad"), (hx, ht))
+        hf = measured.get(_dispatch.measured_key(pat, "forward", nb, c_in, c_out, itemsize), hf)
+        hx, ht = measured.get(_dispatch.measured_key(pat, "grad", nb, c_in, c_out, itemsize),
+                              (hx, ht))
     return hf, hx, ht
 
 

@@ -1167,10 +1167,10 @@ def _costs(plan, nb, c_in, c_out, itemsize):
 def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
     """The cheapest strategy by the cost model, with the estimates (memoised per pattern).
 
-    Returns ``(strategy, costs, dtheta_strategy, dtheta_costs)``: the
-    strategy for the multiply, the estimates, and the cheapest strategy for
-    ``dtheta`` with its own estimates (no ``"scatter"``, which has no
-    ``dtheta`` of its own; ``"csr"``'s runs other kernels than its forward).
+    Returns ``(strategy, costs, dtheta_costs)``: the strategy for the
+    multiply, the estimates, and the estimates for ``dtheta`` (no
+    ``"scatter"``, which has no ``dtheta`` of its own; ``"materialize"``'s
+    and ``"csr"``'s run other kernels than their forwards).
     """
     memo = _plans(pattern).setdefault("choices", {})
     key = _signature(pattern, batch, c_in, c_out, itemsize, transposed)
@@ -1184,8 +1184,7 @@ def choose(pattern, batch, c_in, c_out, itemsize=8, transposed=False):
         if "materialize" in costs:
             for_dtheta["materialize"] = _dw_cost(plan, batch, c_in, c_out, itemsize)
         for_dtheta["csr"] = _csr_dtheta_cost(plan, batch, c_in, c_out, itemsize)
-        hit = memo[key] = (min(costs, key=costs.get), costs,
-                           min(for_dtheta, key=for_dtheta.get), for_dtheta)
+        hit = memo[key] = (min(costs, key=costs.get), costs, for_dtheta)
     return hit
 
 
@@ -1368,7 +1367,7 @@ def _grad_pairs(pattern, nb, c_in, c_out, itemsize):
     """``{(dx strategy, dtheta strategy): estimated seconds}``, a pair of one strategy
     (``"scatter"``'s ``dtheta`` is ``"complement"``'s) spared :data:`_MIXED`."""
     dx_costs = choose(pattern, nb, c_out, c_in, itemsize, transposed=True)[1]
-    dtheta_costs = choose(pattern, nb, c_in, c_out, itemsize)[3]
+    _, fwd_costs, dtheta_costs = choose(pattern, nb, c_in, c_out, itemsize)
     fused = c_in == c_out == 1  # a scalar csr dtheta runs the fused pass, dx included
     pairs = {}
     for hx, cx in dx_costs.items():
@@ -1383,13 +1382,13 @@ def _grad_pairs(pattern, nb, c_in, c_out, itemsize):
         # one streamed call: W gathered once, dx and dW its two products; priced as two
         # calls it lost to csr's fused pass, 2.0-2.6x slower (scalar C_16 and Figure 1,
         # batch 1-128: 8.4 against 3.3 us at C_16, batch 1)
-        fwd = choose(pattern, nb, c_in, c_out, itemsize)[1]["materialize"]
-        pairs["materialize", "materialize"] = 2 * fwd - m * n * c_in * c_out / _ADDS - _CALL
+        pairs["materialize", "materialize"] = (2 * fwd_costs["materialize"]
+                                               - m * n * c_in * c_out / _ADDS - _CALL)
     return pairs
 
 
 def _run_grad(hx, ht, pattern, dy, x, theta, dx, dtheta):
-    """Every pair of strategies but materialize for both (see :func:`grad_runner`)."""
+    """Every pair of strategies but materialize for both (see :func:`_pair_runner`)."""
     c_in, c_out = x.shape[2], theta.shape[1]
     if ht == "csr" and c_in == c_out == 1:
         # scalar: dx and dtheta in one fused pass (csr_dtheta's channel tiles would use 1
@@ -1407,7 +1406,7 @@ def _run_grad(hx, ht, pattern, dy, x, theta, dx, dtheta):
 
 def _run_dtheta(how, pattern, dy, x, dtheta):
     """``dtheta`` by ``how``; a materialised ``dtheta`` has its runner prepared in
-    :func:`grad_runner` instead."""
+    :func:`_pair_runner` instead."""
     if how == "csr":
         _csr_dtheta(dy, x, pattern, dtheta)
     elif how == "complement":
