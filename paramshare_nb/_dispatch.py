@@ -21,6 +21,7 @@ import numpy as np
 from . import _measure, config
 from ._kernels import cpu, csr_cpu, simd, small_cpu, sums_cpu, tile_sums_cpu
 from ._scratch import keeps, scratch
+from ._validate import bytes_text
 
 INDEX = np.int64
 
@@ -1420,8 +1421,8 @@ def _check_w_bytes(pattern, c_out, c_in, itemsize, what="method='materialize'"):
     need = m * n * c_out * c_in * itemsize
     if need > config.max_bytes:
         raise MemoryError(
-            f"{what} needs W of shape ({m * c_out}, {n * c_in}) = {need / 2**20:.1f} MiB, over "
-            f"config.max_bytes = {config.max_bytes / 2**20:.1f} MiB; pick another method or "
+            f"{what} needs W of shape ({m * c_out}, {n * c_in}) = {bytes_text(need)}, over "
+            f"config.max_bytes = {bytes_text(config.max_bytes)}; pick another method or "
             f"raise the bound with config.override(max_bytes=...)")
 
 

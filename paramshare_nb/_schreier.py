@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from . import config
+from ._validate import bytes_text
 
 
 def _inverse(p: np.ndarray) -> np.ndarray:
@@ -135,9 +136,9 @@ class StabChain:
         if need > config.max_bytes:
             raise MemoryError(
                 f"the stabilizer chain of this group on {self.n} points needs at least "
-                f"{need / 2**20:.1f} MiB for its tables (a row of {self.n} points for each "
+                f"{bytes_text(need)} for its tables (a row of {self.n} points for each "
                 f"orbit point of each level, and two more a level), over config.max_bytes = "
-                f"{config.max_bytes / 2**20:.1f} MiB; raise the bound with "
+                f"{bytes_text(config.max_bytes)}; raise the bound with "
                 f"config.override(max_bytes=...)")
 
     # -- construction -------------------------------------------------------

@@ -26,6 +26,16 @@ UNREADABLE_ARCHIVE = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFEr
                       RuntimeError, NotImplementedError)
 
 
+def bytes_text(n: int) -> str:
+    """A size for an error message: ``"3.0 MiB"``, ``"12.5 KiB"`` or ``"96 bytes"`` (a bound
+    under a MiB printed as ``0.0 MiB`` told the user nothing)."""
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MiB"
+    if n >= 2**10:
+        return f"{n / 2**10:.1f} KiB"
+    return f"{n} bytes"
+
+
 def as_int_array(obj, name: str, ndim: int | None = None) -> np.ndarray:
     """Return ``obj`` as a fresh C-contiguous int64 array, refusing non-integers."""
     try:

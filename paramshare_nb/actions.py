@@ -18,7 +18,7 @@ import numpy as np
 from . import config, groups
 from ._kernels.groups_cpu import _closure, _orbits, _pair_orbits
 from ._schreier import StabChain
-from ._validate import INDEX, as_gens, as_perm, as_positive_int
+from ._validate import INDEX, as_gens, as_perm, as_positive_int, bytes_text
 
 __all__ = ["Action", "product", "tensor_power", "regular"]
 
@@ -330,10 +330,10 @@ def tensor_power(gens, k: int) -> np.ndarray:
     fits = n <= 1 or k * math.log2(n) + math.log2(rows * 8) <= math.log2(config.max_bytes) + 1
     need = rows * n**k * 8 if fits else None
     if need is None or need > config.max_bytes:
-        size = (f"{need / 2**20:.3g} MiB" if need is not None else
+        size = (bytes_text(need) if need is not None else
                 f"about 2**{k * math.log2(n) + math.log2(rows * 8):.0f} bytes")
         raise MemoryError(f"tensor_power: {gens.shape[0]} generators on {n}**{k} points need "
-                          f"{size}, over config.max_bytes = {config.max_bytes / 2**20:.3g} MiB; "
+                          f"{size}, over config.max_bytes = {bytes_text(config.max_bytes)}; "
                           f"lower k or raise the bound with config.override(max_bytes=...)")
     out = np.zeros((gens.shape[0], 1), dtype=INDEX)
     for j in range(1, k + 1):

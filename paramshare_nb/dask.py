@@ -27,6 +27,8 @@ import warnings
 
 import numpy as np
 
+from ._validate import bytes_text
+
 __all__ = ["ChunkingWarning", "tied_matmul", "apply", "gradients", "train_step"]
 
 _EXTRA_HINT = "pip install 'paramshare_nb[dask]'"
@@ -71,10 +73,6 @@ def _check_dask_array(x, name: str, n_sample_axes: int | None = None):
     return x
 
 
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
-
-
 def _whole_trailing(x, n_trailing: int, name: str, max_chunk_bytes: int | None):
     """``x`` with its last ``n_trailing`` axes in one chunk each (rechunk with a warning)."""
     from ._validate import as_positive_int
@@ -94,8 +92,8 @@ def _whole_trailing(x, n_trailing: int, name: str, max_chunk_bytes: int | None):
         if per_sample > max_chunk_bytes:
             raise ValueError(
                 f"{name} is chunked along axis {split[0]}, but axes {axes} must each be one "
-                f"chunk, and one sample alone is {_size(per_sample)}, over "
-                f"max_chunk_bytes={_size(max_chunk_bytes)}; pass "
+                f"chunk, and one sample alone is {bytes_text(per_sample)}, over "
+                f"max_chunk_bytes={bytes_text(max_chunk_bytes)}; pass "
                 f"max_chunk_bytes={per_sample} or more")
         # whole samples per chunk, given to the innermost batch axes first
         budget, rows = max_chunk_bytes // per_sample, {}
@@ -105,9 +103,9 @@ def _whole_trailing(x, n_trailing: int, name: str, max_chunk_bytes: int | None):
         hint = ", ".join(f"{a}: {rows[a]}" for a in range(lead))
         raise ValueError(
             f"{name} is chunked along axis {split[0]}, but axes {axes} must each be one chunk "
-            f"(whole samples); rechunking them would make chunks of {_size(chunk_bytes)}, over "
-            f"max_chunk_bytes={_size(max_chunk_bytes)}; rechunk yourself with smaller batch "
-            f"chunks, e.g. {name}.rechunk({{{hint}, {whole}}})")
+            f"(whole samples); rechunking them would make chunks of "
+            f"{bytes_text(chunk_bytes)}, over max_chunk_bytes={bytes_text(max_chunk_bytes)}; "
+            f"rechunk yourself with smaller batch chunks, e.g. {name}.rechunk({{{hint}, {whole}}})")
     warnings.warn(f"{name} is chunked along axis {split[0]}, but axes {axes} must each be one "
                   f"chunk (whole samples); rechunking them (call {name}.rechunk({{{whole}}}) "
                   f"first to avoid this)", ChunkingWarning, stacklevel=3)

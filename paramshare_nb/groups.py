@@ -17,7 +17,7 @@ import numpy as np
 from . import config
 from ._kernels.groups_cpu import _closure, _orbits
 from ._schreier import StabChain
-from ._validate import INDEX, as_gens, as_perm, as_point, as_positive_int
+from ._validate import INDEX, as_gens, as_perm, as_point, as_positive_int, bytes_text
 
 __all__ = [
     "orbits", "orbit_sizes", "closure", "order", "contains", "stabilizer",
@@ -290,7 +290,7 @@ def _check_closure_memory(size: int, n: int, max_bytes) -> None:
     if need > bound:
         raise MemoryError(
             f"the group has order {size}; listing its elements on {n} points needs about "
-            f"{need / 2**20:.1f} MiB, over the bound of {bound / 2**20:.1f} MiB. Work with "
+            f"{bytes_text(need)}, over the bound of {bytes_text(bound)}. Work with "
             f"generators (orbits, order, contains need no listing) or raise "
             f"max_bytes / config.max_bytes"
         )
@@ -491,8 +491,8 @@ def _points_that_fit(points: int, n_gens: int, what: str) -> int:
     need = (n_gens + 2) * points * 8
     if need > config.max_bytes:
         raise MemoryError(f"{what}: {n_gens} generators on {points} points need "
-                          f"{need / 2**20:.4g} MiB, over config.max_bytes = "
-                          f"{config.max_bytes / 2**20:.4g} MiB; use a smaller grid or raise "
+                          f"{bytes_text(need)}, over config.max_bytes = "
+                          f"{bytes_text(config.max_bytes)}; use a smaller grid or raise "
                           f"the bound with config.override(max_bytes=...)")
     return points
 

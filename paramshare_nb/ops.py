@@ -109,6 +109,8 @@ def _as_float(obj, name: str) -> np.ndarray:
         arr = np.asarray(obj)
     except ValueError as exc:
         raise ValueError(f"{name} is ragged ({exc}); give a rectangular float array") from None
+    if obj is None:
+        raise TypeError(f"{name} must be a float32 or float64 array, got None")
     if arr.dtype.kind != "f" or arr.dtype.itemsize > 8:
         hint = ".astype(np.float32)" if arr.dtype.kind in "biu" else ".astype(np.float64)"
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {arr.dtype}; "
@@ -186,7 +188,7 @@ def _cuda_like(*objs) -> bool:
 def _check_backend(backend, *objs) -> str:
     if backend is None:
         return "cuda" if _cuda_like(*objs) else "cpu"
-    if backend not in ("cpu", "cuda"):
+    if type(backend) is not str or backend not in ("cpu", "cuda"):  # no == on an array
         raise ValueError(f"backend must be None, 'cpu' or 'cuda', got {backend!r}")
     return backend
 
@@ -335,7 +337,8 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     ``x``), except that ``dtheta`` of the strategies that sum inputs before
     multiplying (``"gather"``, ``"complement"``, ``"scatter"``) can be
     ``inf`` where the dense product has ``inf - inf = nan``: both
-    non-finite, not the same.  Structural zeros take no part in the sums:
+    non-finite, not the same; so can their outputs when ``theta`` itself is not
+    finite (``inf * (2 - 1) = inf`` against ``inf * 2 - inf * 1 = nan``).  Structural zeros take no part in the sums:
     ``"materialize"``, whose dense ``W`` would make ``0 * inf = nan`` in
     outputs that do not sum the ``inf``, runs ``"csr"`` over ``W``'s stored
     entries instead when ``W`` has structural zeros and a sum over the input

@@ -19,7 +19,7 @@ import numpy as np
 from . import config
 from ._kernels.groups_cpu import _pair_orbits
 from ._npz import read_path, write_atomically, written_path
-from ._validate import INDEX, UNREADABLE_ARCHIVE, as_int_array, as_positive_int
+from ._validate import INDEX, UNREADABLE_ARCHIVE, as_int_array, as_positive_int, bytes_text
 from .actions import Action
 
 __all__ = [
@@ -265,8 +265,8 @@ class Pattern:
 
 def _check_bytes(need: int, what: str) -> None:
     if need > config.max_bytes:
-        raise MemoryError(f"{what} needs {need / 2**20:.1f} MiB, over config.max_bytes = "
-                          f"{config.max_bytes / 2**20:.1f} MiB; raise it with "
+        raise MemoryError(f"{what} needs {bytes_text(need)}, over config.max_bytes = "
+                          f"{bytes_text(config.max_bytes)}; raise it with "
                           f"config.override(max_bytes=...) or work with the edge arrays")
 
 

@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from ._validate import as_gens, as_positive_int
+from ._validate import as_gens, as_positive_int, bytes_text
 
 __all__ = ["pattern", "cayley", "accuracy"]
 
@@ -172,8 +172,9 @@ def _draw_matrix(pat, ax, cmap) -> None:
 
     m, n = pat.shape
     if m * n * 8 > config.max_bytes:
-        raise ValueError(f"a {m} x {n} matrix view needs {m * n * 8 / 2**20:.0f} MiB, over "
-                         f"config.max_bytes; draw a smaller pattern or raise the bound")
+        raise ValueError(f"a {m} x {n} matrix view needs {bytes_text(m * n * 8)}, over "
+                         f"config.max_bytes = {bytes_text(config.max_bytes)}; draw a smaller "
+                         f"pattern or raise the bound")
     # a shared cell shows its smallest id (minimum.at: repeated fancy assignment has no
     # defined winner)
     ids = np.full((m, n), np.iinfo(np.int64).max, dtype=np.int64)

@@ -67,7 +67,7 @@ from ._kernels.refine_cpu import (
     _orbit_labels_fixing,
 )
 from ._schreier import StabChain
-from ._validate import INDEX, as_axis, as_int_array
+from ._validate import INDEX, as_axis, as_int_array, bytes_text
 from .actions import Action, regular
 from .equivariance import _preserver, is_equivariant
 from .patterns import Pattern, dense_pattern, sparse_pattern
@@ -346,8 +346,8 @@ def _check_path_memory(depth, nv):
     if need > config.max_bytes:
         raise MemoryError(
             f"the symmetry search's first path is {depth} levels deep on {nv} points and would "
-            f"need about {need / 2**20:.1f} MiB, over config.max_bytes = "
-            f"{config.max_bytes / 2**20:.1f} MiB; raise it with config.override(max_bytes=...)"
+            f"need about {bytes_text(need)}, over config.max_bytes = "
+            f"{bytes_text(config.max_bytes)}; raise it with config.override(max_bytes=...)"
         )
 
 

@@ -856,6 +856,14 @@ def test_bad_inputs_raise_clear_errors(data):
         ps.tied_matmul_grad(dy[:2], x, theta, pat)
     with pytest.raises(ValueError, match="backend must be"):
         ps.tied_matmul(x, theta, pat, backend="tpu")
+    # an array is refused by name, not by numpy's "truth value ... is ambiguous"
+    for backend in (np.array(["cpu", "cuda"]), np.array("cuda")):
+        with pytest.raises(ValueError, match="backend must be None, 'cpu' or 'cuda'"):
+            ps.tied_matmul(x, theta, pat, backend=backend)
+        with pytest.raises(ValueError, match="backend must be None, 'cpu' or 'cuda'"):
+            ps.tied_matmul_grad(dy, x, theta, pat, backend=backend)
+    with pytest.raises(TypeError, match="x must be a float32 or float64 array, got None$"):
+        ps.tied_matmul(None, theta, pat)
     np.testing.assert_array_equal(x, keep)
 
 
@@ -863,7 +871,8 @@ def test_materialize_memory_bound(data):
     pat = PATTERNS["d4"]
     theta, x, _ = data("d4", np.float64, False, (1,))
     with config.override(max_bytes=1024):
-        with pytest.raises(MemoryError, match="config.max_bytes"):
+        # sizes under a MiB in KiB or bytes, not "0.0 MiB"
+        with pytest.raises(MemoryError, match=r"\(18, 27\) = 3.8 KiB, over config.max_bytes = 1.0 KiB"):
             ps.tied_matmul(x, theta, pat, method="materialize")
         with pytest.raises(MemoryError, match="config.max_bytes"):
             ps.materialize(theta, pat)
