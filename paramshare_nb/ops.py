@@ -337,8 +337,9 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     ``x``), except that ``dtheta`` of the strategies that sum inputs before
     multiplying (``"gather"``, ``"complement"``, ``"scatter"``) can be
     ``inf`` where the dense product has ``inf - inf = nan``: both
-    non-finite, not the same; so can their outputs when ``theta`` itself is not
-    finite (``inf * (2 - 1) = inf`` against ``inf * 2 - inf * 1 = nan``).  Structural zeros take no part in the sums:
+    non-finite, not the same; so can their outputs when ``theta`` itself is
+    not finite (``inf * (2 - 1) = inf`` against ``inf * 2 - inf * 1 =
+    nan``).  Structural zeros take no part in the sums:
     ``"materialize"``, whose dense ``W`` would make ``0 * inf = nan`` in
     outputs that do not sum the ``inf``, runs ``"csr"`` over ``W``'s stored
     entries instead when ``W`` has structural zeros and a sum over the input

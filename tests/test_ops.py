@@ -872,7 +872,8 @@ def test_materialize_memory_bound(data):
     theta, x, _ = data("d4", np.float64, False, (1,))
     with config.override(max_bytes=1024):
         # sizes under a MiB in KiB or bytes, not "0.0 MiB"
-        with pytest.raises(MemoryError, match=r"\(18, 27\) = 3.8 KiB, over config.max_bytes = 1.0 KiB"):
+        small = r"\(18, 27\) = 3.8 KiB, over config.max_bytes = 1.0 KiB"
+        with pytest.raises(MemoryError, match=small):
             ps.tied_matmul(x, theta, pat, method="materialize")
         with pytest.raises(MemoryError, match="config.max_bytes"):
             ps.materialize(theta, pat)
