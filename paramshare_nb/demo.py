@@ -68,8 +68,9 @@ def add_arguments(parser) -> None:
                         help="where to train (default cpu)")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate")
     parser.add_argument("--threads", type=int, default=1,
-                        help="numba and BLAS threads while training (default 1: a batch-64 "
-                             "step is too small to gain from splitting across cores)")
+                        help="numba and BLAS threads while training, at most numba's "
+                             "NUMBA_NUM_THREADS (default 1: a batch-64 step is too small to "
+                             "gain from splitting across cores)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--plot", metavar="PATH", default=None,
                         help="also save the digits accuracy table as a bar chart (PNG, needs "
@@ -99,6 +100,7 @@ def check_args(args) -> None:
         raise ValueError(f"--lr must be a positive finite number, got {args.lr}")
     if args.plot is not None:
         _check_plot_path(args.plot, args.task)
+    _check_device(args.device)
 
 
 def _check_plot_path(path, task):
@@ -287,15 +289,17 @@ def _predict(model, x, batch=512, device="cpu"):
 
 
 def _check_device(device):
+    """A ValueError, as for any other bad option (the command line prints it, no traceback),
+    when ``--device cuda`` cannot run."""
     if device == "cpu":
         return
     try:
         from numba import cuda
     except ImportError:
-        raise RuntimeError("--device cuda: numba's CUDA support is not installed; install "
+        raise ValueError("--device cuda: numba's CUDA support is not installed; install "
                            "the extra: pip install 'paramshare_nb[cuda]'") from None
     if not cuda.is_available():
-        raise RuntimeError("--device cuda: no usable CUDA GPU was found (see "
+        raise ValueError("--device cuda: no usable CUDA GPU was found (see "
                            "`python -m paramshare_nb info`); use --device cpu")
 
 
@@ -305,7 +309,10 @@ def _threads(n):
     import numba
 
     old = numba.get_num_threads()
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    # numba cannot go past NUMBA_NUM_THREADS (the cores, by default), and BLAS should not
+    # either: --threads 64 on 2 cores ran BLAS on 64 threads, training 10x slower
+    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
     try:
         try:
             from threadpoolctl import threadpool_limits
@@ -445,9 +452,8 @@ def run(args) -> int:
     Raises
     ------
     ValueError
-        For bad options (see :func:`check_args`).
-    RuntimeError
-        For ``--device cuda`` when CUDA is not usable.
+        For bad options (see :func:`check_args`), also ``--device cuda`` when
+        CUDA is not usable.
 
     Notes
     -----
@@ -457,7 +463,6 @@ def run(args) -> int:
     :attr:`paramshare_nb.autograd.Function.native_cuda`).
     """
     check_args(args)
-    _check_device(args.device)
     cfg = dict(_SETTINGS[args.task][1 if args.quick else 0])
     if args.epochs is not None:
         cfg["epochs"] = args.epochs

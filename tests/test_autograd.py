@@ -288,6 +288,17 @@ def test_reductions_refuse_a_repeated_axis():
             reduce(axis=(1, -1))
 
 
+def test_reductions_of_a_scalar_keep_its_shape():
+    # a 0-d parameter (a learned temperature), or .mean() of a loss that is already a scalar
+    for reduce in ("sum", "mean", "max"):
+        a = Tensor(np.array(0.5), requires_grad=True)
+        getattr(a * 3.0, reduce)().backward()
+        assert a.grad.shape == () and a.grad == 3.0
+        b = Tensor(np.array([[1.0, 2.0]]), requires_grad=True)
+        getattr(getattr(b, reduce)(), reduce)().backward()  # a reduction of a reduction
+        assert b.grad.shape == (1, 2)
+
+
 def test_matmul_of_vectors_needs_equal_lengths():
     with pytest.raises(ValueError, match="1-D operands of lengths 3 and 1"):
         Tensor(np.ones(3)) @ Tensor(np.ones(1))

@@ -44,11 +44,15 @@ def test_nan_loss_is_reported(monkeypatch, capsys):
     assert "loss became nan" in capsys.readouterr().err
 
 
-def test_cuda_unusable_is_a_clear_error(monkeypatch):
+def test_cuda_unusable_is_a_clear_error(monkeypatch, capsys):
     cuda = pytest.importorskip("numba.cuda")
     monkeypatch.setattr(cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="--device cuda: no usable CUDA GPU"):
+    with pytest.raises(SystemExit) as exit_:  # a usage error, as for other bad options
         main(["demo", "--quick", "--device", "cuda"])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert "--device cuda: no usable CUDA GPU" in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
 
 
 @pytest.mark.parametrize("options, message", [
@@ -79,3 +83,16 @@ def test_run_checks_options_too():
     demo.add_arguments(parser)
     with pytest.raises(ValueError, match="--epochs"):
         demo.run(parser.parse_args(["--quick", "--epochs", "0"]))
+
+
+def test_threads_never_exceed_numbas_cap():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numba
+
+    from paramshare_nb import demo
+
+    cap = numba.config.NUMBA_NUM_THREADS
+    with demo._threads(cap + 62):  # --threads 64 on 2 cores ran BLAS on 64 threads
+        assert numba.get_num_threads() == cap
+        blas = threadpoolctl.threadpool_info()
+        assert all(p["num_threads"] <= cap for p in blas if p["user_api"] == "blas")

@@ -208,9 +208,11 @@ def _norm_axes(axis, ndim):
 
 
 def _expand(g, shape, axes, keepdims):
+    """``g`` broadcast back over the reduced axes: a fresh C-contiguous array of ``shape``
+    (also 0-d, which ``np.ascontiguousarray`` would make 1-d)."""
     if not keepdims:  # the reduced axes back as ones (one reshape, not an expand_dims each)
         g = g.reshape(tuple(1 if ax in axes else n for ax, n in enumerate(shape)))
-    return np.broadcast_to(g, shape)
+    return np.broadcast_to(g, shape).copy()
 
 
 class Sum(Function):
@@ -224,7 +226,7 @@ class Sum(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return (np.ascontiguousarray(_expand(g, ctx.shape, ctx.axes, ctx.keepdims)),)
+        return (_expand(g, ctx.shape, ctx.axes, ctx.keepdims),)
 
 
 class Mean(Function):
@@ -240,7 +242,7 @@ class Mean(Function):
     @staticmethod
     def backward(ctx, g):
         g = g / g.dtype.type(ctx.count)
-        return (np.ascontiguousarray(_expand(g, ctx.shape, ctx.axes, ctx.keepdims)),)
+        return (_expand(g, ctx.shape, ctx.axes, ctx.keepdims),)
 
 
 class Max(Function):
