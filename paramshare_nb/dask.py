@@ -122,7 +122,9 @@ def _pattern_and_theta(theta, pattern):
                         "got a dask collection; call .compute() on it first")
     theta = _as_float(theta, "theta")
     _theta_layout(theta, pattern)
-    return pattern, theta
+    # a snapshot: the graph computes with theta as it is now, whatever an optimizer's
+    # in-place step does to the caller's array before .compute()
+    return pattern, theta.copy()
 
 
 def tied_matmul(x, theta, pattern, method: str = "auto", max_chunk_bytes: int | None = None):
@@ -138,7 +140,8 @@ def tied_matmul(x, theta, pattern, method: str = "auto", max_chunk_bytes: int | 
         and the channel axis should each be one chunk; otherwise they are
         rechunked with a :class:`ChunkingWarning`.
     theta : numpy.ndarray, shape (P,) or (P, C_out, C_in)
-        Parameters (a small in-memory array, sent with the graph).
+        Parameters (a small in-memory array, copied into the graph as it is
+        when the graph is built).
     pattern : Pattern
         The tying pattern, shape ``(M, N)``.
     method : str, optional
@@ -241,9 +244,10 @@ def _probe(model, x):
 def apply(model, x, max_chunk_bytes: int | None = None):
     """Apply a (trained) model blockwise to a dask array chunked along the batch.
 
-    Lazy: the model is sent once with the graph and run, without gradients,
-    on each chunk where it lives.  Put the model in evaluation mode first
-    (``model.eval()``) when it has dropout.
+    Lazy: a copy of the model as it is now is sent once with the graph and
+    run, without gradients, on each chunk where it lives (later changes to
+    the model, such as optimizer steps, do not reach the graph).  Put the
+    model in evaluation mode first (``model.eval()``) when it has dropout.
 
     Parameters
     ----------
@@ -291,7 +295,10 @@ def apply(model, x, max_chunk_bytes: int | None = None):
     kwargs = {}
     if probe.ndim != x.ndim:
         kwargs = {"drop_axis": list(range(1, x.ndim)), "new_axis": list(range(1, probe.ndim))}
-    return x.map_blocks(lambda xb, mdl: _run_model(mdl, xb), model, dtype=probe.dtype,
+    # a snapshot of the model, as for theta in tied_matmul: optimizer steps taken before
+    # .compute() do not reach the graph
+    return x.map_blocks(lambda xb, mdl: _run_model(mdl, xb), _private_copy(model),
+                        dtype=probe.dtype,
                         chunks=(x.chunks[0],) + tail,
                         meta=np.empty((0,) * probe.ndim, dtype=probe.dtype), **kwargs)
 

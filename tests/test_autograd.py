@@ -299,6 +299,21 @@ def test_reductions_of_a_scalar_keep_its_shape():
         assert b.grad.shape == (1, 2)
 
 
+def test_mixing_with_numpy_never_loses_data_silently():
+    t = Tensor(np.array([1.0, 2.0], np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match="does not support ufuncs"):
+        np.exp(t)  # was an object array of Tensors
+    assert type(np.ones(2) * t) is Tensor and (np.ones(2) * t).dtype == np.float32
+    with pytest.raises(TypeError, match="complex constant with a float32 tensor"):
+        t * 1j  # the cast to float32 dropped the imaginary part: [0, 0]
+    assert (Tensor(np.ones(2, np.complex64)) * 1j).data.dtype.kind == "c"
+    counts = t.astype(np.int64)  # an integer copy needs no gradient (was a TypeError)
+    assert counts.dtype == np.int64 and not counts.requires_grad
+    assert t.astype(np.float64).requires_grad
+    # an integer prediction's float target is not truncated to integers
+    assert ps.nn.mse(Tensor(np.array([1, 2])), [0.5, 0.5]).item() == 1.25
+
+
 def test_matmul_of_vectors_needs_equal_lengths():
     with pytest.raises(ValueError, match="1-D operands of lengths 3 and 1"):
         Tensor(np.ones(3)) @ Tensor(np.ones(1))

@@ -134,6 +134,22 @@ def test_apply_same_rank_output(problem):
     np.testing.assert_allclose(out.compute(), layer(x).data, rtol=1e-5, atol=1e-6)
 
 
+def test_graphs_keep_theta_and_the_model_as_they_were_built(problem, rng):
+    act, gens, x, _ = problem
+    pat = ps.dense_pattern(act)
+    theta = rng.standard_normal((pat.n_params, 3, 2)).astype(np.float32)
+    expect = ps.tied_matmul(x, theta, pat)
+    yd = psd.tied_matmul(da.from_array(x, chunks=(50, 6, 2)), theta, pat)
+    model = _model(act, gens)
+    before = model(x).data
+    out = psd.apply(model, da.from_array(x, chunks=(50, 6, 2)))
+    theta += 1  # an optimizer's in-place step, before the graphs run
+    for p in model.parameters():
+        p.data += 1
+    np.testing.assert_array_equal(yd.compute(), expect)
+    np.testing.assert_allclose(out.compute(), before, rtol=1e-5, atol=1e-6)
+
+
 def test_gradients_equal_full_batch(problem):
     act, gens, x, y = problem
     model = _model(act, gens)

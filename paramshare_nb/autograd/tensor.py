@@ -47,7 +47,9 @@ class Tensor:
     array([2., 4.])
     """
 
-    __array_priority__ = 1000  # ndarray (op) Tensor defers to Tensor's reflected op
+    # ndarray (op) Tensor defers to Tensor's reflected op, and a numpy ufunc on a Tensor
+    # (np.exp(t)) is a TypeError rather than an object array of Tensors
+    __array_ufunc__ = None
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, copy: bool = False):
         if isinstance(data, Tensor):
@@ -128,13 +130,16 @@ class Tensor:
         return Tensor(self.data)
 
     def astype(self, dtype) -> Tensor:
-        """A copy with another dtype, cut from the graph (keeps ``requires_grad``)."""
+        """A copy with another dtype, cut from the graph (keeps ``requires_grad`` for a float
+        dtype; an integer or bool copy needs no gradient)."""
         if self.device == "cuda":
             raise RuntimeError("astype: convert CUDA tensors on the host (Tensor.to('cpu'))")
-        return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)
+        data = self.data.astype(dtype)
+        return Tensor(data, requires_grad=self.requires_grad and data.dtype.kind == "f")
 
     def to(self, device: str) -> Tensor:
-        """A copy on ``device`` (``"cpu"`` or ``"cuda"``), cut from the graph.
+        """A copy on ``device`` (``"cpu"`` or ``"cuda"``), cut from the graph; the tensor
+        itself when it is already there (as ``torch.Tensor.to``).
 
         Raises
         ------
@@ -178,6 +183,9 @@ class Tensor:
         if is_cuda_array(other):
             return Tensor(other)
         arr = np.asarray(other)
+        if arr.dtype.kind == "c" and self.dtype.kind == "f":  # the cast below drops .imag
+            raise TypeError(f"a complex constant with a {self.dtype} tensor: convert the tensor "
+                            f"first (.astype(np.complex64)), got {other!r}")
         if self.dtype.kind == "f" and (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             # constants follow a float tensor's dtype (float32 stays float32); an integer
             # tensor's constants keep their own, and the op promotes as numpy does

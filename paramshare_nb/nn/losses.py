@@ -60,7 +60,9 @@ def mse(pred, target, reduction: str = "mean") -> Tensor:
     if not isinstance(pred, Tensor):
         pred = Tensor(pred)
     if not isinstance(target, Tensor):
-        target = pred._lift(np.asarray(target, dtype=pred.dtype))  # same dtype and device
+        # a float pred's dtype and device; an integer pred's target keeps its own dtype (cast
+        # to the pred's, [0.5] against integers became [0])
+        target = pred._lift(target)
     if pred.shape != target.shape:
         raise ValueError(f"mse: pred has shape {pred.shape}, target {target.shape}; they must "
                          f"match")
