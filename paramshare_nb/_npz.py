@@ -13,6 +13,12 @@ import stat
 
 import numpy as np
 
+from ._validate import UNREADABLE_ARCHIVE
+
+#: How an .npz (a zip archive) starts: a member's header, or an empty archive's end record.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+
 
 def written_path(path) -> str:
     """Where a save of ``path`` writes: ``.npz`` appended when missing."""
@@ -27,6 +33,28 @@ def read_path(path) -> str:
     if path.endswith(".npz") or (os.path.isfile(path) and not os.path.exists(path + ".npz")):
         return path
     return path + ".npz"
+
+
+def read_arrays(path: str) -> dict:
+    """Every array of the ``.npz`` at ``path``, read with ``allow_pickle=False``.
+
+    Raises ``FileNotFoundError``, or a ``ValueError`` whose message says why the file is
+    not a readable archive: a file that is not a zip archive at all is named so, where
+    ``np.load`` would call anything it does not recognise "pickled (object) data".
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_NPY_MAGIC))
+        if head[:4] not in _ZIP_MAGIC:
+            raise ValueError("a single .npy array, not an .npz archive"
+                             if head == _NPY_MAGIC else "not an .npz archive (no zip header)")
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise
+    except UNREADABLE_ARCHIVE + (KeyError,) as exc:  # ValueError: pickled members too
+        raise ValueError(f"{type(exc).__name__}: {exc}"
+                         if type(exc) is not ValueError else str(exc)) from None
 
 
 def write_atomically(path: str, arrays: dict) -> None:

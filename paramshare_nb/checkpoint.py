@@ -14,8 +14,7 @@ import os
 
 import numpy as np
 
-from ._npz import read_path, write_atomically, written_path
-from ._validate import UNREADABLE_ARCHIVE
+from ._npz import read_arrays, read_path, write_atomically, written_path
 
 __all__ = ["save", "load"]
 
@@ -57,14 +56,6 @@ def save(path, model) -> str:
     return path
 
 
-_UNREADABLE = UNREADABLE_ARCHIVE + (KeyError,)
-
-
-def _unreadable(path: str, exc: BaseException) -> ValueError:
-    return ValueError(f"checkpoint {path!r} is not a readable checkpoint .npz file "
-                      f"({type(exc).__name__}: {exc})")
-
-
 def load(path, model) -> None:
     """Load parameters saved by :func:`save` into ``model`` (in place).
 
@@ -93,19 +84,10 @@ def load(path, model) -> None:
     current = _model_arrays(model)
     path = read_path(path)  # what save wrote for this name
     try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except _UNREADABLE as exc:
-        raise _unreadable(path, exc) from None
-    if not isinstance(data, np.lib.npyio.NpzFile):  # a plain .npy gives an ndarray
-        raise ValueError(f"checkpoint {path!r} is not a readable checkpoint (a "
-                         f"{type(data).__name__}, not an .npz archive)")
-    try:
-        with data:
-            saved = {k: data[k] for k in data.files}
-    except _UNREADABLE as exc:  # corrupt members: bad deflate stream, CRC, pickled objects
-        raise _unreadable(path, exc) from None
+        saved = read_arrays(path)
+    except ValueError as exc:  # corrupt members: bad deflate stream, CRC, pickled objects
+        raise ValueError(f"checkpoint {path!r} is not a readable checkpoint .npz file "
+                         f"({exc})") from None
     if str(saved.get("__format__", "")) != _FORMAT:
         raise ValueError(f"{os.fspath(path)!r} is not a paramshare_nb checkpoint (format tag "
                          f"{saved.get('__format__')!r}, expected {_FORMAT!r})")

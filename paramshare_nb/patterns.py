@@ -18,8 +18,8 @@ import numpy as np
 
 from . import config
 from ._kernels.groups_cpu import _pair_orbits
-from ._npz import read_path, write_atomically, written_path
-from ._validate import INDEX, UNREADABLE_ARCHIVE, as_int_array, as_positive_int, bytes_text
+from ._npz import read_arrays, read_path, write_atomically, written_path
+from ._validate import INDEX, as_int_array, as_positive_int, bytes_text
 from .actions import Action
 
 __all__ = [
@@ -472,14 +472,8 @@ def load_pattern(path) -> Pattern:
     """
     path = read_path(path)  # what save_pattern wrote for this name
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("it holds a single array, not an .npz archive")
-        with data:
-            arrays = {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise
-    except UNREADABLE_ARCHIVE as exc:
+        arrays = read_arrays(path)
+    except ValueError as exc:
         raise ValueError(f"{path} is not a readable pattern file: {exc}") from None
     needed = {"format", "shape", "n_params", "rows", "cols", "params"}
     if not needed <= set(arrays) or str(arrays["format"]) != _FORMAT:

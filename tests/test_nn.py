@@ -418,8 +418,10 @@ def test_checkpoint_load_refuses_unreadable_files(tmp_path):
     (tmp_path / "deflate.npz").write_bytes(bytes(raw))
     model = _model(act, 2)
     before = model.state_dict()
-    for name in ["plain.npy", "junk.npz", "deflate.npz"]:
-        with pytest.raises(ValueError, match="is not a readable checkpoint"):
+    why = {"plain.npy": "a single .npy array", "junk.npz": r"no zip header",  # not "pickled"
+           "deflate.npz": "is not a readable checkpoint"}
+    for name, match in why.items():
+        with pytest.raises(ValueError, match=match):
             checkpoint.load(tmp_path / name, model)
     _assert_unchanged(model, before)
 

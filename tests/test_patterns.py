@@ -266,8 +266,12 @@ def test_hostile_files_are_refused(tmp_path):
         ps.load_pattern(other)
     single = tmp_path / "single.npy"
     np.save(single, np.arange(3))
-    with pytest.raises(ValueError, match="single array"):
+    with pytest.raises(ValueError, match="a single .npy array, not an .npz archive"):
         ps.load_pattern(single)
+    text = tmp_path / "text.npz"  # np.load calls anything unknown "pickled (object) data"
+    text.write_text("not an archive")
+    with pytest.raises(ValueError, match=r"not an .npz archive \(no zip header\)"):
+        ps.load_pattern(text)
     huge = tmp_path / "huge.npz"
     np.savez(huge, format=np.array("paramshare_nb.pattern/1"), shape=np.array([10**15, 3]),
              n_params=np.array(1), rows=np.array([0]), cols=np.array([0]), params=np.array([0]))
