@@ -433,8 +433,8 @@ def test_cuda_dtheta_reductions_agree_either_way(monkeypatch, name, method, per_
     from paramshare_nb._kernels import cuda as ck
     if method == "materialize" and splits > 1:
         pytest.skip("reduce_dw runs one block per item")
-    monkeypatch.setattr(ck, "_thread_per_item", lambda items, work: per_thread)
-    monkeypatch.setattr(ck, "_splits", lambda items, work: splits)
+    monkeypatch.setattr(ck, "_thread_per_item", lambda items, work, tile: per_thread)
+    monkeypatch.setattr(ck, "_splits", lambda items, work, tile: splits)
     pat = PATTERNS[name]
     for scalar, dtype in ((False, np.float32), (True, np.float64)):
         theta, x, dy = _data(pat, dtype, scalar, (5,))
@@ -449,12 +449,12 @@ def test_cuda_reduction_shape_and_auto_rule(monkeypatch):
     from paramshare_nb._kernels import cuda as ck
     monkeypatch.setattr(ck, "_resident_threads", lambda: 132 * 2048)
     with config.override(cuda_threads=256, cuda_max_blocks=4096):
-        assert ck._thread_per_item(8256 * 64, 8 * 64)  # D4 on a 16 x 16 image, csr
-        assert not ck._thread_per_item(2 * 32 * 32, 131072 * 64)  # Deep Sets S_512
-        assert ck._splits(2 * 32 * 32, 131072 * 64) == 1  # 2048 items fill 1056 blocks
-        assert ck._splits(10, 10 * 4096) == 20  # w4: 8 terms a thread
-        assert ck._splits(10, 10 ** 8) == 106  # 1056 resident blocks
-        assert ck._splits(10, 100) == 1
+        assert ck._thread_per_item(8256 * 64, 8 * 64, 16)  # D4 on a 16 x 16 image, csr
+        assert not ck._thread_per_item(2 * 32 * 32, 131072 * 64, 16)  # Deep Sets S_512
+        assert ck._splits(2 * 32 * 32, 131072 * 64, 16) == 1  # 2048 items fill 1056 blocks
+        assert ck._splits(10, 10 * 4096, 16) == 20  # w4: 8 terms a thread
+        assert ck._splits(10, 10 ** 8, 16) == 106  # 1056 resident blocks
+        assert ck._splits(10, 100, 16) == 1
     # the longest parameter counts, not the mean: one orbit of 12 edges among 1-edge ones
     lopsided = Pattern((4, 4), np.repeat(np.arange(4), 4), np.tile(np.arange(4), 4),
                        [0, 4, 4, 4, 4, 1, 4, 4, 4, 4, 2, 4, 4, 4, 4, 3])
@@ -511,6 +511,32 @@ def test_cuda_gemm_both_ways_against_numpy(monkeypatch, dtype):
                 _close(c.copy_to_host(), want, dtype)
     if not ck.cuda_blas.available():
         assert not ck.cuda_blas.gemm(cuda.to_device(a), cuda.to_device(b), c, ta, tb)
+
+
+def test_cuda_launches_keep_the_tile_their_kernels_were_built_for(monkeypatch):
+    # another thread's config.override(cuda_threads=...) between building a kernel set and
+    # launching it: the blocks must stay the set's (the shared arrays are sized for them)
+    from paramshare_nb._kernels import cuda as ck
+    monkeypatch.setattr(ck.cuda_blas, "gemm", lambda *a: False)  # the tiled kernel
+    rng = np.random.default_rng(6)
+    with config.override(cuda_threads=4):
+        ks = ck.kernels(np.float32, ck._tile())
+    assert ks["tile"] == 2
+    a = rng.standard_normal((5, 3)).astype(np.float32)
+    b = rng.standard_normal((3, 7)).astype(np.float32)
+    c = cuda.device_array((5, 7), np.float32)
+    with config.override(cuda_threads=64):  # tile 8
+        ck._gemm(cuda.to_device(a), cuda.to_device(b), c, False, False, ks)
+        ck._reduce(ks, "csr_dtheta", 0)  # no items: no launch
+    _close(c.copy_to_host(), a @ b, np.float32)
+
+
+def test_cuda_block_kernels_are_compiled_for_their_block_size(monkeypatch):
+    from paramshare_nb._kernels import cuda as ck
+    if ck.numba.config.ENABLE_CUDASIM:
+        assert ck._jit_for_blocks(1024) is ck.cuda.jit  # the simulator's jit has no bounds
+    monkeypatch.setattr(ck.numba.config, "ENABLE_CUDASIM", False)
+    assert ck._jit_for_blocks(1024).keywords == {"launch_bounds": 1024}
 
 
 def test_cuda_nonfinite_flag_is_reset_and_per_thread(monkeypatch):

@@ -46,6 +46,7 @@ side, cached per pattern) uploaded once per pattern:
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -121,6 +122,17 @@ def _tile() -> int:
     return t
 
 
+def _jit_for_blocks(threads: int):
+    """``cuda.jit`` for kernels always launched with ``threads`` per block: the bound keeps
+    each thread's registers within what a block that size may use (for sm_90,
+    ``csr_dtheta_split`` took 66 registers unbounded, 52 bounded: a block of 1024 threads
+    may have 64 each, so at ``cuda_threads=1024`` it could not launch).  The simulator's
+    ``jit`` takes no ``launch_bounds``."""
+    if numba.config.ENABLE_CUDASIM:
+        return cuda.jit
+    return functools.partial(cuda.jit, launch_bounds=threads)
+
+
 def _grid(work: int, per_block: int) -> int:
     return max(1, min(config.cuda_max_blocks, math.ceil(work / per_block)))
 
@@ -135,6 +147,7 @@ def kernels(dtype, tile):
     T = tile
     TP = tile + 1  # padded shared rows
     TT = tile * tile  # threads of a block reduction
+    block_jit = _jit_for_blocks(TT)  # kernels launched with TT threads a block, no other
 
     @cuda.jit(device=True)
     def item_of(w, n1, n2):
@@ -178,7 +191,7 @@ def kernels(dtype, tile):
             g_sums[g, b, ci] = s
             i += stride
 
-    @cuda.jit
+    @block_jit
     def contract_tiled(g_sums, theta, row_ptr, row_groups, gparam, y):
         # one block = one output row m, a tile of T batch rows, a tile of T channels
         nb, nm, nco = y.shape
@@ -315,7 +328,7 @@ def kernels(dtype, tile):
                     w[m, co, cols[e], ci] += theta[params[e], co, ci]
             i += stride
 
-    @cuda.jit
+    @block_jit
     def gemm(a, b, c, ta, tb):
         # c (R, S) = op(a) (R, K) @ op(b) (K, S); op(a) = a.T when ta, op(b) = b.T when tb.
         # One block = one T x T tile of c; K is walked in tiles held in shared memory.
@@ -403,7 +416,7 @@ def kernels(dtype, tile):
             j += step
         return s
 
-    @cuda.jit
+    @block_jit
     def reduce_dw(dw, pptr, prows, pcols, dtheta):
         # dtheta[p, co, ci] = sum over p's edges (parameter-major CSR) of dW[m, co, n, ci].
         # One block per (p, co, ci): thread t sums edges t, t + TT, ...
@@ -442,7 +455,7 @@ def kernels(dtype, tile):
                                           (pptr[p + 1] - lo) * dy.shape[0], 1, co, ci)
             w += cuda.gridsize(1)
 
-    @cuda.jit
+    @block_jit
     def csr_dtheta(dy, x, pptr, prows, pcols, dtheta):
         # dtheta[p, co, ci] = sum over p's edges (m, n) of sum_b dy[b, m, co] x[b, n, ci]
         # (csr_edges).  Blocks as reduce_dw.
@@ -460,7 +473,7 @@ def kernels(dtype, tile):
                 dtheta[p, co, ci] = s
             w += cuda.gridDim.x
 
-    @cuda.jit
+    @block_jit
     def csr_dtheta_split(dy, x, pptr, prows, pcols, partial):
         # csr_dtheta for few items of many terms: partial[k, i] is part k of item i's
         # (edge, batch) pairs, cut in len(partial) equal runs, one block each
@@ -584,7 +597,7 @@ def kernels(dtype, tile):
             out[d, co, ci] = s
             i += stride
 
-    @cuda.jit
+    @block_jit
     def contract_cols(x, theta, zcol, zparam, z):
         # z[b, j] = theta[zparam[j]] @ x[b, zcol[j]]; one block = one column j,
         # a tile of T batch rows and a tile of T output channels
@@ -623,7 +636,7 @@ def kernels(dtype, tile):
                 z[b, j, ct * T + tx] = acc
             w += cuda.gridDim.x
 
-    @cuda.jit
+    @block_jit
     def base_dtheta(dsum, tot, base_k, q_ptr, q_us, dtheta):
         # dtheta[q] += sum_{bases j of q} sum_b dsum[b, j] (x) tot[b, k_j].  One block per
         # (q, co, ci): thread t takes the (base, batch) items t, t + TT, ..., and
@@ -654,7 +667,8 @@ def kernels(dtype, tile):
               csr_dtheta_split=csr_dtheta_split, sum_splits=sum_splits,
               block_totals=block_totals,
               flag_nonfinite=flag_nonfinite, gather_sums=gather_sums, row_sums=row_sums,
-              combine=combine, contract_cols=contract_cols, base_dtheta=base_dtheta)
+              combine=combine, contract_cols=contract_cols, base_dtheta=base_dtheta,
+              tile=tile)  # the tile these kernels' shared arrays are sized for
     _KERNELS[key] = ks
     return ks
 
@@ -973,16 +987,20 @@ def _launch1(ks, name, size, *args):
 
 
 def _tiled(ks, name, work, *args):
-    """A launch of a shared-memory tiled kernel: ``work`` tile-blocks, ``tile x tile`` threads."""
+    """A launch of a shared-memory tiled kernel: ``work`` tile-blocks, ``tile x tile`` threads
+    (the tile the set was built for, never ``config``'s again: another thread's
+    ``config.override(cuda_threads=...)`` in between would launch blocks that overrun the
+    shared arrays, or leave them partly unwritten)."""
     if work:
-        t = _tile()
+        t = ks["tile"]
         _launch(ks, name, max(1, min(config.cuda_max_blocks, work)), (t, t), *args)
 
 
 def _reduce(ks, name, items, *args):
-    """A launch of a block-reduction kernel: one block of ``tile**2`` threads per item."""
+    """A launch of a block-reduction kernel: one block of ``tile**2`` threads per item (the
+    set's tile, as in :func:`_tiled`)."""
     if items:
-        t = _tile()
+        t = ks["tile"]
         _launch(ks, name, max(1, min(config.cuda_max_blocks, items)), t * t, *args)
 
 
@@ -993,10 +1011,10 @@ def _dtheta_reduce(ks, name, items, work, *args):
     when too few to fill the device, split over several blocks each (:func:`_splits`).
     The choice, and so the order of the sums, can differ between GPUs (it counts their
     threads); on one device it is the same on every run."""
-    if _thread_per_item(items, work):
+    if _thread_per_item(items, work, ks["tile"]):
         _launch1(ks, name + "_items", items, *args)
         return
-    n_split = _splits(items, work) if name == "csr_dtheta" else 1
+    n_split = _splits(items, work, ks["tile"]) if name == "csr_dtheta" else 1
     if n_split == 1:
         _reduce(ks, name, items, *args)
         return
@@ -1006,18 +1024,18 @@ def _dtheta_reduce(ks, name, items, work, *args):
     _launch1(ks, "sum_splits", items, partial, cuda_memory.view(dtheta, items))
 
 
-def _splits(items, work) -> int:
+def _splits(items, work, tile) -> int:
     """Blocks per item for ``items`` block sums of ``work`` terms: enough to fill the
     device's resident blocks, each block keeping at least 8 terms a thread (w4 on an
     H200: 10 parameters of 40960 terms, 78 us in 10 blocks)."""
-    tt = _tile() ** 2
+    tt = tile ** 2
     at_once = max(1, min(config.cuda_max_blocks, _resident_threads() // tt))
     if items >= at_once:
         return 1
     return max(1, min(math.ceil(at_once / items), work // (8 * tt)))
 
 
-def _thread_per_item(items, work) -> bool:
+def _thread_per_item(items, work, tile) -> bool:
     """Whether ``items`` sums of ``work`` terms each finish sooner a thread per item.
 
     Counted in steps of one term per thread, with the device's resident threads
@@ -1028,7 +1046,7 @@ def _thread_per_item(items, work) -> bool:
     528K items of 512 terms) go a thread each; few long ones (Deep Sets: 2K items of
     8M terms) a block each.
     """
-    tt = _tile() ** 2
+    tt = tile ** 2
     resident = _resident_threads()
     at_once = max(1, min(config.cuda_max_blocks, resident // tt))
     by_block = math.ceil(items / at_once) * (math.ceil(work / tt) + 2 * int(math.log2(tt)))
@@ -1086,7 +1104,7 @@ def _gather_forward(dp, x, theta, y, ks):
     nb, _, c_in = x.shape
     g_sums = cuda_memory.empty((dp["n_groups"], nb, c_in), x.dtype)
     _launch1(ks, "gather", g_sums.size, x, dp["pptr"], dp["plus"], g_sums)
-    t = _tile()
+    t = ks["tile"]
     _tiled(ks, "contract_tiled", y.shape[1] * math.ceil(nb / t) * math.ceil(y.shape[2] / t),
            g_sums, theta, dp["row_ptr"], dp["row_groups"], dp["gparam"], y)
 
@@ -1130,7 +1148,7 @@ def _contract_cols(x, theta, zcol, zparam, n_z, ks):
     """``z[b, j] = theta[zparam[j]] @ x[b, zcol[j]]``, ``z (B, n_z, Co)``."""
     nb = x.shape[0]
     z = cuda_memory.empty((nb, n_z, theta.shape[1]), x.dtype)
-    t = _tile()
+    t = ks["tile"]
     _tiled(ks, "contract_cols", n_z * math.ceil(nb / t) * math.ceil(theta.shape[1] / t),
            x, theta, zcol, zparam, z)
     return z
@@ -1220,7 +1238,7 @@ def _gemm(a, b, c, ta, tb, ks):
     installed (:mod:`.cuda_blas`), else the tiled numba kernel."""
     if cuda_blas.gemm(a, b, c, ta, tb):
         return
-    t = _tile()
+    t = ks["tile"]
     _tiled(ks, "gemm", math.ceil(c.shape[0] / t) * math.ceil(c.shape[1] / t),
            a, b, c, int(ta), int(tb))
 
