@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import config
@@ -151,6 +153,9 @@ def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None
     -------
     float
         The maximum absolute difference (0 for an exactly equivariant ``f``).
+        Non-finite outputs count as equal where they correspond (the same
+        infinity, or nan on both sides); a nan that meets anything else
+        gives ``nan``, an infinity that meets anything else ``inf``.
     """
     act = _as_action(action)
     if not callable(f):
@@ -174,5 +179,12 @@ def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None
     for gi, go in zip(g_in, g_out):
         lhs = _host_array(f(_move(gi, x, axis)))
         rhs = _move(go, y, out_axis)
-        worst = max(worst, float(np.max(np.abs(lhs - rhs), initial=0.0)))
+        # equal infinities and nans in corresponding places match; a nan or infinity that
+        # does not gives nan (max(0.0, nan) is 0.0: a nan here reported a perfect 0)
+        same = (lhs == rhs) | (np.isnan(lhs) & np.isnan(rhs))
+        with np.errstate(invalid="ignore"):  # inf - inf where they match
+            d = float(np.max(np.where(same, 0.0, np.abs(lhs - rhs)), initial=0.0))
+        if math.isnan(d):
+            return math.nan
+        worst = max(worst, d)
     return worst

@@ -323,6 +323,20 @@ def test_memory_guard_on_materialize():
         pat.materialize(np.ones(2))
 
 
+def test_equivariance_error_reports_non_finite_outputs():
+    act = ps.Action.same(groups.cyclic(4))
+    w = np.arange(16.0).reshape(4, 4)
+    x = np.eye(4)[:1]
+    assert ps.equivariance_error(lambda a: a @ w.T, act, x, rng=0) == 15.0
+    pinned = np.arange(4) == 0  # a nan that stays in place: not equivariant
+    assert np.isnan(ps.equivariance_error(lambda a: np.where(pinned, np.nan, a @ w.T), act, x,
+                                         rng=0))
+    assert ps.equivariance_error(lambda a: np.where(pinned, np.inf, a), act, x, rng=0) == np.inf
+    # non-finite outputs that move with the inputs match
+    assert ps.equivariance_error(lambda a: a * np.nan, act, x) == 0.0
+    assert ps.equivariance_error(lambda a: np.where(a > 0, np.inf, a), act, x) == 0.0
+
+
 def test_equivariance_error_validates_axes():
     act = deep_sets(3)
     with pytest.raises(ValueError, match="axis=2"):
