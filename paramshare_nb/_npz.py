@@ -7,13 +7,16 @@ Shared by :mod:`paramshare_nb.checkpoint` and the pattern files of
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import stat
+import zipfile
 
 import numpy as np
 
-from ._validate import UNREADABLE_ARCHIVE
+from . import config
+from ._validate import UNREADABLE_ARCHIVE, bytes_text
 
 #: How an .npz (a zip archive) starts: a member's header, or an empty archive's end record.
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -48,6 +51,7 @@ def read_arrays(path: str) -> dict:
         if head[:4] not in _ZIP_MAGIC:
             raise ValueError("a single .npy array, not an .npz archive"
                              if head == _NPY_MAGIC else "not an .npz archive (no zip header)")
+        _check_sizes(path)
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except FileNotFoundError:
@@ -55,6 +59,36 @@ def read_arrays(path: str) -> dict:
     except UNREADABLE_ARCHIVE + (KeyError,) as exc:  # ValueError: pickled members too
         raise ValueError(f"{type(exc).__name__}: {exc}"
                          if type(exc) is not ValueError else str(exc)) from None
+
+
+def _check_sizes(path: str) -> None:
+    """Refuse members whose header claims another size than they hold, or that hold more
+    than ``config.max_bytes`` in all, before anything is allocated: a header of a few
+    bytes claiming a shape of 10**12 made ``np.load`` raise ``MemoryError``, and a small
+    compressed member can expand to gigabytes."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                else:  # np.load says what is wrong with other versions
+                    continue
+                if dtype.hasobject:  # np.load refuses these (allow_pickle=False)
+                    continue
+                held = info.file_size - fh.tell()
+            claimed = math.prod(shape) * dtype.itemsize
+            if claimed != held:
+                raise ValueError(f"member {info.filename!r} claims shape {shape} of {dtype} "
+                                 f"({bytes_text(claimed)}) but holds {bytes_text(held)}")
+            total += held
+    if total > config.max_bytes:
+        raise ValueError(f"its arrays hold {bytes_text(total)}, over config.max_bytes = "
+                         f"{bytes_text(config.max_bytes)}; raise the bound with "
+                         f"config.override(max_bytes=...) if the file is trusted")
 
 
 def write_atomically(path: str, arrays: dict) -> None:

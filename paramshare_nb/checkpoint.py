@@ -72,10 +72,12 @@ def load(path, model) -> None:
     ------
     ValueError
         The file is not a readable checkpoint (not an ``.npz`` archive, a
-        corrupt one, pickled objects), or the model's patterns differ from the
-        saved ones (a different action or design), or a parameter's shape or
-        dtype is refused (see :meth:`nn.Module.load_state_dict`).  Nothing is
-        loaded then: the model is unchanged.
+        corrupt one, pickled objects, an array whose header claims another
+        size than it holds, arrays over ``config.max_bytes`` in all), or the
+        model's patterns differ from the saved ones (a different action or
+        design), or a parameter's shape or dtype is refused (see
+        :meth:`nn.Module.load_state_dict`).  Nothing is loaded then: the
+        model is unchanged.
     FileNotFoundError
         ``path`` does not exist.
     KeyError

@@ -467,8 +467,10 @@ def load_pattern(path) -> Pattern:
     ------
     ValueError
         When the file is not a valid pattern file (wrong format tag, missing
-        or malformed arrays, out-of-range ids).  Files are read with
-        ``allow_pickle=False``: a hostile file never runs code.
+        or malformed arrays, out-of-range ids, an array whose header claims
+        another size than it holds, arrays over ``config.max_bytes`` in
+        all).  Files are read with ``allow_pickle=False``: a hostile file
+        never runs code, and sizes are checked before anything is allocated.
     """
     path = read_path(path)  # what save_pattern wrote for this name
     try:

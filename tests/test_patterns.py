@@ -1,3 +1,6 @@
+import io
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -253,8 +256,24 @@ def test_hostile_files_are_refused(tmp_path):
     np.savez(pickled, format=np.array("paramshare_nb.pattern/1"), shape=np.array([2, 2]),
              n_params=np.array(1), rows=np.array([0], dtype=object), cols=np.array([0]),
              params=np.array([0]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="allow_pickle=False"):
         ps.load_pattern(pickled)
+    # a header of a few bytes claiming 8 TB: refused before np.load allocates (MemoryError)
+    fine = tmp_path / "fine.npz"
+    ps.save_pattern(fine, ps.dense_pattern(deep_sets(3)))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<i8", "fortran_order": False, "shape": (10**12,)})
+    lying = tmp_path / "lying.npz"
+    with zipfile.ZipFile(fine) as src, zipfile.ZipFile(lying, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, header.getvalue() + bytes(8) if name == "rows.npy"
+                         else src.read(name))
+    with pytest.raises(ValueError, match=r"'rows.npy' claims shape \(1000000000000,\) of int64"):
+        ps.load_pattern(lying)
+    with ps.config.override(max_bytes=64):  # a small file, but more than the bound holds
+        with pytest.raises(ValueError, match=r"its arrays hold .* over config.max_bytes"):
+            ps.load_pattern(fine)
     out_of_range = tmp_path / "oor.npz"
     np.savez(out_of_range, format=np.array("paramshare_nb.pattern/1"), shape=np.array([2, 2]),
              n_params=np.array(1), rows=np.array([5]), cols=np.array([0]), params=np.array([0]))
