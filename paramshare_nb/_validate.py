@@ -27,13 +27,17 @@ UNREADABLE_ARCHIVE = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFEr
 
 
 def bytes_text(n: int) -> str:
-    """A size for an error message: ``"3.0 MiB"``, ``"12.5 KiB"`` or ``"96 bytes"`` (a bound
-    under a MiB printed as ``0.0 MiB`` told the user nothing)."""
-    if n >= 2**20:
-        return f"{n / 2**20:.1f} MiB"
-    if n >= 2**10:
-        return f"{n / 2**10:.1f} KiB"
-    return f"{n} bytes"
+    """A size for an error message: ``"96 bytes"``, ``"12.5 KiB"``, ``"3.0 GiB"``... (a
+    bound under a MiB printed as ``0.0 MiB`` told the user nothing)."""
+    if n < 2**10:
+        return f"{n} bytes"
+    units = ("KiB", "MiB", "GiB", "TiB", "PiB")
+    k = 0
+    n /= 2**10
+    while round(n, 1) >= 2**10 and k < len(units) - 1:  # 2**20 - 1 bytes: "1.0 MiB"
+        n /= 2**10
+        k += 1
+    return f"{n:.1f} {units[k]}"
 
 
 def as_int_array(obj, name: str, ndim: int | None = None) -> np.ndarray:
@@ -44,7 +48,7 @@ def as_int_array(obj, name: str, ndim: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} is ragged ({exc}); give equal-length rows") from None
     if arr.dtype == object:
         raise ValueError(f"{name} is ragged or holds non-numbers; give an integer array")
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+    if arr.dtype.kind not in "iu":  # not np.issubdtype(..., np.integer): timedelta64 passes
         if arr.size == 0 and arr.dtype == np.float64:
             arr = arr.astype(INDEX)  # np.asarray([]) is float64: an empty list is fine
         else:

@@ -28,7 +28,11 @@ __all__ = [
 ]
 
 _FORMAT = "paramshare_nb.pattern/1"
-_MAX_SIDE = 1 << 31  # sizes a loaded file may claim (a sanity bound against hostile files)
+#: Bound on rows, columns and parameters, checked by every Pattern, a loaded file's too (a
+#: file's bound used to be 2**31, under which a saved pattern could fail to load back; at
+#: 2**63 the fingerprint's int64 overflowed).  Sizes alone allocate nothing: work on such a
+#: pattern meets the memory bounds of config.max_bytes.
+_MAX_SIDE = 1 << 62
 
 
 class Pattern:
@@ -37,12 +41,12 @@ class Pattern:
     Parameters
     ----------
     shape : tuple of int
-        ``(M, N)``: outputs, inputs.
+        ``(M, N)``: outputs, inputs, each below ``2**62``.
     rows, cols, params : array_like of int, shape (nnz,)
         Edge ``e`` puts parameter ``params[e]`` in entry ``(rows[e], cols[e])``.
     n_params : int, optional
-        Number of parameters ``P`` (default ``max(params) + 1``); ids must lie
-        in ``0..P-1``.
+        Number of parameters ``P`` (default ``max(params) + 1``), below
+        ``2**62``; ids must lie in ``0..P-1``.
 
     Notes
     -----
@@ -66,6 +70,8 @@ class Pattern:
             raise ValueError(f"shape must be a pair (M, N), got {shape!r}")
         shape = pair
         m, n = (as_positive_int(s, "shape entry", minimum=0) for s in shape)
+        if max(m, n) >= _MAX_SIDE:
+            raise ValueError(f"shape entries must be below 2**62, got {(m, n)}")
         rows = as_int_array(rows, "rows", ndim=1)
         cols = as_int_array(cols, "cols", ndim=1)
         params = as_int_array(params, "params", ndim=1)
@@ -80,6 +86,8 @@ class Pattern:
         if n_params is None:
             n_params = int(params.max()) + 1 if params.size else 0
         n_params = as_positive_int(n_params, "n_params", minimum=0)
+        if n_params >= _MAX_SIDE:
+            raise ValueError(f"n_params must be below 2**62, got {n_params}")
         if params.size and params.min() < 0:
             raise ValueError(f"params must be parameter ids >= 0, got {int(params.min())}")
         if params.size and params.max() >= n_params:
@@ -486,9 +494,6 @@ def load_pattern(path) -> Pattern:
         n_params = as_int_array(arrays["n_params"], "n_params", ndim=0)
         if shape.size != 2:
             raise ValueError("shape must hold two numbers")
-        if shape.max(initial=0) >= _MAX_SIDE or int(n_params) >= _MAX_SIDE:
-            raise ValueError(f"shape {tuple(shape.tolist())} or n_params {int(n_params)} is "
-                             f"implausibly large (limit {_MAX_SIDE})")
         return Pattern(tuple(shape), arrays["rows"], arrays["cols"], arrays["params"],
                        int(n_params))
     except (TypeError, ValueError) as exc:

@@ -345,7 +345,8 @@ def _check_path_memory(depth, nv):
     need = 2 * depth * 4 * nv * 8
     if need > config.max_bytes:
         raise MemoryError(
-            f"the symmetry search's first path is {depth} levels deep on {nv} points and would "
+            f"the symmetry search's first path is {depth} level{'s' * (depth != 1)} deep on {nv} "
+            f"points and would "
             f"need about {bytes_text(need)}, over config.max_bytes = "
             f"{bytes_text(config.max_bytes)}; raise it with config.override(max_bytes=...)"
         )
@@ -676,6 +677,9 @@ def _budget(max_nodes):
 
 def _layers_graph(patterns):
     sizes = [patterns[0].shape[1]] + [p.shape[0] for p in patterns]
+    # the root's partitions alone, before any array of that many points (a pattern of 2**61
+    # rows got numpy's "array is too big")
+    _check_path_memory(1, sum(sizes))
     offs = np.concatenate([[0], np.cumsum(sizes)]).astype(INDEX)
     src, dst, col = [], [], []
     coff = 0
@@ -985,7 +989,7 @@ def _as_adjacency(adjacency) -> np.ndarray:
         raise ValueError(f"adjacency must be a square (n, n) matrix, got shape {arr.shape}")
     if arr.dtype == bool:
         return arr.astype(INDEX)
-    if not np.issubdtype(arr.dtype, np.integer):
+    if arr.dtype.kind not in "iu":  # timedelta64 is an np.integer subtype
         if arr.size == 0:
             return arr.astype(INDEX)
         raise TypeError(f"adjacency must hold integers or booleans (edge colours, 0 for no "
@@ -1187,8 +1191,10 @@ def _explain_text(pattern, action=None, max_nodes=None) -> str:
     say(f"  non-zeros  : {pat.nnz} of {entries} entries ({100 * density:.3g}% dense)"
         + (", with multi-edges" if pat.has_multi_edges else ""))
     if pat.nnz:
-        uses = np.bincount(pat.params, minlength=pat.n_params)
-        say(f"  edges per parameter: min {uses.min()}, max {uses.max()}")
+        # counts of the parameters used, not a bincount over all n_params (up to 2**62)
+        uses = np.unique(pat.params, return_counts=True)[1]
+        fewest = uses.min() if uses.size == pat.n_params else 0
+        say(f"  edges per parameter: min {fewest}, max {uses.max()}")
     if act is None:
         sym = symmetry_group(pat, max_nodes=max_nodes)
         say(f"Symmetry group Aut(Omega): order {_big(sym.order)}")

@@ -292,10 +292,17 @@ def test_hostile_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"not an .npz archive \(no zip header\)"):
         ps.load_pattern(text)
     huge = tmp_path / "huge.npz"
-    np.savez(huge, format=np.array("paramshare_nb.pattern/1"), shape=np.array([10**15, 3]),
+    np.savez(huge, format=np.array("paramshare_nb.pattern/1"), shape=np.array([2**62, 3]),
              n_params=np.array(1), rows=np.array([0]), cols=np.array([0]), params=np.array([0]))
-    with pytest.raises(ValueError, match="implausibly large"):
+    with pytest.raises(ValueError, match=r"invalid pattern: shape entries must be below 2\*\*62"):
         ps.load_pattern(huge)
+    # the same bound for every pattern: a file's was 2**31, and n_params = 2**63 overflowed
+    # the fingerprint (OverflowError)
+    with pytest.raises(ValueError, match=r"n_params must be below 2\*\*62, got 9\d{18}"):
+        ps.Pattern((2, 2), [0], [0], [0], n_params=2**63)
+    big = ps.Pattern((2**62 - 1, 1), [0], [0], [0], n_params=2**62 - 1)
+    ps.save_pattern(tmp_path / "big", big)
+    assert ps.load_pattern(tmp_path / "big") == big and hash(big) == hash(big)
     corrupt = tmp_path / "corrupt.npz"
     pat = ps.dense_pattern(ps.Action.same(groups.cyclic(50)))
     np.savez_compressed(corrupt, format=np.array("paramshare_nb.pattern/1"),

@@ -65,6 +65,7 @@ def test_random_is_permutation():
     ([-1, 0, 1], ValueError, "out of range"),
     ([0.0, 1.0, 2.0], TypeError, "integers"),
     ([True, False], TypeError, "integers"),
+    (np.array([1, 0], "m8[s]"), TypeError, "timedelta64"),  # an np.integer subtype
     ([[0, 1], [0]], ValueError, "ragged"),
 ])
 def test_bad_permutations(bad, exc, words):

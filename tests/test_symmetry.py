@@ -481,6 +481,15 @@ def test_search_memory_bound():
     with config.override(max_bytes=100_000):
         with pytest.raises(MemoryError, match="max_bytes"):
             ps.symmetry_group(pat)
+    # sizes alone allocate nothing, until the search: its bound, not numpy's "too big"
+    huge = ps.Pattern((2**62 - 1, 1), [0], [0], [0], n_params=2**62 - 1)
+    with pytest.raises(MemoryError, match=r"1 level deep on 4611686018427387904 points and "
+                                          r"would need about 262144.0 PiB, over config"):
+        ps.symmetry_group(huge)
+    with pytest.raises(MemoryError, match="over config.max_bytes"):
+        _explain(huge)  # its counts per parameter: no array of n_params entries
+    unused = ps.Pattern((2, 2), [0, 1], [0, 1], [0, 0], n_params=3)
+    assert "edges per parameter: min 0, max 2" in _explain(unused)
 
 
 # -- explain --------------------------------------------------------------------------------
