@@ -100,6 +100,9 @@ def write_atomically(path: str, arrays: dict) -> None:
     a file written over keeps its mode.
     """
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):  # else the error would name the temporary file
+        raise FileNotFoundError(f"cannot write {path!r}: its folder {directory!r} does not "
+                                f"exist")
     tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}.npz")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

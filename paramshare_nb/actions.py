@@ -335,6 +335,8 @@ def tensor_power(gens, k: int) -> np.ndarray:
         raise MemoryError(f"tensor_power: {gens.shape[0]} generators on {n}**{k} points need "
                           f"{size}, over config.max_bytes = {bytes_text(config.max_bytes)}; "
                           f"lower k or raise the bound with config.override(max_bytes=...)")
+    if n <= 1:  # one multi-index (0, ..., 0), or none: no loop over k, which may be huge
+        return np.zeros((gens.shape[0], n), dtype=INDEX)
     out = np.zeros((gens.shape[0], 1), dtype=INDEX)
     for j in range(1, k + 1):
         out = (out[:, :, None] * n + gens[:, None, :]).reshape(gens.shape[0], n**j)

@@ -445,7 +445,11 @@ def grid_translations(shape) -> np.ndarray:
         ``(len(shape), prod(shape))``; generator ``a`` moves each point one
         step along axis ``a`` (wrapping around).
     """
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if isinstance(shape, (str, bytes)):
+        raise TypeError(f"shape must be an int or a tuple of ints, got {shape!r}")
+    if np.ndim(shape) == 0:  # 5, np.int64(5), np.array(5); 5.0 or None: named as an entry
+        shape = (shape.item() if isinstance(shape, np.ndarray) else shape,)
+    shape = tuple(shape)
     if not shape:
         raise ValueError("shape must have at least one axis")
     shape = tuple(as_positive_int(s, "shape entry") for s in shape)

@@ -173,6 +173,12 @@ def test_tensor_power_refuses_before_computing_n_to_the_k():
         with pytest.raises(MemoryError, match=r"tensor_power: .* points need"):
             tensor_power(gens, k)
     assert tensor_power(ps.groups.symmetric(3), 3).shape == (2, 27)
+    # one point or none: the answer at once, not after a loop of 10**12 steps
+    np.testing.assert_array_equal(tensor_power(np.zeros((2, 1), dtype=np.int64), 10**12),
+                                  np.zeros((2, 1)))
+    assert tensor_power(np.zeros((1, 0), dtype=np.int64), 10**12).shape == (1, 0)
+    for n, k in ((1, 1), (1, 3), (0, 1), (0, 2)):  # as the loop gives for small k
+        assert tensor_power(np.zeros((1, n), dtype=np.int64), k).shape == (1, n**k)
 
 
 def test_grids_check_their_size_before_allocating():

@@ -155,6 +155,17 @@ def test_bad_input_is_refused(call):
         call()
 
 
+def test_grid_shapes_are_named_when_wrong():
+    # an int, a 0-d array or a sequence; they gave "'float' object is not iterable" and
+    # "iteration over a 0-d array"
+    assert groups.grid_translations(np.array(3)).shape == (1, 3)
+    for bad, match in ((3.0, "shape entry must be an int, got float"),
+                       ("ab", "shape must be an int or a tuple of ints"),
+                       ((2, None), "shape entry must be an int, got NoneType")):
+        with pytest.raises(TypeError, match=match):
+            groups.grid_translations(bad)
+
+
 def test_error_names_the_generator():
     with pytest.raises(ValueError, match=r"gens\[1\]"):
         ps.order([[1, 0, 2], [0, 0, 2]])

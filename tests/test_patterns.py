@@ -215,6 +215,9 @@ def test_save_load_round_trip(tmp_path):
     ps.save_pattern(path, pat)
     back = ps.load_pattern(path)
     assert back == pat and back.fingerprint() == pat.fingerprint()
+    # a missing folder is named, not the temporary file the save writes first
+    with pytest.raises(FileNotFoundError, match=r"its folder .*no_such' does not exist"):
+        ps.save_pattern(tmp_path / "no_such" / "p.npz", pat)
 
 
 def test_patterns_are_immutable_and_pickle_without_their_caches():
