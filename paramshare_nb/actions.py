@@ -205,7 +205,18 @@ class Action:
 
         Ids are numbered by first appearance in row-major order.  Computed
         by union-find on ``M * N`` points, never by enumerating the group.
+
+        Raises
+        ------
+        MemoryError
+            When the union-find over the pairs would exceed ``config.max_bytes``.
         """
+        need = self.n_out * self.n_in * 16  # parents and labels, int64 each
+        if need > config.max_bytes:
+            raise MemoryError(f"pair_orbits: {self.n_out} x {self.n_in} pairs need "
+                              f"{bytes_text(need)}, over config.max_bytes = "
+                              f"{bytes_text(config.max_bytes)}; raise it with "
+                              f"config.override(max_bytes=...)")
         return _pair_orbits(self.gens_in, self.gens_out).reshape(self.n_out, self.n_in)
 
     def is_free_in(self) -> bool:

@@ -164,6 +164,14 @@ def test_empty_generator_sets_and_point_sets():
     assert (p.n_in, p.n_out, p.order()) == (0, 0, 1)
 
 
+def test_pair_orbits_checks_the_memory_bound():
+    act = ps.Action.same(ps.groups.cyclic(64))  # 4096 pairs: 64 KiB of union-find
+    assert act.pair_orbits().shape == (64, 64)
+    with ps.config.override(max_bytes=32 * 1024):
+        with pytest.raises(MemoryError, match=r"64 x 64 pairs need 64.0 KiB, over"):
+            act.pair_orbits()
+
+
 def test_tensor_power_refuses_before_computing_n_to_the_k():
     # a float division of the size overflowed (k=700), n**k ran for minutes (k=10**8), and
     # without generators the bound never fired
