@@ -44,7 +44,7 @@ class Action:
     --------
     >>> import paramshare_nb as ps
     >>> act = ps.Action.same(ps.groups.symmetric(4))
-    >>> act.order(), act.pair_orbits().max() + 1
+    >>> act.order(), int(act.pair_orbits().max()) + 1
     (24, 2)
     """
 

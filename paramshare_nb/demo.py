@@ -10,7 +10,7 @@ Two tasks:
     upright test set and on all eight transformed copies of it.
 ``sets``
     Deep Sets regression: predict the standard deviation of a set of 16
-    numbers.  A permutation-invariant network (two Deep Sets layers, sum
+    numbers.  A permutation-invariant network (two Deep Sets layers, mean
     pooling) against an MLP on the flattened sets, both trained on sets listed
     in sorted order and tested on the same order and on shuffled sets.
 

@@ -1,6 +1,7 @@
 """Checks that a pattern, a matrix or any function is equivariant.
 
-:func:`is_equivariant` is exact (on generators, section 2 of THEORY.md);
+:func:`is_equivariant` is exact (on generators; :doc:`/theory`, *Equivariance through
+parameter sharing*);
 :func:`equivariance_error` is numeric, on uniformly random group elements.
 """
 
@@ -25,7 +26,7 @@ def _edge_keys(rows, cols, params, n, p):
 
 
 def _preserver(pat: Pattern):
-    """``check(g_in, g_out)``: the exact edge-multiset check of THEORY.md section 2, for
+    """``check(g_in, g_out)``: the exact edge-multiset check (docs/theory.rst, *Equivariance*), for
     many pairs, what they share done once.
 
     Without multi-edges, and with ``W``'s index table no larger than a few
@@ -115,7 +116,7 @@ def _check_shape(shape, act: Action) -> None:
 
 
 def _move(p, x, axis):
-    """``out[p[i]] = x[i]`` along ``axis`` (the action of THEORY.md section 1)."""
+    """``out[p[i]] = x[i]`` along ``axis`` (the action of docs/theory.rst, *Actions*)."""
     return np.take(x, np.argsort(p), axis=axis)
 
 

@@ -363,7 +363,7 @@ def _representatives(labels: np.ndarray, chosen, name: str) -> np.ndarray:
 
 
 def sparse_pattern(action, generators=None, base_in=None, base_out=None) -> Pattern:
-    """The sparse (Cayley-diagram) design of THEORY.md section 4.
+    """The sparse (Cayley-diagram) design (:doc:`/theory`, *The designs*).
 
     For orbit representatives ``n_i`` of the inputs and ``m_j`` of the
     outputs and each ``h`` in ``A+ = {e} ∪ A``, the orbit of the pair

@@ -1,7 +1,8 @@
 """Proofs on demand: the full symmetry group of a tying pattern.
 
 A tying pattern ``Omega`` is a coloured, multi-edged bipartite graph on the
-inputs ``N`` and outputs ``M`` (THEORY.md section 2).  Its symmetry group
+inputs ``N`` and outputs ``M`` (:doc:`/theory`, *Equivariance through
+parameter sharing*).  Its symmetry group
 ``Aut(Omega)`` is the set of pairs ``(s_in, s_out)`` in ``Sym(N) x Sym(M)``
 that map every coloured edge onto an edge of the same colour (multi-edges
 counted, structural zeros kept zero).  A layer is equivariant to ``G`` iff
@@ -355,9 +356,10 @@ def _check_path_memory(depth, nv):
 def _check_budget(nodes, budget):
     if nodes > budget:
         raise SearchBudgetError(
-            f"the symmetry search stopped after {budget} nodes of its search tree "
-            f"(config.search_nodes = {budget}) without finishing; no result is returned rather "
-            f"than a possibly wrong group. Raise the budget with "
+            f"the symmetry search stopped after {budget} nodes of its search tree without "
+            f"finishing; no result is returned rather than a possibly wrong group. Raise the "
+            f"budget: max_nodes=... where the call takes it (it was given, or "
+            f"config.search_nodes = {config.search_nodes} applies), "
             f"paramshare_nb.config.override(search_nodes=...) or the environment variable "
             f"PARAMSHARE_SEARCH_NODES"
         )
@@ -914,7 +916,7 @@ def lift(action, max_bytes: int | None = None) -> tuple[Action, Action]:
     """Route a layer through a hidden layer on which ``G`` acts regularly.
 
     The remedy for layers that cannot be uniquely equivariant in one step
-    (THEORY.md section 4): ``N -> G -> M``, the hidden units being the
+    (:doc:`/theory`, *The designs*): ``N -> G -> M``, the hidden units being the
     elements of ``G = G_{N,M}`` permuted by left multiplication.
 
     Parameters
