@@ -1,4 +1,4 @@
-"""Command line: ``python -m paramshare_nb {info,demo,explain}``."""
+"""Command line: ``python -m paramshare_nb {info,demo,explain,bench}``."""
 
 from __future__ import annotations
 
@@ -78,6 +78,14 @@ def main(argv=None) -> int:
         description="Build a group action from a short spec (e.g. dihedral:5, square:8, "
                     "grid:4x5) and explain its dense and sparse tying patterns.")
     _cli_explain.add_arguments(explain)
+    from . import _bench
+
+    bench = sub.add_parser(
+        "bench", help="time the tied multiply against numpy and scipy.sparse on this machine",
+        description="Forward + backward of the tied multiply on the issue's workloads (w1-w4: "
+                    "Deep Sets, a cyclic group, D4 on an image, Figure 1), side by side with "
+                    "numpy (materialise W + BLAS) and scipy.sparse, in one process.")
+    _bench.add_arguments(bench)
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info(args)
@@ -91,6 +99,12 @@ def main(argv=None) -> int:
         except ValueError as exc:
             parser.error(f"demo: {exc}")
         return run(args)
+    if args.command == "bench":
+        try:
+            _bench.check_args(args)
+        except ValueError as exc:
+            parser.error(f"bench: {exc}")
+        return _bench.run(args)
     if args.command == "explain":
         spec = args.spec if len(args.spec) <= 60 else args.spec[:57] + "..."
         try:

@@ -128,7 +128,7 @@ def test_help_lists_all_commands(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("info", "demo", "explain"):
+    for cmd in ("info", "demo", "explain", "bench"):
         assert cmd in out
 
 
@@ -158,3 +158,36 @@ def test_explain_reports_the_memory_bound_without_a_traceback(capsys, monkeypatc
     err = capsys.readouterr().err
     assert "explain cyclic:5: the chain needs 9 GiB" in err and "Traceback" not in err
     assert "PARAMSHARE_MAX_BYTES" in err  # the command line's knob, not config.override
+
+
+def test_bench_times_against_the_peers(capsys, monkeypatch):
+    from paramshare_nb import _bench
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(6)))
+    tiny = {"t1": ("C_6, 2->3, batch 4", lambda: pat, 4, 2, 3, 1.0),
+            "t2": ("C_6, scalar, batch 5", lambda: pat, 5, None, None, 1.0)}
+    monkeypatch.setattr(_bench, "workloads", lambda: tiny)
+    monkeypatch.setattr(_bench, "_warm", lambda fn, args, seconds=0: (fn(*args), 0.0)[1])
+    code, out, err = _run(capsys, "bench", "--only", "t1,t2", "--repeat", "2", "--threads", "1",
+                          "--planner", "estimate", "--dtype", "float64")
+    assert code == 0 and "disagrees" not in err  # the peers checked against ours
+    assert "# paramshare_nb bench: dtype float64, numba threads 1, planner estimate" in out
+    for line in ("t1: C_6, 2->3, batch 4", "t2: C_6, scalar, batch 5", "  numpy ",
+                 "  scipy.sparse ", "vs fastest peer", "dense-equivalent GFLOP/s"):
+        assert line in out
+    code, out, _ = _run(capsys, "bench", "--list")
+    assert code == 0 and out.splitlines() == [
+        "t1  C_6, 2->3, batch 4 (target: 1x the fastest peer)",
+        "t2  C_6, scalar, batch 5 (target: 1x the fastest peer)"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--only", "w1,w9"], "unknown workload(s) w9; choose from w1, w2, w3, w4, s1, s2, s3"),
+    (["--repeat", "0"], "--repeat must be >= 1"),
+    (["--threads", "0"], "--threads must be >= 1"),
+])
+def test_bench_refuses_bad_options_before_timing(capsys, options, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", *options])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
