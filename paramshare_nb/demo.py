@@ -73,8 +73,9 @@ def add_arguments(parser) -> None:
                              "gain from splitting across cores)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--plot", metavar="PATH", default=None,
-                        help="also save the digits accuracy table as a bar chart (PNG, needs "
-                             "matplotlib: pip install 'paramshare_nb[plot]')")
+                        help="also save the digits accuracy table as a bar chart, in the "
+                             "format of its extension (.png, .pdf, .svg, ...; needs matplotlib: "
+                             "pip install 'paramshare_nb[plot]')")
 
 
 def check_args(args) -> None:
