@@ -96,7 +96,10 @@ _bounded_openmp_spin()
 
 #: Memory bound (bytes) for closures and materialised matrices.
 max_bytes: int = _env_int("PARAMSHARE_MAX_BYTES", 1 << 30)
-#: Threads per block for CUDA kernels (1 to 1024).
+#: Threads per block for CUDA kernels (1 to 1024).  The tiled and block-reduction kernels
+#: use the largest square tile that fits (16 x 16 at 256, 32 x 32 at 1024) and are compiled
+#: with that block size as their launch bound, so that 1024 threads fit the registers; a
+#: change takes effect at the next call (each call reads it once).
 cuda_threads: int = _env_int("PARAMSHARE_CUDA_THREADS", 256)
 #: Maximum number of blocks per CUDA launch.
 cuda_max_blocks: int = _env_int("PARAMSHARE_CUDA_MAX_BLOCKS", 4096)
