@@ -40,7 +40,8 @@ DEFAULT = "w1,w2,w3,w4"
 # ---------------------------------------------------------------------------
 
 def figure1_d5():
-    """The genuine D5 reading of Figure 1 (THEORY.md section 3).
+    """The genuine D5 reading of the paper's Figure 1 (:doc:`/theory`, *The paper's claims,
+    reproduced*).
 
     Pixels of a 4 x 5 image, row-major; the rotation shifts rows 0-1 right
     and rows 2-3 left, the reflection swaps row i with row 3 - i.  Outputs:
@@ -261,7 +262,7 @@ def compare(table=None, only=DEFAULT, repeat=15, dtype="float32", peers=(), titl
     print(f"# paramshare_nb {title}: dtype {dtype}, numba threads {threads}, "
           f"planner {config.planner}, "
           f"cpus {os.cpu_count()}, load average {load:.1f} at start{about}; "
-          f"paramshare_nb from {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}")
+          f"paramshare_nb from {os.path.dirname(os.path.abspath(__file__))}")
     rng = np.random.default_rng(0)
     for key, (desc, make, nb, ci, co, target) in table.items():
         if key not in only.split(","):
@@ -321,7 +322,6 @@ def compare(table=None, only=DEFAULT, repeat=15, dtype="float32", peers=(), titl
         t_blas, flops = _blas_time(pat, x, theta, dy, repeat)
         print(f"  dense-equivalent GFLOP/s: ours {flops / t_ours / 1e9:.1f}, plain BLAS "
               f"matmuls of the dense shape {flops / t_blas / 1e9:.1f} ({t_blas * 1e3:.3f} ms)")
-
 
 
 # ---------------------------------------------------------------------------
