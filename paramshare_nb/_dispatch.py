@@ -1052,8 +1052,9 @@ def _dw_reducer(pattern, c_out, c_in, small):
 # 2-256; C, 8 patterns at 16 and 32 channels, batches 3-64.  Cases where the
 # choice took 1.25x the best time, A / B / C: 29 / 22 / 16 of 250 / 248 / 140
 # before _GEMM_PEAK, _TILE_STEP, _dw_cost and the streamed pair, 17 / 10 / 17
-# after; the geometric mean of choice / best 1.079 / 1.067 / 1.087 before,
-# 1.042 / 1.025 / 1.068 after.  config.planner = "measure" times instead.
+# after, 15 / 10 / 17 with _GEMV; the geometric mean of choice / best 1.079 /
+# 1.067 / 1.087 before, 1.042 / 1.025 / 1.068 after, 1.038 / 1.025 / 1.068 with
+# _GEMV.  config.planner = "measure" times instead.
 _BLAS = 40e9  # per-parameter products of gather-contract
 #: OpenBLAS GEMMs (float32, 2 threads, Zen 4) ran at 6-110 GFLOP/s with a smallest side of
 #: 16, 37-170 at 64 and 100-190 from 256 up, over 140 shapes: a rate saturating in the
@@ -1062,6 +1063,11 @@ _BLAS = 40e9  # per-parameter products of gather-contract
 #: ms, which sent that ``dtheta`` to csr's tiles once they were priced right, 2x slower.
 _GEMM_PEAK = 120e9
 _GEMM_HALF = 64
+#: Entries a second of a matrix-vector product (batch 1), measured 13-27 billion.  Grid A's
+#: choices are the same for any rate from 5 billion up; the GEMM rate there had made 2 of
+#: its 17 choices 1.25x off the best (C_64, 1 -> 8 channels: csr's dx, 50.6 against 25.1
+#: us), and grids B and C have no batch of 1.
+_GEMV = 14e9
 _FUSED = 6e9
 _SIMD = 25e9  # explicit-SIMD tiles (csr with channels: Cayley D8, 16 -> 16, batch 64)
 _STREAM = 50e9  # a small W streamed over the batch (padded flops; Figure 1, batch 4096)
@@ -1110,6 +1116,14 @@ def _gemm_time(nb, o, k):
     return 2 * nb * o * k * (s + _GEMM_HALF) / (_GEMM_PEAK * s)
 
 
+def _product_time(nb, o, k):
+    """``nb`` rows times an ``o x k`` matrix: one row is a matrix-vector product, which
+    numpy hands to GEMV, streaming the matrix at :data:`_GEMV` entries a second
+    (OpenBLAS, 64-1024 x 64-1024: 1.9-38 us, 13-27 billion a second, where the GEMM rate
+    of :func:`_gemm_time` priced 1024 x 1024 at 1.1 ms), else :func:`_gemm_time`."""
+    return o * k / _GEMV + _CALL / 4 if nb == 1 else _gemm_time(nb, o, k)
+
+
 def _dw_cost(plan, nb, c_in, c_out, itemsize):
     """``"materialize"``'s ``dtheta``: the dense ``dW`` by BLAS (no ``W``), then reduced by
     parameter, a pass over each entry's ``C_out`` rows of ``C_in`` (D4 on 8 x 8, batch 1,
@@ -1129,7 +1143,7 @@ def _costs(plan, nb, c_in, c_out, itemsize):
     dense = m * n * cc
     costs = {}
     if dense * itemsize <= config.max_bytes:
-        costs["materialize"] = dense / _ADDS + _gemm_time(nb, m * c_out, n * c_in) + 2 * _CALL
+        costs["materialize"] = dense / _ADDS + _product_time(nb, m * c_out, n * c_in) + 2 * _CALL
         if _streams(m, n, nb, c_in, c_out, itemsize):  # output rows padded to vectors
             padded = _round_up(m * c_out, _lanes(itemsize)) * n * c_in
             costs["materialize"] = dense / _ADDS + 2 * nb * padded / _STREAM + _CALL
