@@ -719,6 +719,9 @@ def test_planner_prices_what_the_runners_run():
     # at batch 4 csr's tiles win (C_64, 1 -> 8 channels: 55 against 125 us)
     c64 = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(64)))
     assert _dispatch._choose_grad(c64, 4, 1, 8, 4) == ("materialize", "csr")
+    # a batch of one is GEMV, not a GEMM at 1/65 of its rate: materialize's dx (35 against
+    # csr's 61 us)
+    assert _dispatch._choose_grad(c64, 1, 1, 8, 4) == ("materialize", "csr")
     # a larger GEMM runs nearer BLAS's peak: the digits demo's last batch of 30 keeps W and
     # dW dense (1.65 against 2.25-3.38 ms for the mixed or csr pairs), and so does w2
     # (2.5 against 4.8 ms with csr's dtheta)
