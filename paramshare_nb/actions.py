@@ -221,11 +221,11 @@ class Action:
 
     def is_free_in(self) -> bool:
         """Whether ``G_{N,M}`` acts freely on the inputs (every input orbit has ``|G|`` points)."""
-        return bool(np.all(np.bincount(self.orbits_in()) == self.order()))
+        return groups._is_free(self.joint, self.orbits_in())
 
     def is_free_out(self) -> bool:
         """Whether ``G_{N,M}`` acts freely on the outputs."""
-        return bool(np.all(np.bincount(self.orbits_out()) == self.order()))
+        return groups._is_free(self.joint, self.orbits_out())
 
     # -- report ------------------------------------------------------------------
     def describe(self, warn: bool = True) -> str:

@@ -185,8 +185,16 @@ def stabilizer(gens, i: int) -> np.ndarray:
     return _chain(gens, base_prefix=[i]).level_generators(1)
 
 
-def _orbits_and_order(gens):
-    return _orbits(gens), _chain(gens).order()
+def _is_free(gens, labels) -> bool:
+    """Whether the group of ``gens`` acts freely on the points its orbits ``labels`` cover:
+    every orbit has ``|G|`` points.  Orbits of unequal sizes cannot; equal ones of size
+    ``s`` need ``|G| == s``, which a walk over at most ``s + 1`` elements settles without a
+    stabilizer chain (S_64's took 1.0 s, S_128's 10 s)."""
+    sizes = np.bincount(labels)
+    if sizes.size == 0:
+        return True
+    s = int(sizes[0])
+    return bool(np.all(sizes == s)) and _order_up_to(gens, s) == s
 
 
 def is_transitive(gens, n: int | None = None) -> bool:
@@ -211,7 +219,9 @@ def is_semiregular(gens, n: int | None = None) -> bool:
     """Whether the action is free: only the identity fixes any point.
 
     Equivalent to every orbit having ``|G|`` points, which is how it is
-    checked (no enumeration).
+    checked: orbits of unequal sizes cannot, and for equal ones of size
+    ``s`` at most ``s + 1`` elements are listed to compare ``|G|`` with ``s``
+    (no stabilizer chain).
 
     Parameters
     ----------
@@ -225,8 +235,7 @@ def is_semiregular(gens, n: int | None = None) -> bool:
     bool
     """
     gens = as_gens(gens, "gens", n=_degree_hint(n))
-    labels, size = _orbits_and_order(gens)
-    return bool(np.all(np.bincount(labels) == size))
+    return _is_free(gens, _orbits(gens))
 
 
 def is_regular(gens, n: int | None = None) -> bool:
@@ -244,10 +253,10 @@ def is_regular(gens, n: int | None = None) -> bool:
     bool
     """
     gens = as_gens(gens, "gens", n=_degree_hint(n))
-    labels, size = _orbits_and_order(gens)
     if gens.shape[1] == 0:  # no points: vacuously transitive and free, like the helpers above
         return True
-    return int(labels.max()) == 0 and size == gens.shape[1]
+    labels = _orbits(gens)
+    return int(labels.max()) == 0 and _is_free(gens, labels)
 
 
 def closure(gens, n: int | None = None, max_bytes: int | None = None) -> np.ndarray:

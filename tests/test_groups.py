@@ -50,6 +50,20 @@ def test_zoo_against_sympy(name):
     assert ps.is_transitive(gens, n=n) == ref.is_transitive()
     # semi-regular <=> every orbit has |G| points
     assert ps.is_semiregular(gens, n=n) == all(len(o) == ref.order() for o in ref.orbits())
+    assert ps.is_regular(gens, n=n) == (ref.is_transitive() and ref.order() == n)
+
+
+def test_freeness_needs_no_stabilizer_chain(monkeypatch):
+    # |G| against the orbit size by a walk of at most s + 1 elements: S_128's chain took 10 s
+    monkeypatch.setattr(groups, "_chain", lambda *a, **k: pytest.fail("built a chain"))
+    assert not ps.is_semiregular(groups.symmetric(128))
+    assert not ps.is_regular(groups.symmetric(128))
+    assert ps.is_regular(groups.cyclic(128)) and ps.is_semiregular(groups.cyclic(128))
+    two_sizes = np.array([[1, 0, 3, 4, 2]])  # orbits of 2 and 3 points: not free
+    assert not ps.is_semiregular(two_sizes)
+    act = ps.Action.same(groups.grid_translations((4, 4)))
+    assert act.is_free_in() and act.is_free_out()
+    assert not ps.Action.same(groups.dihedral(4)).is_free_in()
 
 
 def test_closure_is_deterministic_bfs():
