@@ -568,3 +568,19 @@ def test_explain_checks_its_file_before_the_search():
     act = ps.Action.same(ps.groups.cyclic(3))
     with pytest.raises(TypeError, match="file must be a writable text stream"):
         ps.explain(ps.dense_pattern(act), act, file=3)  # an AttributeError from print before
+
+
+def test_uniqueness_reuses_the_groups_chain(monkeypatch):
+    # the witness search took a fresh stabilizer chain of G on every call (A_64: 0.9 s each)
+    from paramshare_nb import groups
+    from paramshare_nb import symmetry as symmetry_module
+    act = ps.Action.same(ps.groups.alternating(6))
+    pat = ps.dense_pattern(act)
+    first = ps.is_uniquely_equivariant(pat, act)
+    built = []
+    real = groups.StabChain
+    for module in (groups, symmetry_module):
+        monkeypatch.setattr(module, "StabChain", lambda *a, **k: built.append(1) or real(*a, **k))
+    again = ps.is_uniquely_equivariant(pat, act)
+    assert not again.unique and again.witness is not None and not built
+    assert (first.group_order, first.symmetry_order) == (again.group_order, again.symmetry_order)
