@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import paramshare_nb as ps
-from paramshare_nb import groups, perm
+from paramshare_nb import groups, patterns, perm
 
 
 def deep_sets(n):
@@ -418,3 +418,18 @@ def test_entry_starts_name_each_distinct_entry():
         ends = np.r_[starts[1:], pat.nnz]
         for a, z in zip(starts, ends):  # each entry's edges are consecutive
             assert len({(pat.rows[e], pat.cols[e]) for e in range(a, z)}) == 1
+
+
+def test_edges_are_sorted_whatever_order_they_come_in():
+    # sorted edges skip the lexsort (a saved pattern's always are); any other order is sorted
+    rng = np.random.default_rng(4)
+    rows, cols, params = (rng.integers(0, 3, 40) for _ in range(3))  # many ties, multi-edges
+    want = np.lexsort((params, cols, rows))
+    for order in (rng.permutation(40), want, want[::-1]):
+        pat = ps.Pattern((3, 3), rows[order], cols[order], params[order])
+        np.testing.assert_array_equal(pat.rows, rows[want])
+        np.testing.assert_array_equal(pat.cols, cols[want])
+        np.testing.assert_array_equal(pat.params, params[want])
+    for arrays in (([0, 1], [1, 0], [0, 0]), ([1, 0], [0, 1], [0, 0]), ([0, 0], [1, 1], [1, 0])):
+        assert not patterns._edges_sorted(*(np.array(a) for a in arrays))
+    assert patterns._edges_sorted(*(np.array(a) for a in ([0, 0, 1], [1, 1, 0], [0, 2, 0])))
