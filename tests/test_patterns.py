@@ -430,6 +430,6 @@ def test_edges_are_sorted_whatever_order_they_come_in():
         np.testing.assert_array_equal(pat.rows, rows[want])
         np.testing.assert_array_equal(pat.cols, cols[want])
         np.testing.assert_array_equal(pat.params, params[want])
-    for arrays in (([0, 1], [1, 0], [0, 0]), ([1, 0], [0, 1], [0, 0]), ([0, 0], [1, 1], [1, 0])):
+    for arrays in (([0, 0], [1, 0], [0, 0]), ([1, 0], [0, 1], [0, 0]), ([0, 0], [1, 1], [1, 0])):
         assert not patterns._edges_sorted(*(np.array(a) for a in arrays))
     assert patterns._edges_sorted(*(np.array(a) for a in ([0, 0, 1], [1, 1, 0], [0, 2, 0])))
