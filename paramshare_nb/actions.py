@@ -61,6 +61,15 @@ class Action:
         self.gens_in = _frozen(gin)
         self.gens_out = _frozen(gout)
 
+    def __getstate__(self):
+        """The generators only (for pickle and copy): the caches (its chain, the patterns
+        built from it) are rebuilt where the copy is used."""
+        return {"gens_in": self.gens_in, "gens_out": self.gens_out}
+
+    def __setstate__(self, state):
+        self.gens_in = _frozen(np.array(state["gens_in"], dtype=INDEX))
+        self.gens_out = _frozen(np.array(state["gens_out"], dtype=INDEX))
+
     # -- constructors ----------------------------------------------------------
     @classmethod
     def same(cls, gens, n: int | None = None) -> Action:

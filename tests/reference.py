@@ -81,6 +81,28 @@ def brute_pair_orbits(elems_in, elems_out, m, n):
     return label
 
 
+def brute_sparse_index(elems_in, elems_out, gens_out, m, n):
+    """The sparse design's index (-1 for zeros), from listed group elements: for the
+    smallest point ``i`` of each input orbit, ``j`` of each output orbit and ``h`` in
+    ``{e} ∪ gens_out``, in that order, the orbit of the pair ``(h[j], i)`` gets the next
+    parameter unless it has one."""
+    first = [int(np.min(np.unique([g[b] for g in elems_in]))) for b in range(n)]
+    reps_in = sorted(set(first))
+    reps_out = sorted({int(np.min([g[a] for g in elems_out])) for a in range(m)})
+    index = -np.ones((m, n), dtype=int)
+    count = 0
+    for i in reps_in:
+        for j in reps_out:
+            for h in [np.arange(m), *gens_out]:
+                a = int(h[j])
+                if index[a, i] >= 0:
+                    continue
+                for gi, go in zip(elems_in, elems_out):
+                    index[go[a], gi[i]] = count
+                count += 1
+    return index
+
+
 def burnside_pair_count(elems_in, elems_out):
     """Number of pair orbits by Burnside: mean over g of fix_N(g) * fix_M(g)."""
     total = 0

@@ -1,8 +1,10 @@
 import io
+import warnings
 import zipfile
 
 import numpy as np
 import pytest
+from reference import brute_sparse_index
 
 import paramshare_nb as ps
 from paramshare_nb import groups, patterns, perm
@@ -67,6 +69,21 @@ def test_sparse_counts_for_free_actions(gens):
     assert ps.is_equivariant(pat, act)
     # each input feeds q * |A+| outputs
     assert np.all(np.bincount(pat.cols) == n_orbits * a_plus)
+
+
+@pytest.mark.parametrize("act", [
+    ps.Action.same(groups.dihedral(6)),  # not free: the orbits of offsets can coincide
+    ps.Action.same(ps.regular(groups.dihedral(4))),
+    ps.Action.same(groups.grid_translations((3, 4))),
+    ps.Action(ps.regular(groups.cyclic(6)), groups.cyclic(6)),
+    ps.Action.same(ps.tensor_power(groups.symmetric(3), 2)),
+])
+def test_sparse_design_against_brute_force(act):
+    ein, eout = act.closure()
+    want = brute_sparse_index(ein, eout, act.gens_out, act.n_out, act.n_in)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not free
+        np.testing.assert_array_equal(ps.sparse_pattern(act).index(), want)
 
 
 def test_sparse_warns_when_not_free():
@@ -433,3 +450,21 @@ def test_edges_are_sorted_whatever_order_they_come_in():
     for arrays in (([0, 0], [1, 0], [0, 0]), ([1, 0], [0, 1], [0, 0]), ([0, 0], [1, 1], [1, 0])):
         assert not patterns._edges_sorted(*(np.array(a) for a in arrays))
     assert patterns._edges_sorted(*(np.array(a) for a in ([0, 0, 1], [1, 1, 0], [0, 2, 0])))
+
+
+def test_designs_are_kept_on_their_action():
+    # layers on one action share the pattern and the plans kept on it (a second layer's
+    # first forward rebuilt them: 1.6-2.0 s for D4 on 32 x 32 pixels)
+    import copy
+    import pickle
+    act = ps.Action.same(groups.cyclic(6))
+    assert ps.dense_pattern(act) is ps.dense_pattern(act)
+    assert ps.sparse_pattern(act) is ps.sparse_pattern(act)
+    assert ps.sparse_pattern(act, base_in=[1]) is not ps.sparse_pattern(act)  # not the default
+    layers = [ps.nn.EquivariantLinear(act, 2, 3, rng=0), ps.nn.EquivariantLinear(act, 3, 3, rng=1)]
+    assert layers[0].pattern is layers[1].pattern
+    for other in (pickle.loads(pickle.dumps(act)), copy.deepcopy(act)):  # the generators only
+        assert "_paramshare_patterns" not in other.__dict__
+        np.testing.assert_array_equal(other.gens_in, act.gens_in)
+        assert not other.gens_out.flags.writeable
+        assert ps.dense_pattern(other) == ps.dense_pattern(act)
