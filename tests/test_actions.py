@@ -207,3 +207,19 @@ def test_size_messages_count_what_is_built():
     with ps.config.override(max_bytes=90_000):  # (1 + 2) x 4096 x 8 = 98304 bytes
         with pytest.raises(MemoryError, match="1 generators on 4096 points"):
             ps.groups.square_symmetries(64, rotations_only=True)
+
+
+def test_a_same_action_orders_its_group_with_one_chain(monkeypatch):
+    # G_{N,M}, G_N and G_M are one group when outputs move like inputs: one chain on N
+    # points, not a joint one on 2N and a second on N (S_64: 1 s each)
+    from paramshare_nb import groups
+    built = []
+    real = groups.StabChain
+    monkeypatch.setattr(groups, "_CHAINS", type(groups._CHAINS)())  # none memoised yet
+    monkeypatch.setattr(groups, "StabChain",
+                        lambda gens, *a, **k: built.append(gens.shape[1]) or real(gens, *a, **k))
+    act = ps.Action.same(ps.groups.symmetric(7))
+    assert act.order() == act.order_in() == act.order_out() == 5040
+    assert built == [7]
+    pair = ps.Action(ps.groups.symmetric(7), ps.groups.cyclic(7)[[0, 0]])  # not the same
+    assert (pair.order(), pair.order_in(), pair.order_out()) == (5040 * 7, 5040, 7)
