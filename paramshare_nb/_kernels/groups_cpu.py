@@ -131,3 +131,17 @@ def _closure(gens, order):
                 count += 1
         head += 1
     return elems[:count]
+
+
+@njit(cache=True, nogil=True)
+def _first_appearance_ids(seen, n_labels):
+    """``ids[label]``: the rank of ``label``'s first appearance in ``seen`` (-1 where it
+    never appears), and the number of distinct labels.  One pass, where ``np.unique``
+    with ``return_index`` sorted 8.4M labels (0.75 s)."""
+    ids = np.full(n_labels, -1, dtype=np.int64)
+    count = 0
+    for lab in seen:
+        if ids[lab] < 0:
+            ids[lab] = count
+            count += 1
+    return ids, count
