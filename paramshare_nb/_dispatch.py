@@ -19,6 +19,7 @@ import numba
 import numpy as np
 
 from . import _measure, config
+from ._arrays import sorted_unique
 from ._kernels import cpu, csr_cpu, simd, small_cpu, sums_cpu, tile_sums_cpu
 from ._scratch import keeps, scratch
 from ._validate import bytes_text
@@ -209,7 +210,7 @@ def _column_blocks(cols, params, n):
     """
     if n == 0:
         return np.zeros(0, INDEX)
-    pairs = np.unique(cols * (int(params.max(initial=0)) + 1) + params)
+    pairs = sorted_unique(cols * (int(params.max(initial=0)) + 1) + params)
     npar = int(params.max(initial=0)) + 1
     pc, pp = pairs // npar, pairs % npar
     salt = np.random.default_rng(0x5eed).integers(1, 2**63, size=npar, dtype=np.uint64)

@@ -58,6 +58,7 @@ from functools import cached_property
 import numpy as np
 
 from . import config, groups, perm
+from ._arrays import sorted_unique
 from ._kernels.groups_cpu import _orbits
 from ._kernels.refine_cpu import (
     _add_generator,
@@ -1102,7 +1103,7 @@ def graph_convolution_pattern(adjacency, nonedge: bool = False,
     n = adj.shape[0]
     diag = np.arange(n, dtype=INDEX)
     r, c = np.nonzero(adj)
-    vals = np.unique(adj[r, c]) if r.size else np.zeros(0, dtype=INDEX)
+    vals = sorted_unique(adj[r, c]) if r.size else np.zeros(0, dtype=INDEX)
     edge_param = 1 + np.searchsorted(vals, adj[r, c])
     rows, cols, params = [diag, r], [diag, c], [np.zeros(n, dtype=INDEX), edge_param]
     if nonedge:
