@@ -73,9 +73,11 @@ def _check_sizes(path: str) -> None:
                 version = np.lib.format.read_magic(fh)
                 if version == (1, 0):
                     shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-                elif version == (2, 0):
+                elif version in ((2, 0), (3, 0)):  # 3.0 is 2.0 with a utf-8 header (np.save
+                    # writes it for non-latin-1 field names); decoded as latin-1 here, the
+                    # names may differ but the sizes do not
                     shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-                else:  # np.load says what is wrong with other versions
+                else:  # np.load refuses other versions
                     continue
                 if dtype.hasobject:  # np.load refuses these (allow_pickle=False)
                     continue

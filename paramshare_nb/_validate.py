@@ -31,6 +31,8 @@ def bytes_text(n: int) -> str:
     bound under a MiB printed as ``0.0 MiB`` told the user nothing)."""
     if n < 2**10:
         return f"{n} bytes"
+    if n.bit_length() > 1000:  # a claim from a hostile file: past a float's range
+        return f"about 2**{n.bit_length() - 1} bytes"
     units = ("KiB", "MiB", "GiB", "TiB", "PiB")
     k = 0
     n /= 2**10

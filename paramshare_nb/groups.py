@@ -194,7 +194,11 @@ def _is_free(gens, labels) -> bool:
     if sizes.size == 0:
         return True
     s = int(sizes[0])
-    return bool(np.all(sizes == s)) and _order_up_to(gens, s) == s
+    if not np.all(sizes == s):
+        return False
+    if 8 * gens.shape[1] * (s + 1) > config.max_bytes:  # the walk's elements would not fit:
+        return _chain(gens).order() == s  # the chain, which refuses past the bound
+    return _order_up_to(gens, s) == s
 
 
 def is_transitive(gens, n: int | None = None) -> bool:
@@ -456,8 +460,10 @@ def grid_translations(shape) -> np.ndarray:
     """
     if isinstance(shape, (str, bytes)):
         raise TypeError(f"shape must be an int or a tuple of ints, got {shape!r}")
-    if np.ndim(shape) == 0:  # 5, np.int64(5), np.array(5); 5.0 or None: named as an entry
-        shape = (shape.item() if isinstance(shape, np.ndarray) else shape,)
+    if isinstance(shape, np.ndarray) and shape.ndim == 0:
+        shape = shape.item()
+    if not hasattr(shape, "__iter__"):  # 5, np.int64(5); 5.0 or None: named as an entry
+        shape = (shape,)
     shape = tuple(shape)
     if not shape:
         raise ValueError("shape must have at least one axis")

@@ -66,6 +66,15 @@ def test_freeness_needs_no_stabilizer_chain(monkeypatch):
     assert not ps.Action.same(groups.dihedral(4)).is_free_in()
 
 
+def test_freeness_keeps_the_memory_bound():
+    # the walk holds s + 1 elements of n points: past config.max_bytes the chain decides,
+    # and refuses (a 4096-point regular group held 281 MiB under a 16 MiB bound)
+    with ps.config.override(max_bytes=1 << 24):
+        with pytest.raises(MemoryError, match="config.max_bytes"):
+            ps.is_regular(groups.cyclic(4096))
+        assert ps.is_regular(groups.cyclic(512))
+
+
 def test_closure_is_deterministic_bfs():
     a = ps.closure(groups.dihedral(5))
     b = ps.closure(groups.dihedral(5))
@@ -173,6 +182,7 @@ def test_grid_shapes_are_named_when_wrong():
     # an int, a 0-d array or a sequence; they gave "'float' object is not iterable" and
     # "iteration over a 0-d array"
     assert groups.grid_translations(np.array(3)).shape == (1, 3)
+    assert groups.grid_translations(s for s in (3, 4)).shape == (2, 12)  # any iterable
     for bad, match in ((3.0, "shape entry must be an int, got float"),
                        ("ab", "shape must be an int or a tuple of ints"),
                        ((2, None), "shape entry must be an int, got NoneType")):

@@ -291,6 +291,20 @@ def test_hostile_files_are_refused(tmp_path):
                          else src.read(name))
     with pytest.raises(ValueError, match=r"'rows.npy' claims shape \(1000000000000,\) of int64"):
         ps.load_pattern(lying)
+    # the same lie in format 3.0 (2.0's layout, which np.save writes for non-latin-1 field
+    # names), and a claim past a float's range (bytes_text overflowed)
+    for version, shape in ((b"\x03", (10**12,)), (b"\x01", (10**320,))):
+        header = io.BytesIO()
+        write = (np.lib.format.write_array_header_1_0 if version == b"\x01"
+                 else np.lib.format.write_array_header_2_0)
+        write(header, {"descr": "<i8", "fortran_order": False, "shape": shape})
+        member = header.getvalue()
+        member = member[:6] + version + member[7:] + bytes(8)
+        with zipfile.ZipFile(fine) as src, zipfile.ZipFile(lying, "w") as dst:
+            for name in src.namelist():
+                dst.writestr(name, member if name == "rows.npy" else src.read(name))
+        with pytest.raises(ValueError, match=r"'rows.npy' claims shape .* but holds 8 bytes"):
+            ps.load_pattern(lying)
     with ps.config.override(max_bytes=64):  # a small file, but more than the bound holds
         with pytest.raises(ValueError, match=r"its arrays hold .* over config.max_bytes"):
             ps.load_pattern(fine)
