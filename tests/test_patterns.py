@@ -305,6 +305,11 @@ def test_hostile_files_are_refused(tmp_path):
                 dst.writestr(name, member if name == "rows.npy" else src.read(name))
         with pytest.raises(ValueError, match=r"'rows.npy' claims shape .* but holds 8 bytes"):
             ps.load_pattern(lying)
+    extra = tmp_path / "extra.npz"  # a member that is not an array: np.load hands it over
+    extra.write_bytes(fine.read_bytes())
+    with zipfile.ZipFile(extra, "a") as z:
+        z.writestr("README.txt", b"notes")
+    assert ps.load_pattern(extra) == ps.load_pattern(fine)
     with ps.config.override(max_bytes=64):  # a small file, but more than the bound holds
         with pytest.raises(ValueError, match=r"its arrays hold .* over config.max_bytes"):
             ps.load_pattern(fine)
