@@ -817,8 +817,8 @@ def _find_witness(sym: SymmetryGroup, chain: StabChain | None):
 
 
 def _group_chain(joint: np.ndarray):
-    """The memoised chain of ``G`` (the one its order came from): a fresh one here cost A_64
-    0.9 s on every call."""
+    """The memoised chain of ``G`` on the ``N + M`` points (a fresh one per call cost A_64
+    0.9 s on every repeat)."""
     if joint.shape[0] == 0:
         return None
     return groups._chain(np.ascontiguousarray(joint, dtype=INDEX))
