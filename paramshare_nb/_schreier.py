@@ -114,6 +114,9 @@ class StabChain:
         self.n = int(gens.shape[1])
         self.identity = np.arange(self.n, dtype=np.int64)
         self.identity.setflags(write=False)  # chains are memoised and shared: never hand it out
+        # the Schreier generators' identity test compares bytes: 0.08 against 1.7 us for
+        # np.array_equal on 64 points, 78k tests building S_64's chain
+        self._identity_bytes = self.identity.tobytes()
         self.levels: list[_Level] = []
         self._rows = 0  # transversal rows held, over all levels
         for b in base_prefix:
@@ -191,7 +194,7 @@ class StabChain:
                 sb = int(s[b])
                 h = level.inv_reps[level.pos[sb]][s[u]]
                 residue, reached = self.sift(h, depth + 1)
-                if reached < len(self.levels) or not np.array_equal(residue, self.identity):
+                if reached < len(self.levels) or residue.tobytes() != self._identity_bytes:
                     # A new strong generator: it fixes the first `depth + 1` base points.
                     self._add_strong(residue, depth + 1)
                     top = depth + 1
