@@ -40,14 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from paramshare_nb import _bench, config  # noqa: E402
 
 # the names the asv suites, gpu_check.py and the tests take from here
-from paramshare_nb._bench import (  # noqa: E402, F401
-    NumpyPeer,
-    Ours,
-    ScipyPeer,
-    _strategies,
-    figure1_d5,
-    workloads,
-)
+from paramshare_nb._bench import NumpyPeer, figure1_d5, workloads  # noqa: E402, F401
 
 try:  # optional peer
     import torch

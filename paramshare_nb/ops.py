@@ -105,12 +105,12 @@ def _check_method(method) -> str:
 
 def _as_float(obj, name: str) -> np.ndarray:
     """``obj`` as an ndarray (no copy yet), refusing non-float dtypes."""
+    if obj is None:
+        raise TypeError(f"{name} must be a float32 or float64 array, got None")
     try:
         arr = np.asarray(obj)
     except ValueError as exc:
         raise ValueError(f"{name} is ragged ({exc}); give a rectangular float array") from None
-    if obj is None:
-        raise TypeError(f"{name} must be a float32 or float64 array, got None")
     if arr.dtype.kind != "f" or arr.dtype.itemsize > 8:
         hint = ".astype(np.float32)" if arr.dtype.kind in "biu" else ".astype(np.float64)"
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {arr.dtype}; "
