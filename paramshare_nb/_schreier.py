@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from . import config
+from ._kernels.schreier_cpu import _fill_rows, _first_failure, _orbit_extend, _sift
 from ._validate import bytes_text
 
 
@@ -26,80 +27,65 @@ def _inverse(p: np.ndarray) -> np.ndarray:
     return inv
 
 
+def _with_room(a: np.ndarray, rows: int, limit: int | None = None) -> np.ndarray:
+    """``a``, or a copy of it with room for ``rows`` rows and, up to ``limit``, about as
+    many again (so that growing row by row copies each row a bounded number of
+    times); the rows past ``a``'s are uninitialised."""
+    if a.shape[0] >= rows:
+        return a
+    cap = max(rows, 2 * a.shape[0], 4)
+    if limit is not None:
+        cap = max(rows, min(cap, limit))
+    grown = np.empty((cap,) + a.shape[1:], dtype=a.dtype)
+    grown[: a.shape[0]] = a
+    return grown
+
+
+def _cut(a: np.ndarray, rows: int) -> np.ndarray:
+    """``a``'s first ``rows`` rows, copied only when ``a`` has more (a regular group's
+    single level on 10,000 points is 800 MB, written in one step without spare rows)."""
+    return a if a.shape[0] == rows else a[:rows].copy()
+
+
 class _Level:
-    """One level of the chain: base point, generators fixing earlier points, transversal.
+    """One level of the chain: base point, the strong generators fixing earlier points
+    (indices into the chain's), and the orbit with each point's row in the chain's
+    pool of inverse representatives ``u^-1`` (``u[b_l] == point``).
 
-    The transversal is kept as the inverses ``u^-1`` of the coset
-    representatives, one int64 row of ``n`` points per orbit point: sifting
-    only ever applies ``u^-1``, and a ``u`` is one scatter away
-    (:meth:`rep`).  That is half the memory of keeping both; the total with
-    each level's ``pos``, ``8 n (sum |orbit| + levels)`` bytes, is bounded
-    by ``config.max_bytes`` (:meth:`StabChain._reserve`; the inverse
-    generators that :meth:`rebuild` makes for a moment are not counted).
-    (int32 rows would halve it again, but numpy indexes with int32 indices
-    1.6-4x slower than with int64: sifts would pay that at every level.)
-
-    The orbit and its representatives only ever grow, and existing
-    representatives never change: a Schreier generator verified once stays
-    verified (the subgroup below only grows), so :meth:`StabChain._check_level`
-    re-examines only new (point, generator) pairs.
+    Only ``u^-1`` is kept: sifting only ever applies it, and a ``u`` is one
+    scatter away (:meth:`StabChain.rep`).  The orbit and its representatives
+    only ever grow, and existing representatives never change: a Schreier
+    generator verified once stays verified (the subgroup below only grows), so
+    :meth:`StabChain._check_level` re-examines only new (point, generator)
+    pairs.
     """
 
-    __slots__ = ("point", "gens", "pos", "orbit", "inv_reps", "_built", "checked")
+    __slots__ = ("point", "gen_ids", "orbit", "rows", "_built", "checked")
 
-    def __init__(self, point: int, n: int):
+    def __init__(self, point: int, row: int):
         self.point = point
-        self.gens: list[np.ndarray] = []
-        self.pos = np.full(n, -1, dtype=np.int64)  # point -> row of inv_reps, or -1
-        self.pos[point] = 0
-        self.orbit = [point]
-        self.inv_reps = np.arange(n, dtype=np.int64)[None, :]
-        self._built = (1, 0)  # (orbit rows, generators) already expanded
+        self.gen_ids: list[int] = []
+        self.orbit = np.array([point], dtype=np.int64)
+        self.rows = np.array([row], dtype=np.int64)  # the identity's row
+        self._built = (1, 0)  # (orbit points, generators) already expanded
         self.checked = (0, 0)  # (rows, generators) whose Schreier generators sift
-
-    def rebuild(self, reserve) -> None:
-        """Extend the orbit of the base point breadth-first with any new generators.
-
-        ``reserve(rows)`` is called before ``rows`` new transversal rows are
-        stored.  The orbit is found first, on points alone, so the rows are
-        written once into a table of the final size (collecting them and then
-        stacking held them twice over).
-        """
-        old_rows, old_gens = self._built
-        first_new = len(self.orbit)
-        links = []  # (row of the parent, generator) of each point found now
-        head = 0
-        while head < len(self.orbit):
-            b = self.orbit[head]
-            for j in range(old_gens if head < old_rows else 0, len(self.gens)):
-                c = int(self.gens[j][b])
-                if self.pos[c] < 0:
-                    self.pos[c] = len(self.orbit)
-                    self.orbit.append(c)
-                    links.append((head, j))
-            head += 1
-        self._built = (len(self.orbit), len(self.gens))
-        if not links:
-            return
-        reserve(len(links))
-        inv_gens = [_inverse(s) for s in self.gens]
-        table = np.empty((len(self.orbit), self.pos.shape[0]), dtype=np.int64)
-        table[:first_new] = self.inv_reps
-        for row, (parent, j) in enumerate(links, first_new):
-            np.take(table[parent], inv_gens[j], out=table[row])  # (s u)^-1 = u^-1 s^-1
-        self.inv_reps = table
-
-    def rep(self, row: int) -> np.ndarray:
-        """The coset representative ``u`` of orbit point ``row`` (int64)."""
-        return _inverse(self.inv_reps[row])
 
     @property
     def orbit_size(self) -> int:
-        return self.inv_reps.shape[0]
+        return self.orbit.shape[0]
 
 
 class StabChain:
     """Base and strong generating set of the group generated by ``gens``.
+
+    The tables are packed for the jitted steps of
+    :mod:`._kernels.schreier_cpu` (which lists them): one pool of ``u^-1``
+    rows for all levels, one ``point -> row`` map per level.  Their size,
+    ``8 n (sum |orbit| + levels)`` bytes, is bounded by ``config.max_bytes``
+    (:meth:`_reserve`); while the chain is built the pool keeps spare rows
+    (up to twice its rows, within the bound), and it is cut to size at the
+    end.  (int32 rows would halve it, but numpy indexes with int32 indices
+    1.6-4x slower than with int64, in :meth:`random_element`.)
 
     Parameters
     ----------
@@ -111,26 +97,50 @@ class StabChain:
     """
 
     def __init__(self, gens: np.ndarray, base_prefix=()):
-        self.n = int(gens.shape[1])
-        self.identity = np.arange(self.n, dtype=np.int64)
+        n = self.n = int(gens.shape[1])
+        self.identity = np.arange(n, dtype=np.int64)
         self.identity.setflags(write=False)  # chains are memoised and shared: never hand it out
-        # the Schreier generators' identity test compares bytes: 0.08 against 1.7 us for
-        # np.array_equal on 64 points, 78k tests building S_64's chain
-        self._identity_bytes = self.identity.tobytes()
         self.levels: list[_Level] = []
-        self._rows = 0  # transversal rows held, over all levels
+        self._rows = 0  # table rows reserved, over all levels
+        self._pool = np.empty((0, n), dtype=np.int64)
+        self._used = 0  # pool rows written
+        self._gpos = np.empty((0, n), dtype=np.int64)
+        self._points = np.empty(0, dtype=np.int64)
+        self._first = np.empty(0, dtype=np.int64)
+        self._strong = np.empty((0, n), dtype=np.int64)
+        self._strong_inv = np.empty((0, n), dtype=np.int64)
+        self._n_strong = 0
+        self._scratch = np.empty((3, n), dtype=np.int64)  # orbit, parents, via
         for b in base_prefix:
             self._new_level(int(b))
-        strong = [g.copy() for g in gens if not np.array_equal(g, self.identity)]
-        for g in strong:
-            self._add_strong(g, 0)
-        for level in self.levels:
-            level.rebuild(self._reserve)
+        for g in gens:
+            if not np.array_equal(g, self.identity):
+                self._add_strong(g, 0)
+        for depth in range(len(self.levels)):
+            self.rebuild(depth)
         self._complete()
+        self._cut_to_size()
 
     def _new_level(self, point: int) -> None:
         self._reserve(2)  # its point -> row map and its identity row, n int64 each
-        self.levels.append(_Level(point, self.n))
+        depth = len(self.levels)
+        self._gpos = _with_room(self._gpos, depth + 1)
+        self._points = _with_room(self._points, depth + 1)
+        self._first = _with_room(self._first, depth + 1)
+        row = self._take_rows(1)
+        self._pool[row] = self.identity
+        self._gpos[depth] = -1
+        self._gpos[depth, point] = row
+        self._points[depth] = point
+        self._first[depth] = row
+        self.levels.append(_Level(point, row))
+
+    def _take_rows(self, k: int) -> int:
+        """The first of ``k`` new pool rows (reserved already)."""
+        start = self._used
+        self._pool = _with_room(self._pool, start + k, config.max_bytes // (8 * max(self.n, 1)))
+        self._used += k
+        return start
 
     def _reserve(self, rows: int) -> None:
         """Account for ``rows`` more rows of ``n`` int64; refuse past ``config.max_bytes``."""
@@ -144,31 +154,67 @@ class StabChain:
                 f"{bytes_text(config.max_bytes)}; raise the bound with "
                 f"config.override(max_bytes=...)")
 
+    def _cut_to_size(self) -> None:
+        """Release the spare rows the tables kept while the chain grew."""
+        depth = len(self.levels)
+        self._pool = _cut(self._pool, self._used)
+        self._gpos = _cut(self._gpos, depth)
+        self._points, self._first = _cut(self._points, depth), _cut(self._first, depth)
+        self._strong = _cut(self._strong, self._n_strong)
+        self._strong_inv = _cut(self._strong_inv, self._n_strong)
+        self._scratch = None
+
     # -- construction -------------------------------------------------------
     def _moved_point(self, g: np.ndarray) -> int:
         return int(np.flatnonzero(g != self.identity)[0])
 
     def _add_strong(self, g: np.ndarray, start: int) -> None:
         """Add ``g`` (which fixes the base points before ``start``) to levels from ``start``."""
+        gid = self._n_strong
+        self._strong = _with_room(self._strong, gid + 1)
+        self._strong_inv = _with_room(self._strong_inv, gid + 1)
+        self._strong[gid] = g
+        self._strong_inv[gid] = _inverse(g)
+        self._n_strong += 1
         level = start
         while True:
             if level == len(self.levels):
                 self._new_level(self._moved_point(g))
-            self.levels[level].gens.append(g.astype(np.int64, copy=False))
+            self.levels[level].gen_ids.append(gid)
             if g[self.levels[level].point] != self.levels[level].point:
                 return
             level += 1
 
+    def rebuild(self, depth: int) -> None:
+        """Extend level ``depth``'s orbit breadth-first with any new generators, and write
+        the new points' rows (after reserving them: the orbit is found first, on points
+        alone)."""
+        level = self.levels[depth]
+        old_rows, old_gens = level._built
+        size = level.orbit_size
+        orbit, parents, via = self._scratch
+        orbit[:size] = level.orbit
+        ids = np.array(level.gen_ids, dtype=np.int64)
+        count = _orbit_extend(depth, orbit, size, old_rows, old_gens, ids, self._strong,
+                              self._gpos, parents, via)
+        level._built = (count, ids.shape[0])
+        new = count - size
+        if not new:
+            return
+        self._reserve(new)
+        start = self._take_rows(new)
+        _fill_rows(depth, orbit[size:count], level.rows, parents, via, self._strong_inv,
+                   self._pool, start, self._gpos)
+        level.orbit = np.concatenate([level.orbit, orbit[size:count]])
+        level.rows = np.concatenate([level.rows, np.arange(start, start + new)])
+
     def sift(self, g: np.ndarray, start: int = 0) -> tuple[np.ndarray, int]:
-        """Strip ``g`` through the levels from ``start``; return residue and level reached."""
-        for depth in range(start, len(self.levels)):
-            level = self.levels[depth]
-            row = level.pos[g[level.point]]
-            if row < 0:
-                return g, depth
-            if row:  # row 0 is the identity: nothing to strip
-                g = level.inv_reps[row][g]
-        return g, len(self.levels)
+        """Strip (a copy of) permutation ``g`` through the levels from ``start``; return
+        the residue and the level reached."""
+        h = np.array(g, dtype=np.int64)
+        reached = _sift(h, np.empty_like(h), start, self._pool, self._gpos, self._points,
+                        self._first, len(self.levels))
+        return h, reached
 
     def _complete(self) -> None:
         """Make the generating set strong: every Schreier generator sifts to the identity."""
@@ -183,36 +229,30 @@ class StabChain:
     def _check_level(self, depth: int):
         level = self.levels[depth]
         done_rows, done_gens = level.checked
-        for row in range(level.orbit_size):
-            if row < done_rows and len(level.gens) <= done_gens:
-                continue
-            u = level.rep(row)
-            b = level.orbit[row]
-            for g, s in enumerate(level.gens):
-                if row < done_rows and g < done_gens:
-                    continue
-                sb = int(s[b])
-                h = level.inv_reps[level.pos[sb]][s[u]]
-                residue, reached = self.sift(h, depth + 1)
-                if reached < len(self.levels) or residue.tobytes() != self._identity_bytes:
-                    # A new strong generator: it fixes the first `depth + 1` base points.
-                    self._add_strong(residue, depth + 1)
-                    top = depth + 1
-                    while top < len(self.levels) and (
-                        residue[self.levels[top].point] == self.levels[top].point
-                    ):
-                        top += 1
-                    for d in range(depth + 1, min(top, len(self.levels) - 1) + 1):
-                        self.levels[d].rebuild(self._reserve)
-                    return min(top, len(self.levels) - 1)
-        level.checked = (level.orbit_size, len(level.gens))
-        return None
+        ids = np.array(level.gen_ids, dtype=np.int64)
+        residue = np.empty(self.n, dtype=np.int64)
+        reached = _first_failure(depth, level.orbit, level.rows, ids, done_rows, done_gens,
+                                 self._strong, self._pool, self._gpos, self._points,
+                                 self._first, len(self.levels), residue)
+        if reached < 0:
+            level.checked = (level.orbit_size, ids.shape[0])
+            return None
+        # A new strong generator: it fixes the first `depth + 1` base points.
+        self._add_strong(residue, depth + 1)
+        top = depth + 1
+        while top < len(self.levels) and (
+            residue[self.levels[top].point] == self.levels[top].point
+        ):
+            top += 1
+        for d in range(depth + 1, min(top, len(self.levels) - 1) + 1):
+            self.rebuild(d)
+        return min(top, len(self.levels) - 1)
 
     # -- queries -------------------------------------------------------------
     @property
     def nbytes(self) -> int:
         """Bytes held by the levels' tables (what :meth:`_reserve` bounds)."""
-        return sum(lv.inv_reps.nbytes + lv.pos.nbytes for lv in self.levels)
+        return 8 * self.n * (self._used + len(self.levels))
 
     @property
     def base(self) -> list[int]:
@@ -223,19 +263,20 @@ class StabChain:
         return math.prod(lv.orbit_size for lv in self.levels)
 
     def contains(self, g: np.ndarray) -> bool:
-        """Membership by sifting: ``g`` is in the group iff it strips to the identity."""
+        """Membership by sifting: ``g`` is in the group iff it strips to the identity
+        (anything but a permutation of the chain's points is not in it)."""
+        g = np.asarray(g)
+        if g.shape != (self.n,) or not np.array_equal(np.sort(g), self.identity):
+            return False
         residue, reached = self.sift(g)
         return reached == len(self.levels) and bool(np.array_equal(residue, self.identity))
 
     def level_generators(self, depth: int) -> np.ndarray:
         """Strong generators of the stabilizer of the first ``depth`` base points."""
-        if depth < len(self.levels):
-            gens = self.levels[depth].gens
-        else:
-            gens = []
-        if not gens:
+        ids = self.levels[depth].gen_ids if depth < len(self.levels) else []
+        if not ids:
             return np.zeros((0, self.n), dtype=np.int64)
-        unique = {g.tobytes(): g for g in gens}
+        unique = {g.tobytes(): g for g in self._strong[ids]}
         return np.array(list(unique.values()), dtype=np.int64)
 
     def random_element(self, rng: np.random.Generator) -> np.ndarray:
@@ -248,5 +289,5 @@ class StabChain:
         rows = [rng.integers(level.orbit_size) for level in reversed(self.levels)]
         g_inv = self.identity
         for level, row in zip(self.levels, reversed(rows)):
-            g_inv = level.inv_reps[row][g_inv]
+            g_inv = self._pool[level.rows[row]][g_inv]
         return _inverse(g_inv)

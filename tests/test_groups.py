@@ -239,6 +239,27 @@ def test_chain_memory_counts_every_level():
         assert chain.nbytes == 8 * n * 3 * k <= 8 << 20
 
 
+def test_chain_holds_no_spare_rows_once_built():
+    # the tables grow with room to spare while the chain is built; nbytes, which the memo
+    # and the bound count, is what they hold afterwards
+    from paramshare_nb._schreier import StabChain
+    for gens in (groups.symmetric(12), groups.dihedral(9), groups.grid_translations((5, 4))):
+        chain = StabChain(np.ascontiguousarray(gens, dtype=np.int64))
+        assert chain._pool.nbytes + chain._gpos.nbytes == chain.nbytes
+        assert chain._strong.shape[0] == len({i for lv in chain.levels for i in lv.gen_ids})
+
+
+def test_chain_of_large_symmetric_groups_and_membership_of_non_permutations():
+    from paramshare_nb._schreier import StabChain
+    chain = StabChain(np.ascontiguousarray(groups.symmetric(40), dtype=np.int64))
+    assert chain.order() == math.factorial(40)
+    assert chain.contains(np.random.default_rng(0).permutation(40))
+    # the jitted sift would read out of bounds: anything but a permutation is not a member
+    assert not chain.contains(np.zeros(40, dtype=np.int64))
+    assert not chain.contains(np.arange(39))
+    assert not chain.contains(np.arange(1, 41))
+
+
 def test_chain_memo_holds_at_most_max_bytes():
     big = groups.grid_translations((20, 20))  # 400 rows of 400 int64: 1.2 MiB
     cases = [(big, 400)] + [(groups.cyclic(n), n) for n in range(3, 9)]
