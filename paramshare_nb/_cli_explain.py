@@ -60,7 +60,8 @@ def _known() -> str:
 
 def _int_arg(name: str, text: str, minimum: int) -> int:
     if not re.fullmatch(r"\d+", text.strip()):
-        raise SpecError(f"{name}: expected a whole number, got {text!r} (e.g. {name}:5)")
+        example = "grid:4x5" if name == "grid" else f"{name}:5"
+        raise SpecError(f"{name}: expected a whole number, got {text!r} (e.g. {example})")
     digits = text.strip().lstrip("0")
     if len(digits) > len(str(MAX_POINTS)):  # before int(): Python refuses 4300 digits
         raise SpecError(f"{name}:{digits[:8]}...: a {len(digits)}-digit size, more than "

@@ -130,6 +130,14 @@ def as_point(i, n: int, name: str = "i") -> int:
     return int(i)
 
 
+def axis_hint(shape, n) -> str:
+    """A message's ending that points ``axis`` at the last axis of ``shape`` with ``n``
+    entries (the layers' ``(batch, N, channels)`` data has it second to last, where
+    functions permuting an array default to the last); empty when none has."""
+    hits = [i - len(shape) for i, size in enumerate(shape) if size == n]
+    return f"; pass axis={hits[-1]} to permute that axis" if hits else ""
+
+
 def as_axis(axis, ndim: int, name: str = "axis", within: str | None = None) -> int:
     """Validate an axis of an ``ndim``-dimensional array; negative axes count from the end.
 

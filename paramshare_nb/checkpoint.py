@@ -23,11 +23,14 @@ _PARAM = "param/"
 _PATTERN = "pattern/"
 
 
-def _model_arrays(model) -> dict:
+def _model_arrays(model, where: str) -> dict:
     from .nn import Module
 
     if not isinstance(model, Module):
-        raise TypeError(f"checkpoint: expected an nn.Module, got {type(model).__name__}")
+        order = (f" (the path comes first: checkpoint.{where}(path, model))"
+                 if isinstance(model, (str, os.PathLike)) else "")
+        raise TypeError(f"checkpoint.{where}: model must be an nn.Module, got "
+                        f"{type(model).__name__}{order}")
     arrays = {"__format__": np.array(_FORMAT)}
     for name, value in model.state_dict().items():
         arrays[_PARAM + name] = value
@@ -50,7 +53,7 @@ def save(path, model) -> str:
     str
         The path written.
     """
-    arrays = _model_arrays(model)
+    arrays = _model_arrays(model, "save")
     path = written_path(path)
     write_atomically(path, arrays)
     return path
@@ -83,7 +86,7 @@ def load(path, model) -> None:
     KeyError
         Parameter names differ.
     """
-    current = _model_arrays(model)
+    current = _model_arrays(model, "load")
     path = read_path(path)  # what save wrote for this name
     try:
         saved = read_arrays(path)

@@ -312,7 +312,11 @@ def _threads(n):
     old = numba.get_num_threads()
     # numba cannot go past NUMBA_NUM_THREADS (the cores, by default), and BLAS should not
     # either: --threads 64 on 2 cores ran BLAS on 64 threads, training 10x slower
-    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    if n > numba.config.NUMBA_NUM_THREADS:
+        print(f"note: --threads {n} is more than the {numba.config.NUMBA_NUM_THREADS} numba "
+              f"may use (NUMBA_NUM_THREADS); training on {numba.config.NUMBA_NUM_THREADS}",
+              file=sys.stderr)
+        n = numba.config.NUMBA_NUM_THREADS
     numba.set_num_threads(n)
     try:
         try:

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import config
 from ._kernels.refine_cpu import _edges_land_on_their_own
-from ._validate import as_axis, as_positive_int, as_rng, as_tolerance
+from ._validate import as_axis, as_positive_int, as_rng, as_tolerance, axis_hint
 from .actions import Action
 from .patterns import Pattern, _as_action
 
@@ -169,7 +169,7 @@ def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None
     axis = as_axis(axis, x.ndim, "axis")
     if x.shape[axis] != act.n_in:
         raise ValueError(f"x must have {act.n_in} entries along axis {given}, got shape "
-                         f"{x.shape}")
+                         f"{x.shape}{axis_hint(x.shape, act.n_in)}")
     y = _host_array(f(x))
     out_axis = as_axis(out_axis, y.ndim, "out_axis", within=f"f(x) of shape {y.shape}")
     if y.shape[out_axis] != act.n_out:

@@ -23,8 +23,9 @@ class Optimizer:
 
     Parameters
     ----------
-    params : iterable of Parameter
-        Tensors to update (duplicates are kept once).
+    params : iterable of Parameter, or Module
+        Tensors to update (duplicates are kept once); a model stands for its
+        ``parameters()``.
     lr : float
         Learning rate (schedules change :attr:`lr`).
     """
@@ -34,6 +35,8 @@ class Optimizer:
         if hasattr(params, "requires_grad"):  # one Tensor would iterate into its rows
             raise TypeError(f"{name}: params must be an iterable of parameters, got one "
                             f"Tensor; pass [p] or model.parameters()")
+        if callable(getattr(params, "parameters", None)):  # a model: its parameters
+            params = params.parameters()
         params = list(params)
         seen, unique = set(), []
         for p in params:
@@ -104,7 +107,7 @@ class SGD(Optimizer):
 
     Parameters
     ----------
-    params : iterable of Parameter
+    params : iterable of Parameter, or Module
     lr : float
     momentum : float, optional
         In ``[0, 1)``.
@@ -142,7 +145,7 @@ class Adam(Optimizer):
 
     Parameters
     ----------
-    params : iterable of Parameter
+    params : iterable of Parameter, or Module
     lr : float, optional
     betas : (float, float), optional
     eps : float, optional
@@ -200,7 +203,7 @@ class AdamW(Adam):
 
     Parameters
     ----------
-    params : iterable of Parameter
+    params : iterable of Parameter, or Module
     lr : float, optional
     betas : (float, float), optional
     eps : float, optional
@@ -269,6 +272,9 @@ class CosineAnnealingLR(_Schedule):
     ----------
     optimizer : Optimizer
     T_max : int
+        Epochs from ``base_lr`` down to ``eta_min``; the rate stays at
+        ``eta_min`` after them (PyTorch's rises again, as a cosine of period
+        ``2 T_max``: restart explicitly if you want that).
     eta_min : float, optional
     """
 
@@ -278,7 +284,8 @@ class CosineAnnealingLR(_Schedule):
         self.eta_min = as_real(eta_min, "CosineAnnealingLR: eta_min", lo=0.0)
 
     def get_lr(self) -> float:
-        """``eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``."""
+        """``eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2`` with
+        ``t = min(epoch, T_max)``."""
         t = min(self.epoch, self.T_max)
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t
                                                                             / self.T_max)) / 2

@@ -11,6 +11,7 @@ structure for the kernels.
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from functools import cached_property
 
@@ -484,7 +485,9 @@ def save_pattern(path, pattern: Pattern) -> None:
     pattern : Pattern
     """
     if not isinstance(pattern, Pattern):
-        raise TypeError(f"pattern must be a Pattern, got {type(pattern).__name__}")
+        order = (" (the path comes first: save_pattern(path, pattern))"
+                 if isinstance(pattern, (str, os.PathLike)) else "")
+        raise TypeError(f"pattern must be a Pattern, got {type(pattern).__name__}{order}")
     write_atomically(written_path(path), dict(
         format=np.array(_FORMAT), shape=np.array(pattern.shape, dtype=INDEX),
         n_params=np.array(pattern.n_params, dtype=INDEX), rows=pattern.rows,

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from ._validate import INDEX, as_axis, as_perm, as_positive_int
+from ._validate import INDEX, as_axis, as_perm, as_positive_int, axis_hint
 
 __all__ = [
     "identity", "compose", "inverse", "apply", "from_cycles", "to_cycles", "random",
@@ -99,7 +99,10 @@ def apply(p, x, axis: int = -1) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension to permute")
-    axis = as_axis(axis, x.ndim)
+    given, axis = axis, as_axis(axis, x.ndim)
+    if isinstance(p, (np.ndarray, list, tuple)) and np.ndim(p) == 1 and len(p) != x.shape[axis]:
+        raise ValueError(f"p permutes {len(p)} points but x has {x.shape[axis]} entries along "
+                         f"axis {given} (shape {x.shape}){axis_hint(x.shape, len(p))}")
     p = as_perm(p, "p", n=x.shape[axis])
     inv = np.empty_like(p)
     inv[p] = np.arange(p.shape[0], dtype=INDEX)

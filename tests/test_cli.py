@@ -94,6 +94,10 @@ def test_bad_specs(capsys, spec, message):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and spec in err
+    # the usage shown is the subcommand's, whose options the user can fix
+    assert err.startswith("usage: python -m paramshare_nb explain")
+    if spec.startswith("grid:"):
+        assert "(e.g. grid:4x5)" in err or "whole number" not in err
 
 
 def test_parse_spec_errors_are_value_errors():
@@ -191,3 +195,4 @@ def test_bench_refuses_bad_options_before_timing(capsys, options, message):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert err.startswith("usage: python -m paramshare_nb bench")

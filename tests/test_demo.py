@@ -85,7 +85,7 @@ def test_run_checks_options_too():
         demo.run(parser.parse_args(["--quick", "--epochs", "0"]))
 
 
-def test_threads_never_exceed_numbas_cap():
+def test_threads_never_exceed_numbas_cap(capsys):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     import numba
 
@@ -94,5 +94,7 @@ def test_threads_never_exceed_numbas_cap():
     cap = numba.config.NUMBA_NUM_THREADS
     with demo._threads(cap + 62):  # --threads 64 on 2 cores ran BLAS on 64 threads
         assert numba.get_num_threads() == cap
+        assert f"--threads {cap + 62} is more than the {cap} numba may use" in \
+            capsys.readouterr().err
         blas = threadpoolctl.threadpool_info()
         assert all(p["num_threads"] <= cap for p in blas if p["user_api"] == "blas")

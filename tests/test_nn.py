@@ -201,7 +201,8 @@ def test_layer_errors(d4):
         layer(np.ones((4, 16, 3), np.float32))
     with pytest.raises(TypeError, match="EquivariantLinear.*dtype float64 does not match"):
         layer(np.ones((4, 16, 2)))
-    with pytest.raises(TypeError, match=r"use x.astype\(np.float32\)$"):  # no model.astype(int)
+    with pytest.raises(TypeError, match=r"use np.asarray\(x, dtype=np.float32\) \(x.astype for "
+                                        r"a Tensor\)$"):  # no model.astype(int)
         layer(Tensor(np.ones((4, 16, 2), np.int64)))
     with pytest.raises(TypeError, match=r"EquivariantLinear\(N=16.*must be a Tensor or an "
                                         r"array, got str"):
@@ -526,3 +527,50 @@ def test_sequential_slices_share_modules():
     assert len(model[::-1]) == 3 and model[-1] is model[2]
     with pytest.raises(TypeError, match="0-d"):
         len(ps.Tensor(np.float64(1.0)))
+
+
+class _Blocks(nn.Module):
+    def __init__(self, act, container):
+        super().__init__()
+        self.blocks = container(nn.EquivariantLinear(act, 1, 1, rng=k) for k in range(3))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_module_list_registers_its_modules_and_a_plain_list_warns(tmp_path):
+    act = ps.Action.same(ps.groups.cyclic(4))
+    model = _Blocks(act, nn.ModuleList)
+    names = [name for name, _ in model.named_parameters()]
+    assert names == [f"blocks.{k}.{p}" for k in range(3) for p in ("weight", "bias")]
+    x = np.ones((2, 4, 1), np.float32)
+    expected = model.blocks[2](model.blocks[1](model.blocks[0](x))).data
+    np.testing.assert_array_equal(model(x).data, expected)
+    assert isinstance(model.blocks[1:], nn.ModuleList) and model.blocks[1:][0] is model.blocks[1]
+    checkpoint.load(checkpoint.save(tmp_path / "m", model), _Blocks(act, nn.ModuleList))
+    with pytest.raises(TypeError, match="ModuleList: item 3 is a int, not a Module"):
+        model.blocks.append(3)
+    with pytest.raises(TypeError, match="ModuleList has no forward"):
+        model.blocks(x)
+    listed = _Blocks(act, list)  # the silent miss: an optimizer would skip these layers
+    with pytest.warns(UserWarning, match="_Blocks.blocks is a plain list holding modules"):
+        assert listed.parameters() == []
+
+
+def test_user_mistakes_get_messages_that_say_the_fix(tmp_path):
+    act = ps.Action.same(ps.groups.cyclic(4))
+    model = _model(act, 0)
+    with pytest.raises(TypeError, match=r"checkpoint.save: model must be an nn.Module, got str "
+                                         r"\(the path comes first"):
+        checkpoint.save(model, str(tmp_path / "m.npz"))
+    with pytest.raises(TypeError, match=r"checkpoint.load: .* \(the path comes first"):
+        checkpoint.load(model, str(tmp_path / "m.npz"))
+    with pytest.raises(TypeError, match=r"np.asarray\(x, dtype=np.float32\)"):
+        model([[[1.0]] * 4])  # a list of float64
+    loss = nn.mse(model(np.ones((1, 4, 1), np.float32)), np.zeros((1, 4, 2), np.float32))
+    assert float(loss) == loss.item() and isinstance(float(loss), float)
+    assert int(ps.Tensor(np.array([2.7]))) == 2
+    with pytest.raises(ValueError, match="has 2 elements, not one"):
+        float(ps.Tensor(np.ones(2)))

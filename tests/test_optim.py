@@ -224,3 +224,10 @@ def test_numbers_users_pass_are_still_taken():
         optim.SGD(p, lr=0.1, momentum=0.5, nesterov=np.array([1, 0]))
     with pytest.raises(ValueError, match="non-negative int seed"):  # a ValueError, as numpy's
         nn.Dropout(0.5, rng=-1)
+
+
+def test_a_model_stands_for_its_parameters():
+    model = nn.Sequential(nn.Linear(3, 2, rng=0), nn.ReLU(), nn.Linear(2, 1, rng=1))
+    for make in (optim.SGD, optim.Adam, optim.AdamW):
+        opt = make(model, lr=0.1)
+        assert [id(p) for p in opt.params] == [id(p) for p in model.parameters()]

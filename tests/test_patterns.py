@@ -235,6 +235,8 @@ def test_save_load_round_trip(tmp_path):
     # a missing folder is named, not the temporary file the save writes first
     with pytest.raises(FileNotFoundError, match=r"its folder .*no_such' does not exist"):
         ps.save_pattern(tmp_path / "no_such" / "p.npz", pat)
+    with pytest.raises(TypeError, match=r"got str \(the path comes first: save_pattern\(path"):
+        ps.save_pattern(pat, str(path))  # torch.save's order
 
 
 def test_patterns_are_immutable_and_pickle_without_their_caches():
@@ -487,3 +489,15 @@ def test_designs_are_kept_on_their_action():
         np.testing.assert_array_equal(other.gens_in, act.gens_in)
         assert not other.gens_out.flags.writeable
         assert ps.dense_pattern(other) == ps.dense_pattern(act)
+
+
+def test_axis_errors_point_at_the_axis_that_fits():
+    # (batch, N, channels) data with the default axis=-1: the message names axis=-2
+    act = deep_sets(6)
+    with pytest.raises(ValueError, match=r"along axis -1, got shape \(8, 6, 3\); pass axis=-2"):
+        ps.equivariance_error(lambda a: a, act, np.ones((8, 6, 3)))
+    with pytest.raises(ValueError, match=r"p permutes 6 points but x has 3 entries along axis -1 "
+                                         r"\(shape \(8, 6, 3\)\); pass axis=-2"):
+        ps.perm.apply(np.arange(6)[::-1], np.ones((8, 6, 3)))
+    with pytest.raises(ValueError, match=r"along axis -1 \(shape \(8, 6, 3\)\)$"):
+        ps.perm.apply([1, 0], np.ones((8, 6, 3)))  # no axis has 2 entries: no hint

@@ -89,6 +89,13 @@ def backward(root, grad=None) -> None:
     RuntimeError
         When ``root`` does not require a gradient, or is not a scalar and no
         ``grad`` is given.
+
+    Notes
+    -----
+    Gradients accumulate in the leaves' ``.grad``, and the graph is kept: a
+    second ``backward`` from the same root adds the same gradients again
+    (PyTorch frees the graph and refuses unless ``retain_graph=True``).
+    Call ``zero_grad()`` between steps.
     """
     if not root.requires_grad:
         raise RuntimeError("backward: this tensor does not require a gradient (no input had "

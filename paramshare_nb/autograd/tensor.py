@@ -119,6 +119,14 @@ class Tensor:
         """Truth of a one-element tensor; ambiguous for more, as for numpy arrays."""
         return bool(self.numpy())
 
+    def __float__(self) -> float:
+        """``float(loss)``: the value of a one-element tensor (:meth:`item`)."""
+        return float(self.item())
+
+    def __int__(self) -> int:
+        """``int(t)`` of a one-element tensor, truncated as ``int`` of a float."""
+        return int(self.item())
+
     def item(self) -> float:
         """The single value of a one-element tensor as a Python number."""
         if self.size != 1:

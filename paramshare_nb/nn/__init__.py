@@ -12,6 +12,7 @@ from .layers import (
     Identity,
     LeakyReLU,
     Linear,
+    ModuleList,
     OrbitPool,
     ReLU,
     Sequential,
@@ -21,6 +22,6 @@ from .layers import (
 from .losses import cross_entropy, mse
 from .module import Module, Parameter
 
-__all__ = ["Module", "Parameter", "EquivariantLinear", "Linear", "Sequential", "OrbitPool",
-           "Flatten", "Identity", "Dropout", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU",
-           "cross_entropy", "mse"]
+__all__ = ["Module", "Parameter", "EquivariantLinear", "Linear", "Sequential", "ModuleList",
+           "OrbitPool", "Flatten", "Identity", "Dropout", "ReLU", "LeakyReLU", "Tanh", "Sigmoid",
+           "GELU", "cross_entropy", "mse"]

@@ -44,7 +44,7 @@ def _check_dtype(x: Tensor, layer: Module, weight) -> None:
                            f"on {weight.device}; use Tensor(x).to('{weight.device}') or "
                            f"model.to('{x.device}')")
     if x.dtype != weight.dtype:
-        fix = f"x.astype(np.{weight.dtype})"
+        fix = f"np.asarray(x, dtype=np.{weight.dtype}) (x.astype for a Tensor)"
         if x.dtype in (np.float32, np.float64):  # a model holds float32 or float64 only
             fix += f" or model.astype(np.{x.dtype})"
         raise TypeError(f"{_label(layer)}: input dtype {x.dtype} does not match the layer's "
@@ -228,7 +228,69 @@ class Linear(Module):
         return y + self.bias if self.bias is not None else y
 
 
-class Sequential(Module):
+class ModuleList(Module):
+    """Sub-modules held by position, registered as a model's own.
+
+    A plain Python list of layers on a model is not walked:
+    ``parameters()``, the optimizers, checkpoints and ``to`` would miss
+    theirs (the model warns).  Iterate over a ``ModuleList`` in ``forward``;
+    :class:`Sequential` is one that feeds each module's output to the next.
+
+    Parameters
+    ----------
+    modules : iterable of Module, optional
+
+    Examples
+    --------
+    >>> import paramshare_nb as ps
+    >>> blocks = ps.nn.ModuleList(ps.nn.Linear(4, 4) for _ in range(3))
+    >>> len(blocks), len(blocks.parameters())
+    (3, 6)
+    """
+
+    def __init__(self, modules=()):
+        super().__init__()
+        self._n = 0
+        self.extend(modules)
+
+    def append(self, module: Module):
+        """Add ``module`` at the end; returns this container."""
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}: item {self._n} is a "
+                            f"{type(module).__name__}, not a Module")
+        setattr(self, str(self._n), module)
+        self._n += 1
+        return self
+
+    def extend(self, modules):
+        """Add each of ``modules`` at the end; returns this container."""
+        for m in modules:
+            self.append(m)
+        return self
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i) -> Module:
+        """The ``i``-th module; a slice gives a container of the same (shared) modules."""
+        if isinstance(i, slice):
+            return self._of([self[k] for k in range(self._n)[i]])
+        return getattr(self, str(range(self._n)[i]))
+
+    def __iter__(self):
+        return (self[i] for i in range(self._n))
+
+    @staticmethod
+    def _of(modules):
+        return ModuleList(modules)
+
+    def forward(self, x):
+        """A list has no forward of its own: iterate over it, or use :class:`Sequential`."""
+        raise TypeError("ModuleList has no forward: call its modules in your model's forward, "
+                        "or use nn.Sequential to chain them")
+
+
+class Sequential(ModuleList):
     """Apply modules one after the other.
 
     Parameters
@@ -237,24 +299,11 @@ class Sequential(Module):
     """
 
     def __init__(self, *modules):
-        super().__init__()
-        for i, m in enumerate(modules):
-            if not isinstance(m, Module):
-                raise TypeError(f"Sequential: item {i} is a {type(m).__name__}, not a Module")
-            setattr(self, str(i), m)
-        self._n = len(modules)
+        super().__init__(modules)
 
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, i) -> Module:
-        """The ``i``-th module; a slice gives a Sequential of the same (shared) modules."""
-        if isinstance(i, slice):
-            return Sequential(*(self[k] for k in range(self._n)[i]))
-        return getattr(self, str(range(self._n)[i]))
-
-    def __iter__(self):
-        return (self[i] for i in range(self._n))
+    @staticmethod
+    def _of(modules):
+        return Sequential(*modules)
 
     def forward(self, x):
         """Feed ``x`` through every module in turn."""

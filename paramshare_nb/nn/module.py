@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -20,6 +21,11 @@ def float_dtype(dtype, where: str) -> np.dtype:
     return dt
 
 __all__ = ["Module", "Parameter"]
+
+
+def _holds_module(container) -> bool:
+    items = container.values() if isinstance(container, dict) else container
+    return any(isinstance(v, Module) for v in items)
 
 
 class Parameter(Tensor):
@@ -69,6 +75,11 @@ class Module:
         for name, value in vars(self).items():
             if isinstance(value, Module):
                 yield name, value
+            elif isinstance(value, (list, tuple, dict)) and _holds_module(value):
+                warnings.warn(f"{type(self).__name__}.{name} is a plain {type(value).__name__} "
+                              f"holding modules: their parameters are not found (not "
+                              f"trained, saved or moved); hold them in an nn.ModuleList",
+                              UserWarning, stacklevel=3)
 
     def named_modules(self, prefix: str = ""):
         """Yield ``(name, module)`` for this module and every sub-module."""
