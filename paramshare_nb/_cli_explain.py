@@ -5,8 +5,8 @@ A spec is ``NAME:ARGS``:
 ==================  ===========================================================
 ``cyclic:n``        ``C_n`` rotating ``n`` points
 ``dihedral:n``      ``D_n`` on the vertices of an ``n``-gon
-``symmetric:n``     ``S_n`` on ``n <= 64`` points (``deepsets:n`` is an alias)
-``alternating:n``   ``A_n`` on ``n <= 64`` points
+``symmetric:n``     ``S_n`` on ``n <= 512`` points (``deepsets:n`` is an alias)
+``alternating:n``   ``A_n`` on ``n <= 512`` points
 ``square:h``        ``D_4`` on the pixels of an ``h x h`` image
 ``rotations:h``     ``C_4`` on the pixels of an ``h x h`` image
 ``grid:h x w``      periodic translations of an ``h x w`` grid (``grid:4x5``)
@@ -42,10 +42,10 @@ SPECS = {
 
 #: Upper bound on the points a spec may name: keeps the CLI interactive.
 MAX_POINTS = 4096
-#: Points of S_n and A_n: their stabilizer chains take seconds past this (the whole
-#: explanation, mostly computing the order: S_64 0.06 s, S_128 0.6 s, A_128 1.7 s; the
-#: chain grows about as n**4, S_256's alone takes 8 s).
-MAX_SYMMETRIC = 128
+#: Points of S_n and A_n: their stabilizer chains hold about 4 n**3 bytes (S_512's, 0.5
+#: GB), which also sets the time (the whole explanation: S_128 0.05 s, S_512 3.1 s, A_512
+#: 3.5 s).
+MAX_SYMMETRIC = 512
 #: ``regular:`` prefixes one spec may nest.
 MAX_NESTING = 4
 
@@ -128,8 +128,8 @@ def parse_spec(spec: str) -> tuple[str, np.ndarray]:
             raise SpecError(f"{spec} names {points} points, more than {MAX_POINTS}")
         if name in ("symmetric", "deepsets", "alternating") and size > MAX_SYMMETRIC:
             raise SpecError(f"{spec}: S_n and A_n are explained up to {MAX_SYMMETRIC} points "
-                            f"here (their stabilizer chains take seconds past that); call "
-                            f"ps.explain on the action for more")
+                            f"here (their stabilizer chains take seconds and GBs past that); "
+                            f"call ps.explain on the action for more")
         if name == "cyclic":
             desc, gens = f"C_{size} rotating {size} points", groups.cyclic(size)
         elif name == "dihedral":

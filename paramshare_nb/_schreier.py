@@ -7,6 +7,12 @@ orbit point (``u[b_l] == point``).  Then ``|G| = prod |orbit_l|`` exactly,
 membership is a sift through the levels, and a uniformly random element is a
 product of random representatives.  The group is never enumerated.
 
+A transitive group on 8 points or more is first tried by random
+Schreier–Sims (:meth:`StabChain._random_phase`): the chain's order is
+``|G|`` at most, so reaching ``n!`` (``n!/2``) proves the group is ``S_n``
+(``A_n``) and the chain complete.  Every other chain is completed by the
+deterministic algorithm, which checks every Schreier generator.
+
 Permutations are int64 arrays; ``(p * q)[i] = p[q[i]]`` is ``p[q]``.
 """
 
@@ -17,6 +23,7 @@ import math
 import numpy as np
 
 from . import config
+from ._kernels.groups_cpu import _orbits
 from ._kernels.schreier_cpu import _fill_rows, _first_failure, _orbit_extend, _sift
 from ._validate import bytes_text
 
@@ -45,6 +52,52 @@ def _cut(a: np.ndarray, rows: int) -> np.ndarray:
     """``a``'s first ``rows`` rows, copied only when ``a`` has more (a regular group's
     single level on 10,000 points is 800 MB, written in one step without spare rows)."""
     return a if a.shape[0] == rows else a[:rows].copy()
+
+
+#: Points from which a transitive group's chain is first tried by random Schreier–Sims
+#: (:meth:`StabChain._random_phase`), to stop when its order reaches ``n!`` (or ``n!/2``):
+#: deterministic Schreier–Sims grows about as n**4 on S_n (S_128 0.5 s, S_256 8 s), where
+#: ``S_n`` and ``A_n`` are proven by their order alone.  Smaller groups keep the chains
+#: they always had.
+_RANDOM_FROM = 8
+#: Random elements in a row that strip to the identity before the random phase gives up
+#: (a group below the bound), and the seed that makes its chains reproducible.  A chain
+#: short of S_n's by its last level (2 points) strips half of them: at 8 S_512 gave up
+#: once in a while and took a minute to verify deterministically; at 32 it gives up
+#: about once in 4 billion chains.  A group below the bound pays 32 sifts.
+_PATIENCE = 32
+_SEED = 2017
+
+
+def _giant_bound(gens: np.ndarray) -> int | None:
+    """``n!``, or ``n!/2`` when every generator is even: the order of a transitive group on
+    ``n`` points at most, reached by ``S_n`` and ``A_n`` alone; ``None`` for a group that
+    is not transitive."""
+    n = gens.shape[1]
+    if gens.shape[0] == 0 or _orbits(gens).max() != 0:
+        return None
+    # a permutation is even when n minus its number of cycles is
+    even = all((n - int(_orbits(g[None]).max()) - 1) % 2 == 0 for g in gens)
+    return math.factorial(n) // (2 if even else 1)
+
+
+def _random_elements(gens: np.ndarray, rng: np.random.Generator):
+    """Random elements of the group of ``gens``, by product replacement with an
+    accumulator (Celler, Leedham-Green, Murray, Niemeyer and O'Brien 1995, with Leedham-
+    Green's "rattle"): ten slots start as the generators, each step multiplies one slot by
+    another or its inverse, and the accumulator by the new slot.  Close to uniform after
+    the 50 warm-up steps; randomness only sets the speed here, never the result."""
+    slots = [gens[i % len(gens)].copy() for i in range(max(10, len(gens)))]
+    acc = np.arange(gens.shape[1], dtype=np.int64)
+    step = 0
+    while True:
+        i, j = rng.choice(len(slots), size=2, replace=False)
+        other = slots[j] if rng.random() < 0.5 else _inverse(slots[j])
+        slots[i] = slots[i][other]
+        acc = acc[slots[i]]
+        step += 1
+        if step > 50:
+            yield acc
 
 
 class _Level:
@@ -118,7 +171,9 @@ class StabChain:
                 self._add_strong(g, 0)
         for depth in range(len(self.levels)):
             self.rebuild(depth)
-        self._complete()
+        bound = _giant_bound(gens) if n >= _RANDOM_FROM else None
+        if bound is None or self.order() < bound and not self._random_phase(gens, bound):
+            self._complete()
         self._cut_to_size()
 
     def _new_level(self, point: int) -> None:
@@ -138,9 +193,13 @@ class StabChain:
     def _take_rows(self, k: int) -> int:
         """The first of ``k`` new pool rows (reserved already)."""
         start = self._used
-        self._pool = _with_room(self._pool, start + k, config.max_bytes // (8 * max(self.n, 1)))
+        self._pool = _with_room(self._pool, start + k, self._row_limit())
         self._used += k
         return start
+
+    def _row_limit(self) -> int:
+        """Pool rows within ``config.max_bytes``: spare rows stop there."""
+        return config.max_bytes // (8 * max(self.n, 1))
 
     def _reserve(self, rows: int) -> None:
         """Account for ``rows`` more rows of ``n`` int64; refuse past ``config.max_bytes``."""
@@ -237,16 +296,47 @@ class StabChain:
         if reached < 0:
             level.checked = (level.orbit_size, ids.shape[0])
             return None
-        # A new strong generator: it fixes the first `depth + 1` base points.
-        self._add_strong(residue, depth + 1)
-        top = depth + 1
-        while top < len(self.levels) and (
-            residue[self.levels[top].point] == self.levels[top].point
-        ):
+        return self._insert(residue, depth + 1)  # it fixes the first `depth + 1` base points
+
+    def _insert(self, g: np.ndarray, start: int) -> int:
+        """Add strong generator ``g``, which fixes the base points before ``start``, and
+        extend the orbits of the levels it joins; returns the last of them."""
+        self._add_strong(g, start)
+        top = start
+        while top < len(self.levels) and g[self.levels[top].point] == self.levels[top].point:
             top += 1
-        for d in range(depth + 1, min(top, len(self.levels) - 1) + 1):
+        for d in range(start, min(top, len(self.levels) - 1) + 1):
             self.rebuild(d)
         return min(top, len(self.levels) - 1)
+
+    def _random_phase(self, gens: np.ndarray, bound: int) -> bool:
+        """Random Schreier–Sims: sift random elements, keep each residue that does not
+        strip as a strong generator, until the chain's order reaches ``bound`` (an upper
+        bound on ``|G|``: then the chain is complete, as its order is ``|G|`` at most and
+        grows to it only when complete) or :data:`_PATIENCE` elements in a row strip
+        to the identity.  Whether the bound was reached; if not, :meth:`_complete`
+        verifies from here."""
+        # S_n's chain has orbits of n, n - 1, ..., 2 points (A_n's stop at 3): sized for
+        # them up front, the pool is neither copied as it grows nor cut at the end (S_256:
+        # 0.11 s copying 67 MB, and again when cut)
+        n = self.n
+        giant_rows = n * (n + 1) // 2 - (1 if bound == math.factorial(n) else 3)
+        limit = self._row_limit()  # a hint: _reserve refuses what does not fit
+        self._pool = _with_room(self._pool, min(giant_rows, limit), limit)
+        elements = _random_elements(gens, np.random.default_rng(_SEED))
+        misses = 0
+        while misses < _PATIENCE:
+            residue, reached = self.sift(next(elements))
+            if reached == len(self.levels) and np.array_equal(residue, self.identity):
+                misses += 1
+                continue
+            misses = 0
+            self._insert(residue, reached)
+            # the product of 500 orbit sizes is no test to repeat 1000 times (0.26 s for
+            # S_512): the order reaches the bound only with the giant's rows
+            if self._used >= giant_rows and self.order() == bound:
+                return True
+        return False
 
     # -- queries -------------------------------------------------------------
     @property
@@ -272,8 +362,11 @@ class StabChain:
         return reached == len(self.levels) and bool(np.array_equal(residue, self.identity))
 
     def level_generators(self, depth: int) -> np.ndarray:
-        """Strong generators of the stabilizer of the first ``depth`` base points."""
-        ids = self.levels[depth].gen_ids if depth < len(self.levels) else []
+        """Strong generators of the stabilizer of the first ``depth`` base points: those
+        held at level ``depth`` or below (a residue joins the levels from the first base
+        point it moves, not the levels above, whose points it fixes too; random residues
+        alone at deeper levels generate the rest of S_8's stabilizer of a point)."""
+        ids = sorted({i for level in self.levels[depth:] for i in level.gen_ids})
         if not ids:
             return np.zeros((0, self.n), dtype=np.int64)
         unique = {g.tobytes(): g for g in self._strong[ids]}

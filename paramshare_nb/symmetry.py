@@ -806,11 +806,12 @@ def _as_pattern_list(patterns):
     return pats
 
 
-def _find_witness(sym: SymmetryGroup, chain: StabChain | None):
-    """A generator of ``sym`` outside the group of ``chain`` (per part), or None."""
+def _find_witness(sym: SymmetryGroup, contains):
+    """A generator of ``sym`` outside ``G`` (per part), or None; ``contains`` tests a
+    permutation of all parts' points for membership of ``G`` (None: ``G`` is trivial)."""
     offs = sym._offsets
     for gamma in sym.generators:
-        if chain is None or not chain.contains(np.asarray(gamma)):
+        if contains is None or not contains(np.asarray(gamma)):
             return tuple(np.array(gamma[offs[i]:offs[i + 1]] - offs[i])
                          for i in range(len(sym.sizes)))
     return None
@@ -865,7 +866,7 @@ def is_uniquely_equivariant(pattern, action, max_nodes: int | None = None) -> Un
     sym = symmetry_group(pat, max_nodes=max_nodes)
     g_order = act.order()
     unique = equivariant and sym.order == g_order
-    witness = None if unique else _find_witness(sym, _group_chain(act.joint))
+    witness = None if unique else _find_witness(sym, act._contains_joint)
     return UniquenessResult(unique, equivariant, g_order, sym.order, witness, sym)
 
 
@@ -911,7 +912,7 @@ def is_uniquely_equivariant_layers(patterns, actions,
     chain = _group_chain(joint)
     g_order = 1 if chain is None else chain.order()
     unique = equivariant and sym.order == g_order
-    witness = None if unique else _find_witness(sym, chain)
+    witness = None if unique else _find_witness(sym, None if chain is None else chain.contains)
     return UniquenessResult(unique, equivariant, g_order, sym.order, witness, sym)
 
 

@@ -138,10 +138,10 @@ def test_help_lists_all_commands(capsys):
 
 @pytest.mark.parametrize("spec, match", [
     ("cyclic:" + "9" * 5000, "5000-digit size"),  # int() refuses past 4300 digits
-    ("regular:symmetric:400", "up to 128 points"),  # its order alone took minutes
+    ("regular:symmetric:600", "up to 512 points"),  # its order alone took minutes
     ("regular:symmetric:7", "more than 4096 elements"),  # counted up to the bound only
-    ("symmetric:4096", "up to 128 points"),  # a MemoryError traceback after 13 s
-    ("alternating:129", "up to 128 points"),
+    ("symmetric:4096", "up to 512 points"),  # a MemoryError traceback after 13 s
+    ("alternating:513", "up to 512 points"),
     ("regular:" * 1200 + "cyclic:3", "nested regular"),  # a RecursionError
 ])
 def test_explain_refuses_large_specs_at_once(spec, match):

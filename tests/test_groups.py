@@ -95,6 +95,45 @@ def test_regular_and_semiregular():
     assert not ps.is_semiregular(groups.symmetric(3))
 
 
+# from 8 points a transitive group's chain starts with random Schreier-Sims, proven by the
+# order n! (n!/2) or else completed deterministically: random generators give S_n and A_n
+# mostly, other transitive groups and intransitive ones now and then
+transitive_sized = st.integers(8, 11).flatmap(
+    lambda n: st.lists(st.permutations(list(range(n))), min_size=1, max_size=3))
+
+
+@given(transitive_sized)
+@settings(max_examples=25, deadline=None)
+def test_random_schreier_sims_against_sympy(gens):
+    _check_chain_against_sympy(np.array(gens))
+
+
+@pytest.mark.parametrize("gens", [
+    groups.dihedral(10),  # transitive, far below 10!: the random phase gives up
+    np.array([perm.from_cycles("(0 1 2 3 4 5 6)", 8), perm.from_cycles("(1 2 4)(3 6 5)", 8),
+              perm.from_cycles("(0 7)(1 3)(2 6)(4 5)", 8)]),  # AGammaL(1, 8): order 168
+    groups.symmetric(9)[[1, 0]],  # S_9, generators in the other order
+    groups.alternating(10),
+], ids=["dihedral10", "agammal1_8", "symmetric9", "alternating10"])
+def test_random_phase_giving_up_anywhere_is_completed(gens, monkeypatch):
+    from paramshare_nb import _schreier
+    for patience in (1, 2, 32):  # 1: it gives up at the first element that strips
+        monkeypatch.setattr(_schreier, "_PATIENCE", patience)
+        groups._CHAINS.clear()
+        _check_chain_against_sympy(np.asarray(gens))
+
+
+def _check_chain_against_sympy(gens):
+    n = gens.shape[1]
+    ref = sympy_group(gens, n)
+    assert ps.order(gens) == ref.order()
+    rng = np.random.default_rng(0)
+    for g in [perm.random(n, rng=rng) for _ in range(3)] + list(groups.random_element(gens, 3, 1)):
+        assert ps.contains(gens, g) == ref.contains(Permutation(list(map(int, g))))
+    for i in (0, n - 1):  # the stabilizer's strong generators generate all of it
+        assert ps.order(ps.stabilizer(gens, i), n=n) == ref.stabilizer(i).order()
+
+
 def test_stabilizer_and_membership():
     s5 = groups.symmetric(5)
     st_ = ps.stabilizer(s5, 3)
