@@ -43,8 +43,8 @@ SPECS = {
 #: Upper bound on the points a spec may name: keeps the CLI interactive.
 MAX_POINTS = 4096
 #: Points of S_n and A_n: their stabilizer chains hold about 4 n**3 bytes (S_512's, 0.5
-#: GB), which also sets the time (the whole explanation: S_128 0.05 s, S_512 3.1 s, A_512
-#: 3.5 s).
+#: GB), which also sets the time (the whole explanation: S_128 0.06 s, S_512 2.4 s, A_512
+#: 3.0 s).
 MAX_SYMMETRIC = 512
 #: ``regular:`` prefixes one spec may nest.
 MAX_NESTING = 4

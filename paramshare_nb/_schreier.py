@@ -57,16 +57,18 @@ def _cut(a: np.ndarray, rows: int) -> np.ndarray:
 #: Points from which a transitive group's chain is first tried by random Schreier–Sims
 #: (:meth:`StabChain._random_phase`), to stop when its order reaches ``n!`` (or ``n!/2``):
 #: deterministic Schreier–Sims grows about as n**4 on S_n (S_128 0.5 s, S_256 8 s), where
-#: ``S_n`` and ``A_n`` are proven by their order alone.  Smaller groups keep the chains
-#: they always had.
+#: ``S_n`` and ``A_n`` are proven by their order alone.  Smaller and intransitive groups
+#: keep the chains they always had.
 _RANDOM_FROM = 8
 #: Random elements in a row that strip to the identity before the random phase gives up
 #: (a group below the bound), and the seed that makes its chains reproducible.  A chain
 #: short of S_n's by its last level (2 points) strips half of them: at 8 S_512 gave up
 #: once in a while and took a minute to verify deterministically; at 32 it gives up
-#: about once in 4 billion chains.  A group below the bound pays 32 sifts.
+#: about once in 4 billion chains.  A group below the bound pays the 32 sifts and the
+#: warm-up: 0.2 ms for D_8 (0.07 ms before).
 _PATIENCE = 32
 _SEED = 2017
+_WARM_UP = 30  # product replacement steps before the first element
 
 
 def _giant_bound(gens: np.ndarray) -> int | None:
@@ -86,18 +88,22 @@ def _random_elements(gens: np.ndarray, rng: np.random.Generator):
     accumulator (Celler, Leedham-Green, Murray, Niemeyer and O'Brien 1995, with Leedham-
     Green's "rattle"): ten slots start as the generators, each step multiplies one slot by
     another or its inverse, and the accumulator by the new slot.  Close to uniform after
-    the 50 warm-up steps; randomness only sets the speed here, never the result."""
+    the warm-up; randomness only sets the speed here, never the result.  The draws come
+    64 steps at a time (one generator call each: 10 us per step drawn one by one)."""
     slots = [gens[i % len(gens)].copy() for i in range(max(10, len(gens)))]
+    k = len(slots)
     acc = np.arange(gens.shape[1], dtype=np.int64)
     step = 0
     while True:
-        i, j = rng.choice(len(slots), size=2, replace=False)
-        other = slots[j] if rng.random() < 0.5 else _inverse(slots[j])
-        slots[i] = slots[i][other]
-        acc = acc[slots[i]]
-        step += 1
-        if step > 50:
-            yield acc
+        # slot i, another slot j != i, and whether to take j's inverse
+        draws = rng.integers(0, [k, k - 1, 2], size=(64, 3))
+        for i, j, invert in draws.tolist():
+            j += j >= i
+            slots[i] = slots[i][_inverse(slots[j]) if invert else slots[j]]
+            acc = acc[slots[i]]
+            step += 1
+            if step > _WARM_UP:
+                yield acc
 
 
 class _Level:
@@ -164,6 +170,7 @@ class StabChain:
         self._strong_inv = np.empty((0, n), dtype=np.int64)
         self._n_strong = 0
         self._scratch = np.empty((3, n), dtype=np.int64)  # orbit, parents, via
+        self._room = None  # see _row_limit
         for b in base_prefix:
             self._new_level(int(b))
         for g in gens:
@@ -193,13 +200,29 @@ class StabChain:
     def _take_rows(self, k: int) -> int:
         """The first of ``k`` new pool rows (reserved already)."""
         start = self._used
+        if start + k > self._pool.shape[0] and self._looks_giant():
+            # room for all the rows of S_n's chain at once, as untouched memory: grown by
+            # doubling, S_512's took 1.5 s of copies and first touches of 1 GB
+            try:
+                self._pool = _with_room(self._pool, max(start + k, self._row_limit()))
+            except MemoryError:  # more than the machine will map (a max_bytes set high)
+                pass
         self._pool = _with_room(self._pool, start + k, self._row_limit())
         self._used += k
         return start
 
+    def _looks_giant(self) -> bool:
+        """In the random phase, whether the group acts 2-transitively so far, as S_n and
+        A_n do (and few other groups; a regular one, say on 10,000 points, never)."""
+        n, levels = self.n, self.levels
+        return (self._room is not None and len(levels) > 1 and levels[0].orbit_size == n
+                and levels[1].orbit_size == n - 1)
+
     def _row_limit(self) -> int:
-        """Pool rows within ``config.max_bytes``: spare rows stop there."""
-        return config.max_bytes // (8 * max(self.n, 1))
+        """Pool rows the spare ones stop at: within ``config.max_bytes``, and within
+        the rows a giant's chain has while the random phase looks for one."""
+        limit = config.max_bytes // (8 * max(self.n, 1))
+        return limit if self._room is None else min(limit, self._room)
 
     def _reserve(self, rows: int) -> None:
         """Account for ``rows`` more rows of ``n`` int64; refuse past ``config.max_bytes``."""
@@ -298,14 +321,16 @@ class StabChain:
             return None
         return self._insert(residue, depth + 1)  # it fixes the first `depth + 1` base points
 
-    def _insert(self, g: np.ndarray, start: int) -> int:
+    def _insert(self, g: np.ndarray, start: int, extend_from: int | None = None) -> int:
         """Add strong generator ``g``, which fixes the base points before ``start``, and
-        extend the orbits of the levels it joins; returns the last of them."""
+        extend the orbits of the levels it joins from ``extend_from`` (default ``start``)
+        on; returns the last of them."""
         self._add_strong(g, start)
         top = start
         while top < len(self.levels) and g[self.levels[top].point] == self.levels[top].point:
             top += 1
-        for d in range(start, min(top, len(self.levels) - 1) + 1):
+        first = start if extend_from is None else min(extend_from, len(self.levels) - 1)
+        for d in range(first, min(top, len(self.levels) - 1) + 1):
             self.rebuild(d)
         return min(top, len(self.levels) - 1)
 
@@ -316,27 +341,48 @@ class StabChain:
         grows to it only when complete) or :data:`_PATIENCE` elements in a row strip
         to the identity.  Whether the bound was reached; if not, :meth:`_complete`
         verifies from here."""
-        # S_n's chain has orbits of n, n - 1, ..., 2 points (A_n's stop at 3): sized for
-        # them up front, the pool is neither copied as it grows nor cut at the end (S_256:
-        # 0.11 s copying 67 MB, and again when cut)
+        # S_n's chain has orbits of n, n - 1, ..., 2 points (A_n's stop at 3): the pool
+        # takes that many rows at once when the group looks like one (_take_rows), and
+        # never more (_row_limit), so that a giant's is neither copied as it grows nor
+        # cut at the end
         n = self.n
         giant_rows = n * (n + 1) // 2 - (1 if bound == math.factorial(n) else 3)
-        limit = self._row_limit()  # a hint: _reserve refuses what does not fit
-        self._pool = _with_room(self._pool, min(giant_rows, limit), limit)
+        self._room = giant_rows
+
+        def proven() -> bool:
+            # the product of 500 orbit sizes is no test to repeat 1000 times (0.26 s for
+            # S_512): the order reaches the bound only with the giant's rows
+            return self._used >= giant_rows and self.order() == bound
+
         elements = _random_elements(gens, np.random.default_rng(_SEED))
         misses = 0
-        while misses < _PATIENCE:
+        while True:
+            if misses == _PATIENCE:  # first extend the orbits left behind (see below)
+                rows = self._used
+                for depth in range(len(self.levels)):
+                    self.rebuild(depth)
+                if self._used == rows:  # closed under their generators: give up
+                    break
+                misses = 0
+                if proven():
+                    break
             residue, reached = self.sift(next(elements))
             if reached == len(self.levels) and np.array_equal(residue, self.identity):
                 misses += 1
                 continue
             misses = 0
-            self._insert(residue, reached)
-            # the product of 500 orbit sizes is no test to repeat 1000 times (0.26 s for
-            # S_512): the order reaches the bound only with the giant's rows
-            if self._used >= giant_rows and self.order() == bound:
-                return True
-        return False
+            # from level 1 (0 when it moves b_0), not from `reached`: every level from 1 on
+            # must hold the generators of the levels below it, or the deterministic check
+            # that follows a give-up can pass a chain short of the group (an 8-cycle and
+            # (0 7) gave 34560 for S_8: its level 1 lacked residues held only lower down).
+            # The orbits of the levels it joins above `reached` are extended when a sift
+            # next stops there, or before giving up: S_512 made 197k extensions, most of
+            # them finding nothing, where each residue needs one
+            self._insert(residue, min(reached, 1), extend_from=reached)
+            if proven():
+                break
+        self._room = None
+        return misses < _PATIENCE  # else every orbit is closed, as _complete needs
 
     # -- queries -------------------------------------------------------------
     @property
@@ -362,11 +408,8 @@ class StabChain:
         return reached == len(self.levels) and bool(np.array_equal(residue, self.identity))
 
     def level_generators(self, depth: int) -> np.ndarray:
-        """Strong generators of the stabilizer of the first ``depth`` base points: those
-        held at level ``depth`` or below (a residue joins the levels from the first base
-        point it moves, not the levels above, whose points it fixes too; random residues
-        alone at deeper levels generate the rest of S_8's stabilizer of a point)."""
-        ids = sorted({i for level in self.levels[depth:] for i in level.gen_ids})
+        """Strong generators of the stabilizer of the first ``depth`` base points."""
+        ids = self.levels[depth].gen_ids if depth < len(self.levels) else []
         if not ids:
             return np.zeros((0, self.n), dtype=np.int64)
         unique = {g.tobytes(): g for g in self._strong[ids]}

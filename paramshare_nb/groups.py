@@ -110,7 +110,7 @@ def order(gens, n: int | None = None) -> int:
     points takes a fraction of a second.  A transitive group on 8 points or
     more is first tried by random Schreier–Sims, which stops when the order
     reaches ``n!`` (``n!/2`` for even generators): a proof that the group
-    is ``S_n`` (``A_n``), in 1.8 s for ``S_512``.  Any other group's chain
+    is ``S_n`` (``A_n``), in 1.7 s for ``S_512``.  Any other group's chain
     is completed and verified deterministically, which grows about as
     ``n**4`` where the levels are many (0.9 s for ``S_128`` acting on 256
     points, not transitively; 14 s for ``S_256`` on 512).  The chain holds

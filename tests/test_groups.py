@@ -123,6 +123,19 @@ def test_random_phase_giving_up_anywhere_is_completed(gens, monkeypatch):
         _check_chain_against_sympy(np.asarray(gens))
 
 
+@pytest.mark.parametrize("n, moved", [(8, (0, 7)), (36, (0, 35)), (51, (1, 2))])
+def test_an_n_cycle_and_a_transposition_generate_s_n(n, moved):
+    # the random phase gave these up one level short, and the deterministic check that
+    # followed passed chains of 34560 for S_8 (its residues were missing from level 1)
+    gens = np.array([np.roll(np.arange(n), -1), perm.from_cycles(f"({moved[0]} {moved[1]})", n)])
+    assert ps.order(gens) == math.factorial(n)
+    assert ps.order(ps.stabilizer(gens, 3), n=n) == math.factorial(n - 1)
+    rng = np.random.default_rng(1)
+    assert all(ps.contains(gens, perm.random(n, rng=rng)) for _ in range(20))
+    if n == 8:
+        _check_chain_against_sympy(gens)
+
+
 def _check_chain_against_sympy(gens):
     n = gens.shape[1]
     ref = sympy_group(gens, n)
