@@ -203,8 +203,9 @@ class StabChain:
         if start + k > self._pool.shape[0] and self._looks_giant():
             # room for all the rows of S_n's chain at once, as untouched memory: grown by
             # doubling, S_512's took 1.5 s of copies and first touches of 1 GB
+            limit = self._row_limit()
             try:
-                self._pool = _with_room(self._pool, max(start + k, self._row_limit()))
+                self._pool = _with_room(self._pool, max(start + k, limit), limit)
             except MemoryError:  # more than the machine will map (a max_bytes set high)
                 pass
         self._pool = _with_room(self._pool, start + k, self._row_limit())
