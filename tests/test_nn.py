@@ -552,6 +552,8 @@ def test_module_list_registers_its_modules_and_a_plain_list_warns(tmp_path):
     checkpoint.load(checkpoint.save(tmp_path / "m", model), _Blocks(act, nn.ModuleList))
     with pytest.raises(TypeError, match="ModuleList: item 3 is a int, not a Module"):
         model.blocks.append(3)
+    with pytest.raises(TypeError, match=r"an iterable of modules, got one Linear; pass \[module\]"):
+        nn.ModuleList(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="ModuleList has no forward"):
         model.blocks(x)
     listed = _Blocks(act, list)  # the silent miss: an optimizer would skip these layers

@@ -251,6 +251,9 @@ class ModuleList(Module):
     def __init__(self, modules=()):
         super().__init__()
         self._n = 0
+        if isinstance(modules, Module) and not isinstance(modules, ModuleList):
+            raise TypeError(f"ModuleList takes an iterable of modules, got one "
+                            f"{type(modules).__name__}; pass [module]")
         self.extend(modules)
 
     def append(self, module: Module):
