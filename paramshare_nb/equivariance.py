@@ -128,7 +128,7 @@ def _host_array(value) -> np.ndarray:
                       else value)
 
 
-def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None,
+def equivariance_error(f, action, x, axis: int | None = None, out_axis: int | None = None,
                        n_samples: int = 8, rng=None) -> float:
     """Largest ``|f(g . x) - g . f(x)|`` over random group elements ``g``.
 
@@ -141,8 +141,9 @@ def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None
     x : array_like
         Input with ``N`` entries along ``axis``.
     axis : int, optional
-        Axis of ``x`` that the inputs index (default last; use ``-2`` for
-        ``(batch, N, channels)`` data).
+        Axis of ``x`` that the inputs index.  Default: ``f.index_axis`` when
+        ``f`` has one, as :mod:`paramshare_nb.nn` modules do (``-2``: their
+        data is ``(batch, N, channels)``), else the last.
     out_axis : int, optional
         Axis of ``f(x)`` that the outputs index (default ``axis``).
     n_samples : int, optional
@@ -164,6 +165,8 @@ def equivariance_error(f, action, x, axis: int = -1, out_axis: int | None = None
     x = np.asarray(x)
     n_samples = as_positive_int(n_samples, "n_samples", minimum=0)
     rng = as_rng(rng)
+    if axis is None:  # a layer's channels are last: permuting them measured 7.75, not 0
+        axis = getattr(f, "index_axis", -1)
     out_axis = axis if out_axis is None else out_axis  # the number given, read on f(x)
     given = axis
     axis = as_axis(axis, x.ndim, "axis")

@@ -440,6 +440,14 @@ def test_tensors_where_arrays_are_expected():
     x = np.random.default_rng(0).standard_normal((2, 3, 1)).astype(np.float32)
     assert ps.equivariance_error(layer, act, x, axis=-2) < 1e-5
     other = nn.EquivariantLinear(act, 1, 2, rng=1)
+    # with as many channels as points, the default axis was the channels': 7.75 measured
+    # for this exactly equivariant layer; a layer's default is its index axis
+    six = ps.Action.same(ps.groups.symmetric(6))
+    square = nn.EquivariantLinear(six, 6, 6, rng=0)
+    x6 = np.random.default_rng(1).standard_normal((8, 6, 6)).astype(np.float32)
+    assert ps.equivariance_error(square, six, x6, rng=0) < 1e-5
+    assert ps.equivariance_error(square, six, x6, axis=-1, rng=0) > 0.1  # the channels
+    assert ps.equivariance_error(lambda a: square(a).numpy(), six, x6, axis=-1, rng=0) > 0.1
     layer.load_state_dict(dict(other.named_parameters()))
     np.testing.assert_array_equal(layer.weight.data, other.weight.data)
     assert bool(ps.Tensor(np.ones(1))) and not bool(ps.Tensor(np.zeros(())))

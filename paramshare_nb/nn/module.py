@@ -57,7 +57,13 @@ class Module:
     ----------
     training : bool
         Whether the module is in training mode (dropout active).
+    index_axis : int
+        The axis of the data that a group permutes: ``-2``, as equivariant
+        data is ``(batch, N, channels)``; :func:`paramshare_nb.equivariance_error`
+        permutes it by default.
     """
+
+    index_axis = -2
 
     def __init__(self):
         self.training = True
