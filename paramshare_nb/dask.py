@@ -337,17 +337,39 @@ def _chunk_gradients(model, xb, yb, loss_fn, weight, seeds):
     params = model.parameters()
     for p in params:
         p.grad = None
-    loss = loss_fn(model(xb), yb)
+    out = model(xb)
+    loss = loss_fn(out, yb)
     if not hasattr(loss, "backward"):
         raise TypeError(f"loss_fn must return a scalar Tensor (the mean over the batch), got "
                         f"{type(loss).__name__}")
     if np.size(loss.data) != 1:
         raise ValueError(f"loss_fn must return a scalar Tensor (the mean over the batch), got "
                          f"shape {np.shape(loss.data)}; reduce it, e.g. with .mean()")
+    _check_mean(loss_fn, out, yb)
     loss.backward()
     grads = [np.zeros(p.shape, dtype=np.float64) if p.grad is None
              else np.asarray(p.grad, dtype=np.float64) * weight for p in params]
     return float(np.asarray(loss.data)) * weight, grads
+
+
+def _check_mean(loss_fn, out, yb):
+    """Refuse a ``loss_fn`` that is not a mean over the batch: the chunks' losses are
+    combined weighted by their share of the batch, which a sum (``reduction="sum"``) makes
+    wrong without a sign (103 samples in chunks of 25 gave 27.8 for a total of 117).  A
+    mean gives one sample and the same sample twice the same loss; a sum twice as much."""
+    from .autograd import Tensor, no_grad
+
+    data = out.data
+    if type(data) is not np.ndarray or data.shape[0] == 0:  # on a GPU, or an empty chunk
+        return
+    with no_grad():
+        once = float(np.asarray(loss_fn(Tensor(data[:1]), yb[:1]).data))
+        twice = float(np.asarray(loss_fn(Tensor(data[[0, 0]]), yb[[0, 0]]).data))
+    if math.isfinite(once) and not math.isclose(once, twice, rel_tol=1e-4, abs_tol=1e-12):
+        raise ValueError(f"loss_fn must be the mean of per-sample losses over its batch: it "
+                         f"gave {once:.6g} for one sample and {twice:.6g} for the same sample "
+                         f"twice (a sum gives twice as much); the chunks are combined weighted "
+                         f"by their share of the batch, so use a mean (reduction='mean')")
 
 
 def _add(*parts):
@@ -429,7 +451,9 @@ def gradients(model, loss_fn, x, y, split_every: int = 4, client=None):
         chunk sizes (call ``.compute_chunk_sizes()``), ``x`` and ``y`` differ
         in batch size, ``split_every < 2``, or the model refuses the shape of
         the samples of ``x`` (tried as in :func:`apply`); and, when the chunks
-        run, a ``loss_fn`` that returns a non-scalar.
+        run, a ``loss_fn`` that returns a non-scalar or is not a mean over its
+        batch (checked on each chunk's first sample, alone and twice: a sum,
+        ``reduction="sum"``, gives twice as much).
     """
     from ._validate import as_positive_int
 

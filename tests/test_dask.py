@@ -164,6 +164,30 @@ def test_gradients_equal_full_batch(problem):
     assert all(p.grad is None for p in model.parameters())  # the model is not touched
 
 
+def test_a_loss_summed_over_the_batch_is_refused(problem):
+    # the chunks are combined weighted by their share: a sum gave 27.8 for a total of 117
+    act, gens, x, y = problem
+    model = _model(act, gens)
+    xd = da.from_array(x[:103], chunks=(25, 6, 2))
+
+    def summed(o, t):
+        return ps.nn.cross_entropy(o, t, reduction="sum")
+    with pytest.raises(ValueError, match=r"loss_fn must be the mean of per-sample losses.* "
+                                         r"same sample twice \(a sum gives twice as much\)"):
+        psd.gradients(model, summed, xd, y[:103])
+    opt = ps.optim.SGD(model, lr=0.1)
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match="mean of per-sample losses"):
+        psd.train_step(model, summed, opt, xd, y[:103])
+    assert all(np.array_equal(b, p.data) for b, p in zip(before, model.parameters()))
+
+    def mean_plus_penalty(o, t):  # a mean and a constant: still decomposes by chunk share
+        return ps.nn.cross_entropy(o, t) + 0.5
+    loss, _ = psd.gradients(model, mean_plus_penalty, xd, y[:103])
+    assert loss == pytest.approx(float(ps.nn.cross_entropy(model(x[:103]), y[:103]).data) + 0.5,
+                                 rel=1e-5)
+
+
 def test_dropout_draws_new_masks_per_chunk_and_step():
     """Chunks copy the model: each must draw its own dropout masks, and the model's
     generator must advance, as in one process (every chunk and step reused one mask)."""
