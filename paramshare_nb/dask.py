@@ -359,9 +359,9 @@ def _check_mean(loss_fn, out, yb):
     mean gives one sample and the same sample twice the same loss; a sum twice as much."""
     from .autograd import Tensor, no_grad
 
-    data = out.data
-    if type(data) is not np.ndarray or data.shape[0] == 0:  # on a GPU, or an empty chunk
-        return
+    data = getattr(out, "data", None)  # a Tensor's array
+    if type(data) is not np.ndarray or data.ndim == 0 or data.shape[0] == 0:
+        return  # on a GPU, not a batch, or an empty chunk
     with no_grad():
         once = float(np.asarray(loss_fn(Tensor(data[:1]), yb[:1]).data))
         twice = float(np.asarray(loss_fn(Tensor(data[[0, 0]]), yb[[0, 0]]).data))
