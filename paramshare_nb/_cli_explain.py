@@ -105,8 +105,8 @@ def parse_spec(spec: str) -> tuple[str, np.ndarray]:
         if spec.lower().count("regular:") > MAX_NESTING:
             raise SpecError(f"{spec[:40]}...: at most {MAX_NESTING} nested regular: prefixes")
         desc, gens = parse_spec(arg)
-        # counted element by element, stopping past the bound: a stabilizer chain of
-        # regular:symmetric:400 would run for minutes before refusing
+        # counted element by element, stopping past the bound, without a stabilizer chain
+        # (regular:symmetric:400's would hold about 4 * 400**3 bytes, 256 MB, to refuse)
         size = groups._order_up_to(gens, MAX_POINTS)
         if size > MAX_POINTS:
             raise SpecError(f"{spec[:60]}: the group has more than {MAX_POINTS} elements")

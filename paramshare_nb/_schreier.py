@@ -112,7 +112,7 @@ class _Level:
     pool of inverse representatives ``u^-1`` (``u[b_l] == point``).
 
     Only ``u^-1`` is kept: sifting only ever applies it, and a ``u`` is one
-    scatter away (:meth:`StabChain.rep`).  The orbit and its representatives
+    scatter away (:func:`_inverse`).  The orbit and its representatives
     only ever grow, and existing representatives never change: a Schreier
     generator verified once stays verified (the subgroup below only grows), so
     :meth:`StabChain._check_level` re-examines only new (point, generator)
