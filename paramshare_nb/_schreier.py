@@ -1,4 +1,4 @@
-"""Stabilizer chains by the deterministic Schreier–Sims algorithm.
+"""Stabilizer chains by the Schreier–Sims algorithm (random first, then deterministic).
 
 A stabilizer chain for ``G`` on ``n`` points is a base ``b_0, b_1, ...`` and,
 per level ``l``, the orbit of ``b_l`` under ``G_l`` (the pointwise
