@@ -951,10 +951,15 @@ def _streaming_grad(pattern, nb, o, k, dtype, nchunks):
     """``run(dy, x, theta, dx, dtheta)``: the streamed small ``W``'s backward in one call."""
     indptr, cols, params = csr_of(pattern)
     complete = _complete(pattern)
-    kernel = small_cpu.small_backward if nchunks > 1 else small_cpu.small_backward.serial
     w_shape = (o, _round_up(k, _lanes(dtype.itemsize)))
-    # each chunk's dW, with vectors along its longer side (small_backward's layouts)
-    part_shape = (nchunks, min(o, k), _part_width(max(o, k), dtype.itemsize))
+    if _fuses(o, k, dtype.itemsize):  # dW in registers: part is each chunk's dW, as w
+        kernel = small_cpu.fused_backward(o, w_shape[1] // _lanes(dtype.itemsize))
+        part_shape = (nchunks,) + w_shape
+    else:  # each chunk's dW with vectors along its longer side (small_backward's layouts)
+        kernel = small_cpu.small_backward
+        part_shape = (nchunks, min(o, k), _part_width(max(o, k), dtype.itemsize))
+    if nchunks == 1:
+        kernel = kernel.serial
 
     def run(dy, x, theta, dx, dtheta):
         kernel(dy.reshape(nb, o), x.reshape(nb, k), theta, indptr, cols, params, complete,
@@ -962,6 +967,16 @@ def _streaming_grad(pattern, nb, o, k, dtype, nchunks):
                dtheta, nchunks)
     run.any_batch_shape = True  # dy, x and dx in any C-contiguous shape of their size
     return run
+
+
+def _fuses(o, k, itemsize):
+    """Whether the streamed backward of an ``o x k`` ``W`` keeps ``dW`` in registers
+    (:func:`small_cpu.fused_backward`): ``o`` up to ``FUSED_ROWS``, ``k`` up to ``FUSED_VECTORS``
+    vectors, and the accumulators, ``x``'s and ``dx``'s vectors and a broadcast
+    (``(o + 2) * vectors + 1``) within the CPU's vector registers."""
+    vectors = -(-k // _lanes(itemsize))
+    return (o <= small_cpu.FUSED_ROWS and vectors <= small_cpu.FUSED_VECTORS
+            and (o + 2) * vectors + 1 <= simd.REGISTERS)
 
 
 def _mat_grad(dy, x, theta, pattern, dx, dtheta):

@@ -294,17 +294,23 @@ def _stream_shapes(lanes):
             (1, 5 * lanes - 3, 2, 1), (3, 2, 2, 3), (5, 20, 1, 1)]
 
 
-def _spy_kernels(monkeypatch, module, names):
-    """Replace ``module``'s kernels ``names`` (parallel and ``.serial``) by spies that log
-    their name to the returned list and run the kernel."""
+def _spy_kernels(monkeypatch, module, names, factories=()):
+    """Replace ``module``'s kernels ``names`` (parallel and ``.serial``), and the kernels
+    that its functions ``factories`` return, by spies that log their name to the returned
+    list and run the kernel."""
     calls = []
+
+    def spy(kern, name):
+        return type("Spy", (), {"serial": staticmethod(lambda *a: calls.append(name)
+                                                       or kern.serial(*a)),
+                                "__call__": staticmethod(lambda *a: calls.append(name)
+                                                         or kern(*a))})()
+    def spy_factory(make, name):
+        return lambda *a: spy(make(*a), name)
     for name in names:
-        kern = getattr(module, name)
-        spy = type("Spy", (), {"serial": staticmethod(lambda *a, k=kern, n=name:
-                                                      calls.append(n) or k.serial(*a)),
-                               "__call__": staticmethod(lambda *a, k=kern, n=name:
-                                                        calls.append(n) or k(*a))})()
-        monkeypatch.setattr(module, name, spy)
+        monkeypatch.setattr(module, name, spy(getattr(module, name), name))
+    for name in factories:
+        monkeypatch.setattr(module, name, spy_factory(getattr(module, name), name))
     return calls
 
 
@@ -316,12 +322,16 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
     ``dW`` orientations, serial twins and parallel chunks."""
     from paramshare_nb import _dispatch
     from paramshare_nb._kernels import small_cpu
-    calls = _spy_kernels(monkeypatch, small_cpu, ("small_forward", "small_backward"))
+    calls = _spy_kernels(monkeypatch, small_cpu, ("small_forward", "small_backward"),
+                         ("fused_backward",))
     if parallel:
         monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
     rng = np.random.default_rng(17)
-    for i, (m, n, c_out, c_in) in enumerate(_stream_shapes(32 // np.dtype(dtype).itemsize)):
-        assert _dispatch._streamed(m * c_out, n * c_in, np.dtype(dtype).itemsize)
+    itemsize = np.dtype(dtype).itemsize
+    for i, (m, n, c_out, c_in) in enumerate(_stream_shapes(32 // itemsize)):
+        assert _dispatch._streamed(m * c_out, n * c_in, itemsize)
+        fused = _dispatch._fuses(m * c_out, n * c_in, itemsize)
+        backward = "fused_backward" if fused else "small_backward"
         # multi-edges, and every entry once (W gathered, not summed)
         for pat, batches in ((_dense_random(m, n, 4, i), (1, 7, 13, 300)),
                              (_dense_complete(m, n, 4, i), (7, 300))):
@@ -329,7 +339,7 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
             for batch in batches:  # 300: blocks of 128 rows in the outer products
                 calls.clear()
                 _check_channels(pat, ("materialize",), dtype, batch, c_in, c_out, rng)
-                assert calls == ["small_forward", "small_backward"]
+                assert calls == ["small_forward", backward]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -443,31 +453,79 @@ def test_gather_sums_over_batch_blocks(parallel, monkeypatch):
                                 np.float64, batch, c_in, c_out, rng)
 
 
-def test_small_w_kernels_with_more_chunks_than_rows():
+@pytest.mark.parametrize("dtype, fused", [(np.float64, False), (np.float32, False),
+                                          (np.float32, True)])
+def test_small_w_kernels_with_more_chunks_than_rows(dtype, fused):
     """5 rows over 4 chunks (2, 2, 1 and none): every row once, nothing written outside
-    the outputs (they are rows 2-6 of larger NaN-filled arrays, the rest must stay NaN)."""
+    the outputs (they are rows 2-6 of larger NaN-filled arrays, the rest must stay NaN);
+    the backward in two passes and fused (float32's 3 vectors a row)."""
     from paramshare_nb import _dispatch
     from paramshare_nb._kernels import small_cpu
     rng = np.random.default_rng(29)
-    theta = rng.standard_normal((4, 1, 1))
-    x, dy = rng.standard_normal((5, 20)), rng.standard_normal((5, 5))
+    theta = rng.standard_normal((4, 1, 1)).astype(dtype)
+    x, dy = rng.standard_normal((5, 20)).astype(dtype), rng.standard_normal((5, 5)).astype(dtype)
     for pat in (_dense_random(5, 20, 4, 5), _dense_complete(5, 20, 4, 5)):
         complete = _dispatch._complete(pat)
         indptr, cols, params = _dispatch.csr_of(pat)
-        y_big, dx_big = np.full((9, 5), np.nan), np.full((9, 20), np.nan)
-        y, dx, dth = y_big[2:7], dx_big[2:7], np.empty((4, 1, 1))
+        y_big, dx_big = np.full((9, 5), np.nan, dtype), np.full((9, 20), np.nan, dtype)
+        y, dx, dth = y_big[2:7], dx_big[2:7], np.empty((4, 1, 1), dtype)
         for kernel in (small_cpu.small_forward, small_cpu.small_forward.serial):
             # scratch full of NaN: the kernels must write all of it they read
-            kernel(x, theta, indptr, cols, params, complete, np.full((20, 8), np.nan), y, 4)
+            kernel(x, theta, indptr, cols, params, complete, np.full((20, 8), np.nan, dtype),
+                   y, 4)
             assert_close(y.reshape(5, 5, 1), ref.forward(x.reshape(5, 20, 1), theta, pat))
-        for kernel in (small_cpu.small_backward, small_cpu.small_backward.serial):
-            kernel(dy, x, theta, indptr, cols, params, complete, np.full((5, 24), np.nan),
-                   np.full((4, 5, 24), np.nan), dx, dth, 4)
+        backward = small_cpu.fused_backward(5, 3) if fused else small_cpu.small_backward
+        for kernel in (backward, backward.serial):
+            kernel(dy, x, theta, indptr, cols, params, complete,
+                   np.full((5, 24), np.nan, dtype), np.full((4, 5, 24), np.nan, dtype), dx, dth, 4)
             rdx, rdth = ref.grad(dy.reshape(5, 5, 1), x.reshape(5, 20, 1), theta, pat)
             assert_close(dx.reshape(5, 20, 1), rdx)
             assert_close(dth, rdth)
         assert np.isnan(np.r_[y_big[:2], y_big[7:]]).all()
         assert np.isnan(np.r_[dx_big[:2], dx_big[7:]]).all()
+
+
+@pytest.mark.parametrize("dtype, nr, nv", [(np.float32, 1, 1), (np.float32, 3, 2),
+                                          (np.float32, 5, 3), (np.float64, 2, 3)])
+def test_small_w_fused_backward(dtype, nr, nv):
+    """The fused backward for ``dy`` rows of ``nr`` values and ``x`` rows of ``nv`` vectors
+    (these four take every branch on ``nr`` and ``nv`` both ways; each shape compiles
+    apart, about 5 s), ``x``'s last vector whole and partial, one chunk and 3 (batches 1, 7,
+    40: empty and short chunks), multi-edges, NaN-filled scratch, ``dx`` inside a
+    NaN-filled array: against the reference, nothing written outside ``dx``."""
+    from paramshare_nb import _dispatch
+    from paramshare_nb._kernels import simd, small_cpu
+    lanes = 32 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(41)
+    for k in (nv * lanes, nv * lanes - lanes // 2 - 1):
+        assert _dispatch._fuses(nr, k, np.dtype(dtype).itemsize) == (
+            (nr + 2) * nv + 1 <= simd.REGISTERS)
+        pat = _dense_random(nr, k, 3, nr * nv)
+        indptr, cols, params = _dispatch.csr_of(pat)
+        theta = rng.standard_normal((3, 1, 1)).astype(dtype)
+        for batch in (1, 7, 40):
+            x = rng.standard_normal((batch, k)).astype(dtype)
+            dy = rng.standard_normal((batch, nr)).astype(dtype)
+            rdx, rdth = ref.grad(dy[..., None], x[..., None], theta, pat)
+            for nchunks in (1, 3):
+                kernel = small_cpu.fused_backward(nr, nv)
+                kernel = kernel if nchunks > 1 else kernel.serial
+                dx_big = np.full((batch + 2, k), np.nan, dtype)
+                dth = np.empty((3, 1, 1), dtype)
+                kernel(dy, x, theta, indptr, cols, params, False,
+                       np.full((nr, nv * lanes), np.nan, dtype),
+                       np.full((nchunks, nr, nv * lanes), np.nan, dtype),
+                       dx_big[1:-1], dth, nchunks)
+                assert_close(dx_big[1:-1, :, None], rdx)
+                assert_close(dth, rdth)
+                assert np.isnan(dx_big[[0, -1]]).all()
+
+
+def test_small_w_fused_backward_refuses_other_shapes():
+    from paramshare_nb._kernels import small_cpu
+    for nr, nv in ((0, 1), (6, 1), (1, 0), (1, 4)):
+        with pytest.raises(ValueError, match="no fused backward"):
+            small_cpu.fused_backward(nr, nv)
 
 
 @pytest.mark.parametrize("name", ["multi", "cayley", "deepsets_perturbed", "d4", "deepsets"])
@@ -969,6 +1027,7 @@ def test_serial_twins_exist():
     for k in (csr_cpu.csr_rows, csr_cpu.csr_dtheta, cpu.gather_sums, cpu.scalar_forward,
               cpu.reduce_dw_rows, sums_cpu.diagonal_complement, sums_cpu.gather_sums,
               sums_cpu.block_totals, small_cpu.small_forward, small_cpu.small_backward,
+              small_cpu.fused_backward(5, 3),
               small_cpu.outer_products, tile_sums_cpu.gather_forward,
               tile_sums_cpu.gather_dtheta):
         assert k.serial.py_func.__qualname__ == k.py_func.__qualname__ + "_serial"

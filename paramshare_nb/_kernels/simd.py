@@ -23,13 +23,25 @@ so that they are compiled again.
 
 from __future__ import annotations
 
+import llvmlite.binding as ll
 from llvmlite import ir
-from numba import njit, types
+from numba import config, njit, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic, models, register_model
 
 #: Bytes per vector (one AVX register).
 WIDTH = 32
+
+
+def _registers():
+    """Vector registers the kernels are compiled for: 32 with AVX-512 (its VL extension
+    gives the 32-byte vectors the upper 16), else 16."""
+    features = config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+    return 32 if "+avx512vl" in features.split(",") else 16
+
+
+#: Vector registers of the CPU the kernels are compiled for (:func:`_registers`).
+REGISTERS = _registers()
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 

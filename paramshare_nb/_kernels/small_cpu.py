@@ -8,7 +8,8 @@ kernels gather ``W`` from ``theta`` into a small padded buffer and stream the
 batch through register tiles of :mod:`.simd` vectors; the backward computes
 ``dx``, the per-chunk ``dW`` and the reduction to ``dtheta`` in one call.
 Figure 1, batch 4096, float32, one thread: forward 22.5 against 36.5 us for
-the OpenBLAS product alone; backward 41 against 68 us for its two.
+the OpenBLAS product alone; backward 41 against 68 us for its two (18 us
+since :func:`fused_backward` keeps ``dW`` in registers).
 
 Each tile keeps at least 8 independent accumulators, so the fused
 multiply-adds do not wait on each other's latency: 8 rows x 1 vector when the
@@ -32,6 +33,8 @@ in, so ``W`` is ``(M * Co, N * Ci)`` as a plain matrix):
 """
 
 from __future__ import annotations
+
+import functools
 
 from numba import njit, prange
 
@@ -317,7 +320,9 @@ def _outer(nr, nv):
 @inline
 def _fma_row(g, v, u, t, a, c, d, nv):
     """One row of ``dW``'s tile: ``g`` times the ``nv`` vectors ``v, u, t`` added in."""
-    a, c = vfma(g, v, a), vfma(g, u, c)
+    a = vfma(g, v, a)
+    if nv > 1:
+        c = vfma(g, u, c)
     if nv > 2:
         d = vfma(g, t, d)
     return a, c, d
@@ -325,14 +330,17 @@ def _fma_row(g, v, u, t, a, c, d, nv):
 
 @inline
 def _load_row(part, i, nv):
-    a, c = vload(part, i), vload(part, i + lanes(part))
+    """The ``nv`` vectors at flat ``i`` (the first repeated for the missing ones)."""
+    a = vload(part, i)
+    c = vload(part, i + lanes(part)) if nv > 1 else a
     return a, c, (vload(part, i + 2 * lanes(part)) if nv > 2 else c)
 
 
 @inline
 def _store_row(part, i, a, c, d, nv):
     vstore(part, i, a)
-    vstore(part, i + lanes(part), c)
+    if nv > 1:
+        vstore(part, i + lanes(part), c)
     if nv > 2:
         vstore(part, i + 2 * lanes(part), d)
 
@@ -404,6 +412,113 @@ def _outer_rows2(dy, x, part, c, lo, hi):
             _outer1x2(dy, x, part, c, lo, hi, r, col)
 
 
+#: The most ``dW`` rows (``dy``'s row length) of :func:`fused_backward`'s kernels.
+FUSED_ROWS = 5
+#: The most vectors in a row of ``x`` of :func:`fused_backward`'s kernels.
+FUSED_VECTORS = 3
+
+
+@_apart
+def _fused(dy, x, w, dx, part, c, lo, hi, nr, nv):
+    """``dx[lo:hi] = dy[lo:hi] @ w`` and ``part[c] = dy[lo:hi].T @ x[lo:hi]`` in one pass
+    over the batch, for ``dy`` rows of ``nr`` values and ``x`` rows of ``nv`` vectors.
+
+    The whole ``dW`` stays in ``nr * nv`` accumulators, and each row's ``nr``
+    broadcasts of ``dy`` serve both products: Figure 1's backward (5 x 3)
+    took 18.4 against 26.7 us in the two passes of :func:`_stream` and
+    :func:`_outer_sum`, whose ``dx`` tiles spend a 5-step inner loop on
+    setting up and storing 12 accumulators.  Up to 15 + 3 + 3 + 1 vector
+    registers: the dispatcher takes this path only where they fit
+    (``_dispatch._fuses``).  A row's last vector of ``dx`` runs into the
+    next row, written afterwards (:func:`.simd.store_over`).
+
+    Compiled once per dtype; each kernel of :func:`fused_backward` calls it
+    once, with its ``nr`` and ``nv`` as constants, and LLVM inlines it
+    there and folds the tests on them away (``dy`` rows of 1 and ``x`` rows
+    of 24 values, float32: 9.6 against 15.0 us two-pass; inlined by numba
+    instead, each kernel took 4-5 s more to compile).
+    """
+    k, kp, L, size = x.shape[1], w.shape[1], lanes(x), x.size
+    end, z = hi * k, vzero(x)
+    a0, a1, a2, c0, c1, c2, d0, d1, d2 = z, z, z, z, z, z, z, z, z
+    f0, f1, f2, h0, h1, h2 = z, z, z, z, z, z
+    for b in range(lo, hi):
+        xo, go = b * k, b * nr
+        v = _xvec(x, xo, size)
+        u = _xvec(x, xo + L, size) if nv > 1 else v
+        t = _xvec(x, xo + 2 * L, size) if nv > 2 else v
+        g = vbcast(dy, go)
+        a0, a1, a2 = _fma_row(g, v, u, t, a0, a1, a2, nv)
+        p, q, r = _load_row(w, 0, nv)
+        e0, e1, e2 = _fma_row(g, p, q, r, z, z, z, nv)
+        if nr > 1:
+            g = vbcast(dy, go + 1)
+            c0, c1, c2 = _fma_row(g, v, u, t, c0, c1, c2, nv)
+            p, q, r = _load_row(w, kp, nv)
+            e0, e1, e2 = _fma_row(g, p, q, r, e0, e1, e2, nv)
+        if nr > 2:
+            g = vbcast(dy, go + 2)
+            d0, d1, d2 = _fma_row(g, v, u, t, d0, d1, d2, nv)
+            p, q, r = _load_row(w, 2 * kp, nv)
+            e0, e1, e2 = _fma_row(g, p, q, r, e0, e1, e2, nv)
+        if nr > 3:
+            g = vbcast(dy, go + 3)
+            f0, f1, f2 = _fma_row(g, v, u, t, f0, f1, f2, nv)
+            p, q, r = _load_row(w, 3 * kp, nv)
+            e0, e1, e2 = _fma_row(g, p, q, r, e0, e1, e2, nv)
+        if nr > 4:
+            g = vbcast(dy, go + 4)
+            h0, h1, h2 = _fma_row(g, v, u, t, h0, h1, h2, nv)
+            p, q, r = _load_row(w, 4 * kp, nv)
+            e0, e1, e2 = _fma_row(g, p, q, r, e0, e1, e2, nv)
+        # the vectors before the last lie inside the row (kp - L < k)
+        if nv == 1:
+            store_over(dx, xo, e0, k, end)
+        elif nv == 2:
+            vstore(dx, xo, e0)
+            store_over(dx, xo + L, e1, k - L, end)
+        else:
+            vstore(dx, xo, e0)
+            vstore(dx, xo + L, e1)
+            store_over(dx, xo + 2 * L, e2, k - 2 * L, end)
+    po = c * nr * kp
+    _store_row(part, po, a0, a1, a2, nv)
+    if nr > 1:
+        _store_row(part, po + kp, c0, c1, c2, nv)
+    if nr > 2:
+        _store_row(part, po + 2 * kp, d0, d1, d2, nv)
+    if nr > 3:
+        _store_row(part, po + 3 * kp, f0, f1, f2, nv)
+    if nr > 4:
+        _store_row(part, po + 4 * kp, h0, h1, h2, nv)
+
+
+@functools.cache
+def fused_backward(nr, nv):
+    """The one-pass backward (:func:`_fused`) for ``dy`` rows of ``nr`` values and ``x`` rows
+    of ``nv`` vectors: a kernel like :func:`small_backward` (without its ``fused``), with
+    ``part (nchunks, nr, nv * lanes)``.
+
+    One kernel per shape, compiled on its first call and cached on disk by
+    its closure's ``nr, nv``: a model compiles only the shapes it has (all
+    15 in one kernel more than doubled ``small_backward``'s compile, 23 to
+    56 s).
+    """
+    if not (1 <= nr <= FUSED_ROWS and 1 <= nv <= FUSED_VECTORS):
+        raise ValueError(f"no fused backward for {nr} x {nv} vectors")
+
+    @kernel(nrt=False)
+    def fused(dy, x, theta, indptr, cols, params, complete, w, part, dx, dtheta, nchunks):
+        _fill_w(theta, indptr, cols, params, w, False, complete)
+        nb = dy.shape[0]
+        per = (nb + nchunks - 1) // nchunks
+        for c in prange(nchunks):
+            # the last chunks may be empty: their dW stays zero
+            _fused(dy, x, w, dx, part, c, min(nb, c * per), min(nb, (c + 1) * per), nr, nv)
+        _dtheta_of_parts(part, indptr, cols, params, False, complete, dtheta)
+    return fused
+
+
 @kernel(nrt=False)
 def small_backward(dy, x, theta, indptr, cols, params, complete, w, part, dx, dtheta, nchunks):
     """``dx = dy @ W(theta)`` and ``dtheta``, the entries' sums of ``dW = dy.T @ x``.
@@ -415,7 +530,8 @@ def small_backward(dy, x, theta, indptr, cols, params, complete, w, part, dx, dt
     that the vectors run along the longer side (``R`` that side rounded up
     to 3 vectors when its vectors divide by 3, else to 2; see
     :func:`_outer_sum`).  The chunks' slices are added in a fixed order:
-    the result does not depend on the threads' timing.
+    the result does not depend on the threads' timing.  Short rows of ``dy``
+    take :func:`fused_backward` instead.
     """
     _fill_w(theta, indptr, cols, params, w, False, complete)
     nb = dy.shape[0]
