@@ -323,15 +323,16 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
     from paramshare_nb import _dispatch
     from paramshare_nb._kernels import small_cpu
     calls = _spy_kernels(monkeypatch, small_cpu, ("small_forward", "small_backward"),
-                         ("fused_backward",))
+                         ("dot_forward", "fused_backward"))
     if parallel:
         monkeypatch.setattr(_dispatch, "SERIAL_WORK", 0)
     rng = np.random.default_rng(17)
     itemsize = np.dtype(dtype).itemsize
     for i, (m, n, c_out, c_in) in enumerate(_stream_shapes(32 // itemsize)):
         assert _dispatch._streamed(m * c_out, n * c_in, itemsize)
-        fused = _dispatch._fuses(m * c_out, n * c_in, itemsize)
-        backward = "fused_backward" if fused else "small_backward"
+        o, k = m * c_out, n * c_in
+        forward = "dot_forward" if _dispatch._dots_forward(o, k, itemsize) else "small_forward"
+        backward = "fused_backward" if _dispatch._fuses(o, k, itemsize) else "small_backward"
         # multi-edges, and every entry once (W gathered, not summed)
         for pat, batches in ((_dense_random(m, n, 4, i), (1, 7, 13, 300)),
                              (_dense_complete(m, n, 4, i), (7, 300))):
@@ -339,7 +340,7 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
             for batch in batches:  # 300: blocks of 128 rows in the outer products
                 calls.clear()
                 _check_channels(pat, ("materialize",), dtype, batch, c_in, c_out, rng)
-                assert calls == ["small_forward", backward]
+                assert calls == [forward, backward]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -458,7 +459,8 @@ def test_gather_sums_over_batch_blocks(parallel, monkeypatch):
 def test_small_w_kernels_with_more_chunks_than_rows(dtype, fused):
     """5 rows over 4 chunks (2, 2, 1 and none): every row once, nothing written outside
     the outputs (they are rows 2-6 of larger NaN-filled arrays, the rest must stay NaN);
-    the backward in two passes and fused (float32's 3 vectors a row)."""
+    by tiles along y's rows and by dot products, the backward in two passes and fused
+    (float32's 3 vectors a row)."""
     from paramshare_nb import _dispatch
     from paramshare_nb._kernels import small_cpu
     rng = np.random.default_rng(29)
@@ -469,15 +471,17 @@ def test_small_w_kernels_with_more_chunks_than_rows(dtype, fused):
         indptr, cols, params = _dispatch.csr_of(pat)
         y_big, dx_big = np.full((9, 5), np.nan, dtype), np.full((9, 20), np.nan, dtype)
         y, dx, dth = y_big[2:7], dx_big[2:7], np.empty((4, 1, 1), dtype)
-        for kernel in (small_cpu.small_forward, small_cpu.small_forward.serial):
-            # scratch full of NaN: the kernels must write all of it they read
-            kernel(x, theta, indptr, cols, params, complete, np.full((20, 8), np.nan, dtype),
-                   y, 4)
+        forward = small_cpu.dot_forward(5, 3) if fused else small_cpu.small_forward
+        # scratch full of NaN: the kernels must write all of it they read
+        scratch = np.full(5 * 24 + 4 * 320 + 16 if fused else (20, 8), np.nan, dtype)
+        for kernel in (forward, forward.serial):
+            kernel(x, theta, indptr, cols, params, complete, scratch, y, 4)
             assert_close(y.reshape(5, 5, 1), ref.forward(x.reshape(5, 20, 1), theta, pat))
         backward = small_cpu.fused_backward(5, 3) if fused else small_cpu.small_backward
         for kernel in (backward, backward.serial):
             kernel(dy, x, theta, indptr, cols, params, complete,
-                   np.full((5, 24), np.nan, dtype), np.full((4, 5, 24), np.nan, dtype), dx, dth, 4)
+                   np.full(5 * 24 + 8 if fused else (5, 24), np.nan, dtype),
+                   np.full((4, 5, 24), np.nan, dtype), dx, dth, 4)
             rdx, rdth = ref.grad(dy.reshape(5, 5, 1), x.reshape(5, 20, 1), theta, pat)
             assert_close(dx.reshape(5, 20, 1), rdx)
             assert_close(dth, rdth)
@@ -487,12 +491,14 @@ def test_small_w_kernels_with_more_chunks_than_rows(dtype, fused):
 
 @pytest.mark.parametrize("dtype, nr, nv", [(np.float32, 1, 1), (np.float32, 3, 2),
                                           (np.float32, 5, 3), (np.float64, 2, 3)])
-def test_small_w_fused_backward(dtype, nr, nv):
-    """The fused backward for ``dy`` rows of ``nr`` values and ``x`` rows of ``nv`` vectors
-    (these four take every branch on ``nr`` and ``nv`` both ways; each shape compiles
-    apart, about 5 s), ``x``'s last vector whole and partial, one chunk and 3 (batches 1, 7,
-    40: empty and short chunks), multi-edges, NaN-filled scratch, ``dx`` inside a
-    NaN-filled array: against the reference, nothing written outside ``dx``."""
+def test_small_w_register_kernels(dtype, nr, nv):
+    """The dot-product forward and the fused backward for ``y`` rows of ``nr`` values and
+    ``x`` rows of ``nv`` vectors (these four take every branch on ``nr`` and ``nv`` both
+    ways; each shape compiles apart, about 5 s a kernel), ``x``'s last vector whole and
+    partial, one chunk and 3 (batches 1, 7, 40: empty chunks, whole tiles of rows and the
+    rows after them), ``inf`` and ``nan`` at the start of rows (read with the row before's
+    last vector), multi-edges, NaN-filled scratch, outputs inside NaN-filled arrays:
+    against the reference, nothing written outside the outputs."""
     from paramshare_nb import _dispatch
     from paramshare_nb._kernels import simd, small_cpu
     lanes = 32 // np.dtype(dtype).itemsize
@@ -505,15 +511,24 @@ def test_small_w_fused_backward(dtype, nr, nv):
         theta = rng.standard_normal((3, 1, 1)).astype(dtype)
         for batch in (1, 7, 40):
             x = rng.standard_normal((batch, k)).astype(dtype)
+            x[3:4, 0], x[5:6, 0] = np.inf, np.nan
             dy = rng.standard_normal((batch, nr)).astype(dtype)
+            want = ref.forward(x[..., None], theta, pat)
             rdx, rdth = ref.grad(dy[..., None], x[..., None], theta, pat)
             for nchunks in (1, 3):
+                kernel = small_cpu.dot_forward(nr, nv)
+                kernel = kernel if nchunks > 1 else kernel.serial
+                y_big = np.full((batch + 2, nr), np.nan, dtype)
+                scratch = np.full(nr * (nv + nchunks * lanes) * lanes + 2 * lanes, np.nan, dtype)
+                kernel(x, theta, indptr, cols, params, False, scratch[1:], y_big[1:-1], nchunks)
+                assert_close(y_big[1:-1, :, None], want)
+                assert np.isnan(y_big[[0, -1]]).all()
                 kernel = small_cpu.fused_backward(nr, nv)
                 kernel = kernel if nchunks > 1 else kernel.serial
                 dx_big = np.full((batch + 2, k), np.nan, dtype)
                 dth = np.empty((3, 1, 1), dtype)
                 kernel(dy, x, theta, indptr, cols, params, False,
-                       np.full((nr, nv * lanes), np.nan, dtype),
+                       np.full(nr * nv * lanes + lanes + 1, np.nan, dtype)[1:],
                        np.full((nchunks, nr, nv * lanes), np.nan, dtype),
                        dx_big[1:-1], dth, nchunks)
                 assert_close(dx_big[1:-1, :, None], rdx)
@@ -521,11 +536,13 @@ def test_small_w_fused_backward(dtype, nr, nv):
                 assert np.isnan(dx_big[[0, -1]]).all()
 
 
-def test_small_w_fused_backward_refuses_other_shapes():
+def test_small_w_register_kernels_refuse_other_shapes():
     from paramshare_nb._kernels import small_cpu
     for nr, nv in ((0, 1), (6, 1), (1, 0), (1, 4)):
         with pytest.raises(ValueError, match="no fused backward"):
             small_cpu.fused_backward(nr, nv)
+        with pytest.raises(ValueError, match="no dot-product forward"):
+            small_cpu.dot_forward(nr, nv)
 
 
 @pytest.mark.parametrize("name", ["multi", "cayley", "deepsets_perturbed", "d4", "deepsets"])
