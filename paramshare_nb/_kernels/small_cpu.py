@@ -39,8 +39,22 @@ import functools
 from numba import njit, prange
 
 from .cpu import kernel
-from .simd import (aligned, inline, lanes, load, store, store_over, vbcast, vfma, vkeep, vload,
-                   vstore, vsum, vsums, vzero)
+from .simd import (
+    aligned,
+    inline,
+    lanes,
+    load,
+    store,
+    store_over,
+    vbcast,
+    vfma,
+    vkeep,
+    vload,
+    vstore,
+    vsum,
+    vsums,
+    vzero,
+)
 
 #: The loops over tiles are compiled apart from the kernels (the tiles are inlined into
 #: them): inlined into each kernel and its serial twin, numba's passes took 32 s to
