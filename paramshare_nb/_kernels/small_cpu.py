@@ -427,9 +427,10 @@ def _outer_rows2(dy, x, part, c, lo, hi):
             _outer1x2(dy, x, part, c, lo, hi, r, col)
 
 
-#: The most ``dW`` rows (``dy``'s row length) of :func:`fused_backward`'s kernels.
+#: The most rows of ``W`` (values in a row of ``y`` or ``dy``) of the kernels that keep
+#: ``W`` or ``dW`` in registers (:func:`fused_backward`, :func:`dot_forward`).
 FUSED_ROWS = 5
-#: The most vectors in a row of ``x`` of :func:`fused_backward`'s kernels.
+#: The most vectors in a row of ``x`` of those kernels.
 FUSED_VECTORS = 3
 
 
@@ -591,8 +592,8 @@ def _dots(x, w, y, buf, c, lo, hi, nr, nv):
     rows, held in registers, in ``nr`` short chains of multiply-adds; the
     partial sums of ``R`` rows (``R * nr`` a multiple of the lanes) go to
     ``buf`` in chunk ``c``'s slice, and :func:`.simd.vsums` turns each
-    ``lanes`` of them into one vector of ``y``.  Figure 1's forward: 12.9
-    against 16.3 us in :func:`_stream`'s 8 x 1 tiles.  The last vector of a
+    ``lanes`` of them into one vector of ``y``.  Figure 1's forward: 13.6
+    against 15.6 us in :func:`_stream`'s 8 x 1 tiles.  The last vector of a
     row is cut to the row (:func:`.simd.vkeep`): the next row's values
     there, ``inf`` or ``nan`` included, are never multiplied.  Rows past
     the last whole tile of ``R`` are summed lane by lane.  Compiled once per
