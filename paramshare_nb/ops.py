@@ -346,7 +346,11 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     is not finite (each entry valued by the sum of its parameters, so an
     entry ``1 - 2`` times ``inf`` is ``-inf`` as in the dense product).
     ``method="csr"`` itself multiplies a multi-edge's parameters one by one:
-    ``inf - 2 inf = nan`` there.
+    ``inf - 2 inf = nan`` there, and ``"gather"`` adds the inputs of each
+    parameter first, with the same effect; ``"auto"`` may choose either, so
+    with multi-edges and non-finite inputs it can give ``nan`` where the
+    dense product gives ``inf``: force ``"materialize"`` for the dense
+    product's values.
 
     Examples
     --------

@@ -51,7 +51,6 @@ from .simd import (
     vkeep,
     vload,
     vstore,
-    vsum,
     vsums,
     vzero,
 )
@@ -596,7 +595,8 @@ def _dots(x, w, y, buf, c, lo, hi, nr, nv):
     against 15.6 us in :func:`_stream`'s 8 x 1 tiles.  The last vector of a
     row is cut to the row (:func:`.simd.vkeep`): the next row's values
     there, ``inf`` or ``nan`` included, are never multiplied.  Rows past
-    the last whole tile of ``R`` are summed lane by lane.  Compiled once per
+    the last whole tile of ``R`` are summed by the same tree: a row's
+    result does not depend on where it falls in the batch.  Compiled once per
     dtype and inlined by LLVM into each kernel of :func:`dot_forward`,
     which folds the tests on ``nr`` and ``nv`` (as :func:`_fused`).
     """
@@ -621,11 +621,15 @@ def _dots(x, w, y, buf, c, lo, hi, nr, nv):
                      q0, q1, q2, r0, r1, r2, s0, s1, s2, t0, t1, t2, z, nr, nv)
         for g in range(R * nr // L):
             vstore(y, b0 * nr + g * L, vsums(buf, start + g * L * L))
-    for b in range(tiles, hi):  # the rest, summed lane by lane
-        _dot_row(x, b * k, True, last, buf, start, p0, p1, p2, q0, q1, q2, r0, r1, r2,
-                 s0, s1, s2, t0, t1, t2, z, nr, nv)
-        for m in range(nr):
-            y[b, m] = vsum(vload(buf, start + m * L))
+    for b in range(tiles, hi):  # the rest: fewer than R rows
+        _dot_row(x, b * k, True, last, buf, start + (b - tiles) * step, p0, p1, p2,
+                 q0, q1, q2, r0, r1, r2, s0, s1, s2, t0, t1, t2, z, nr, nv)
+    # summed by the same tree as the tiles, so that a row's bits do not depend on where
+    # it falls in the batch; each lane sums its own vector, so the vectors past the
+    # rest (stale, inside the chunk's slice) only fill lanes that are not stored
+    count = (hi - tiles) * nr
+    for g in range(0, count, L):
+        store(y, tiles * nr + g, vsums(buf, start + g * L), count - g)
 
 
 @functools.cache
