@@ -834,13 +834,12 @@ def _finite_or(pattern, run, fallback):
     """``run``, or ``fallback`` for calls whose first array (``x``, or ``dy``) holds an
     inf or nan, when ``W`` has structural zeros: a dense product turns their ``0 * inf``
     into nan in outputs whose sums do not include that input (``"csr"`` sums only the
-    entries).  One ``sum`` over the input tells; an overflowing sum takes the fallback
-    too, which is slower, not wrong."""
+    entries).  One pass over the input tells (:func:`cpu.all_finite`)."""
     if not _structural_zeros(pattern):
         return run
 
     def checked(src, *args):
-        (run if np.isfinite(src.sum()) else fallback)(src, *args)
+        (run if cpu.all_finite(src) else fallback)(src, *args)
     return checked
 
 

@@ -1049,6 +1049,27 @@ def test_one_pass_needs_a_batch_element_per_thread(data, monkeypatch):
         assert calls == used
 
 
+def test_all_finite_against_numpy():
+    """``cpu.all_finite`` (``"materialize"``'s check of its input): every length through 4
+    vectors and a partial one, an ``inf``, ``-inf`` or ``nan`` at every place, values near
+    the largest (whose sum overflows, yet all finite), a 3-D array."""
+    from paramshare_nb._kernels import cpu
+    rng = np.random.default_rng(3)
+    for dtype in DTYPES:
+        for n in range(0, 4 * 32 // np.dtype(dtype).itemsize + 3):
+            a = rng.standard_normal(n).astype(dtype)
+            assert cpu.all_finite(a)
+            for j in range(n):
+                b = a.copy()
+                b[j] = (np.inf, -np.inf, np.nan)[j % 3]
+                assert not cpu.all_finite(b)
+        assert cpu.all_finite(np.full(40, np.finfo(dtype).max, dtype))
+        a = rng.standard_normal((7, 5, 3)).astype(dtype)
+        assert cpu.all_finite(a)
+        a[6, 4, 2] = np.nan
+        assert not cpu.all_finite(a)
+
+
 def test_serial_twins_exist():
     from paramshare_nb._kernels import cpu, csr_cpu, small_cpu, sums_cpu, tile_sums_cpu
     for k in (csr_cpu.csr_rows, csr_cpu.csr_dtheta, cpu.gather_sums, cpu.scalar_forward,

@@ -28,7 +28,7 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .simd import lanes, vload, vstore
+from .simd import lanes, load, vadd, vfma, vload, vstore, vsum, vzero
 
 # Reassociation lets the batch dot products vectorise; no nnan/ninf (NaN and
 # inf propagate as usual).
@@ -63,6 +63,32 @@ def kernel(fastmath=False, nrt=True):
         par.serial = njit(**opts)(twin)
         return par
     return deco
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def all_finite(a):
+    """Whether every value of the C-contiguous float array ``a`` is finite.
+
+    ``a * 0`` is 0 for a finite value and nan for ``inf`` or ``nan``; these
+    are added up in 4 vectors, so one pass decides and no sum of the values
+    themselves can overflow.  For ``"materialize"``'s check of its input
+    (``_dispatch._finite_or``): numpy's ``isfinite(x.sum())`` took 15.2 us
+    on Figure 1's ``x`` at batch 4096 (82k float32), longer than the
+    forward itself.
+    """
+    n, L, z = a.size, lanes(a), vzero(a)
+    s0, s1, s2, s3 = z, z, z, z
+    i = 0
+    while i + 4 * L <= n:
+        s0 = vfma(vload(a, i), z, s0)
+        s1 = vfma(vload(a, i + L), z, s1)
+        s2 = vfma(vload(a, i + 2 * L), z, s2)
+        s3 = vfma(vload(a, i + 3 * L), z, s3)
+        i += 4 * L
+    while i < n:  # whole vectors, then a partial one (zeros past the end)
+        s0 = vfma(load(a, i, n - i), z, s0)
+        i += L
+    return vsum(vadd(vadd(s0, s1), vadd(s2, s3))) == 0
 
 
 # ---------------------------------------------------------------------------
