@@ -342,8 +342,8 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     nan``).  Structural zeros take no part in the sums:
     ``"materialize"``, whose dense ``W`` would make ``0 * inf = nan`` in
     outputs that do not sum the ``inf``, runs ``"csr"`` over ``W``'s stored
-    entries instead when ``W`` has structural zeros and a sum over the input
-    is not finite (each entry valued by the sum of its parameters, so an
+    entries instead when ``W`` has structural zeros and the input holds an
+    ``inf`` or ``nan`` (each entry valued by the sum of its parameters, so an
     entry ``1 - 2`` times ``inf`` is ``-inf`` as in the dense product).
     ``method="csr"`` itself multiplies a multi-edge's parameters one by one:
     ``inf - 2 inf = nan`` there, and ``"gather"`` adds the inputs of each
