@@ -489,12 +489,13 @@ def test_small_w_kernels_with_more_chunks_than_rows(dtype, fused):
         assert np.isnan(np.r_[dx_big[:2], dx_big[7:]]).all()
 
 
-@pytest.mark.parametrize("dtype, nr, nv", [(np.float32, 1, 1), (np.float32, 3, 2),
-                                          (np.float32, 5, 3), (np.float64, 2, 3)])
+@pytest.mark.parametrize("dtype, nr, nv", [(np.float32, 5, 3), (np.float64, 1, 3),
+                                          (np.float32, 2, 1), (np.float32, 4, 2)])
 def test_small_w_register_kernels(dtype, nr, nv):
     """The dot-product forward and the fused backward for ``y`` rows of ``nr`` values and
     ``x`` rows of ``nv`` vectors (these four take every branch on ``nr`` and ``nv`` both
-    ways; each shape compiles apart, about 5 s a kernel), ``x``'s last vector whole and
+    ways, and tiles of 8, 4 and 2 rows; each shape compiles apart, about 5 s a kernel, and
+    the first two are :func:`test_small_w_streaming_tiles`'s), ``x``'s last vector whole and
     partial, one chunk and 3 (batches 1, 7, 40: empty chunks, whole tiles of rows and the
     rows after them), ``inf`` and ``nan`` at the start of rows (read with the row before's
     last vector), multi-edges, NaN-filled scratch, outputs inside NaN-filled arrays:
