@@ -42,6 +42,7 @@ def _registers():
 
 #: Vector registers of the CPU the kernels are compiled for (:func:`_registers`).
 REGISTERS = _registers()
+
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
@@ -334,8 +335,8 @@ def vhadd(a, b):
 @inline
 def vsums(buf, i):
     """The lane sums of the ``lanes`` vectors at flat ``i`` of ``buf``, as one vector
-    (``[sum(v0), sum(v1), ...]``): a tree of ``hadd`` and a swap of halves, 9 operations
-    for 8 sums instead of 8 lane-by-lane sums of 7 additions each."""
+    (``[sum(v0), sum(v1), ...]``): 6 ``hadd``s, 2 shuffles and an add for 8 sums (2, 2
+    and 1 for 4), instead of 8 lane-by-lane sums of 7 additions each."""
     L = lanes(buf)
     if L == 8:
         a = vhadd(vhadd(vload(buf, i), vload(buf, i + L)),
