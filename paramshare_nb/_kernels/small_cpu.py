@@ -276,6 +276,21 @@ def _xvec(x, i, size):
     return load(x, i, size - i)
 
 
+@inline
+def _row_vectors(x, xo, guard, nv):
+    """The ``nv`` vectors of ``x`` from flat ``xo`` (the first repeated for the missing
+    ones), through :func:`_xvec` when ``guard`` (the last may run past ``x``'s end)."""
+    L = lanes(x)
+    v = _xvec(x, xo, x.size) if guard else vload(x, xo)
+    u = v
+    if nv > 1:
+        u = _xvec(x, xo + L, x.size) if guard else vload(x, xo + L)
+    t = v
+    if nv > 2:
+        t = _xvec(x, xo + 2 * L, x.size) if guard else vload(x, xo + 2 * L)
+    return v, u, t
+
+
 def _outer(nr, nv):
     """``part[c, r0 : r0 + nr, col : col + nv vectors] += dy[lo:hi, r0 : r0 + nr].T @ x[lo:hi]``.
 
@@ -288,7 +303,6 @@ def _outer(nr, nv):
     @inline
     def tile(dy, x, part, c, lo, hi, r0, col):
         k, o, kp = x.shape[1], dy.shape[1], part.shape[2]
-        L, size = lanes(x), x.size
         po = (c * o + r0) * kp + col
         a0, a1, a2 = _load_row(part, po, nv)
         # placeholders for the rows past nr, never stored
@@ -305,8 +319,7 @@ def _outer(nr, nv):
             g0, g1, _ = _load_row(part, po + 5 * kp, 2)
         for b in range(lo, hi):
             xo, go = b * k + col, b * o + r0
-            v, u = _xvec(x, xo, size), _xvec(x, xo + L, size)
-            t = _xvec(x, xo + 2 * L, size) if nv > 2 else v
+            v, u, t = _row_vectors(x, xo, True, nv)
             a0, a1, a2 = _fma_row(vbcast(dy, go), v, u, t, a0, a1, a2, nv)
             if nr > 1:
                 c0, c1, c2 = _fma_row(vbcast(dy, go + 1), v, u, t, c0, c1, c2, nv)
@@ -453,15 +466,13 @@ def _fused(dy, x, w, dx, part, c, lo, hi, nr, nv):
     of 24 values, float32: 9.6 against 15.0 us two-pass; inlined by numba
     instead, each kernel took 4-5 s more to compile).
     """
-    k, kp, L, size = x.shape[1], w.shape[1], lanes(x), x.size
+    k, kp, L = x.shape[1], w.shape[1], lanes(x)
     end, z = hi * k, vzero(x)
     a0, a1, a2, c0, c1, c2, d0, d1, d2 = z, z, z, z, z, z, z, z, z
     f0, f1, f2, h0, h1, h2 = z, z, z, z, z, z
     for b in range(lo, hi):
         xo, go = b * k, b * nr
-        v = _xvec(x, xo, size)
-        u = _xvec(x, xo + L, size) if nv > 1 else v
-        t = _xvec(x, xo + 2 * L, size) if nv > 2 else v
+        v, u, t = _row_vectors(x, xo, True, nv)
         g = vbcast(dy, go)
         a0, a1, a2 = _fma_row(g, v, u, t, a0, a1, a2, nv)
         p, q, r = _load_row(w, 0, nv)
@@ -556,13 +567,7 @@ def _dot_row(x, xo, guard, last, buf, i, p0, p1, p2, q0, q1, q2, r0, r1, r2, s0,
     vectors) as vectors of partial sums, to ``buf`` from flat ``i``.  ``guard``: the row's
     last vector may run past ``x``'s end (:func:`_xvec`)."""
     L = lanes(x)
-    v = _xvec(x, xo, x.size) if guard else vload(x, xo)
-    u = v
-    if nv > 1:
-        u = _xvec(x, xo + L, x.size) if guard else vload(x, xo + L)
-    e = v
-    if nv > 2:
-        e = _xvec(x, xo + 2 * L, x.size) if guard else vload(x, xo + 2 * L)
+    v, u, e = _row_vectors(x, xo, guard, nv)
     if nv == 1:
         v = vkeep(v, last)
     elif nv == 2:
@@ -613,7 +618,7 @@ def _dots(x, w, y, buf, c, lo, hi, nr, nv):
     t0, t1, t2 = _load_row(w, 4 * kp, nv) if nr > 4 else (z, z, z)
     start, step = c * buf.shape[1], nr * L
     # whole tiles of rows whose vectors all lie inside x (unguarded loads)
-    inside = min(hi, (x.size - nv * L) // k + 1) if k > 0 else hi
+    inside = min(hi, (x.size - nv * L) // k + 1)
     tiles = lo + max(0, inside - lo) // R * R
     for b0 in range(lo, tiles, R):
         for r in range(R):
