@@ -119,6 +119,27 @@ def _check_plot_path(path, task):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"--plot {path!r}: the folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"--plot {path!r} is a folder; give a file name in it")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--plot {path!r}: the folder {folder!r} is not writable")
+    _check_plot_format(path, ext)
+
+
+def _check_plot_format(path, ext):
+    """Draw a word in ``ext`` to memory: formats that need other programs (``.pgf``: LaTeX,
+    for its text) fail now, not after training."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.text(0.5, 0.5, "D4")
+    try:
+        fig.savefig(io.BytesIO(), format=ext)
+    except Exception as exc:  # the backends raise RuntimeError, OSError, ...
+        raise ValueError(f"--plot {path!r}: matplotlib cannot write .{ext} files here "
+                         f"({exc}); use .png, .pdf or .svg") from exc
 
 
 # -- progress ----------------------------------------------------------------------------
@@ -394,8 +415,12 @@ def _digits(args, cfg):
     if args.plot:
         from . import plot
 
-        plot.accuracy(chart, title="upright training, tested on the 8 symmetries").savefig(
-            args.plot, dpi=100)
+        try:  # the path was checked before training; the disk can still refuse
+            plot.accuracy(chart, title="upright training, tested on the 8 symmetries").savefig(
+                args.plot, dpi=100)
+        except (OSError, RuntimeError) as exc:
+            print(f"demo: error: the accuracy chart could not be saved: {exc}", file=sys.stderr)
+            return 1
         print(f"accuracy chart saved to {args.plot}")
     return 0
 

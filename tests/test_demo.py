@@ -74,6 +74,41 @@ def test_bad_options_are_refused_before_training(capsys, options, message):
     assert captured.out == ""  # nothing was trained
 
 
+def test_plot_paths_refused_before_training(capsys, tmp_path, monkeypatch):
+    """A folder, and a format matplotlib cannot write here (``.pgf`` without LaTeX, faked by
+    a failing ``savefig``): refused before anything trains."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    (tmp_path / "a.png").mkdir()
+    cases = [(str(tmp_path / "a.png"), "is a folder"), (str(tmp_path / "b.pgf"), "cannot write")]
+
+    def no_latex(self, *args, **kwargs):
+        if kwargs.get("format") == "pgf":
+            raise RuntimeError("'xelatex' not found")
+    monkeypatch.setattr(Figure, "savefig", no_latex)
+    for path, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(["demo", "--quick", "--no-progress", "--plot", path])
+        assert exit_.value.code == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.out == ""
+
+
+def test_chart_that_cannot_be_saved_is_an_error_not_a_traceback(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from paramshare_nb import plot
+
+    class Chart:
+        def savefig(self, *args, **kwargs):
+            raise OSError(28, "No space left on device")
+    monkeypatch.setattr(plot, "accuracy", lambda *args, **kwargs: Chart())
+    assert main(["demo", "--quick", "--no-progress", "--plot", str(tmp_path / "a.png")]) == 1
+    captured = capsys.readouterr()
+    assert "could not be saved" in captured.err and "No space left" in captured.err
+    assert "invariance error" in captured.out  # the results were printed first
+
+
 def test_run_checks_options_too():
     import argparse
 
