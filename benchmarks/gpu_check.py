@@ -3,9 +3,16 @@
 Run on a machine with an NVIDIA GPU (about 2 minutes on an H200 machine with
 16 cores, most of it numba compiling the kernels)::
 
-    python benchmarks/gpu_check.py            # tests + timings, w1-w4
-    python benchmarks/gpu_check.py --no-tests --only w1,w4
-    python benchmarks/gpu_check.py --no-tests --kernels auto,csr --only w2,w4
+    python3 benchmarks/gpu_check.py            # tests + timings, w1-w4
+    python3 benchmarks/gpu_check.py --no-tests --only w1,w4
+    python3 benchmarks/gpu_check.py --no-tests --kernels auto,csr --only w2,w4
+
+paramshare_nb need not be installed: the script imports it from this tree.
+numba-cuda 0.30.4 cannot compile kernels under numpy 2.5; on such a machine
+install numpy<2.5 first (offline: ``pip download numpy==2.4.6 --no-deps -d
+.whl`` here, then ``pip install --no-index --target /tmp/site .whl/*.whl`` and
+``PYTHONPATH=/tmp/site`` there).  The script checks this before anything else
+and says so.
 
 1. ``NUMBA_ENABLE_CUDASIM=0 python -m pytest tests/test_cuda.py
    tests/test_cuda_launch.py tests/test_cuda_memory.py tests/test_cuda_blas.py
@@ -174,7 +181,7 @@ def _time_workload(ps, cuda, pat, host, scalar) -> dict:
         run = functools.partial(_ours, ps, pat, dev, method)
         try:
             got = [a.copy_to_host() for a in run()]
-        except (MemoryError, ValueError) as exc:
+        except (MemoryError, ValueError, RuntimeError) as exc:
             ms[method] = f"skipped: {exc}"[:80]
             continue
         ok = all(np.allclose(g.reshape(r.shape), r, rtol=1e-3, atol=tol)
@@ -301,7 +308,11 @@ def primitives() -> dict:
         print("    (library primitives not timed:", repr(exc)[:120], ")")
     got = {}
     for name, fn in cases.items():
-        fn()
+        try:  # numba internals: another numba-cuda may lack one of them
+            fn()
+        except Exception as exc:
+            print(f"    {name:30s} not timed: {exc!r}"[:120])
+            continue
         cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(2000):
@@ -421,6 +432,17 @@ def kernel_times(only, methods, calls=20) -> dict:
     return got
 
 
+def _preflight() -> str | None:
+    """Why the kernels cannot compile here (a numpy that this numba-cuda cannot use), or
+    ``None``."""
+    try:
+        from paramshare_nb._kernels.cuda import _check_numpy_compat
+        _check_numpy_compat()
+    except RuntimeError as exc:
+        return f"preflight: {exc}"
+    return None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="w1,w2,w3,w4")
@@ -434,10 +456,17 @@ def main(argv=None):
                          "methods on the --only workloads; $OUT/kernels.json")
     args = ap.parse_args(argv)
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
+    sys.path.insert(0, ROOT)  # this tree's paramshare_nb, installed or not
     # the device's copy of the tree may have no .git: the caller can name the commit
     report = {"versions": versions(), "dtype": args.dtype,
               "commit": os.environ.get("PARAMSHARE_COMMIT") or _commit()}
     print("versions:", report["versions"])
+    problem = _preflight()
+    if problem:
+        print(problem)
+        report["preflight"] = problem
+        _save("gpu_check.json", json.dumps(report, indent=1, default=str))
+        return 1
     if not args.no_tests:
         report["tests"] = run_tests()
     from numba import cuda

@@ -93,3 +93,22 @@ def test_gpu_check_kernel_times_count_each_launch(monkeypatch):
     assert row["allocs"] == 3  # y, dx, dtheta
     from paramshare_nb._kernels import cuda_memory
     assert not isinstance(cuda_memory.empty, functools.partial)  # restored
+
+
+def test_gpu_check_stops_first_on_a_numpy_its_kernels_cannot_use(monkeypatch, tmp_path, capsys):
+    """A numba-cuda that cannot compile under the installed numpy: the script says so and
+    what to install, records it, and runs neither the tests nor the timings."""
+    from paramshare_nb._kernels import cuda as kcuda
+
+    def refuse():
+        raise RuntimeError("numba-cuda 0.30.4 cannot compile kernels with numpy 2.5.2; "
+                           "install numpy<2.5")
+    monkeypatch.setattr(kcuda, "_check_numpy_compat", refuse)
+    monkeypatch.setattr(gpu_check, "run_tests", lambda: pytest.fail("tests ran"))
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")  # main sets it to 0 for its subprocess
+    assert gpu_check.main([]) == 1
+    assert "preflight: numba-cuda 0.30.4 cannot compile" in capsys.readouterr().out
+    assert "install numpy<2.5" in (tmp_path / "gpu_check.json").read_text()
+    monkeypatch.undo()
+    assert gpu_check._preflight() is None  # this machine's numpy is one numba-cuda can use
