@@ -173,8 +173,15 @@ def _out_shape(lead, pattern: Pattern, scalar: bool, c_out: int):
 def _is_cuda_array(obj) -> bool:
     """CUDA arrays: anything with ``__cuda_array_interface__``, or a numba device array
     (the simulator's arrays lack the interface).  Never imports ``numba.cuda``."""
-    return (hasattr(obj, "__cuda_array_interface__")
-            or type(obj).__module__.startswith(("numba.cuda.", "numba_cuda.")))
+    try:
+        obj.__cuda_array_interface__  # noqa: B018 -- the probe
+    except AttributeError:
+        return type(obj).__module__.startswith(("numba.cuda.", "numba_cuda."))
+    except RuntimeError as exc:  # PyTorch, for a CUDA tensor that requires grad
+        raise TypeError(f"a CUDA array of type {type(obj).__name__} would not share its "
+                        f"memory ({exc}); pass one that does (for PyTorch, "
+                        f"tensor.detach())") from exc
+    return True
 
 
 def _cuda_like(*objs) -> bool:
@@ -300,7 +307,8 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     ------
     TypeError
         Non-float inputs, ``pattern`` not a :class:`Pattern`, ``out`` of the
-        wrong type or dtype.
+        wrong type or dtype, a CUDA array that will not share its memory (a
+        PyTorch tensor that requires grad: pass ``tensor.detach()``).
     ValueError
         Shape or channel mismatch with the pattern; wrong ``out`` shape.
     MemoryError

@@ -969,6 +969,16 @@ def test_bad_inputs_raise_clear_errors(data):
             ps.tied_matmul_grad(dy, x, theta, pat, backend=backend)
     with pytest.raises(TypeError, match="x must be a float32 or float64 array, got None$"):
         ps.tied_matmul(None, theta, pat)
+
+    class Tracked:  # as a PyTorch CUDA tensor that requires grad
+        @property
+        def __cuda_array_interface__(self):
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires "
+                               "grad")
+    with pytest.raises(TypeError, match=r"would not share its memory .*tensor\.detach\(\)"):
+        ps.tied_matmul(Tracked(), theta, pat)
+    with pytest.raises(TypeError, match="would not share its memory"):
+        ps.tied_matmul_grad(dy, x, Tracked(), pat)
     np.testing.assert_array_equal(x, keep)
 
 
