@@ -197,7 +197,9 @@ def kernels(dtype, tile):
         nb, nm, nco = y.shape
         nci = g_sums.shape[2]
         s_g = cuda.shared.array((T, T), dtype=nbtype)
-        s_t = cuda.shared.array((T, T), dtype=nbtype)
+        # padded: a warp reads s_t[tx, k] down a column, T words apart without the pad
+        # (every lane in one bank at T = 32)
+        s_t = cuda.shared.array((T, TP), dtype=nbtype)
         tx = cuda.threadIdx.x  # output channel within the tile
         ty = cuda.threadIdx.y  # batch row within the tile
         nbt = (nb + T - 1) // T
