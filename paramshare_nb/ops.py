@@ -283,10 +283,11 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
         ``P == pattern.n_params``.
     pattern : Pattern
         The tying pattern, shape ``(M, N)``.
-    out : numpy.ndarray, optional
+    out : numpy.ndarray or CUDA array, optional
         Where to write the result: shape ``(..., M)`` or ``(..., M, C_out)``,
-        the result dtype, writeable.  Any layout; when it is not C-contiguous
-        or overlaps an input the result goes through a temporary.
+        the result dtype, writeable.  On the CPU any layout (when it is not
+        C-contiguous or overlaps an input the result goes through a
+        temporary); on the GPU a C-contiguous device array.
     method : str, optional
         Force a strategy (one of :data:`METHODS`); ``"auto"`` (default) lets
         the cost model choose, or measurement under ``config.planner =
@@ -329,8 +330,9 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     ``|x|`` over the *whole block* (times ``|theta|``), like a plain
     summation of the block, rather than over the row's own entries: Deep
     Sets on 64 points in float32 with ``theta_0 = 0``, ``theta_1 = I`` and
-    one input of ``1e8`` among ones gives ``0`` instead of ``63`` for the
-    row that excludes the large input (``(1e8 + 63) - 1e8``).  When inputs
+    one input of ``1e8`` among ones gives ``56`` instead of ``63`` for the
+    row that excludes the large input (``(1e8 + 63) - 1e8``, where float32
+    values near ``1e8`` are 8 apart).  When inputs
     span many orders of magnitude use ``method="gather"`` or
     ``"materialize"``, or float64.  ``"gather"`` (and the complement sums)
     add the inputs that share a parameter before multiplying: inputs near

@@ -327,6 +327,12 @@ def test_cuda_out_batches_and_host_inputs():
     with pytest.raises(ValueError, match=r"out must have shape \(3, 1, 4, 2\)"):
         ps.tied_matmul(cuda.to_device(x), cuda.to_device(theta), pat,
                        out=cuda.device_array((3, 4, 2), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous on the device; pass a contiguous"):
+        ps.tied_matmul(cuda.to_device(x), cuda.to_device(theta), pat,
+                       out=cuda.device_array((3, 1, 4, 4), np.float32)[..., ::2])
+    with pytest.raises(TypeError, match="out must be a CUDA array when the multiply runs on the "
+                                        "GPU .CUDA inputs or backend='cuda'., got ndarray"):
+        ps.tied_matmul(x, theta, pat, backend="cuda", out=np.empty((3, 1, 4, 2), np.float32))
     with pytest.raises(TypeError, match="x must be a float32 or float64"):
         ps.tied_matmul(cuda.to_device(x.astype(np.int32)), cuda.to_device(theta), pat)
     with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., N, C_in\)"):

@@ -1362,14 +1362,17 @@ def tied_matmul(x, theta, pattern, out=None, method="auto"):
     m, n = pattern.shape
     if out is not None:
         if not _is_device(out):
-            raise TypeError(f"out must be a CUDA array for CUDA inputs, got {type(out).__name__}")
+            raise TypeError(f"out must be a CUDA array when the multiply runs on the GPU (CUDA "
+                            f"inputs or backend='cuda'), got {type(out).__name__}; leave out "
+                            f"unset to get the result as x's type")
         od = _as_device(out, "out")
         if tuple(od.shape) != shape:
             raise ValueError(f"out must have shape {shape}, got {tuple(od.shape)}")
         if np.dtype(od.dtype) != dtype:
             raise TypeError(f"out must have dtype {dtype} (the result dtype), got {od.dtype}")
         if not od.is_c_contiguous():
-            raise ValueError("out must be C-contiguous on the device")
+            raise ValueError("out must be C-contiguous on the device; pass a contiguous array "
+                             "and copy the result into your view")
     else:
         od = cuda_memory.empty(shape, dtype)
     if od.size:
