@@ -17,6 +17,8 @@ import zlib
 
 import numpy as np
 
+from . import config
+
 INDEX = np.int64
 
 #: What ``np.load`` and ``zipfile`` raise on a damaged or unsupported ``.npz``: besides the
@@ -207,3 +209,18 @@ def as_positive_int(v, name: str, minimum: int = 1) -> int:
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
     return int(v)
+
+
+def as_degree(n, name: str = "n", arrays: int = 1, minimum: int = 0, call: str = "") -> int:
+    """A number of points (:func:`as_positive_int`) for which ``arrays`` int64 arrays of
+    ``n`` values fit ``config.max_bytes``; a ``MemoryError`` that names ``call`` (or ``name``)
+    otherwise.  numpy would make ``arange(2**63)`` an empty array, or fail with a message
+    about ranges."""
+    n = as_positive_int(n, name, minimum)
+    need = arrays * n * INDEX().itemsize
+    if need > config.max_bytes:
+        raise MemoryError(f"{call or f'{name}={n}'}: {arrays} int64 arrays of {n} values need "
+                          f"{bytes_text(need)}, over config.max_bytes = "
+                          f"{bytes_text(config.max_bytes)}; ask for fewer points or elements, "
+                          f"or raise the bound with config.override(max_bytes=...)")
+    return n

@@ -18,7 +18,7 @@ import numpy as np
 from . import config, groups
 from ._kernels.groups_cpu import _closure, _orbits, _pair_orbits
 from ._schreier import StabChain
-from ._validate import INDEX, as_gens, as_perm, as_positive_int, bytes_text
+from ._validate import INDEX, as_degree, as_gens, as_perm, as_positive_int, as_rng, bytes_text
 
 __all__ = ["Action", "product", "tensor_power", "regular"]
 
@@ -213,9 +213,12 @@ class Action:
             ``(size, N)`` and ``(size, M)``.
         """
         size = as_positive_int(size, "size", minimum=0)
-        rng = np.random.default_rng(rng)
-        elems = np.array([self._chain.random_element(rng) for _ in range(size)], dtype=INDEX)
-        elems = elems.reshape(size, self.n_in + self.n_out)
+        # the elements, and their two halves
+        as_degree(self.n_in + self.n_out, arrays=2 * size, call=f"random_elements(size={size})")
+        rng = as_rng(rng)
+        elems = np.empty((size, self.n_in + self.n_out), dtype=INDEX)
+        for j in range(size):
+            elems[j] = self._chain.random_element(rng)
         return elems[:, : self.n_in], elems[:, self.n_in:] - self.n_in
 
     def orbits_in(self) -> np.ndarray:

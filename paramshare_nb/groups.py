@@ -17,7 +17,17 @@ import numpy as np
 from . import config
 from ._kernels.groups_cpu import _closure, _orbits
 from ._schreier import StabChain
-from ._validate import INDEX, as_gens, as_perm, as_point, as_positive_int, bytes_text
+from ._validate import (
+    INDEX,
+    as_degree,
+    as_gens,
+    as_int_array,
+    as_perm,
+    as_point,
+    as_positive_int,
+    as_rng,
+    bytes_text,
+)
 
 __all__ = [
     "orbits", "orbit_sizes", "closure", "order", "contains", "stabilizer",
@@ -161,7 +171,10 @@ def contains(gens, g) -> bool:
     bool
     """
     g = as_perm(g, "g")
-    gens = as_gens(gens, "gens", n=g.shape[0])
+    gens = as_int_array(gens, "gens")
+    gens = as_gens(gens, "gens", n=None if gens.size else g.shape[0])  # no generators: g's n
+    if gens.shape[1] != g.shape[0]:  # g is the odd one out: the generators agree
+        raise ValueError(f"g has length {g.shape[0]}, but gens act on {gens.shape[1]} points")
     return _chain(gens).contains(g)
 
 
@@ -332,11 +345,13 @@ def random_element(gens, size: int | None = None, rng=None) -> np.ndarray:
         ``(n,)`` or ``(size, n)`` int64.
     """
     gens = as_gens(gens, "gens")
-    rng = np.random.default_rng(rng)
+    rng = as_rng(rng)
+    if size is not None:  # checked before the chain is built
+        size = as_positive_int(size, "size", minimum=0)
+        as_degree(gens.shape[1], arrays=size, call=f"random_element(size={size})")
     chain = _chain(gens)
     if size is None:
         return chain.random_element(rng)
-    size = as_positive_int(size, "size", minimum=0)
     out = np.empty((size, gens.shape[1]), dtype=INDEX)
     for j in range(size):
         out[j] = chain.random_element(rng)
@@ -381,7 +396,7 @@ def cyclic(n: int) -> np.ndarray:
     numpy.ndarray
         ``(1, n)`` generator.
     """
-    n = as_positive_int(n, "n")
+    n = as_degree(n, minimum=1)
     return _cycle_perm(range(n), n)[None, :]
 
 
@@ -402,7 +417,7 @@ def dihedral(n: int) -> np.ndarray:
         ``(2, n)``: the rotation ``i -> i + 1`` and the reflection ``i -> -i``
         (mod ``n``).
     """
-    n = as_positive_int(n, "n")
+    n = as_degree(n, arrays=3, minimum=1)  # the points and two generators
     i = np.arange(n, dtype=INDEX)
     return np.stack([(i + 1) % n, (-i) % n])
 
@@ -420,7 +435,7 @@ def symmetric(n: int) -> np.ndarray:
     numpy.ndarray
         ``(k, n)`` generators; ``k = 0`` for ``n = 1``.
     """
-    n = as_positive_int(n, "n")
+    n = as_degree(n, arrays=2, minimum=1)
     if n == 1:
         return trivial(1)
     if n == 2:
@@ -442,7 +457,7 @@ def alternating(n: int) -> np.ndarray:
         ``(0, n)`` for ``n < 3``; otherwise ``(0 1 2)`` and an ``n``- or
         ``(n - 1)``-cycle, whichever is even.
     """
-    n = as_positive_int(n, "n")
+    n = as_degree(n, arrays=2, minimum=1)
     if n < 3:
         return trivial(n)
     long_cycle = range(n) if n % 2 == 1 else range(1, n)

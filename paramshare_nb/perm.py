@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from ._validate import INDEX, as_axis, as_perm, as_positive_int, axis_hint
+from ._validate import INDEX, as_axis, as_degree, as_perm, as_positive_int, as_rng, axis_hint
 
 __all__ = [
     "identity", "compose", "inverse", "apply", "from_cycles", "to_cycles", "random",
@@ -34,7 +34,7 @@ def identity(n: int) -> np.ndarray:
     numpy.ndarray
         ``arange(n)`` as int64.
     """
-    return np.arange(as_positive_int(n, "n", minimum=0), dtype=INDEX)
+    return np.arange(as_degree(n), dtype=INDEX)
 
 
 def compose(p, q) -> np.ndarray:
@@ -135,7 +135,7 @@ def from_cycles(cycles, n: int) -> np.ndarray:
     >>> from_cycles("(0 1 2)(3 4)", n=5).tolist()
     [1, 2, 0, 4, 3]
     """
-    n = as_positive_int(n, "n", minimum=0)
+    n = as_degree(n)
     if isinstance(cycles, str):
         text = cycles.strip()
         if _CYCLE.sub("", text).strip():
@@ -227,11 +227,12 @@ def random(n: int, size: int | None = None, rng=None) -> np.ndarray:
     numpy.ndarray
         Shape ``(n,)`` or ``(size, n)``, int64.
     """
-    n = as_positive_int(n, "n", minimum=0)
-    rng = np.random.default_rng(rng)
+    size = None if size is None else as_positive_int(size, "size", minimum=0)
+    n = as_degree(n, arrays=2 * (1 if size is None else size),  # the keys and the result
+                  call=f"random(n={n}, size={size})")
+    rng = as_rng(rng)
     if size is None:
         return rng.permutation(n).astype(INDEX)
-    size = as_positive_int(size, "size", minimum=0)
     return np.argsort(rng.random((size, n)), axis=1).astype(INDEX)
 
 

@@ -242,6 +242,36 @@ def test_grid_shapes_are_named_when_wrong():
             groups.grid_translations(bad)
 
 
+@pytest.mark.parametrize("call, name", [
+    (lambda: perm.identity(2**63), "n=9223372036854775808"),
+    (lambda: perm.from_cycles([[0]], n=2**63), "n=9223372036854775808"),
+    (lambda: perm.random(2**40, rng=0), r"random\(n=1099511627776, size=None\)"),
+    (lambda: perm.random(8, size=2**60, rng=0), r"random\(n=8, size=1152921504606846976\)"),
+    (lambda: groups.cyclic(2**63), "n=9223372036854775808"),
+    (lambda: groups.dihedral(2**40), "n=1099511627776"),
+    (lambda: groups.symmetric(2**63), "n=9223372036854775808"),
+    (lambda: groups.alternating(2**40), "n=1099511627776"),
+    (lambda: groups.random_element([[1, 0]], size=2**62, rng=0),
+     r"random_element\(size=4611686018427387904\)"),
+    (lambda: ps.Action.same([[1, 0]]).random_elements(2**63, rng=0),
+     r"random_elements\(size=9223372036854775808\)"),
+])
+def test_sizes_past_the_memory_bound_are_refused_by_name(call, name):
+    """numpy made ``arange(2**63)`` an empty permutation, failed on ranges or overflowed,
+    and ``random_elements`` listed its elements until the machine ran out of memory."""
+    with pytest.raises(MemoryError, match=name + ": .* over config.max_bytes = 1.0 GiB"):
+        with ps.config.override(max_bytes=2**30):
+            call()
+
+
+def test_contains_blames_the_argument_that_is_wrong():
+    with pytest.raises(ValueError, match="g has length 2, but gens act on 3 points"):
+        ps.contains([[1, 0, 2]], [1, 0])
+    assert ps.contains([], [0, 1]) and not ps.contains([], [1, 0])  # no generators: g's n
+    with pytest.raises(TypeError, match="rng must be None, a non-negative int seed"):
+        groups.random_element([[1, 0]], rng="seed")
+
+
 def test_error_names_the_generator():
     with pytest.raises(ValueError, match=r"gens\[1\]"):
         ps.order([[1, 0, 2], [0, 0, 2]])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import as_rng
 from .engine import toposort
 from .function import no_grad
 
@@ -59,7 +60,7 @@ def gradcheck(f, *inputs, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1
     """
     from .tensor import Tensor
 
-    rng = np.random.default_rng(rng)
+    rng = as_rng(rng)
     checked = []
     for i, t in enumerate(inputs):
         if not isinstance(t, Tensor):
