@@ -56,7 +56,9 @@ def read_arrays(path: str) -> dict:
             return {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise
-    except UNREADABLE_ARCHIVE + (KeyError,) as exc:  # ValueError: pickled members too
+    # ValueError: pickled members too; MemoryError: whatever a crafted header still
+    # makes numpy allocate (the sizes are checked first)
+    except UNREADABLE_ARCHIVE + (KeyError, MemoryError) as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}"
                          if type(exc) is not ValueError else str(exc)) from None
 
@@ -69,11 +71,12 @@ def _check_sizes(path: str) -> None:
     total = 0
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
-            if not info.filename.endswith(".npy"):  # np.load hands these over as raw bytes
-                total += info.file_size
-                continue
             with archive.open(info) as fh:
-                version = np.lib.format.read_magic(fh)
+                # np.load parses any member that starts so, whatever its name
+                if fh.read(len(_NPY_MAGIC)) != _NPY_MAGIC:  # handed over as raw bytes
+                    total += info.file_size
+                    continue
+                version = tuple(fh.read(2))
                 if version == (1, 0):
                     shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
                 elif version in ((2, 0), (3, 0)):  # 3.0 is 2.0 with a utf-8 header (np.save

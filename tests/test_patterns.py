@@ -293,6 +293,15 @@ def test_hostile_files_are_refused(tmp_path):
                          else src.read(name))
     with pytest.raises(ValueError, match=r"'rows.npy' claims shape \(1000000000000,\) of int64"):
         ps.load_pattern(lying)
+    # the same member named without ".npy": np.load still parses it as an array
+    with zipfile.ZipFile(fine) as src, zipfile.ZipFile(lying, "w") as dst:
+        for name in src.namelist():
+            if name == "rows.npy":
+                dst.writestr("rows", header.getvalue() + bytes(8))
+            else:
+                dst.writestr(name, src.read(name))
+    with pytest.raises(ValueError, match=r"'rows' claims shape \(1000000000000,\) of int64"):
+        ps.load_pattern(lying)
     # the same lie in format 3.0 (2.0's layout, which np.save writes for non-latin-1 field
     # names), and a claim past a float's range (bytes_text overflowed)
     for version, shape in ((b"\x03", (10**12,)), (b"\x01", (10**320,))):
