@@ -69,7 +69,15 @@ from ._kernels.refine_cpu import (
     _orbit_labels_fixing,
 )
 from ._schreier import StabChain
-from ._validate import INDEX, as_axis, as_int_array, bytes_text
+from ._validate import (
+    INDEX,
+    as_axis,
+    as_gens,
+    as_int_array,
+    as_point,
+    as_positive_int,
+    bytes_text,
+)
 from .actions import Action, regular
 from .equivariance import _preserver, is_equivariant
 from .patterns import Pattern, dense_pattern, sparse_pattern
@@ -409,14 +417,47 @@ class SymmetryGroup:
         generating set.
     nodes : int, optional
         Search-tree nodes visited.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Generators that are not permutations of ``sum(sizes)`` points, or that
+        move a point to another part; an ``order`` other than the order of the
+        group they generate (computed by Schreier-Sims); a base point out of
+        range.
     """
 
     def __init__(self, generators, order: int, sizes, base=(), nodes: int = 0):
+        if isinstance(sizes, (str, bytes)) or not np.iterable(sizes):
+            raise TypeError(f"sizes must be a tuple of part sizes, got {type(sizes).__name__}")
+        sizes = tuple(as_positive_int(s, "sizes entry", minimum=0) for s in sizes)
+        gens = as_gens(generators, "generators", n=sum(sizes))
+        offsets = np.concatenate([[0], np.cumsum(sizes, dtype=INDEX)])
+        for i in range(len(sizes)):
+            part = gens[:, offsets[i]:offsets[i + 1]]
+            if part.size and (part.min() < offsets[i] or part.max() >= offsets[i + 1]):
+                raise ValueError(f"generators move points of part {i} (points {offsets[i]}.."
+                                 f"{offsets[i + 1] - 1}) into another part; each part must be "
+                                 f"mapped onto itself")
+        order = as_positive_int(order, "order")
+        actual = StabChain(gens).order() if gens.shape[0] else 1
+        if order != actual:
+            raise ValueError(f"order is {order}, but the generators generate a group of order "
+                             f"{actual}")
+        base = tuple(as_point(b, gens.shape[1], "base point") for b in base)
+        self._set(gens, order, sizes, base, as_positive_int(nodes, "nodes", minimum=0))
+
+    @classmethod
+    def _of(cls, generators, order, sizes, base=(), nodes=0):
+        """A group the search built and checked itself: no second check."""
+        group = cls.__new__(cls)
+        group._set(generators, int(order), tuple(int(s) for s in sizes),
+                   tuple(int(b) for b in base), int(nodes))
+        return group
+
+    def _set(self, generators, order, sizes, base, nodes):
         self.generators = _frozen(generators)
-        self.order = int(order)
-        self.sizes = tuple(int(s) for s in sizes)
-        self.base = tuple(int(b) for b in base)
-        self.nodes = int(nodes)
+        self.order, self.sizes, self.base, self.nodes = order, sizes, base, nodes
         self._offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(INDEX)
 
     # -- sizes and projections -------------------------------------------------
@@ -740,8 +781,8 @@ def symmetry_group(pattern, max_nodes: int | None = None) -> SymmetryGroup:
         if not preserves(gamma[:n], gamma[n:] - n):
             raise AssertionError("internal error: a found symmetry does not preserve the "
                                  "pattern; please report this")
-    return SymmetryGroup(res.generators, _checked_order(res), sizes, res.base,
-                         res.nodes)
+    return SymmetryGroup._of(res.generators, _checked_order(res), sizes, res.base,
+                             res.nodes)
 
 
 def symmetry_group_layers(patterns, max_nodes: int | None = None) -> SymmetryGroup:
@@ -786,8 +827,8 @@ def symmetry_group_layers(patterns, max_nodes: int | None = None) -> SymmetryGro
             if not preserves(g_in, g_out):
                 raise AssertionError("internal error: a found symmetry does not preserve "
                                      f"layer {i}; please report this")
-    return SymmetryGroup(res.generators, _checked_order(res), sizes,
-                         res.base, res.nodes)
+    return SymmetryGroup._of(res.generators, _checked_order(res), sizes,
+                             res.base, res.nodes)
 
 
 def _as_pattern_list(patterns):

@@ -249,6 +249,26 @@ def test_product_action_orbits_and_projections():
     assert sym.orbits_in.tolist() == [0] * 12 and sym.orbits_out.tolist() == [0] * 12
     assert sym.gens_in.shape == (sym.generators.shape[0], 12)
     assert "SymmetryGroup(order=12" in repr(sym)
+    # built by hand from the search's result: the same group
+    again = ps.SymmetryGroup(sym.generators, 12, sym.sizes, sym.base)
+    assert again.order == 12 and again.orbits_in.tolist() == [0] * 12
+
+
+@pytest.mark.parametrize("args, exc, match", [
+    (([[1.7, 0.2]], 7, (1, 1)), TypeError, "generators must hold integers"),
+    (([[3, 0]], 2, (1, 1)), ValueError, r"generators\[0\] is not a permutation"),
+    (([[1, 0]], 2, (1, 1)), ValueError, "move points of part 0 .* into another part"),
+    (([[1, 0, 2]], 3, (2, 1)), ValueError, "order is 3, but the generators generate a group "
+                                           "of order 2"),
+    (([[1, 0, 2]], 2, (2, 2)), ValueError, "act on 3 points, expected 4"),
+    (([[1, 0, 2]], 2, (2, 1), (3,)), ValueError, "base point=3 is out of range"),
+    (([[1, 0, 2]], 2, "ab"), TypeError, "sizes must be a tuple"),
+])
+def test_symmetry_group_checks_what_it_is_given(args, exc, match):
+    """Unchecked, a generator out of range made ``.orbits`` read outside its arrays (a
+    segfault) and ``order`` was taken on trust (found by review)."""
+    with pytest.raises(exc, match=match):
+        ps.SymmetryGroup(*args)
 
 
 # -- uniqueness ------------------------------------------------------------------------
