@@ -68,7 +68,9 @@ def as_int_array(obj, name: str, ndim: int | None = None) -> np.ndarray:
     return np.array(arr, dtype=INDEX, order="C", copy=True)
 
 
-def _check_rows_are_perms(arr: np.ndarray, name: str) -> None:
+def _check_rows_are_perms(arr: np.ndarray, name: str, one: bool = False) -> None:
+    """Each row of ``arr`` a permutation; errors name the row (``name[g]``), or ``name``
+    alone when ``one`` permutation was given."""
     k, n = arr.shape
     if k == 0 or n == 0:
         return
@@ -76,8 +78,8 @@ def _check_rows_are_perms(arr: np.ndarray, name: str) -> None:
     if bad.any():
         g, i = np.argwhere(bad)[0]
         raise ValueError(
-            f"{name}[{g}] is not a permutation of 0..{n - 1}: entry {i} is {arr[g, i]}, "
-            f"out of range"
+            f"{name if one else f'{name}[{g}]'} is not a permutation of 0..{n - 1}: entry {i} "
+            f"is {arr[g, i]}, out of range"
         )
     counts = np.zeros((k, n), dtype=INDEX)
     np.add.at(counts, (np.repeat(np.arange(k), n), arr.ravel()), 1)
@@ -86,8 +88,8 @@ def _check_rows_are_perms(arr: np.ndarray, name: str) -> None:
         g, v = np.argwhere(missing)[0]
         dup = int(np.flatnonzero(counts[g] > 1)[0])
         raise ValueError(
-            f"{name}[{g}] is not a permutation of 0..{n - 1}: {dup} appears more than once "
-            f"and {v} never"
+            f"{name if one else f'{name}[{g}]'} is not a permutation of 0..{n - 1}: {dup} "
+            f"appears more than once and {v} never"
         )
 
 
@@ -96,7 +98,7 @@ def as_perm(p, name: str = "p", n: int | None = None) -> np.ndarray:
     arr = as_int_array(p, name, ndim=1)
     if n is not None and arr.shape[0] != n:
         raise ValueError(f"{name} has length {arr.shape[0]}, expected {n}")
-    _check_rows_are_perms(arr[None, :], name)
+    _check_rows_are_perms(arr[None, :], name, one=True)
     return arr
 
 

@@ -60,8 +60,8 @@ def test_random_is_permutation():
 
 
 @pytest.mark.parametrize("bad, exc, words", [
-    ([0, 0, 1], ValueError, "more than once"),
-    ([0, 3, 1], ValueError, "out of range"),
+    ([0, 0, 1], ValueError, "^p is not a permutation of 0..2: 0 appears more than once"),
+    ([0, 3, 1], ValueError, "^p is not a permutation of 0..2: entry 1 is 3, out of range"),
     ([-1, 0, 1], ValueError, "out of range"),
     ([0.0, 1.0, 2.0], TypeError, "integers"),
     ([True, False], TypeError, "integers"),
