@@ -384,6 +384,14 @@ def _frozen(arr):
     return arr
 
 
+def _sequence(obj, name):
+    """``obj`` as a tuple, or a ``TypeError`` naming ``name`` (a string is not a sequence of
+    numbers here)."""
+    if isinstance(obj, (str, bytes)) or not np.iterable(obj):
+        raise TypeError(f"{name} must be a sequence of ints, got {type(obj).__name__}")
+    return tuple(obj)
+
+
 def _canonical_labels(labels):
     """Renumber labels by first appearance (0, 1, ...)."""
     if labels.size == 0:
@@ -421,16 +429,21 @@ class SymmetryGroup:
     Raises
     ------
     TypeError, ValueError
-        Generators that are not permutations of ``sum(sizes)`` points, or that
-        move a point to another part; an ``order`` other than the order of the
-        group they generate (computed by Schreier-Sims); a base point out of
-        range.
+        Fewer than two parts; generators that are not permutations of
+        ``sum(sizes)`` points, or that move a point to another part; an
+        ``order`` other than the order of the group they generate; a base
+        point out of range.  The order is checked on the stabilizer chain
+        that :meth:`contains` uses, built here (Schreier-Sims: about a second
+        for Deep Sets on 128 points, 16 s on 256; :func:`symmetry_group`'s
+        results skip this).
     """
 
     def __init__(self, generators, order: int, sizes, base=(), nodes: int = 0):
-        if isinstance(sizes, (str, bytes)) or not np.iterable(sizes):
-            raise TypeError(f"sizes must be a tuple of part sizes, got {type(sizes).__name__}")
+        sizes, base = _sequence(sizes, "sizes"), _sequence(base, "base")
         sizes = tuple(as_positive_int(s, "sizes entry", minimum=0) for s in sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"sizes must name at least two parts (inputs and outputs), got "
+                             f"{sizes}")
         gens = as_gens(generators, "generators", n=sum(sizes))
         offsets = np.concatenate([[0], np.cumsum(sizes, dtype=INDEX)])
         for i in range(len(sizes)):
@@ -440,12 +453,11 @@ class SymmetryGroup:
                                  f"{offsets[i + 1] - 1}) into another part; each part must be "
                                  f"mapped onto itself")
         order = as_positive_int(order, "order")
-        actual = StabChain(gens).order() if gens.shape[0] else 1
-        if order != actual:
-            raise ValueError(f"order is {order}, but the generators generate a group of order "
-                             f"{actual}")
         base = tuple(as_point(b, gens.shape[1], "base point") for b in base)
         self._set(gens, order, sizes, base, as_positive_int(nodes, "nodes", minimum=0))
+        if self.chain.order() != order:  # the chain stays: contains() needs it
+            raise ValueError(f"order is {order}, but the generators generate a group of order "
+                             f"{self.chain.order()}")
 
     @classmethod
     def _of(cls, generators, order, sizes, base=(), nodes=0):

@@ -252,6 +252,7 @@ def test_product_action_orbits_and_projections():
     # built by hand from the search's result: the same group
     again = ps.SymmetryGroup(sym.generators, 12, sym.sizes, sym.base)
     assert again.order == 12 and again.orbits_in.tolist() == [0] * 12
+    assert "chain" in again.__dict__  # the order's check built what contains() uses
 
 
 @pytest.mark.parametrize("args, exc, match", [
@@ -262,7 +263,10 @@ def test_product_action_orbits_and_projections():
                                            "of order 2"),
     (([[1, 0, 2]], 2, (2, 2)), ValueError, "act on 3 points, expected 4"),
     (([[1, 0, 2]], 2, (2, 1), (3,)), ValueError, "base point=3 is out of range"),
-    (([[1, 0, 2]], 2, "ab"), TypeError, "sizes must be a tuple"),
+    (([[1, 0, 2]], 2, "ab"), TypeError, "sizes must be a sequence of ints"),
+    (([[1, 0, 2]], 2, (2, 1), 3), TypeError, "base must be a sequence of ints"),
+    (([], 1, ()), ValueError, "sizes must name at least two parts"),
+    (([[1, 0, 2]], 2.0, (2, 1)), TypeError, "order must be an int"),
 ])
 def test_symmetry_group_checks_what_it_is_given(args, exc, match):
     """Unchecked, a generator out of range made ``.orbits`` read outside its arrays (a
