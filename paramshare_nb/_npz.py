@@ -72,8 +72,12 @@ def _check_sizes(path: str) -> None:
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             with archive.open(info) as fh:
-                # np.load parses any member that starts so, whatever its name
-                if fh.read(len(_NPY_MAGIC)) != _NPY_MAGIC:  # handed over as raw bytes
+                # np.load parses any member that starts so, whatever its name, and hands
+                # the others over as raw bytes
+                if fh.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                    if info.filename.endswith(".npy"):  # what np.save wrote, damaged
+                        raise ValueError(f"member {info.filename!r} is not an .npy array "
+                                         f"(its magic string is not correct)")
                     total += info.file_size
                     continue
                 version = tuple(fh.read(2))

@@ -269,6 +269,20 @@ def test_tampered_zip_headers_are_refused(tmp_path, tampered_zips):
             ps.load_pattern(bad)
 
 
+def test_memory_a_file_still_asks_for_is_a_file_error(tmp_path, monkeypatch):
+    """What the size check cannot see and numpy still fails to allocate names the file."""
+    from paramshare_nb import _npz
+
+    path = tmp_path / "p.npz"
+    ps.save_pattern(path, ps.dense_pattern(deep_sets(3)))
+
+    def load(*args, **kwargs):
+        raise MemoryError("Unable to allocate 7.28 TiB")
+    monkeypatch.setattr(_npz.np, "load", load)
+    with pytest.raises(ValueError, match="not a readable pattern file: MemoryError: Unable"):
+        ps.load_pattern(path)
+
+
 def test_hostile_files_are_refused(tmp_path):
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file at all")
@@ -301,6 +315,13 @@ def test_hostile_files_are_refused(tmp_path):
             else:
                 dst.writestr(name, src.read(name))
     with pytest.raises(ValueError, match=r"'rows' claims shape \(1000000000000,\) of int64"):
+        ps.load_pattern(lying)
+    # and a member named ".npy" that is not one is damage, not raw bytes to validate
+    with zipfile.ZipFile(fine) as src, zipfile.ZipFile(lying, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, b"not an array" if name == "rows.npy" else src.read(name))
+    with pytest.raises(ValueError, match=r"not a readable pattern file: member 'rows.npy' is not "
+                                         r"an .npy array"):
         ps.load_pattern(lying)
     # the same lie in format 3.0 (2.0's layout, which np.save writes for non-latin-1 field
     # names), and a claim past a float's range (bytes_text overflowed)
