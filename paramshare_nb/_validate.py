@@ -2,7 +2,9 @@
 
 Every check raises ``TypeError`` (wrong kind of object or dtype) or
 ``ValueError`` (right kind, wrong content) with a message that names the
-argument, says what was wrong and how to fix it.  Checks return a fresh,
+argument, says what was wrong and how to fix it; sizes whose arrays would not
+fit ``config.max_bytes`` are a ``MemoryError`` (:func:`as_degree`), as
+elsewhere in the package.  Checks return a fresh,
 C-contiguous array of a fixed dtype so that jitted kernels compile for one
 signature only and never alias the caller's data.
 """
@@ -202,6 +204,21 @@ def as_rng(rng, name: str = "rng") -> np.random.Generator:
     except (TypeError, ValueError) as exc:  # a negative seed stays a ValueError
         raise type(exc)(f"{name} must be None, a non-negative int seed or a "
                         f"numpy.random.Generator, got {type(rng).__name__} ({exc})") from None
+
+
+def has_cuda_interface(obj) -> bool:
+    """Whether ``obj`` exposes ``__cuda_array_interface__``.  An object that has it but will
+    not share its memory (PyTorch raises ``RuntimeError`` for a CUDA tensor that requires
+    grad) is a ``TypeError`` saying what to pass instead, wherever it is probed."""
+    try:
+        obj.__cuda_array_interface__  # noqa: B018 -- the probe
+    except AttributeError:
+        return False
+    except RuntimeError as exc:
+        raise TypeError(f"a CUDA array of type {type(obj).__name__} would not share its "
+                        f"memory ({exc}); pass one that does (for PyTorch, "
+                        f"tensor.detach())") from exc
+    return True
 
 
 def as_positive_int(v, name: str, minimum: int = 1) -> int:

@@ -75,6 +75,7 @@ import numba
 import numpy as np
 
 from . import _dispatch, config
+from ._validate import has_cuda_interface
 from .patterns import Pattern
 
 __all__ = ["tied_matmul", "tied_matmul_grad", "materialize", "METHODS"]
@@ -173,15 +174,8 @@ def _out_shape(lead, pattern: Pattern, scalar: bool, c_out: int):
 def _is_cuda_array(obj) -> bool:
     """CUDA arrays: anything with ``__cuda_array_interface__``, or a numba device array
     (the simulator's arrays lack the interface).  Never imports ``numba.cuda``."""
-    try:
-        obj.__cuda_array_interface__  # noqa: B018 -- the probe
-    except AttributeError:
-        return type(obj).__module__.startswith(("numba.cuda.", "numba_cuda."))
-    except RuntimeError as exc:  # PyTorch, for a CUDA tensor that requires grad
-        raise TypeError(f"a CUDA array of type {type(obj).__name__} would not share its "
-                        f"memory ({exc}); pass one that does (for PyTorch, "
-                        f"tensor.detach())") from exc
-    return True
+    return (has_cuda_interface(obj)
+            or type(obj).__module__.startswith(("numba.cuda.", "numba_cuda.")))
 
 
 def _cuda_like(*objs) -> bool:

@@ -137,6 +137,19 @@ def test_digit_model_invariant_to_d4(rng):
 
 
 # -- initialisation -------------------------------------------------------------------------
+def test_cuda_tensor_that_will_not_share_is_refused_by_name():
+    """A PyTorch CUDA tensor that requires grad raises RuntimeError from its
+    ``__cuda_array_interface__``; every place that probes for one says to detach it."""
+    class Tracked:
+        @property
+        def __cuda_array_interface__(self):
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires "
+                               "grad")
+    for make in (Tensor, nn.Parameter, nn.Linear(2, 2)):
+        with pytest.raises(TypeError, match=r"would not share its memory .*tensor\.detach\(\)"):
+            make(Tracked())
+
+
 def test_init_variance_uses_true_fan_in():
     # rows with 3, 1, 2 and 4 non-zeros; every parameter sits in one row
     index = np.array([[0, 1, 2, -1], [3, -1, -1, -1], [4, -1, 5, -1], [6, 7, 8, 9]])

@@ -16,6 +16,8 @@ import threading
 
 import numpy as np
 
+from .._validate import has_cuda_interface
+
 __all__ = ["Function", "no_grad", "enable_grad", "is_grad_enabled"]
 
 _state = threading.local()
@@ -85,7 +87,7 @@ def is_cuda_array(a) -> bool:
     """
     if isinstance(a, np.ndarray) or a is None or isinstance(a, (int, float)):
         return False
-    if hasattr(a, "__cuda_array_interface__"):
+    if has_cuda_interface(a):
         return True
     cuda = sys.modules.get("numba.cuda")
     if cuda is None:

@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .._validate import has_cuda_interface
 from ..autograd.tensor import Tensor
 
 
@@ -38,7 +39,7 @@ class Parameter(Tensor):
     """
 
     def __init__(self, data):
-        on_device = hasattr(data, "__cuda_array_interface__")
+        on_device = has_cuda_interface(data)
         super().__init__(data, requires_grad=True, copy=not on_device)
 
     def __repr__(self) -> str:
