@@ -456,7 +456,8 @@ def main(argv=None):
                          "methods on the --only workloads; $OUT/kernels.json")
     args = ap.parse_args(argv)
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
-    sys.path.insert(0, ROOT)  # this tree's paramshare_nb, installed or not
+    if ROOT not in sys.path:  # this tree's paramshare_nb, installed or not
+        sys.path.insert(0, ROOT)
     # the device's copy of the tree may have no .git: the caller can name the commit
     report = {"versions": versions(), "dtype": args.dtype,
               "commit": os.environ.get("PARAMSHARE_COMMIT") or _commit()}

@@ -172,7 +172,8 @@ def contains(gens, g) -> bool:
     """
     g = as_perm(g, "g")
     gens = as_int_array(gens, "gens")
-    gens = as_gens(gens, "gens", n=None if gens.size else g.shape[0])  # no generators: g's n
+    # a (0, n) array states its degree; an empty list takes g's
+    gens = as_gens(gens, "gens", n=None if gens.ndim == 2 else g.shape[0])
     if gens.shape[1] != g.shape[0]:  # g is the odd one out: the generators agree
         raise ValueError(f"g has length {g.shape[0]}, but gens act on {gens.shape[1]} points")
     return _chain(gens).contains(g)

@@ -80,6 +80,8 @@ def test_plot_paths_refused_before_training(capsys, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
+    from paramshare_nb import demo as demo_module
+
     (tmp_path / "a.png").mkdir()
     cases = [(str(tmp_path / "a.png"), "is a folder"), (str(tmp_path / "b.pgf"), "cannot write")]
 
@@ -87,7 +89,10 @@ def test_plot_paths_refused_before_training(capsys, tmp_path, monkeypatch):
         if kwargs.get("format") == "pgf":
             raise RuntimeError("'xelatex' not found")
     monkeypatch.setattr(Figure, "savefig", no_latex)
+    cases.append((str(tmp_path / "c.png"), "is not writable"))  # os.access patched: not root
     for path, message in cases:
+        if message == "is not writable":
+            monkeypatch.setattr(demo_module.os, "access", lambda path, mode: False)
         with pytest.raises(SystemExit) as exit_:
             main(["demo", "--quick", "--no-progress", "--plot", path])
         assert exit_.value.code == 2

@@ -268,6 +268,8 @@ def test_contains_blames_the_argument_that_is_wrong():
     with pytest.raises(ValueError, match="g has length 2, but gens act on 3 points"):
         ps.contains([[1, 0, 2]], [1, 0])
     assert ps.contains([], [0, 1]) and not ps.contains([], [1, 0])  # no generators: g's n
+    with pytest.raises(ValueError, match="g has length 2, but gens act on 3 points"):
+        ps.contains(np.zeros((0, 3), int), [1, 0])
     with pytest.raises(TypeError, match="rng must be None, a non-negative int seed"):
         groups.random_element([[1, 0]], rng="seed")
 
