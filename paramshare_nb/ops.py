@@ -112,6 +112,9 @@ def _as_float(obj, name: str) -> np.ndarray:
         arr = np.asarray(obj)
     except ValueError as exc:
         raise ValueError(f"{name} is ragged ({exc}); give a rectangular float array") from None
+    except RuntimeError as exc:  # PyTorch, for a tensor that requires grad
+        raise TypeError(f"{name} would not convert to a numpy array ({exc}); for PyTorch, "
+                        f"pass tensor.detach()") from exc
     if arr.dtype.kind != "f" or arr.dtype.itemsize > 8:
         hint = ".astype(np.float32)" if arr.dtype.kind in "biu" else ".astype(np.float64)"
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {arr.dtype}; "

@@ -980,6 +980,12 @@ def test_bad_inputs_raise_clear_errors(data):
         ps.tied_matmul(Tracked(), theta, pat)
     with pytest.raises(TypeError, match="would not share its memory"):
         ps.tied_matmul_grad(dy, x, Tracked(), pat)
+
+    class TrackedOnHost:  # as a PyTorch CPU tensor that requires grad
+        def __array__(self, dtype=None, copy=None):
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad")
+    with pytest.raises(TypeError, match=r"x would not convert .*tensor\.detach\(\)"):
+        ps.tied_matmul(TrackedOnHost(), theta, pat)
     np.testing.assert_array_equal(x, keep)
 
 
