@@ -4,7 +4,7 @@ Run by the docs build (``conf.py`` writes its output to
 ``docs/_generated/paper_claims.rst``; no section title, the including page has
 it) and imported by ``tests/test_paper_claims.py``, so the table in the docs
 and the test suite check the same constructions against the same expected
-numbers (THEORY.md sections 3 and 4; Ravanbakhsh, Schneider & Poczos, ICML
+numbers (docs/theory.rst sections 3 and 4; Ravanbakhsh, Schneider & Poczos, ICML
 2017).
 
 Each claim builds a layer (or a stack of two layers) and an action, and
@@ -111,7 +111,7 @@ def frucht_graph():
 
 @dataclass
 class Claim:
-    """One claim: a construction and the numbers the paper (THEORY.md) states."""
+    """One claim: a construction and the numbers the paper (docs/theory.rst) states."""
 
     name: str
     build: Callable  # -> (list of patterns, list of actions or None)
