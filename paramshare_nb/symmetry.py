@@ -472,6 +472,11 @@ class SymmetryGroup:
         self.order, self.sizes, self.base, self.nodes = order, sizes, base, nodes
         self._offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(INDEX)
 
+    def __setstate__(self, state):
+        # unpickled and deep-copied generators come back writeable: read-only again
+        self.__dict__.update(state)
+        self.generators = _frozen(self.generators)
+
     # -- sizes and projections -------------------------------------------------
     @property
     def n_in(self) -> int:

@@ -1,8 +1,10 @@
 """Tests of paramshare_nb.symmetry: Aut(Omega) against brute force and invariants."""
 
+import copy
 import io
 import itertools
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -253,6 +255,9 @@ def test_product_action_orbits_and_projections():
     again = ps.SymmetryGroup(sym.generators, 12, sym.sizes, sym.base)
     assert again.order == 12 and again.orbits_in.tolist() == [0] * 12
     assert "chain" in again.__dict__  # the order's check built what contains() uses
+    for twin in (pickle.loads(pickle.dumps(again)), copy.deepcopy(again)):
+        assert not twin.generators.flags.writeable
+        assert twin.order == 12 and twin.contains(again.gens_in[0], again.gens_out[0])
 
 
 @pytest.mark.parametrize("args, exc, match", [
