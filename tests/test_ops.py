@@ -345,9 +345,10 @@ def test_small_w_streaming_tiles(dtype, parallel, monkeypatch):
 
 def test_small_w_without_avx512_registers(monkeypatch):
     """On a CPU with 16 vector registers (AVX2, no AVX-512VL) the register kernels take only
-    the shapes whose accumulators fit: Figure 1's 5 x 20 float32 goes back to the tiles,
-    a 4 x 16 keeps them (a shape test_small_w_register_kernels compiles); both against the
-    reference."""
+    the shapes whose rows fit: Figure 1's 5 x 20 float32 goes back to the tiles, a 4 x 16
+    keeps them (a shape test_small_w_register_kernels compiles); both against the
+    reference.  A 4 x 24 (16 registers, counting one row of x) keeps them too."""
+    from paramshare_nb import _dispatch
     from paramshare_nb._kernels import simd, small_cpu
     calls = _spy_kernels(monkeypatch, small_cpu, ("small_forward", "small_backward"),
                          ("dot_forward", "fused_backward"))
@@ -359,6 +360,8 @@ def test_small_w_without_avx512_registers(monkeypatch):
         _check_channels(_dense_random(m, n, 4, m), ("materialize",), np.float32, 13, 1, 1,
                         rng)
         assert calls == want
+    assert _dispatch._fuses(4, 24, 4) and _dispatch._dots_forward(4, 24, 4)
+    assert not _dispatch._fuses(5, 17, 4)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_square_w_streams_at_small_batches(dtype, monkeypatch):
@@ -524,7 +527,7 @@ def test_small_w_register_kernels(dtype, nr, nv):
     rng = np.random.default_rng(41)
     for k in (nv * lanes, nv * lanes - lanes // 2 - 1):
         assert _dispatch._fuses(nr, k, np.dtype(dtype).itemsize) == (
-            (nr + 2) * nv + 1 <= simd.REGISTERS)
+            (nr + 1) * nv + 1 <= simd.REGISTERS)
         pat = _dense_random(nr, k, 3, nr * nv)
         indptr, cols, params = _dispatch.csr_of(pat)
         theta = rng.standard_normal((3, 1, 1)).astype(dtype)
