@@ -429,6 +429,32 @@ def test_cuda_cupy_and_torch_arrays_stay_on_the_device(family):
     np.testing.assert_array_equal(back(xd), x)  # inputs never modified
 
 
+def test_cuda_dtheta_steps_through_batch_and_bases():
+    """The (edge or base, batch) items that csr's and the complement's dtheta threads step
+    through without dividing: a parameter with two bases (it fills most of both input
+    blocks), batches that do and do not divide the 4-thread stride, a thread's batch
+    index wrapping into its next base."""
+    rows, cols, params = [], [], []
+    for m in range(6):
+        for j in range(12):
+            rows.append(m)
+            cols.append(j)
+            params.append(0 if j == m else 2 if j == m + 6 else 1)
+    pat = Pattern((6, 12), rows, cols, params, n_params=3)
+    split = ps._dispatch.plan_of(pat).split()
+    assert np.diff(np.asarray(split.q_ptr)).max() == 2  # parameter 1: a base in each block
+    with config.override(cuda_threads=4, cuda_max_blocks=3):
+        for batch in ((1,), (3,), (5,), (9,)):
+            for scalar in (True, False):
+                theta, x, dy = _data(pat, np.float64, scalar, batch)
+                rdx, rdth = ref.grad(dy, x, theta, pat)
+                for method in ("complement", "csr"):
+                    dx, dth = ps.tied_matmul_grad(cuda.to_device(dy), cuda.to_device(x),
+                                                  cuda.to_device(theta), pat, method=method)
+                    _close(dx.copy_to_host(), rdx, np.float64)
+                    _close(dth.copy_to_host(), rdth, np.float64)
+
+
 @pytest.mark.parametrize("per_thread,splits", [(False, 1), (True, 1), (False, 7)],
                          ids=["block-per-item", "thread-per-item", "7-blocks-per-item"])
 @pytest.mark.parametrize("method", ["csr", "materialize"])

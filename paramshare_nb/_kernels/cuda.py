@@ -407,15 +407,25 @@ def kernels(dtype, tile):
         # block too (w4's ten parameters of ten edges each, batch 4096: 0.92 ms on an
         # H200 with one thread per edge walking the batch).  Each edge's products summed,
         # as the CPU's csr does (summing the inputs that share a parameter first can
-        # overflow where this stays finite).
+        # overflow where this stays finite).  The (edge, batch) pair steps on without a
+        # division in the loop: a 64-bit division is a long software routine on a GPU.
         nb = dy.shape[0]
         s = zero
+        if j >= stop:
+            return s
+        k = j // nb
+        b = j - k * nb
+        dk = step // nb
+        db = step - dk * nb
         while j < stop:
-            k = j // nb
             e = lo + k
-            b = j - k * nb
             s += dy[b, prows[e], co] * x[b, pcols[e], ci]
             j += step
+            k += dk
+            b += db
+            if b >= nb:
+                b -= nb
+                k += 1
         return s
 
     @block_jit
@@ -651,10 +661,22 @@ def kernels(dtype, tile):
         while w < npar * nco * nci:  # uniform across the block
             q, co, ci = item_of(w, nco, nci)
             s = zero
-            for i in range(t, (q_ptr[q + 1] - q_ptr[q]) * nb, TT):
-                j = q_us[q_ptr[q] + i // nb]
-                b = i % nb
-                s += dsum[b, j, co] * tot[b, base_k[j], ci]
+            items = (q_ptr[q + 1] - q_ptr[q]) * nb
+            if t < items:  # (base, batch) items t, t + TT, ..., stepped as in csr_edges
+                k = t // nb
+                b = t - k * nb
+                dk = TT // nb
+                db = TT - dk * nb
+                i = t
+                while i < items:
+                    j = q_us[q_ptr[q] + k]
+                    s += dsum[b, j, co] * tot[b, base_k[j], ci]
+                    i += TT
+                    k += dk
+                    b += db
+                    if b >= nb:
+                        b -= nb
+                        k += 1
             s = block_total(buf, s, t)
             if t == 0 and q_ptr[q + 1] > q_ptr[q]:
                 dtheta[q, co, ci] += s
