@@ -156,6 +156,22 @@ def kernels(dtype, tile):
         r = w // n2
         return r // n1, r % n1, w % n2
 
+    @cuda.jit(device=True)
+    def split_item(i, nb):
+        # (k, b) with i = k * nb + b: an (edge or base, batch) item, batch fastest
+        k = i // nb
+        return k, i - k * nb
+
+    @cuda.jit(device=True)
+    def next_item(k, b, dk, db, nb):
+        # split_item(i + step) from split_item(i) and (dk, db) = split_item(step): a loop
+        # steps on without dividing (a 64-bit division is a long software routine on a GPU)
+        k += dk
+        b += db
+        if b >= nb:
+            return k + 1, b - nb
+        return k, b
+
     @cuda.jit
     def csr_forward(x, theta, indptr, cols, params, y):
         nb, nm, nco = y.shape
@@ -407,25 +423,18 @@ def kernels(dtype, tile):
         # block too (w4's ten parameters of ten edges each, batch 4096: 0.92 ms on an
         # H200 with one thread per edge walking the batch).  Each edge's products summed,
         # as the CPU's csr does (summing the inputs that share a parameter first can
-        # overflow where this stays finite).  The (edge, batch) pair steps on without a
-        # division in the loop: a 64-bit division is a long software routine on a GPU.
+        # overflow where this stays finite).
         nb = dy.shape[0]
         s = zero
         if j >= stop:
             return s
-        k = j // nb
-        b = j - k * nb
-        dk = step // nb
-        db = step - dk * nb
+        k, b = split_item(j, nb)
+        dk, db = split_item(step, nb)
         while j < stop:
             e = lo + k
             s += dy[b, prows[e], co] * x[b, pcols[e], ci]
             j += step
-            k += dk
-            b += db
-            if b >= nb:
-                b -= nb
-                k += 1
+            k, b = next_item(k, b, dk, db, nb)
         return s
 
     @block_jit
@@ -662,21 +671,15 @@ def kernels(dtype, tile):
             q, co, ci = item_of(w, nco, nci)
             s = zero
             items = (q_ptr[q + 1] - q_ptr[q]) * nb
-            if t < items:  # (base, batch) items t, t + TT, ..., stepped as in csr_edges
-                k = t // nb
-                b = t - k * nb
-                dk = TT // nb
-                db = TT - dk * nb
+            if t < items:  # (base, batch) items t, t + TT, ...
+                k, b = split_item(t, nb)
+                dk, db = split_item(TT, nb)
                 i = t
                 while i < items:
                     j = q_us[q_ptr[q] + k]
                     s += dsum[b, j, co] * tot[b, base_k[j], ci]
                     i += TT
-                    k += dk
-                    b += db
-                    if b >= nb:
-                        b -= nb
-                        k += 1
+                    k, b = next_item(k, b, dk, db, nb)
             s = block_total(buf, s, t)
             if t == 0 and q_ptr[q + 1] > q_ptr[q]:
                 dtheta[q, co, ci] += s
