@@ -434,7 +434,7 @@ class SymmetryGroup:
         ``order`` other than the order of the group they generate; a base
         point out of range.  The order is checked on the stabilizer chain
         that :meth:`contains` uses, built here (Schreier-Sims: about a second
-        for Deep Sets on 128 points, 16 s on 256; :func:`symmetry_group`'s
+        for Deep Sets on 128 points, 15 s on 256; :func:`symmetry_group`'s
         results skip this).
     """
 
