@@ -48,6 +48,9 @@ def bytes_text(n: int) -> str:
 
 def as_int_array(obj, name: str, ndim: int | None = None) -> np.ndarray:
     """Return ``obj`` as a fresh C-contiguous int64 array, refusing non-integers."""
+    if isinstance(obj, np.ma.MaskedArray):  # np.asarray would drop the mask
+        raise TypeError(f"{name} is a masked array; give a plain integer array "
+                        f"(np.ma.getdata({name}) if no entry is masked)")
     try:
         arr = np.asarray(obj)
     except ValueError as exc:  # ragged nested lists
@@ -219,6 +222,17 @@ def has_cuda_interface(obj) -> bool:
                         f"memory ({exc}); pass one that does (for PyTorch, "
                         f"tensor.detach())") from exc
     return True
+
+
+def refuse_masked(obj, name: str, var: str | None = None) -> None:
+    """A ``TypeError`` for a numpy masked array: ``np.asarray`` would drop its mask and the
+    arithmetic would use the values under it, a wrong answer with no error.  ``var`` names
+    the array in the suggested fixes (default ``name``)."""
+    if isinstance(obj, np.ma.MaskedArray):
+        var = name if var is None else var
+        raise TypeError(f"{name} is a masked array, whose mask would be ignored; pass "
+                        f"{var}.filled(0) to count masked entries as zeros, or "
+                        f"np.ma.getdata({var}) to use the values under the mask")
 
 
 def as_positive_int(v, name: str, minimum: int = 1) -> int:

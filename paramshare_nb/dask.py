@@ -67,6 +67,9 @@ def _check_dask_array(x, name: str, n_sample_axes: int | None = None):
     if x.ndim < 1:
         raise ValueError(f"{name} must have at least one axis, shape (batch, ...), got a 0-d "
                          f"array")
+    if isinstance(getattr(x, "_meta", None), np.ma.MaskedArray):  # chunks would drop masks
+        raise TypeError(f"{name} has masked-array chunks, whose masks would be ignored; pass "
+                        f"dask.array.ma.filled({name}, 0) to count masked entries as zeros")
     if any(math.isnan(c) for cs in x.chunks for c in cs):
         raise ValueError(f"{name} has unknown chunk sizes (shape {x.shape}), as after boolean "
                          f"indexing; call {name} = {name}.compute_chunk_sizes() first")

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import config
 from ._kernels.refine_cpu import _edges_land_on_their_own
-from ._validate import as_axis, as_positive_int, as_rng, as_tolerance, axis_hint
+from ._validate import as_axis, as_positive_int, as_rng, as_tolerance, axis_hint, refuse_masked
 from .actions import Action
 from .patterns import Pattern, _as_action
 
@@ -96,6 +96,7 @@ def is_equivariant(pattern_or_matrix, action, atol: float = 0.0) -> bool:
         _check_shape(pat.shape, act)
         preserves = _preserver(pat)
         return all(preserves(gin, gout) for gin, gout in zip(act.gens_in, act.gens_out))
+    refuse_masked(pattern_or_matrix, "pattern_or_matrix")
     w = np.asarray(pattern_or_matrix)
     if w.ndim < 2:
         raise ValueError(f"a matrix must have at least 2 dimensions (M, N), got shape {w.shape}")
@@ -162,6 +163,7 @@ def equivariance_error(f, action, x, axis: int | None = None, out_axis: int | No
     act = _as_action(action)
     if not callable(f):
         raise TypeError("f must be callable")
+    refuse_masked(x, "x")
     x = np.asarray(x)
     n_samples = as_positive_int(n_samples, "n_samples", minimum=0)
     rng = as_rng(rng)

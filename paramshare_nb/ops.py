@@ -75,7 +75,7 @@ import numba
 import numpy as np
 
 from . import _dispatch, config
-from ._validate import has_cuda_interface
+from ._validate import has_cuda_interface, refuse_masked
 from .patterns import Pattern
 
 __all__ = ["tied_matmul", "tied_matmul_grad", "materialize", "METHODS"]
@@ -108,6 +108,7 @@ def _as_float(obj, name: str) -> np.ndarray:
     """``obj`` as an ndarray (no copy yet), refusing non-float dtypes."""
     if obj is None:
         raise TypeError(f"{name} must be a float32 or float64 array, got None")
+    refuse_masked(obj, name)
     try:
         arr = np.asarray(obj)
     except ValueError as exc:
@@ -306,7 +307,8 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
     TypeError
         Non-float inputs, ``pattern`` not a :class:`Pattern`, ``out`` of the
         wrong type or dtype, a CUDA array that will not share its memory (a
-        PyTorch tensor that requires grad: pass ``tensor.detach()``).
+        PyTorch tensor that requires grad: pass ``tensor.detach()``), a numpy
+        masked array (its mask would be ignored: pass ``x.filled(0)``).
     ValueError
         Shape or channel mismatch with the pattern; wrong ``out`` shape.
     MemoryError

@@ -94,9 +94,10 @@ def apply(p, x, axis: int = -1) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        ``x`` with entries moved, equal to ``x.take(inverse(p), axis)``.
+        ``x`` with entries moved, equal to ``x.take(inverse(p), axis)``; a masked
+        array's mask moves with its entries.
     """
-    x = np.asarray(x)
+    x = x if isinstance(x, np.ma.MaskedArray) else np.asarray(x)
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension to permute")
     given, axis = axis, as_axis(axis, x.ndim)

@@ -113,6 +113,11 @@ def test_tied_matmul_bad_input(rng):
         psd.tied_matmul(xd, np.ones(4), pat, method="fastest")
     with pytest.raises(TypeError, match="float32 or float64"):  # refused lazily, not later
         psd.tied_matmul(da.ones((8, 4), chunks=(4, 4), dtype=np.longdouble), np.ones(4), pat)
+    masked = da.ma.masked_equal(xd, 0.0)  # chunks whose masks np.asarray would drop
+    with pytest.raises(TypeError, match=r"masked-array chunks.*dask\.array\.ma\.filled\(x, 0\)"):
+        psd.tied_matmul(masked, np.ones(4), pat)
+    with pytest.raises(TypeError, match="theta is a masked array"):
+        psd.tied_matmul(xd, np.ma.masked_array(np.ones(4)), pat)
     half = psd.tied_matmul(xd.astype(np.float16), np.ones(4, np.float16), pat)
     assert half.dtype == half.compute().dtype == np.float32  # as ops: float16 computes in 32
 

@@ -150,6 +150,20 @@ def test_cuda_tensor_that_will_not_share_is_refused_by_name():
             make(Tracked())
 
 
+def test_masked_arrays_are_refused_not_unmasked():
+    """np.asarray drops a mask, and the arithmetic would use the values under it."""
+    x = np.ma.masked_array(np.ones((2, 2)), mask=[[False, True], [False, False]])
+    for make in (Tensor, nn.Parameter, nn.Linear(2, 2, dtype=np.float64),
+                 lambda a: Tensor(np.ones(2)) * a, lambda a: a + Tensor(np.ones(2))):
+        with pytest.raises(TypeError, match=r"is a masked array, whose mask would be ignored"):
+            make(x)
+    act = ps.Action.same(ps.groups.cyclic(2))
+    with pytest.raises(TypeError, match=r"x is a masked array.*np\.ma\.getdata\(x\)"):
+        ps.equivariance_error(lambda a: a, act, x)
+    with pytest.raises(TypeError, match="pattern_or_matrix is a masked array"):
+        ps.is_equivariant(x, act)
+
+
 def test_init_variance_uses_true_fan_in():
     # rows with 3, 1, 2 and 4 non-zeros; every parameter sits in one row
     index = np.array([[0, 1, 2, -1], [3, -1, -1, -1], [4, -1, 5, -1], [6, 7, 8, 9]])

@@ -989,6 +989,12 @@ def test_bad_inputs_raise_clear_errors(data):
             raise RuntimeError("Can't call numpy() on Tensor that requires grad")
     with pytest.raises(TypeError, match=r"x would not convert .*tensor\.detach\(\)"):
         ps.tied_matmul(TrackedOnHost(), theta, pat)
+    # a masked array's mask would be dropped by np.asarray: refused, not silently unmasked
+    masked = np.ma.masked_array(x, mask=np.zeros(x.shape, bool))
+    with pytest.raises(TypeError, match=r"x is a masked array.*x\.filled\(0\)"):
+        ps.tied_matmul(masked, theta, pat)
+    with pytest.raises(TypeError, match="dy is a masked array"):
+        ps.tied_matmul_grad(np.ma.masked_array(dy), x, theta, pat)
     np.testing.assert_array_equal(x, keep)
 
 

@@ -52,6 +52,17 @@ def test_apply_axis_and_order():
     assert perm.order_of(perm.from_cycles("(0 1)(2 3 4)", 5)) == 6
 
 
+def test_apply_moves_a_mask_with_its_entries():
+    p = perm.from_cycles("(0 1 2)", 3)
+    x = np.ma.masked_array([1.0, 2.0, 3.0], mask=[False, True, False])
+    out = perm.apply(p, x)
+    assert isinstance(out, np.ma.MaskedArray)
+    np.testing.assert_array_equal(np.ma.getmaskarray(out), np.ma.getmaskarray(x)[perm.inverse(p)])
+    np.testing.assert_array_equal(out.data, x.data[perm.inverse(p)])
+    with pytest.raises(TypeError, match="p is a masked array; give a plain integer array"):
+        perm.apply(np.ma.masked_array([1, 2, 0]), x)
+
+
 def test_random_is_permutation():
     ps_ = perm.random(7, size=5, rng=0)
     assert ps_.shape == (5, 7)

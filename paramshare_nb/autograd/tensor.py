@@ -10,6 +10,7 @@ import numpy as np
 from . import primitives as P
 from .engine import backward as _backward
 from .function import device_of, is_cuda_array, to_device
+from .._validate import refuse_masked
 
 __all__ = ["Tensor", "concat", "tied_matmul", "segment_reduce"]
 
@@ -59,6 +60,7 @@ class Tensor:
                 raise TypeError("Tensor: cannot change the dtype of CUDA data here; convert it "
                                 "before wrapping")
         else:
+            refuse_masked(data, "Tensor: data", "data")
             data = np.array(data, dtype=dtype, copy=True) if copy else np.asarray(data, dtype)
         if requires_grad and np.dtype(data.dtype).kind != "f":
             raise TypeError(f"Tensor: requires_grad needs floating-point data, got dtype "
@@ -190,6 +192,7 @@ class Tensor:
             return other
         if is_cuda_array(other):
             return Tensor(other)
+        refuse_masked(other, "Tensor arithmetic: an operand", "it")
         arr = np.asarray(other)
         if arr.dtype.kind == "c" and self.dtype.kind == "f":  # the cast below drops .imag
             raise TypeError(f"a complex constant with a {self.dtype} tensor: convert the tensor "

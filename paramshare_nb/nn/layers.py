@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_real, as_rng, has_cuda_interface
+from .._validate import as_real, as_rng, has_cuda_interface, refuse_masked
 from ..actions import Action
 from ..autograd.tensor import Tensor, segment_reduce, tied_matmul
 from ..equivariance import is_equivariant
@@ -28,6 +28,7 @@ def _as_tensor(x, layer) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if isinstance(x, (np.ndarray, list, tuple)) or has_cuda_interface(x):
+        refuse_masked(x, f"{_label(layer)}: input", "x")
         return Tensor(x)
     raise TypeError(f"{_label(layer)}: input must be a Tensor or an array, got "
                     f"{type(x).__name__}")
