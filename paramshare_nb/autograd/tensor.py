@@ -7,10 +7,10 @@ import operator
 
 import numpy as np
 
+from .._validate import refuse_masked
 from . import primitives as P
 from .engine import backward as _backward
 from .function import device_of, is_cuda_array, to_device
-from .._validate import refuse_masked
 
 __all__ = ["Tensor", "concat", "tied_matmul", "segment_reduce"]
 
