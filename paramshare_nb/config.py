@@ -94,7 +94,8 @@ def _bounded_openmp_spin() -> None:
 
 _bounded_openmp_spin()
 
-#: Memory bound (bytes) for closures and materialised matrices.
+#: Memory bound (bytes) for closures, materialised matrices and the symmetry search's
+#: graph and partitions.
 max_bytes: int = _env_int("PARAMSHARE_MAX_BYTES", 1 << 30)
 #: Threads per block for CUDA kernels (1 to 1024).  The tiled and block-reduction kernels
 #: use the largest square tile that fits (16 x 16 at 256, 32 x 32 at 1024) and are compiled

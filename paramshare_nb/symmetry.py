@@ -150,6 +150,13 @@ class _Graph:
         return np.lexsort((col, second, first))
 
     @property
+    def nbytes(self) -> int:
+        """Bytes the graph holds, counting the edge colours that :attr:`ocol` caches."""
+        arrays = (self.colors, self.optr, self.oadj, self.ow, self.okey, self.iptr, self.iadj,
+                  self.iw)
+        return sum(a.nbytes for a in arrays) + self.okey.nbytes
+
+    @property
     def csr(self):
         return self.optr, self.oadj, self.ow, self.iptr, self.iadj, self.iw
 
@@ -198,7 +205,7 @@ def _search(g: _Graph, budget: int) -> _SearchResult:
     fp = [root]
     fp_nc, fp_tr, fp_tgt, fp_v = [nc], [tr], [tgt], []
     while tgt >= 0:
-        _check_path_memory(len(fp) + 1, nv)
+        _check_path_memory(len(fp) + 1, nv, g.nbytes)
         v = int(fp[-1][0][tgt])
         nxt = _new_partition(nv)
         nc, tr, tgt = _child(*fp[-1], *nxt, fp_nc[-1], v, *csr)
@@ -350,13 +357,32 @@ def _checked_order(res: _SearchResult) -> int:
     return res.order
 
 
-def _check_path_memory(depth, nv):
-    # the first path and the scratch path each keep one partition (4 int64 arrays) per level
-    need = 2 * depth * 4 * nv * 8
+def _check_path_memory(depth, nv, graph_bytes=0):
+    # the first path and the scratch path each keep one partition (4 int64 arrays) per level,
+    # and the generators found (about one a level, in a list and stacked): 10 int64 arrays of
+    # nv a level, beside the graph (Deep Sets on 512 points: 41.9 MB and a graph of 10.5)
+    need = 10 * depth * nv * 8 + graph_bytes
     if need > config.max_bytes:
+        with_graph = f" with its graph's {bytes_text(graph_bytes)}" if graph_bytes else ""
         raise MemoryError(
             f"the symmetry search's first path is {depth} level{'s' * (depth != 1)} deep on {nv} "
             f"points and would "
+            f"need about {bytes_text(need)}{with_graph}, over config.max_bytes = "
+            f"{bytes_text(config.max_bytes)}; raise it with config.override(max_bytes=...)"
+        )
+
+
+#: Bytes per pattern entry that building the search's graph peaks at (its sorted copies and
+#: edge weights, both ways round): tracemalloc measured 120.0-120.4 for ``symmetry_group``
+#: of dense cyclic patterns of 65,536 to 4.2 million entries.
+_GRAPH_BYTES_PER_EDGE = 120
+
+
+def _check_graph_memory(edges):
+    need = _GRAPH_BYTES_PER_EDGE * edges
+    if need > config.max_bytes:
+        raise MemoryError(
+            f"the symmetry search's graph has {edges} edges (one per pattern entry) and would "
             f"need about {bytes_text(need)}, over config.max_bytes = "
             f"{bytes_text(config.max_bytes)}; raise it with config.override(max_bytes=...)"
         )
@@ -741,6 +767,7 @@ def _layers_graph(patterns):
     # the root's partitions alone, before any array of that many points (a pattern of 2**61
     # rows got numpy's "array is too big")
     _check_path_memory(1, sum(sizes))
+    _check_graph_memory(sum(p.nnz for p in patterns))
     offs = np.concatenate([[0], np.cumsum(sizes)]).astype(INDEX)
     src, dst, col = [], [], []
     coff = 0
