@@ -300,6 +300,12 @@ def test_cuda_csr_dtheta_multiplies_each_edge_first():
 def test_cuda_host_inputs_keep_their_family():
     with pytest.raises(ValueError, match="x is ragged"):
         ps.tied_matmul([[1.0, 2.0], [1.0]], np.ones(1), PATTERNS["deepsets"], backend="cuda")
+    masked = np.ma.masked_array(np.ones((2, 4)), mask=np.eye(2, 4, dtype=bool))
+    with pytest.raises(TypeError, match="x is a masked array, whose mask would be ignored"):
+        ps.tied_matmul(masked, np.ones(2), PATTERNS["deepsets"], backend="cuda")
+    with pytest.raises(TypeError, match="theta is a masked array"):
+        ps.tied_matmul_grad(np.ones((2, 4)), np.ones((2, 4)), np.ma.masked_array(np.ones(2)),
+                            PATTERNS["deepsets"], backend="cuda")
     torch = pytest.importorskip("torch")
     pat = PATTERNS["deepsets"]
     x = torch.ones((2, 4), dtype=torch.float32)

@@ -54,6 +54,7 @@ import numba
 import numpy as np
 
 from .. import config
+from .._validate import refuse_masked
 from . import cuda_blas, cuda_launch, cuda_memory
 
 try:
@@ -716,6 +717,7 @@ def _as_device(obj, name):
             return obj
         arr = cuda.as_cuda_array(obj)
     else:
+        refuse_masked(obj, name)
         try:
             host = np.asarray(obj)
         except ValueError as exc:  # ragged nested lists, mostly
