@@ -17,6 +17,7 @@ import numpy as np
 from . import config
 from ._kernels.groups_cpu import _closure, _orbits
 from ._schreier import StabChain
+from ._search import _graph_automorphisms
 from ._validate import (
     INDEX,
     as_degree,
@@ -613,6 +614,4 @@ def graph_automorphisms(adjacency, colors=None) -> np.ndarray:
     numpy.ndarray
         ``(k, n)`` generators (``k = 0`` when the group is trivial).
     """
-    from .symmetry import _graph_automorphisms  # search engine sits a layer up
-
     return _graph_automorphisms(adjacency, colors)
