@@ -18,6 +18,38 @@ from .autograd.function import no_grad, to_host
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR"]
 
 
+class _Hyper:
+    """A hyper-parameter checked whenever it is set, not only by the constructor: schedules
+    and users change them between steps, and a bad value found in the middle of an update
+    would leave some parameters and their state updated and others not."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else obj.__dict__[self.name]
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.name] = self.check(value, f"{type(obj).__name__}: {self.name}")
+
+
+def _rate(lo_open=False):
+    return lambda v, name: as_real(v, name, lo=0.0, lo_open=lo_open)
+
+
+def _fraction(v, name):
+    return as_real(v, name, 0.0, 1.0, hi_open=True)
+
+
+def _flag(v, name):
+    if not (isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1))):
+        raise TypeError(f"{name} must be a bool, got {v!r}")
+    return bool(v)
+
+
 class Optimizer:
     """Base class: holds the parameters, the learning rate and per-parameter state.
 
@@ -27,8 +59,11 @@ class Optimizer:
         Tensors to update (duplicates are kept once); a model stands for its
         ``parameters()``.
     lr : float
-        Learning rate (schedules change :attr:`lr`).
+        Learning rate, > 0.  Schedules change :attr:`lr` (0 allowed there);
+        every hyper-parameter is checked again whenever it is set.
     """
+
+    lr = _Hyper(_rate())
 
     def __init__(self, params, lr: float):
         name = type(self).__name__
@@ -52,7 +87,7 @@ class Optimizer:
         if not unique:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
         self.params = unique
-        self.lr = as_real(lr, f"{name}: lr", lo=0.0, lo_open=True)
+        self.lr = as_real(lr, f"{name}: lr", lo=0.0, lo_open=True)  # > 0 to start with
         self.state = {}
         self.steps = 0
 
@@ -64,9 +99,11 @@ class Optimizer:
     def step(self) -> None:
         """Update every parameter that has a gradient.
 
-        Every gradient is checked first, so a bad one (wrong shape, a read-only
-        parameter) raises before any parameter, state or step count changes.
+        Every gradient and hyper-parameter is checked first, so a bad one (a
+        wrong shape or dtype, a read-only parameter, Nesterov without momentum)
+        raises before any parameter, state or step count changes.
         """
+        self._check()
         grads = [(p, self._checked_grad(p)) for p in self.params if p.grad is not None]
         self.steps += 1
         with no_grad():
@@ -85,14 +122,28 @@ class Optimizer:
     def _checked_grad(self, p) -> np.ndarray:
         """``p``'s gradient on the host in ``p``'s dtype, refused before any update."""
         name = f"{type(self).__name__}.step"
-        g = np.asarray(to_host(p.grad), dtype=p.dtype)
+        raw = np.asarray(to_host(p.grad))
+        if raw.dtype.kind not in "biuf":  # the cast would drop .imag, or make None a nan
+            raise TypeError(f"{name}: a gradient of dtype {raw.dtype} for a parameter of shape "
+                            f"{p.shape}; gradients must hold real numbers")
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+            g = raw.astype(p.dtype, copy=False)
         if g.shape != p.shape:
             raise ValueError(f"{name}: a gradient of shape {g.shape} for a parameter of shape "
                              f"{p.shape}")
         if p.device == "cpu" and not p.data.flags.writeable:
             raise ValueError(f"{name}: a parameter of shape {p.shape} is read-only; give "
                              f"parameters writeable arrays (np.array(..., copy=True))")
+        if raw.dtype.itemsize > g.dtype.itemsize and raw.dtype.kind == "f" and not (
+                np.isfinite(g).all() or not np.isfinite(raw).all()):
+            raise ValueError(f"{name}: a {raw.dtype} gradient of shape {p.shape} overflows the "
+                             f"parameter's {p.dtype} (largest magnitude "
+                             f"{float(np.abs(raw).max()):.3g}); scale the loss down, or train "
+                             f"in float64")
         return g
+
+    def _check(self):
+        """Checks that involve several hyper-parameters (each alone is checked when set)."""
 
     def _update(self, w, g, state):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -116,17 +167,19 @@ class SGD(Optimizer):
         L2 penalty coefficient.
     """
 
+    momentum = _Hyper(_fraction)
+    nesterov = _Hyper(_flag)
+    weight_decay = _Hyper(_rate())
+
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(params, lr)
-        momentum = as_real(momentum, "SGD: momentum", 0.0, 1.0, hi_open=True)
-        weight_decay = as_real(weight_decay, "SGD: weight_decay", lo=0.0)
-        if not (isinstance(nesterov, (bool, np.bool_)) or (
-                isinstance(nesterov, (int, np.integer)) and nesterov in (0, 1))):
-            raise TypeError(f"SGD: nesterov must be a bool, got {nesterov!r}")
-        if nesterov and momentum == 0:
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+        self._check()
+
+    def _check(self):
+        if self.nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov needs momentum > 0")
-        self.momentum, self.nesterov, self.weight_decay = momentum, bool(nesterov), weight_decay
 
     def _update(self, w, g, state):
         t = w.dtype.type
@@ -138,6 +191,18 @@ class SGD(Optimizer):
             state["momentum"] = buf
             g = g + t(self.momentum) * buf if self.nesterov else buf
         w -= t(self.lr) * g
+
+
+def _betas(v, name):
+    pair = None
+    if not isinstance(v, (str, bytes, set, frozenset, dict)):  # a set's order is not theirs
+        try:
+            pair = tuple(v)
+        except TypeError:  # not iterable
+            pass
+    if pair is None or len(pair) != 2:
+        raise TypeError(f"{name} must be a pair (beta1, beta2), got {v!r}")
+    return tuple(_fraction(b, f"{name}[{i}]") for i, b in enumerate(pair))
 
 
 class Adam(Optimizer):
@@ -155,22 +220,14 @@ class Adam(Optimizer):
     """
 
     decoupled = False
+    betas = _Hyper(_betas)
+    eps = _Hyper(_rate(lo_open=True))
+    weight_decay = _Hyper(_rate())
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(params, lr)
-        name = type(self).__name__
-        try:
-            pair = None if isinstance(betas, (str, bytes)) else tuple(betas)
-        except TypeError:  # not iterable
-            pair = None
-        if pair is None or len(pair) != 2:
-            raise TypeError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
-        betas = pair
-        self.betas = tuple(as_real(b, f"{name}: betas[{i}]", 0.0, 1.0, hi_open=True)
-                           for i, b in enumerate(betas))
-        self.eps = as_real(eps, f"{name}: eps", lo=0.0, lo_open=True)
-        self.weight_decay = as_real(weight_decay, f"{name}: weight_decay", lo=0.0)
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
     def _update(self, w, g, state):
         t = w.dtype.type

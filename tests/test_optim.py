@@ -177,6 +177,55 @@ def test_a_failed_step_changes_nothing():
     assert opt.steps == 0 and opt.state == {}
 
 
+def test_hyperparameters_set_between_steps_are_checked_when_set():
+    """Schedules and users change lr (and the others) after construction: a bad value is
+    refused when set, not found halfway through an update (Adam had changed its step count
+    and moments before it read lr = None)."""
+    p = nn.Parameter(np.ones(2, np.float32))
+    opt = optim.Adam([p], lr=0.1)
+    p.grad = np.ones(2, np.float32)
+    opt.step()
+    before = (p.data.copy(), opt.state[id(p)]["m"].copy(), opt.steps)
+    for name, bad, error in (("lr", None, TypeError), ("lr", float("nan"), ValueError),
+                             ("lr", -1.0, ValueError), ("eps", 0.0, ValueError),
+                             ("betas", {0.5, 0.9}, TypeError), ("betas", (0.9, 1.0), ValueError),
+                             ("weight_decay", float("inf"), ValueError)):
+        with pytest.raises(error, match=f"Adam: {name}"):
+            setattr(opt, name, bad)
+    assert opt.lr == 0.1 and opt.betas == (0.9, 0.999) and opt.eps == 1e-8
+    np.testing.assert_array_equal(p.data, before[0])
+    np.testing.assert_array_equal(opt.state[id(p)]["m"], before[1])
+    assert opt.steps == before[2]
+    opt.lr = 0  # a schedule may reach 0
+    assert opt.lr == 0.0
+    sgd = optim.SGD([p], lr=0.1, momentum=0.5, nesterov=True)
+    with pytest.raises(TypeError, match="SGD: nesterov must be a bool"):
+        sgd.nesterov = "no"
+    sgd.momentum = 0.0  # each alone is fine; together they are checked by step
+    with pytest.raises(ValueError, match="nesterov needs momentum > 0"):
+        sgd.step()
+    assert sgd.steps == 0 and sgd.state == {}
+
+
+def test_gradients_that_a_cast_would_change_are_refused():
+    """The cast to the parameter's dtype dropped .imag, made None a nan, and overflowed a
+    float64 gradient to inf in a float32 parameter, all silently."""
+    p = nn.Parameter(np.ones(2, np.float32))
+    opt = optim.SGD([p], lr=1e-30)
+    for grad, error, match in ((np.array([1j, 2j]), TypeError, "dtype complex128"),
+                               (np.array([None, 1.0], dtype=object), TypeError, "dtype object"),
+                               (np.array([1e39, 0.0]), ValueError,
+                                r"float64 gradient .* overflows the parameter's float32")):
+        p.grad = grad
+        with pytest.raises(error, match=match):
+            opt.step()
+        np.testing.assert_array_equal(p.data, np.ones(2, np.float32))
+        assert opt.steps == 0
+    p.grad = np.array([1e30, np.nan])  # non-finite already: passed on, as PyTorch does
+    opt.step()
+    assert opt.steps == 1 and np.isnan(p.data[1])
+
+
 @pytest.mark.parametrize("make, error, match", [
     (lambda p: optim.SGD(p, lr="0.1"), TypeError, "SGD: lr must be a real number"),
     (lambda p: optim.SGD(p, lr=None), TypeError, "SGD: lr must be a real number"),
