@@ -247,6 +247,30 @@ def test_backward_non_scalar_needs_grad(rng):
         (a * 2.0).backward(np.ones(4))
     with pytest.raises(RuntimeError, match="does not require a gradient"):
         Tensor(np.ones(2)).sum().backward()
+    for bad in ([None, 1.0, 2.0], np.array([1j, 2j, 3j])):  # the cast made nan, dropped .imag
+        with pytest.raises(TypeError, match="grad must hold real numbers"):
+            (a * 2.0).backward(bad)
+    assert a.grad is None
+
+
+def test_backward_checks_the_leaves_grads_before_writing_any():
+    """A stale .grad of another shape was broadcast into (a (1,) one added to every entry),
+    and a failed pass left the leaves before it already updated."""
+    w = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    w.grad = np.array([10.0])
+    with pytest.raises(ValueError, match=r"leaf of shape \(3,\) holds a .grad of shape \(1,\)"):
+        (w * w).sum().backward()
+    np.testing.assert_array_equal(w.grad, [10.0])
+    a, b = Tensor(np.ones(2), requires_grad=True), Tensor(np.ones(2), requires_grad=True)
+    a.grad, b.grad = np.zeros(2), "oops"
+    loss = (a * 3.0).sum() + (b * 5.0).sum()
+    with pytest.raises(TypeError, match="holds a .grad of type str"):
+        loss.backward()
+    np.testing.assert_array_equal(a.grad, [0.0, 0.0])
+    b.grad = None
+    loss.backward()
+    np.testing.assert_array_equal(a.grad, [3.0, 3.0])
+    np.testing.assert_array_equal(b.grad, [5.0, 5.0])
 
 
 def test_mixed_dtypes_refused():
@@ -374,7 +398,7 @@ def test_backward_names_an_op_whose_gradients_are_wrong():
 
     a = Tensor(np.array([1.0, 2.0]), requires_grad=True)
     with pytest.raises(RuntimeError, match=r"backward of wrongshape: gradient of shape \(1,\) "
-                                           r"for an input of shape \(2,\) \(a bug in that op\)"):
+                                           r"for an input of shape \(2,\) .*a bug in that op"):
         _WrongShape.apply(a).sum().backward()
     with pytest.raises(RuntimeError, match="backward of toomany returned 2 gradients for 1 "
                                            "inputs"):

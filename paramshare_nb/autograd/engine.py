@@ -57,7 +57,8 @@ def _accumulate(table, node, grad, op):
     """Add ``grad`` into ``node``'s entry; ``op`` is the Function class that made it."""
     if tuple(grad.shape) != tuple(node.data.shape):
         raise RuntimeError(f"backward of {op.name()}: gradient of shape {tuple(grad.shape)} "
-                           f"for an input of shape {node.shape} (a bug in that op)")
+                           f"for an input of shape {node.shape} (the input's .data replaced "
+                           f"after the forward, or a bug in that op)")
     key = id(node)
     old = table.get(key)
     if old is None:
@@ -71,6 +72,22 @@ def _add(a, b):
         return a + b
     # CUDA gradients: summed on the host (see Function.native_cuda)
     return to_device(np.asarray(to_host(a)) + np.asarray(to_host(b)))
+
+
+def _check_leaf_grad(node):
+    """A leaf's ``.grad`` (public, so set by anyone) must be ``None`` or an array of the
+    leaf's shape: numpy would broadcast a stale ``(1,)`` one into every entry."""
+    old = node.grad
+    if old is None:
+        return
+    if not (isinstance(old, np.ndarray) or is_cuda_array(old)):
+        raise TypeError(f"backward: a leaf of shape {node.shape} holds a .grad of type "
+                        f"{type(old).__name__}, not an array; set .grad = None (zero_grad()) "
+                        f"first")
+    if tuple(old.shape) != node.shape or np.dtype(old.dtype).kind != "f":
+        raise ValueError(f"backward: a leaf of shape {node.shape} holds a .grad of shape "
+                         f"{tuple(old.shape)} and dtype {old.dtype}; set .grad = None "
+                         f"(zero_grad()) first")
 
 
 def backward(root, grad=None) -> None:
@@ -111,7 +128,11 @@ def backward(root, grad=None) -> None:
         if isinstance(grad, Tensor):
             grad = grad.data
         if device_of(grad) == "cpu":
-            grad = np.asarray(grad, dtype=root.dtype)
+            grad = np.asarray(grad)
+            if grad.dtype.kind not in "biuf":  # the cast would drop .imag, make None a nan
+                raise TypeError(f"backward: grad must hold real numbers, got dtype "
+                                f"{grad.dtype}")
+            grad = grad.astype(root.dtype, copy=False)
             if root.device == "cuda":
                 grad = to_device(grad)
         if tuple(grad.shape) != tuple(root.shape):
@@ -119,6 +140,7 @@ def backward(root, grad=None) -> None:
                              f"{tuple(root.shape)}")
     order = toposort(root)
     table = {id(root): grad}
+    leaves = []  # (leaf, its gradient): written once the whole pass has succeeded
     with no_grad():
         for node in reversed(order):
             g = table.pop(id(node), None)
@@ -127,10 +149,7 @@ def backward(root, grad=None) -> None:
             ctx = node._ctx
             if ctx is None:
                 if node.requires_grad:
-                    if node.grad is None:
-                        node.grad = g.copy() if isinstance(g, np.ndarray) else g
-                    else:
-                        node.grad = _add(node.grad, g)
+                    leaves.append((node, g))
                 continue
             if ctx.host_fallback:
                 g = to_host(g)
@@ -147,3 +166,10 @@ def backward(root, grad=None) -> None:
                 if pg is None or not parent.requires_grad:
                     continue
                 _accumulate(table, parent, pg, op)
+    for node, _ in leaves:
+        _check_leaf_grad(node)
+    for node, g in leaves:
+        if node.grad is None:
+            node.grad = g.copy() if isinstance(g, np.ndarray) else g
+        else:
+            node.grad = _add(node.grad, g)
