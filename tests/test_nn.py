@@ -164,6 +164,64 @@ def test_masked_arrays_are_refused_not_unmasked():
         ps.is_equivariant(x, act)
 
 
+def test_module_changes_are_all_or_nothing(monkeypatch):
+    """to, astype and extend made every change before the one that failed; a Parameter
+    could be replaced by anything (then not trained, saved or moved)."""
+    cuda = pytest.importorskip("numba.cuda")
+    if not cuda.is_available():
+        pytest.skip("no CUDA device or simulator")
+    model = nn.Sequential(nn.Linear(2, 3, rng=0), nn.Linear(3, 1, rng=1))
+    for p in model.parameters():
+        p.grad = np.ones(p.shape, np.float32)
+    before = model.state_dict()
+    copies = []
+    real = cuda.to_device
+
+    def third_copy_fails(*args, **kwargs):  # the device runs out of memory
+        copies.append(1)
+        if len(copies) == 3:
+            raise MemoryError("out of device memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cuda, "to_device", third_copy_fails)
+    with pytest.raises(MemoryError):
+        model.to("cuda")
+    monkeypatch.undo()
+    assert all(p.device == "cpu" and p.grad is not None for p in model.parameters())
+    model.to("cpu").astype(np.float32)  # nothing to do: the gradients stay
+    assert all(p.grad is not None for p in model.parameters())
+    model[1].to("cuda")
+    with pytest.raises(RuntimeError, match="move the model to the CPU first"):
+        model.astype(np.float64)
+    assert model[0].weight.dtype == np.float32
+    model.to("cpu")
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got None"):
+        model.astype(None)  # np.dtype(None) is float64
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got None"):
+        nn.Linear(2, 2, dtype=None)
+
+    blocks = nn.ModuleList([nn.ReLU()])
+    with pytest.raises(TypeError, match="item 2 is a int, not a Module"):
+        blocks.extend([nn.Tanh(), 3])
+    assert len(blocks) == 1
+    layer = nn.Linear(2, 2)
+    for bad in ("abc", np.zeros((2, 2), np.float32)):
+        with pytest.raises(TypeError, match=r"Linear\.weight is a Parameter; assign a Parameter"):
+            layer.weight = bad
+    assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
+    layer.bias = None  # dropping a bias is allowed, as PyTorch's
+    assert layer(np.ones((1, 2), np.float32)).shape == (1, 2)
+    with pytest.raises(TypeError, match="state must be a mapping"):
+        layer.load_state_dict(["weight"], strict=False)
+    for call in (lambda: layer.load_state_dict({}, strict="no"), lambda: layer.train("no")):
+        with pytest.raises(TypeError, match="must be a bool, got 'no'"):
+            call()
+    with pytest.raises(ValueError, match="Flatten: expected input of shape"):
+        nn.Flatten()(Tensor(1.0))
+
+
 def test_init_variance_uses_true_fan_in():
     # rows with 3, 1, 2 and 4 non-zeros; every parameter sits in one row
     index = np.array([[0, 1, 2, -1], [3, -1, -1, -1], [4, -1, 5, -1], [6, 7, 8, 9]])

@@ -259,17 +259,19 @@ class ModuleList(Module):
 
     def append(self, module: Module):
         """Add ``module`` at the end; returns this container."""
-        if not isinstance(module, Module):
-            raise TypeError(f"{type(self).__name__}: item {self._n} is a "
-                            f"{type(module).__name__}, not a Module")
-        setattr(self, str(self._n), module)
-        self._n += 1
-        return self
+        return self.extend([module])
 
     def extend(self, modules):
-        """Add each of ``modules`` at the end; returns this container."""
+        """Add each of ``modules`` at the end; returns this container.  Every item is
+        checked first: on an error nothing is added."""
+        modules = list(modules)
+        for k, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"{type(self).__name__}: item {self._n + k} is a "
+                                f"{type(m).__name__}, not a Module")
         for m in modules:
-            self.append(m)
+            setattr(self, str(self._n), m)
+            self._n += 1
         return self
 
     def __len__(self) -> int:
@@ -359,6 +361,9 @@ class Flatten(Module):
     def forward(self, x):
         """Flatten ``x``."""
         x = _as_tensor(x, "Flatten")
+        if x.ndim < 1:
+            raise ValueError(f"Flatten: expected input of shape (batch, ...), got a 0-d "
+                             f"{x.shape}")
         return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 is ambiguous at batch 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from ..autograd.tensor import Tensor
 def float_dtype(dtype, where: str) -> np.dtype:
     """``dtype`` as float32 or float64 (what the layers compute in), else a TypeError."""
     try:
-        dt = np.dtype(dtype)
+        dt = None if dtype is None else np.dtype(dtype)  # np.dtype(None) is float64
     except TypeError:
         dt = None
     if dt not in (np.float32, np.float64):
@@ -76,6 +77,15 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    def __setattr__(self, name, value):
+        # a Parameter replaced by an array or anything else would silently stop being
+        # trained, saved and moved, and the forward would fail far from here
+        if isinstance(self.__dict__.get(name), Parameter) and not (
+                value is None or isinstance(value, Parameter)):
+            raise TypeError(f"{type(self).__name__}.{name} is a Parameter; assign a Parameter "
+                            f"(nn.Parameter(array)) or None, got {type(value).__name__}")
+        object.__setattr__(self, name, value)
+
     # -- traversal --------------------------------------------------------------------
     def named_children(self):
         """Yield ``(name, module)`` for the direct sub-modules."""
@@ -120,6 +130,7 @@ class Module:
     # -- modes and grads --------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
         """Set training mode (``True``) or evaluation mode on every sub-module."""
+        _check_bool(mode, f"{type(self).__name__}.train: mode")
         for _, module in self.named_modules():
             module.training = bool(mode)
         return self
@@ -135,13 +146,14 @@ class Module:
 
     def astype(self, dtype) -> Module:
         """Convert every parameter to ``dtype`` (float32 or float64) in place (e.g. float64
-        for gradcheck)."""
+        for gradcheck).  A converted parameter's gradient is dropped; one already of
+        ``dtype`` keeps it.  Every parameter is checked first: on an error the model is
+        unchanged."""
         dtype = float_dtype(dtype, f"{type(self).__name__}.astype")
-        for p in self.parameters():
-            if p.device != "cpu":
-                raise RuntimeError("astype: move the model to the CPU first (model.to('cpu'))")
-            p.data = p.data.astype(dtype)
-            p.grad = None
+        params = [p for p in self.parameters() if p.dtype != dtype]
+        if any(p.device != "cpu" for p in params):
+            raise RuntimeError("astype: move the model to the CPU first (model.to('cpu'))")
+        _assign([(p, p.data.astype(dtype)) for p in params])
         return self
 
     @property
@@ -153,14 +165,21 @@ class Module:
     def to(self, device: str) -> Module:
         """Move every parameter to ``"cpu"`` or ``"cuda"`` in place.
 
+        A moved parameter's gradient is dropped; one already there keeps it.
+        Every copy is made before any parameter is changed: when one fails
+        (the device out of memory), the model is unchanged.
+
         Raises
         ------
         RuntimeError
             When CUDA is requested but not usable.
         """
+        moved = []
         for p in self.parameters():
-            p.data = Tensor(p.data).to(device).data
-            p.grad = None
+            data = Tensor(p.data).to(device).data
+            if data is not p.data:
+                moved.append((p, data))
+        _assign(moved)
         return self
 
     # -- state --------------------------------------------------------------------------
@@ -191,6 +210,10 @@ class Module:
         Every value is checked before any parameter is assigned: a refused
         state leaves the model unchanged.
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict: state must be a mapping of names to arrays (as "
+                            f"state_dict() gives), got {type(state).__name__}")
+        _check_bool(strict, "load_state_dict: strict")
         params = dict(self.named_parameters())
         if strict:
             missing = [k for k in params if k not in state]
@@ -203,11 +226,8 @@ class Module:
                 continue
             staged.append((p, _checked_value(name, state[name], p)))
         # all values are valid: move them (a device copy may still fail, so move all first)
-        moved = [(p, v if p.device == "cpu" else Tensor(v).to(p.device).data)
-                 for p, v in staged]
-        for p, v in moved:
-            p.data = v
-            p.grad = None
+        _assign([(p, v if p.device == "cpu" else Tensor(v).to(p.device).data)
+                 for p, v in staged])
 
     def extra_repr(self) -> str:
         """Settings shown by ``repr`` (override in subclasses)."""
@@ -223,6 +243,19 @@ class Module:
             sub = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {sub}")
         return "\n".join(lines) + "\n)"
+
+
+def _assign(pairs) -> None:
+    """Give each parameter its new data (made beforehand, so nothing here can fail halfway)
+    and drop its gradient, which belongs to the old data."""
+    for p, data in pairs:
+        p.data = data
+        p.grad = None
+
+
+def _check_bool(value, name: str) -> None:
+    if not isinstance(value, (bool, np.bool_)):  # "no" and "False" are truthy
+        raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def _checked_value(name: str, raw, p) -> np.ndarray:
