@@ -224,6 +224,17 @@ def has_cuda_interface(obj) -> bool:
     return True
 
 
+def frozen(arr: np.ndarray) -> np.ndarray:
+    """``arr`` read-only for good, as immutable objects hold their arrays: a read-only view
+    of it, itself made read-only.  numpy lets ``setflags(write=True)`` undo the flag on an
+    array that owns its memory, or on a view of a writeable one; not on a view whose base
+    is read-only (so a view is copied first, to an array of its own)."""
+    if arr.base is not None:
+        arr = arr.copy()
+    arr.setflags(write=False)
+    return arr.view()
+
+
 def refuse_masked(obj, name: str, var: str | None = None) -> None:
     """A ``TypeError`` for a numpy masked array: ``np.asarray`` would drop its mask and the
     arithmetic would use the values under it, a wrong answer with no error.  ``var`` names

@@ -18,14 +18,18 @@ import numpy as np
 from . import config, groups
 from ._kernels.groups_cpu import _closure, _orbits, _pair_orbits
 from ._schreier import StabChain
-from ._validate import INDEX, as_degree, as_gens, as_perm, as_positive_int, as_rng, bytes_text
+from ._validate import (
+    INDEX,
+    as_degree,
+    as_gens,
+    as_perm,
+    as_positive_int,
+    as_rng,
+    bytes_text,
+    frozen,
+)
 
 __all__ = ["Action", "product", "tensor_power", "regular"]
-
-
-def _frozen(arr: np.ndarray) -> np.ndarray:
-    arr.setflags(write=False)
-    return arr
 
 
 class Action:
@@ -58,8 +62,18 @@ class Action:
                 f"gens_in has {gin.shape[0]} generators but gens_out has {gout.shape[0]}; "
                 f"give one output permutation per input permutation (the k-th belong together)"
             )
-        self.gens_in = _frozen(gin)
-        self.gens_out = _frozen(gout)
+        self._set(gin, gout)
+
+    def _set(self, gens_in, gens_out):
+        # written past __setattr__, which refuses: the patterns kept for this action (and
+        # the layers built on them) are only right for these generators
+        self.__dict__.update(gens_in=frozen(gens_in), gens_out=frozen(gens_out))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Action is immutable: cannot set {name!r}; build a new Action")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"Action is immutable: cannot delete {name!r}")
 
     def __getstate__(self):
         """The generators only (for pickle and copy): the caches (its chain, the patterns
@@ -67,8 +81,7 @@ class Action:
         return {"gens_in": self.gens_in, "gens_out": self.gens_out}
 
     def __setstate__(self, state):
-        self.gens_in = _frozen(np.array(state["gens_in"], dtype=INDEX))
-        self.gens_out = _frozen(np.array(state["gens_out"], dtype=INDEX))
+        self._set(np.array(state["gens_in"], dtype=INDEX), np.array(state["gens_out"], dtype=INDEX))
 
     # -- constructors ----------------------------------------------------------
     @classmethod
@@ -126,7 +139,7 @@ class Action:
     @cached_property
     def joint(self) -> np.ndarray:
         """Generators on ``N + M`` points: inputs first, outputs shifted by ``N``."""
-        return _frozen(np.concatenate([self.gens_in, self.gens_out + self.n_in], axis=1))
+        return frozen(np.concatenate([self.gens_in, self.gens_out + self.n_in], axis=1))
 
     @cached_property
     def _chain(self) -> StabChain:

@@ -20,7 +20,7 @@ import numpy as np
 from . import config
 from ._kernels.groups_cpu import _first_appearance_ids, _pair_orbits
 from ._npz import read_arrays, read_path, write_atomically, written_path
-from ._validate import INDEX, as_int_array, as_positive_int, bytes_text
+from ._validate import INDEX, as_int_array, as_positive_int, bytes_text, frozen
 from .actions import Action
 
 __all__ = [
@@ -108,11 +108,9 @@ class Pattern:
         return self
 
     def _set(self, m, n, rows, cols, params, n_params):
-        for arr in (rows, cols, params):
-            arr.setflags(write=False)
         # written past __setattr__, which refuses: kernels trust shape and n_params as bounds
-        self.__dict__.update(shape=(int(m), int(n)), rows=rows, cols=cols, params=params,
-                             n_params=int(n_params))
+        self.__dict__.update(shape=(int(m), int(n)), rows=frozen(rows), cols=frozen(cols),
+                             params=frozen(params), n_params=int(n_params))
 
     def __setattr__(self, name, value):
         raise AttributeError(f"Pattern is immutable: cannot set {name!r}; build a new Pattern "
@@ -160,8 +158,7 @@ class Pattern:
         """CSR row pointers ``(M + 1,)``: row ``m``'s edges are ``indptr[m]:indptr[m+1]``."""
         ptr = np.zeros(self.shape[0] + 1, dtype=INDEX)
         np.cumsum(np.bincount(self.rows, minlength=self.shape[0]), out=ptr[1:])
-        ptr.setflags(write=False)
-        return ptr
+        return frozen(ptr)
 
     def csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(indptr, cols, params)``: the row-compressed arrays kernels take."""
@@ -177,8 +174,7 @@ class Pattern:
         r, c = self.rows, self.cols
         starts = np.flatnonzero(np.r_[True, (r[1:] != r[:-1]) | (c[1:] != c[:-1])])
         starts = starts if self.nnz else starts[:0]
-        starts.setflags(write=False)
-        return starts
+        return frozen(starts)
 
     @cached_property
     def n_entries(self) -> int:

@@ -49,6 +49,7 @@ from ._validate import (
     as_gens,
     as_point,
     as_positive_int,
+    frozen,
 )
 from .actions import Action, regular
 from .equivariance import _preserver, is_equivariant
@@ -87,9 +88,7 @@ def _checked_order(res: _SearchResult) -> int:
 # ---------------------------------------------------------------------------
 
 def _frozen(arr):
-    arr = np.ascontiguousarray(arr, dtype=INDEX)
-    arr.setflags(write=False)
-    return arr
+    return frozen(np.ascontiguousarray(arr, dtype=INDEX))
 
 
 def _sequence(obj, name):
@@ -176,14 +175,22 @@ class SymmetryGroup:
         return group
 
     def _set(self, generators, order, sizes, base, nodes):
-        self.generators = _frozen(generators)
-        self.order, self.sizes, self.base, self.nodes = order, sizes, base, nodes
-        self._offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(INDEX)
+        # written past __setattr__, which refuses: order, orbits and the chain are facts
+        # about these generators
+        self.__dict__.update(generators=_frozen(generators), order=order, sizes=sizes,
+                             base=base, nodes=nodes,
+                             _offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(INDEX))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"SymmetryGroup is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"SymmetryGroup is immutable: cannot delete {name!r}")
 
     def __setstate__(self, state):
         # unpickled and deep-copied generators come back writeable: read-only again
         self.__dict__.update(state)
-        self.generators = _frozen(self.generators)
+        self.__dict__["generators"] = _frozen(self.generators)
 
     # -- sizes and projections -------------------------------------------------
     @property

@@ -255,9 +255,14 @@ def test_patterns_are_immutable_and_pickle_without_their_caches():
         del pat.shape
     with pytest.raises(ValueError):
         pat.rows[0] = 1
+    for arr in (pat.params, pat.indptr, pat.entry_starts):  # an owned array's flag could be
+        with pytest.raises(ValueError, match="WRITEABLE"):  # set back (plans kept old ids)
+            arr.setflags(write=True)
     for back in (pickle.loads(pickle.dumps(pat)), copy.deepcopy(pat), copy.copy(pat)):
         assert back == pat and back.fingerprint() == pat.fingerprint()
         assert not back.rows.flags.writeable and not back.params.flags.writeable
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            back.params.setflags(write=True)
         np.testing.assert_array_equal(ps.tied_matmul(x, theta, back), y)
 
 
@@ -518,7 +523,19 @@ def test_designs_are_kept_on_their_action():
         assert "_paramshare_patterns" not in other.__dict__
         np.testing.assert_array_equal(other.gens_in, act.gens_in)
         assert not other.gens_out.flags.writeable
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            other.gens_out.setflags(write=True)
         assert ps.dense_pattern(other) == ps.dense_pattern(act)
+    # the kept patterns are right for these generators only: re-binding them is refused (it
+    # gave a layer of C_6's pattern for an action that then said S_6)
+    for name in ("gens_in", "gens_out", "anything"):
+        with pytest.raises(AttributeError, match="Action is immutable: cannot set"):
+            setattr(act, name, groups.symmetric(6))
+    with pytest.raises(AttributeError, match="Action is immutable: cannot delete"):
+        del act.gens_in
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        act.gens_in.setflags(write=True)
+    assert act.order() == 6 and ps.dense_pattern(act).n_params == 6
 
 
 def test_axis_errors_point_at_the_axis_that_fits():

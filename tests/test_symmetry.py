@@ -258,6 +258,14 @@ def test_product_action_orbits_and_projections():
     for twin in (pickle.loads(pickle.dumps(again)), copy.deepcopy(again)):
         assert not twin.generators.flags.writeable
         assert twin.order == 12 and twin.contains(again.gens_in[0], again.gens_out[0])
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            twin.generators.setflags(write=True)
+    for name, value in (("order", 7), ("generators", sym.generators[:1]), ("base", ())):
+        with pytest.raises(AttributeError, match="SymmetryGroup is immutable: cannot set"):
+            setattr(sym, name, value)
+    with pytest.raises(AttributeError, match="SymmetryGroup is immutable: cannot delete"):
+        del sym.order
+    assert sym.order == 12 and "SymmetryGroup(order=12" in repr(sym)
 
 
 @pytest.mark.parametrize("args, exc, match", [
