@@ -19,6 +19,11 @@ Environment variables (read once, at import):
     How ``method="auto"`` picks a CPU strategy of the tied multiply:
     ``estimate`` (default) or ``measure``; see :data:`planner`.
 
+Values can also be assigned (``config.max_bytes = 1 << 28``) or changed for
+a block with :func:`override`; either way they are checked (positive ints,
+``cuda_threads`` at most 1024, ``planner`` one of :data:`PLANNERS`), and a
+bad one raises ``ValueError`` with nothing changed.
+
 Threads.  numba's parallel kernels and OpenBLAS each keep a pool of worker
 threads, and the tied multiply alternates between them (a BLAS product, then
 a numba kernel).  GNU OpenMP's workers spin for 300,000 rounds after each
@@ -45,7 +50,10 @@ policy.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
+import sys
+import types
 
 __all__ = ["max_bytes", "cuda_threads", "cuda_max_blocks", "search_nodes", "planner",
            "PLANNERS", "override"]
@@ -135,22 +143,45 @@ def override(**values):
     1048576
     """
     g = globals()
-    known = [k for k in __all__ if k not in ("PLANNERS", "override")]
-    unknown = [k for k in values if k not in known]
+    unknown = [k for k in values if k not in _TUNABLES]
     if unknown:
-        raise ValueError(f"unknown config value(s) {unknown}; known: {known}")
+        raise ValueError(f"unknown config value(s) {unknown}; known: {list(_TUNABLES)}")
+    new = {k: _checked(k, v) for k, v in values.items()}  # all checked before any is set
     old = {k: g[k] for k in values}
-    for k, v in values.items():
-        if k == "planner":
-            if not (isinstance(v, str) and v in PLANNERS):
-                raise ValueError(f"config.planner must be one of {PLANNERS}, got {v!r}")
-        elif not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"config.{k} must be a positive int, got {v!r}")
-        if k == "cuda_threads" and v > 1024:
-            raise ValueError(f"config.cuda_threads must be at most 1024 (CUDA's threads "
-                             f"per block), got {v}")
-    g.update(values)
+    g.update(new)
     try:
         yield
     finally:
         g.update(old)
+
+
+_TUNABLES = ("max_bytes", "cuda_threads", "cuda_max_blocks", "search_nodes", "planner")
+
+
+def _checked(name, value):
+    """``value`` for tunable ``name``, or a ValueError saying what it must be."""
+    if name == "planner":
+        if not (isinstance(value, str) and value in PLANNERS):
+            raise ValueError(f"config.planner must be one of {PLANNERS}, got {value!r}")
+        return value
+    # numbers.Integral takes numpy's integers; a bool is one too, and is refused
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"config.{name} must be a positive int, got {value!r}")
+    if name == "cuda_threads" and value > 1024:
+        raise ValueError(f"config.cuda_threads must be at most 1024 (CUDA's threads "
+                         f"per block), got {value}")
+    return int(value)
+
+
+class _Config(types.ModuleType):
+    """This module, checking tunables assigned directly (``config.max_bytes = ...``) as
+    :func:`override` does: a NaN bound compared False everywhere (no bound at all), and a
+    string failed deep inside the first call that read it."""
+
+    def __setattr__(self, name, value):
+        if name in _TUNABLES:
+            value = _checked(name, value)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Config

@@ -352,7 +352,7 @@ def test_cuda_threads_past_the_block_limit_are_refused():
             pass
     monkeypatch = pytest.MonkeyPatch()
     try:  # as PARAMSHARE_CUDA_THREADS=2048 would set it, past override's check
-        monkeypatch.setattr(config, "cuda_threads", 2048)
+        monkeypatch.setitem(vars(config), "cuda_threads", 2048)
         with pytest.raises(ValueError, match="PARAMSHARE_CUDA_THREADS"):
             ck.require()
     finally:

@@ -300,6 +300,30 @@ def test_the_key_holds_the_thread_count(monkeypatch):
 
 def test_a_misspelt_planner_is_an_error(monkeypatch):
     pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(4)))
-    monkeypatch.setattr(config, "planner", "Measure")
+    with pytest.raises(ValueError, match="config.planner must be one of"):
+        config.planner = "Measure"
+    assert config.planner == "estimate"
+    monkeypatch.setitem(vars(config), "planner", "Measure")  # past the check, and still
     with pytest.raises(ValueError, match="config.planner must be one of"):
         ps.tied_matmul(np.ones((2, 4)), np.ones(pat.n_params), pat)
+
+
+def test_tunables_are_checked_however_they_are_set():
+    """Assigned directly, a NaN bound compared False everywhere (no bound at all) and a
+    string failed inside the first call that read it; numpy integers are ints."""
+    before = {k: getattr(config, k) for k in ("max_bytes", "search_nodes", "cuda_threads")}
+    for name, bad in (("max_bytes", "1GiB"), ("max_bytes", float("nan")),
+                      ("max_bytes", True), ("search_nodes", 2.7), ("search_nodes", 0),
+                      ("cuda_threads", 2048)):
+        with pytest.raises(ValueError, match=f"config.{name} must be"):
+            setattr(config, name, bad)
+        with pytest.raises(ValueError, match=f"config.{name} must be"):
+            with config.override(planner="measure", **{name: bad}):  # nothing applied
+                pass
+        assert {k: getattr(config, k) for k in before} == before
+        assert config.planner == "estimate"
+    with config.override(max_bytes=np.int64(1 << 20)):
+        assert config.max_bytes == 1 << 20 and type(config.max_bytes) is int
+    with pytest.raises(ValueError, match="unknown config value"):
+        with config.override(max_byte=1):
+            pass
