@@ -113,8 +113,8 @@ def as_gens(gens, name: str = "gens", n: int | None = None) -> np.ndarray:
     A single 1-D permutation is accepted as one generator.  ``n`` is required
     when ``gens`` is empty (``k == 0``) and cannot tell the degree itself.
     """
-    if n is not None:
-        n = as_positive_int(n, "n", minimum=0)
+    if n is not None:  # the degree's arrays (orbits, images) must fit the memory bound
+        n = as_degree(n, "n")
     arr = as_int_array(gens, name)
     if arr.ndim == 1 and arr.size > 0:
         arr = arr[None, :]

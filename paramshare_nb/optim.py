@@ -72,7 +72,11 @@ class Optimizer:
                             f"Tensor; pass [p] or model.parameters()")
         if callable(getattr(params, "parameters", None)):  # a model: its parameters
             params = params.parameters()
-        params = list(params)
+        try:
+            params = list(params)
+        except TypeError:  # not iterable
+            raise TypeError(f"{name}: params must be an iterable of parameters or a model, "
+                            f"got {type(params).__name__}") from None
         seen, unique = set(), []
         for p in params:
             if not getattr(p, "requires_grad", False):

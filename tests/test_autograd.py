@@ -273,6 +273,20 @@ def test_backward_checks_the_leaves_grads_before_writing_any():
     np.testing.assert_array_equal(b.grad, [5.0, 5.0])
 
 
+def test_arguments_past_range_or_of_the_wrong_type_are_named():
+    t = Tensor(np.ones((2, 3)), requires_grad=True)
+    with pytest.raises(ValueError, match="pow: the exponent must be finite"):
+        t ** 2**2000
+    for axis in ("a", True, (0, "b"), 1.0):
+        with pytest.raises(TypeError, match="axis must be None, an int or a tuple of ints"):
+            t.sum(axis=axis)
+    with pytest.raises(TypeError, match="reshape: the shape must be ints"):
+        t.reshape("a")
+    with pytest.raises(MemoryError, match="segment_reduce: n_segments"):
+        segment_reduce(t, [0, 1, 0], 2**70)
+    assert t.sum(axis=np.int64(1)).shape == (2,) and t.reshape(np.int64(6)).shape == (6,)
+
+
 def test_mixed_dtypes_refused():
     a = Tensor(np.ones(3, np.float32), requires_grad=True)
     b = Tensor(np.ones(3, np.float64))

@@ -222,6 +222,27 @@ def test_module_changes_are_all_or_nothing(monkeypatch):
         nn.Flatten()(Tensor(1.0))
 
 
+def test_sizes_and_numbers_past_range_are_named():
+    """numpy's and Python's own errors (OverflowError, 'Maximum allowed dimension
+    exceeded', a raw 16 TiB allocation) did not say which argument."""
+    act = ps.Action.same(ps.groups.cyclic(4))
+    for make in (lambda: nn.EquivariantLinear(act, 2**70, 5), lambda: nn.Linear(2**70, 5),
+                 lambda: nn.Linear(2**40, 2)):
+        with pytest.raises(MemoryError, match=r"(Linear): a weight of shape .* over "
+                                              r"config.max_bytes"):
+            make()
+    with pytest.raises(ValueError, match="gain must be a finite number >= 0, got an int past"):
+        nn.Linear(3, 5, gain=2**2000)
+    for make in (lambda: nn.Linear(3, 5, bias="no"), lambda: nn.EquivariantLinear(act, 1, 1,
+                                                                                  bias="no")):
+        with pytest.raises(TypeError, match="bias must be a bool, got 'no'"):
+            make()
+    with pytest.raises(MemoryError, match="over config.max_bytes"):
+        ps.Action.same([], n=2**70)
+    with pytest.raises(TypeError, match="SGD: params must be an iterable of parameters"):
+        ps.optim.SGD(None, lr=0.1)
+
+
 def test_init_variance_uses_true_fan_in():
     # rows with 3, 1, 2 and 4 non-zeros; every parameter sits in one row
     index = np.array([[0, 1, 2, -1], [3, -1, -1, -1], [4, -1, 5, -1], [6, 7, 8, 9]])

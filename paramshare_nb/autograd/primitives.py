@@ -192,11 +192,17 @@ def _c(a):
 
 
 # -- reductions ---------------------------------------------------------------------------
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def _norm_axes(axis, ndim):
     if axis is None:
         return tuple(range(ndim))
-    if isinstance(axis, (int, np.integer)):
+    if _is_int(axis):
         axis = (int(axis),)
+    elif not (isinstance(axis, (tuple, list)) and all(_is_int(ax) for ax in axis)):
+        raise TypeError(f"axis must be None, an int or a tuple of ints, got {axis!r}")
     out = []
     for ax in axis:
         if not -ndim <= ax < ndim:

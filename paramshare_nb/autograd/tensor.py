@@ -7,7 +7,7 @@ import operator
 
 import numpy as np
 
-from .._validate import refuse_masked
+from .._validate import as_degree, as_real, refuse_masked
 from . import primitives as P
 from .engine import backward as _backward
 from .function import device_of, is_cuda_array, to_device
@@ -235,7 +235,7 @@ class Tensor:
     def __pow__(self, p):
         if isinstance(p, Tensor) or np.ndim(p) != 0:
             raise TypeError("pow: only a constant scalar exponent is supported")
-        return P.Pow.apply(self, p=float(p))
+        return P.Pow.apply(self, p=as_real(p, "pow: the exponent"))
 
     def __matmul__(self, other):
         return self.matmul(other)
@@ -276,6 +276,8 @@ class Tensor:
         """Reshape; accepts ``reshape(2, 3)`` or ``reshape((2, 3))``."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
+        if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape):
+            raise TypeError(f"reshape: the shape must be ints, got {shape!r}")
         return P.Reshape.apply(self, shape=tuple(int(s) for s in shape))
 
     def transpose(self, *axes) -> Tensor:
@@ -402,7 +404,7 @@ def segment_reduce(x: Tensor, labels, n_segments: int, reduce: str = "sum") -> T
     if reduce not in ("sum", "mean", "max"):
         raise ValueError(f"segment_reduce: reduce must be 'sum', 'mean' or 'max', got {reduce!r}")
     labels = _segment_labels(labels, n_segments)
-    n_segments = int(n_segments)
+    n_segments = as_degree(n_segments, call="segment_reduce: n_segments")  # the output's axis
     if x.ndim < 2 or x.shape[1] != labels.shape[0]:
         raise ValueError(f"segment_reduce: x must be (batch, {labels.shape[0]}, ...), got shape "
                          f"{x.shape}")
