@@ -115,6 +115,8 @@ def write_atomically(path: str, arrays: dict) -> None:
     if not os.path.isdir(directory):  # else the error would name the temporary file
         raise FileNotFoundError(f"cannot write {path!r}: its folder {directory!r} does not "
                                 f"exist")
+    if os.path.isdir(path):  # else the rename's error would name the temporary file
+        raise IsADirectoryError(f"cannot write {path!r}: it is a folder; give a file name")
     tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}.npz")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

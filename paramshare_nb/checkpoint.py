@@ -33,6 +33,9 @@ def _model_arrays(model, where: str) -> dict:
                         f"{type(model).__name__}{order}")
     arrays = {"__format__": np.array(_FORMAT)}
     for name, value in model.state_dict().items():
+        if where == "save" and not np.isfinite(value).all():  # load would refuse the file
+            raise ValueError(f"checkpoint.save: parameter {name!r} holds non-finite values "
+                             f"(nan or inf), which a load refuses; nothing was written")
         arrays[_PARAM + name] = value
     for name, pat in model.named_patterns():
         arrays[_PATTERN + name] = np.array(pat.fingerprint())
@@ -52,6 +55,14 @@ def save(path, model) -> str:
     -------
     str
         The path written.
+
+    Raises
+    ------
+    ValueError
+        A parameter holds ``nan`` or ``inf`` (:func:`load` refuses such a
+        file); nothing is written.
+    IsADirectoryError
+        ``path`` (with ``.npz``) is a folder.
     """
     arrays = _model_arrays(model, "save")
     path = written_path(path)

@@ -193,7 +193,7 @@ def _cuda_like(*objs) -> bool:
 def _check_backend(backend, *objs) -> str:
     if backend is None:
         return "cuda" if _cuda_like(*objs) else "cpu"
-    if type(backend) is not str or backend not in ("cpu", "cuda"):  # no == on an array
+    if not isinstance(backend, str) or backend not in ("cpu", "cuda"):  # no == on an array
         raise ValueError(f"backend must be None, 'cpu' or 'cuda', got {backend!r}")
     return backend
 

@@ -375,6 +375,21 @@ def test_checkpoint_round_trip(tmp_path, rng):
         assert str(data["pattern/0.weight"]) == a[0].pattern.fingerprint()
 
 
+def test_checkpoint_save_refuses_what_load_would(tmp_path):
+    """A model with a nan saved a file that no load could read; a folder as the path was
+    reported under the temporary file's name."""
+    act = ps.Action.same(ps.groups.cyclic(5))
+    model = _model(act, 1)
+    model[0].weight.data[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"parameter '0.weight' holds non-finite values"):
+        checkpoint.save(tmp_path / "m", model)
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"d\.npz.*is a folder"):
+        checkpoint.save(tmp_path / "d", _model(act, 2))
+    assert sorted(os.listdir(tmp_path)) == ["d.npz"]
+
+
 def test_checkpoint_refuses_other_pattern(tmp_path):
     path = checkpoint.save(tmp_path / "m.npz", _model(ps.Action.same(ps.groups.cyclic(5)), 1))
     other = _model(ps.Action.same(ps.groups.dihedral(5)), 1)  # different tying, same names

@@ -973,6 +973,8 @@ def test_bad_inputs_raise_clear_errors(data):
             ps.tied_matmul_grad(dy, x, theta, pat, backend=backend)
     with pytest.raises(TypeError, match="x must be a float32 or float64 array, got None$"):
         ps.tied_matmul(None, theta, pat)
+    np.testing.assert_array_equal(ps.tied_matmul(x, theta, pat, backend=np.str_("cpu")),
+                                  ps.tied_matmul(x, theta, pat))  # a str, as method= takes
 
     class Tracked:  # as a PyTorch CUDA tensor that requires grad
         @property
