@@ -22,7 +22,7 @@ from . import _measure, config
 from ._arrays import sorted_unique
 from ._kernels import cpu, csr_cpu, simd, small_cpu, sums_cpu, tile_sums_cpu
 from ._scratch import keeps, scratch
-from ._validate import bytes_text
+from ._validate import bytes_text, cuda_unusable
 
 INDEX = np.int64
 
@@ -1543,24 +1543,16 @@ def _keep_w(pattern, c_out, c_in):
     return not _small_w(pattern, c_out, c_in) or 4 * pattern.n_params <= pattern.nnz
 
 
-def _no_cuda(exc=None):
-    msg = ("CUDA was asked for (a CUDA array or backend='cuda') but is not usable here"
-           + (f": {exc}" if exc else "")
-           + ". Install the extra with `pip install paramshare_nb[cuda]` (the numba-cuda "
-             "package) on a machine with an NVIDIA GPU and driver, or pass numpy arrays to "
-             "run on the CPU (set NUMBA_ENABLE_CUDASIM=1 before importing numba to use the "
-             "simulator).")
-    return RuntimeError(msg)
-
-
 def cuda_module():
-    """The CUDA twin, imported lazily; a RuntimeError saying how to get it when unusable."""
+    """The CUDA twin (:mod:`._dispatch_cuda`), imported lazily; a RuntimeError saying how to
+    get it when unusable."""
     try:
+        from . import _dispatch_cuda
         from ._kernels import cuda as ck
     except ImportError as exc:
-        raise _no_cuda(exc) from None
+        raise cuda_unusable(exc) from None
     ck.require()
-    return ck
+    return _dispatch_cuda
 
 
 def cuda_tied_matmul(x, theta, pattern, out=None, method="auto"):

@@ -235,6 +235,17 @@ def frozen(arr: np.ndarray) -> np.ndarray:
     return arr.view()
 
 
+def cuda_unusable(reason=None) -> RuntimeError:
+    """The error for CUDA asked for where it is not usable, saying how to get it."""
+    return RuntimeError(
+        "CUDA was asked for (a CUDA array or backend='cuda') but is not usable here"
+        + (f": {reason}" if reason else "")
+        + ". Install the extra with `pip install paramshare_nb[cuda]` (the numba-cuda "
+          "package) on a machine with an NVIDIA GPU and driver, or pass numpy arrays to "
+          "run on the CPU (set NUMBA_ENABLE_CUDASIM=1 before importing numba to use the "
+          "simulator).")
+
+
 def refuse_masked(obj, name: str, var: str | None = None) -> None:
     """A ``TypeError`` for a numpy masked array: ``np.asarray`` would drop its mask and the
     arithmetic would use the values under it, a wrong answer with no error.  ``var`` names

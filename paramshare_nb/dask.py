@@ -117,14 +117,15 @@ def _whole_trailing(x, n_trailing: int, name: str, max_chunk_bytes: int | None):
 
 def _pattern_and_theta(theta, pattern):
     # the tied multiply's own checks, so chunks never fail later for a reason found here
-    from .ops import _as_float, _check_pattern, _theta_layout
+    from ._layouts import theta_layout
+    from .ops import _as_float, _check_pattern
 
     pattern = _check_pattern(pattern)
     if hasattr(theta, "dask") or type(theta).__module__.startswith("dask"):
         raise TypeError("theta must be a numpy array (it is small and sent to every chunk), "
                         "got a dask collection; call .compute() on it first")
     theta = _as_float(theta, "theta")
-    _theta_layout(theta, pattern)
+    theta_layout(theta, pattern)
     # a snapshot: the graph computes with theta as it is now, whatever an optimizer's
     # in-place step does to the caller's array before .compute()
     return pattern, theta.copy()

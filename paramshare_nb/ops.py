@@ -75,7 +75,8 @@ import numba
 import numpy as np
 
 from . import _dispatch, config
-from ._validate import has_cuda_interface, refuse_masked
+from ._layouts import is_cuda_array, nothing_to_sum, out_shape, theta_layout, x_layout
+from ._validate import refuse_masked
 from .patterns import Pattern
 
 __all__ = ["tied_matmul", "tied_matmul_grad", "materialize", "METHODS"]
@@ -144,48 +145,10 @@ def _canonical(arr: np.ndarray, dtype, shape) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def _theta_layout(theta: np.ndarray, pattern: Pattern):
-    """``(scalar, C_out, C_in)`` from ``theta``'s shape, or a ValueError."""
-    p = pattern.n_params
-    if theta.ndim == 1 and theta.shape[0] == p:
-        return True, 1, 1
-    if theta.ndim == 3 and theta.shape[0] == p:
-        return False, int(theta.shape[1]), int(theta.shape[2])
-    raise ValueError(f"theta must have shape ({p},) or ({p}, C_out, C_in) for a pattern with "
-                     f"n_params = {p}, got {theta.shape}")
-
-
-def _x_layout(x: np.ndarray, pattern: Pattern, scalar: bool, c_in: int, name: str = "x"):
-    """Leading batch shape of ``x``, or a ValueError naming the expected shape."""
-    n = pattern.shape[1]
-    if scalar:
-        if x.ndim < 1 or x.shape[-1] != n:
-            raise ValueError(f"{name} must have shape (..., N) = (..., {n}) for scalar theta "
-                             f"and a pattern of shape {pattern.shape}, got {x.shape}")
-        return x.shape[:-1]
-    if x.ndim < 2 or x.shape[-2:] != (n, c_in):
-        raise ValueError(f"{name} must have shape (..., N, C_in) = (..., {n}, {c_in}) for theta "
-                         f"of shape (P, C_out, C_in) and a pattern of shape {pattern.shape}, "
-                         f"got {x.shape}")
-    return x.shape[:-2]
-
-
-def _out_shape(lead, pattern: Pattern, scalar: bool, c_out: int):
-    m = pattern.shape[0]
-    return tuple(lead) + ((m,) if scalar else (m, c_out))
-
-
-def _is_cuda_array(obj) -> bool:
-    """CUDA arrays: anything with ``__cuda_array_interface__``, or a numba device array
-    (the simulator's arrays lack the interface).  Never imports ``numba.cuda``."""
-    return (has_cuda_interface(obj)
-            or type(obj).__module__.startswith(("numba.cuda.", "numba_cuda.")))
-
-
 def _cuda_like(*objs) -> bool:
     # numpy arrays and None (the common case) skip the attribute probes
     for o in objs:
-        if o is not None and type(o) is not np.ndarray and _is_cuda_array(o):
+        if o is not None and type(o) is not np.ndarray and is_cuda_array(o):
             return True
     return False
 
@@ -382,14 +345,14 @@ def tied_matmul(x, theta, pattern, *, out=None, method="auto", backend=None):
         return _dispatch.cuda_tied_matmul(x, theta, pattern, out=out, method=method)
     x = _as_float(x, "x")
     theta = _as_float(theta, "theta")
-    scalar, c_out, c_in = _theta_layout(theta, pattern)
-    lead = _x_layout(x, pattern, scalar, c_in)
+    scalar, c_out, c_in = theta_layout(theta, pattern)
+    lead = x_layout(x, pattern, scalar, c_in)
     dtype = _result_dtype(x, theta)
     m, n = pattern.shape
     b = math.prod(lead)
-    shape = _out_shape(lead, pattern, scalar, c_out)
+    shape = out_shape(lead, pattern, scalar, c_out)
     y = _prepare_out(out, shape, dtype)
-    if y.size and _nothing_to_sum(pattern, n, c_in):
+    if y.size and nothing_to_sum(pattern, n, c_in):
         y[...] = 0  # an empty sum: no kernel, no cost model (it divides by these sizes)
     elif y.size:
         xc = _canonical(x, dtype, (b, n, c_in))
@@ -419,11 +382,6 @@ def _forward_call(run, shape, dtype, x3, theta3, y3):
         run(x if flat else x.reshape(x3), theta.reshape(theta3), y if flat else y.reshape(y3))
         return y
     return call
-
-
-def _nothing_to_sum(pattern: Pattern, n: int, c_in: int) -> bool:
-    """Whether every output is an empty sum (no inputs, no channels, no entries)."""
-    return n == 0 or c_in == 0 or pattern.n_params == 0 or pattern.nnz == 0
 
 
 def _prepare_out(out, shape, dtype):
@@ -498,9 +456,9 @@ def tied_matmul_grad(dy, x, theta, pattern, *, method="auto", backend=None):
     dy = _as_float(dy, "dy")
     x = _as_float(x, "x")
     theta = _as_float(theta, "theta")
-    scalar, c_out, c_in = _theta_layout(theta, pattern)
-    lead = _x_layout(x, pattern, scalar, c_in)
-    shape = _out_shape(lead, pattern, scalar, c_out)
+    scalar, c_out, c_in = theta_layout(theta, pattern)
+    lead = x_layout(x, pattern, scalar, c_in)
+    shape = out_shape(lead, pattern, scalar, c_out)
     if dy.shape != shape:
         raise ValueError(f"dy must have the output's shape {shape} (batch of x, then "
                          f"{'M' if scalar else 'M, C_out'}), got {dy.shape}")
@@ -509,7 +467,7 @@ def tied_matmul_grad(dy, x, theta, pattern, *, method="auto", backend=None):
     b = math.prod(lead)
     dx = np.empty(x.shape, dtype=dtype)
     dtheta = np.empty(theta.shape, dtype=dtype)
-    if b == 0 or m == 0 or c_out == 0 or _nothing_to_sum(pattern, n, c_in):
+    if b == 0 or m == 0 or c_out == 0 or nothing_to_sum(pattern, n, c_in):
         dx[...] = 0
         dtheta[...] = 0
         return dx, dtheta
@@ -565,7 +523,7 @@ def materialize(theta, pattern):
     """
     pattern = _check_pattern(pattern)
     theta = _as_float(theta, "theta")
-    scalar, c_out, c_in = _theta_layout(theta, pattern)
+    scalar, c_out, c_in = theta_layout(theta, pattern)
     dtype = _result_dtype(theta)
     tc = _canonical(theta, dtype, (pattern.n_params, c_out, c_in))
     w = _dispatch.materialize(tc, pattern)

@@ -19,6 +19,9 @@ from paramshare_nb.patterns import Pattern
 cuda = pytest.importorskip("numba.cuda")
 pytestmark = pytest.mark.skipif(not cuda.is_available(), reason="no CUDA device or simulator")
 
+from paramshare_nb import _dispatch_cuda as dc  # noqa: E402 -- after numba.cuda is known
+from paramshare_nb._kernels import cuda as ck  # noqa: E402
+
 
 def _simulated() -> bool:
     from numba import config as numba_config
@@ -76,7 +79,7 @@ def _cuda_run(pat, method, theta, x, dy):
     """Forward and gradients on the device, copied back."""
     xd, td = cuda.to_device(x), cuda.to_device(theta)
     y = ps.tied_matmul(xd, td, pat, method=method)
-    assert ps.ops._is_cuda_array(y) and y.dtype == x.dtype
+    assert dc.is_cuda_array(y) and y.dtype == x.dtype
     dx, dth = ps.tied_matmul_grad(cuda.to_device(dy), xd, td, pat, method=method)
     np.testing.assert_array_equal(xd.copy_to_host(), x)  # inputs never modified
     np.testing.assert_array_equal(td.copy_to_host(), theta)
@@ -132,7 +135,6 @@ def test_cuda_matches_reference_and_cpu(name, method, dtype, scalar, batch):
 def test_cuda_writes_all_it_allocates(monkeypatch, name, method):
     # every device buffer starts as NaN: a kernel that reads an entry nobody wrote (W of a
     # complete pattern is stored, not zeroed and added) shows in the result
-    from paramshare_nb._kernels import cuda as ck
     plain = ck.cuda_memory.empty
 
     def nan_filled(shape, dtype):
@@ -346,7 +348,6 @@ def test_cuda_out_batches_and_host_inputs():
 
 
 def test_cuda_threads_past_the_block_limit_are_refused():
-    from paramshare_nb._kernels import cuda as ck
     with pytest.raises(ValueError, match="at most 1024"):
         with config.override(cuda_threads=2048):
             pass
@@ -360,7 +361,6 @@ def test_cuda_threads_past_the_block_limit_are_refused():
 
 
 def test_cuda_unusable_raises_with_a_hint(monkeypatch):
-    from paramshare_nb._kernels import cuda as ck
     monkeypatch.setattr(ck.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match=r"pip install paramshare_nb\[cuda\]"):
         ps.tied_matmul(np.ones(4), np.ones(2), PATTERNS["deepsets"], backend="cuda")
@@ -379,7 +379,6 @@ def test_cuda_out_aliasing_x_goes_through_a_temporary():
 def test_cuda_device_plans_are_rebuilt_in_a_new_context(monkeypatch):
     # after cuda.close() or on another GPU, cached device arrays must not be reused
     from paramshare_nb import _dispatch
-    from paramshare_nb._kernels import cuda as ck
     pat = PATTERNS["multi"]
     theta, x, dy = _data(pat, np.float64, False, (2,))
     first = _cuda_run(pat, "csr", theta, x, dy)
@@ -468,7 +467,6 @@ def test_cuda_dtheta_steps_through_batch_and_bases():
 def test_cuda_dtheta_reductions_agree_either_way(monkeypatch, name, method, per_thread, splits):
     # csr_dtheta / reduce_dw run a block or a thread per (p, co, ci), and csr's also
     # several blocks per item (7: some parts past the last term); all give dtheta
-    from paramshare_nb._kernels import cuda as ck
     if method == "materialize" and splits > 1:
         pytest.skip("reduce_dw runs one block per item")
     monkeypatch.setattr(ck, "_thread_per_item", lambda items, work, tile: per_thread)
@@ -484,7 +482,6 @@ def test_cuda_dtheta_reductions_agree_either_way(monkeypatch, name, method, per_
 
 def test_cuda_reduction_shape_and_auto_rule(monkeypatch):
     # the figures in _thread_per_item's and _choose's docstrings, on an H200-sized device
-    from paramshare_nb._kernels import cuda as ck
     monkeypatch.setattr(ck, "_resident_threads", lambda: 132 * 2048)
     with config.override(cuda_threads=256, cuda_max_blocks=4096):
         assert ck._thread_per_item(8256 * 64, 8 * 64, 16)  # D4 on a 16 x 16 image, csr
@@ -496,42 +493,40 @@ def test_cuda_reduction_shape_and_auto_rule(monkeypatch):
     # the longest parameter counts, not the mean: one orbit of 12 edges among 1-edge ones
     lopsided = Pattern((4, 4), np.repeat(np.arange(4), 4), np.tile(np.arange(4), 4),
                        [0, 4, 4, 4, 4, 1, 4, 4, 4, 4, 2, 4, 4, 4, 4, 3])
-    assert ck._longest_param(lopsided) == 12 and ck._longest_param(PATTERNS["multi"]) == 3
+    assert dc._longest_param(lopsided) == 12 and dc._longest_param(PATTERNS["multi"]) == 3
     deepsets = PATTERNS["deepsets"]  # 2 groups of 8 edges, and complement sums
-    assert ck._choose(deepsets, "auto", ck._CSR_BELOW, 4, 4) == "scatter"
-    assert ck._choose(deepsets, "auto", ck._CSR_BELOW, 2, 3) == "complement"
-    assert ck._choose(deepsets, "auto", ck._CSR_BELOW - 1) == "csr"  # launches dominate
+    assert dc._choose(deepsets, "auto", dc._CSR_BELOW, 4, 4) == "scatter"
+    assert dc._choose(deepsets, "auto", dc._CSR_BELOW, 2, 3) == "complement"
+    assert dc._choose(deepsets, "auto", dc._CSR_BELOW - 1) == "csr"  # launches dominate
     # D5 on a 4 x 5 image to a pentagon: 50 groups of 100 edges, no complement sums
     r, c = np.divmod(np.arange(20), 5)
     v = np.arange(5)
     d5 = ps.Action([np.where(r < 2, r * 5 + (c + 1) % 5, r * 5 + (c - 1) % 5), (3 - r) * 5 + c],
                    [(v + 1) % 5, (-v) % 5])
-    assert ck._choose(ps.dense_pattern(d5), "auto", ck._CSR_BELOW) == "gather"
+    assert dc._choose(ps.dense_pattern(d5), "auto", dc._CSR_BELOW) == "gather"
     regular = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(5)))  # a parameter per entry
-    assert ck._choose(regular, "auto", 10 * ck._CSR_BELOW) == "csr"
-    assert ck._choose(regular, "scatter", 1) == "scatter"
+    assert dc._choose(regular, "auto", 10 * dc._CSR_BELOW) == "csr"
+    assert dc._choose(regular, "scatter", 1) == "scatter"
 
 
 def test_cuda_auto_takes_cublas_for_long_dense_rows(monkeypatch):
-    from paramshare_nb._kernels import cuda as ck
     monkeypatch.setattr(ck.cuda_blas, "available", lambda: True)
     c16 = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(16)))  # rows of 16 edges
-    assert ck._choose(c16, "auto", 1, 16, 16) == "materialize"  # 256 terms an output
-    assert ck._choose(c16, "auto", 1, 16, 1) == "materialize"  # dx's columns: 256 terms
-    assert ck._choose(c16, "auto", 1, 8, 8) == "csr"  # 128 terms: csr's one launch
+    assert dc._choose(c16, "auto", 1, 16, 16) == "materialize"  # 256 terms an output
+    assert dc._choose(c16, "auto", 1, 16, 1) == "materialize"  # dx's columns: 256 terms
+    assert dc._choose(c16, "auto", 1, 8, 8) == "csr"  # 128 terms: csr's one launch
     with config.override(max_bytes=16 * 16 * 16 * 16 * 4):  # W in float32 just fits
-        assert ck._choose(c16, "auto", 1, 16, 16) == "materialize"
-        assert ck._choose(c16, "auto", 1, 16, 16, itemsize=8) == "csr"
+        assert dc._choose(c16, "auto", 1, 16, 16) == "materialize"
+        assert dc._choose(c16, "auto", 1, 16, 16, itemsize=8) == "csr"
     half = Pattern((2, 512), np.zeros(256, int), np.arange(256), np.arange(256))
-    assert ck._choose(half, "auto", 1, 1, 1) == "csr"  # W a quarter filled
+    assert dc._choose(half, "auto", 1, 1, 1) == "csr"  # W a quarter filled
     monkeypatch.setattr(ck.cuda_blas, "available", lambda: False)
-    assert ck._choose(c16, "auto", 1, 16, 16) == "csr"
+    assert dc._choose(c16, "auto", 1, 16, 16) == "csr"
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cuda_gemm_both_ways_against_numpy(monkeypatch, dtype):
     # cuBLAS (a device with CuPy) and the tiled numba kernel, every transpose, odd sizes
-    from paramshare_nb._kernels import cuda as ck
     rng = np.random.default_rng(5)
     ks = ck.kernels(dtype, ck._tile())
     blas = [True, False] if ck.cuda_blas.available() else [False]
@@ -554,7 +549,6 @@ def test_cuda_gemm_both_ways_against_numpy(monkeypatch, dtype):
 def test_cuda_launches_keep_the_tile_their_kernels_were_built_for(monkeypatch):
     # another thread's config.override(cuda_threads=...) between building a kernel set and
     # launching it: the blocks must stay the set's (the shared arrays are sized for them)
-    from paramshare_nb._kernels import cuda as ck
     monkeypatch.setattr(ck.cuda_blas, "gemm", lambda *a: False)  # the tiled kernel
     rng = np.random.default_rng(6)
     with config.override(cuda_threads=4):
@@ -570,7 +564,6 @@ def test_cuda_launches_keep_the_tile_their_kernels_were_built_for(monkeypatch):
 
 
 def test_cuda_block_kernels_are_compiled_for_their_block_size(monkeypatch):
-    from paramshare_nb._kernels import cuda as ck
     if ck.numba.config.ENABLE_CUDASIM:
         assert ck._jit_for_blocks(1024) is ck.cuda.jit  # the simulator's jit has no bounds
     monkeypatch.setattr(ck.numba.config, "ENABLE_CUDASIM", False)
@@ -580,7 +573,6 @@ def test_cuda_block_kernels_are_compiled_for_their_block_size(monkeypatch):
 def test_cuda_nonfinite_flag_is_reset_and_per_thread(monkeypatch):
     import threading
 
-    from paramshare_nb._kernels import cuda as ck
     ctx = ck.cuda.current_context()
     monkeypatch.setattr(ck.cuda, "current_context", lambda: ctx)  # the simulator: one context
     monkeypatch.setattr(ck._FLAGS, "hit", None, raising=False)
@@ -604,7 +596,6 @@ def test_cuda_numba_cuda_that_fails_under_this_numpy_is_refused(monkeypatch):
 
     import numba
 
-    from paramshare_nb._kernels import cuda as ck
 
     def broken(name):
         raise AttributeError("module 'numpy' has no attribute 'row_stack'")
