@@ -141,7 +141,18 @@ class Tensor:
 
     def astype(self, dtype) -> Tensor:
         """A copy with another dtype, cut from the graph (keeps ``requires_grad`` for a float
-        dtype; an integer or bool copy needs no gradient)."""
+        dtype; an integer or bool copy needs no gradient).
+
+        Parameters
+        ----------
+        dtype : numpy dtype
+            The copy's dtype.
+
+        Returns
+        -------
+        Tensor
+            A new leaf tensor on the host.
+        """
         if self.device == "cuda":
             raise RuntimeError("astype: convert CUDA tensors on the host (Tensor.to('cpu'))")
         data = self.data.astype(dtype)
@@ -150,6 +161,14 @@ class Tensor:
     def to(self, device: str) -> Tensor:
         """A copy on ``device`` (``"cpu"`` or ``"cuda"``), cut from the graph; the tensor
         itself when it is already there (as ``torch.Tensor.to``).
+
+        Parameters
+        ----------
+        device : {"cpu", "cuda"}
+
+        Returns
+        -------
+        Tensor
 
         Raises
         ------
@@ -244,7 +263,17 @@ class Tensor:
         return self._lift(other).matmul(self)
 
     def matmul(self, other) -> Tensor:
-        """Matrix product ``self @ other`` (1-D operands are promoted, as in numpy)."""
+        """Matrix product ``self @ other`` (1-D operands are promoted, as in numpy).
+
+        Parameters
+        ----------
+        other : Tensor or array_like
+            The right operand; its leading dimensions broadcast with ``self``'s.
+
+        Returns
+        -------
+        Tensor
+        """
         other = self._lift(other)
         a, b = self, other
         if a.ndim == 1 and b.ndim == 1:
@@ -260,20 +289,66 @@ class Tensor:
 
     # -- reductions -------------------------------------------------------------------
     def sum(self, axis=None, keepdims: bool = False) -> Tensor:
-        """Sum over ``axis`` (all axes by default)."""
+        """Sum over ``axis`` (all axes by default).
+
+        Parameters
+        ----------
+        axis : int or tuple of int, optional
+            Axes to reduce; ``None`` reduces all.
+        keepdims : bool, optional
+            Keep the reduced axes with length one.
+
+        Returns
+        -------
+        Tensor
+        """
         return P.Sum.apply(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis=None, keepdims: bool = False) -> Tensor:
-        """Mean over ``axis`` (all axes by default)."""
+        """Mean over ``axis`` (all axes by default).
+
+        Parameters
+        ----------
+        axis : int or tuple of int, optional
+            Axes to reduce; ``None`` reduces all.
+        keepdims : bool, optional
+            Keep the reduced axes with length one.
+
+        Returns
+        -------
+        Tensor
+        """
         return P.Mean.apply(self, axis=axis, keepdims=keepdims)
 
     def max(self, axis=None, keepdims: bool = False) -> Tensor:
-        """Maximum over ``axis``; tied maxima share the gradient equally."""
+        """Maximum over ``axis``; tied maxima share the gradient equally.
+
+        Parameters
+        ----------
+        axis : int or tuple of int, optional
+            Axes to reduce; ``None`` reduces all.
+        keepdims : bool, optional
+            Keep the reduced axes with length one.
+
+        Returns
+        -------
+        Tensor
+        """
         return P.Max.apply(self, axis=axis, keepdims=keepdims)
 
     # -- shapes -----------------------------------------------------------------------
     def reshape(self, *shape) -> Tensor:
-        """Reshape; accepts ``reshape(2, 3)`` or ``reshape((2, 3))``."""
+        """Reshape; accepts ``reshape(2, 3)`` or ``reshape((2, 3))``.
+
+        Parameters
+        ----------
+        *shape : int or tuple of int
+            The new shape (one ``-1`` is inferred, as in numpy).
+
+        Returns
+        -------
+        Tensor
+        """
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape):
@@ -281,7 +356,17 @@ class Tensor:
         return P.Reshape.apply(self, shape=tuple(int(s) for s in shape))
 
     def transpose(self, *axes) -> Tensor:
-        """Permute axes (reverse them when none are given)."""
+        """Permute axes (reverse them when none are given).
+
+        Parameters
+        ----------
+        *axes : int or tuple of int, optional
+            The new order of the axes.
+
+        Returns
+        -------
+        Tensor
+        """
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
         return P.Transpose.apply(self, axes=axes or None)
@@ -310,7 +395,17 @@ class Tensor:
         return P.ReLU.apply(self)
 
     def leaky_relu(self, slope: float = 0.01) -> Tensor:
-        """Elementwise ``x`` if positive else ``slope * x``."""
+        """Elementwise ``x`` if positive else ``slope * x``.
+
+        Parameters
+        ----------
+        slope : float, optional
+            The slope for negative inputs.
+
+        Returns
+        -------
+        Tensor
+        """
         return P.LeakyReLU.apply(self, slope=slope)
 
     def tanh(self) -> Tensor:
@@ -326,11 +421,31 @@ class Tensor:
         return P.GELU.apply(self)
 
     def softmax(self, axis: int = -1) -> Tensor:
-        """Softmax along ``axis``."""
+        """Softmax along ``axis``.
+
+        Parameters
+        ----------
+        axis : int, optional
+            The axis that sums to one.
+
+        Returns
+        -------
+        Tensor
+        """
         return P.Softmax.apply(self, axis=axis)
 
     def log_softmax(self, axis: int = -1) -> Tensor:
-        """Log-softmax along ``axis``."""
+        """Log-softmax along ``axis``.
+
+        Parameters
+        ----------
+        axis : int, optional
+            The axis normalised over.
+
+        Returns
+        -------
+        Tensor
+        """
         return P.LogSoftmax.apply(self, axis=axis)
 
 

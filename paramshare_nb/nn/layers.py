@@ -281,12 +281,32 @@ class ModuleList(Module):
         self.extend(modules)
 
     def append(self, module: Module):
-        """Add ``module`` at the end; returns this container."""
+        """Add ``module`` at the end.
+
+        Parameters
+        ----------
+        module : Module
+
+        Returns
+        -------
+        ModuleList
+            This container.
+        """
         return self.extend([module])
 
     def extend(self, modules):
-        """Add each of ``modules`` at the end; returns this container.  Every item is
-        checked first: on an error nothing is added."""
+        """Add each of ``modules`` at the end.  Every item is checked first: on an error
+        nothing is added.
+
+        Parameters
+        ----------
+        modules : iterable of Module
+
+        Returns
+        -------
+        ModuleList
+            This container.
+        """
         modules = list(modules)
         for k, m in enumerate(modules):
             if not isinstance(m, Module):

@@ -71,7 +71,17 @@ class Module:
         self.training = True
 
     def forward(self, x):  # pragma: no cover - abstract
-        """Compute the module's output (override in subclasses)."""
+        """Compute the module's output (override in subclasses).
+
+        Parameters
+        ----------
+        x : Tensor or array_like
+            The input; a module's ``__call__`` passes its arguments here.
+
+        Returns
+        -------
+        Tensor
+        """
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
     def __call__(self, *args, **kwargs):
@@ -99,7 +109,18 @@ class Module:
                               UserWarning, stacklevel=3)
 
     def named_modules(self, prefix: str = ""):
-        """Yield ``(name, module)`` for this module and every sub-module."""
+        """Yield ``(name, module)`` for this module and every sub-module.
+
+        Parameters
+        ----------
+        prefix : str, optional
+            Put before every name (``"0."`` for the first layer of a
+            ``Sequential``); this module itself is named ``prefix``.
+
+        Yields
+        ------
+        (str, Module)
+        """
         yield prefix, self
         for name, child in self.named_children():
             yield from child.named_modules(f"{prefix}{name}." if prefix else f"{name}.")
@@ -129,7 +150,17 @@ class Module:
 
     # -- modes and grads --------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
-        """Set training mode (``True``) or evaluation mode on every sub-module."""
+        """Set training mode (``True``) or evaluation mode on every sub-module.
+
+        Parameters
+        ----------
+        mode : bool, optional
+
+        Returns
+        -------
+        Module
+            This module.
+        """
         _check_bool(mode, f"{type(self).__name__}.train: mode")
         for _, module in self.named_modules():
             module.training = bool(mode)
@@ -148,7 +179,25 @@ class Module:
         """Convert every parameter to ``dtype`` (float32 or float64) in place (e.g. float64
         for gradcheck).  A converted parameter's gradient is dropped; one already of
         ``dtype`` keeps it.  Every parameter is checked first: on an error the model is
-        unchanged."""
+        unchanged.
+
+        Parameters
+        ----------
+        dtype : numpy dtype
+            float32 or float64.
+
+        Returns
+        -------
+        Module
+            This module.
+
+        Raises
+        ------
+        TypeError
+            Another dtype.
+        RuntimeError
+            A parameter on a CUDA device (move the model to the CPU first).
+        """
         dtype = float_dtype(dtype, f"{type(self).__name__}.astype")
         params = [p for p in self.parameters() if p.dtype != dtype]
         if any(p.device != "cpu" for p in params):
@@ -168,6 +217,15 @@ class Module:
         A moved parameter's gradient is dropped; one already there keeps it.
         Every copy is made before any parameter is changed: when one fails
         (the device out of memory), the model is unchanged.
+
+        Parameters
+        ----------
+        device : {"cpu", "cuda"}
+
+        Returns
+        -------
+        Module
+            This module.
 
         Raises
         ------
