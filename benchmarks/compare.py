@@ -1,8 +1,9 @@
 """Side-by-side timing of the tied multiply against what a user would write instead.
 
-Run ``python benchmarks/compare.py`` (options: ``--repeat``, ``--only w1,w3`` (the
-small-call workloads ``s1,s2,s3`` run only when named),
-``--dtype float64``).  In one process, for each workload, it times forward +
+Run ``python benchmarks/compare.py`` (the options of ``python -m paramshare_nb
+bench``: ``--repeat``, ``--only w1,w3`` (the small-call workloads ``s1,s2,s3``
+run only when named), ``--dtype float64``, ``--threads``, ``--planner``,
+``--list``; and ``--no-torch``).  In one process, for each workload, it times forward +
 backward (``y``, ``dx``, ``dtheta``) of
 
 - **paramshare_nb**: ``tied_matmul`` + ``tied_matmul_grad`` (planner's choice),
@@ -10,7 +11,9 @@ backward (``y``, ``dx``, ``dtheta``) of
 - **scipy.sparse**: one 0/1 CSR matrix ``B_k`` per parameter, ``sum_k theta_k B_k x``,
 - **torch** (when installed): index, matmul, autograd,
 
-checks that every peer agrees with paramshare_nb, and prints medians, the
+checks that every peer agrees with paramshare_nb (one that does not is
+reported, left out of the comparison, and the script exits with status 1),
+and prints medians, the
 ratio to each peer, the target, and the achieved GFLOP/s against plain BLAS
 matmuls of the same dense shape.  Compile time is excluded (warm-up calls).
 paramshare_nb is timed in a block of ``--repeat`` calls before each peer and
@@ -28,16 +31,25 @@ import argparse
 import os
 import sys
 
-if __name__ == "__main__" and "--threads" in sys.argv:
-    # thread counts of numba, OpenBLAS and OpenMP are fixed when they load: set them first
-    _n = sys.argv[sys.argv.index("--threads") + 1]
-    for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                 "MKL_NUM_THREADS"):
-        os.environ[_var] = _n
+
+def _early_threads(argv):
+    """``--threads N`` (or ``--threads=N``) into the environment: the thread counts of numba,
+    OpenBLAS and OpenMP are fixed when they load, before the options are parsed."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--threads", type=int)
+    known, _ = pre.parse_known_args(argv)
+    if known.threads is not None and known.threads >= 1:
+        for var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                    "MKL_NUM_THREADS"):
+            os.environ[var] = str(known.threads)
+
+
+if __name__ == "__main__":
+    _early_threads(sys.argv[1:])
 
 # time the checkout this script lives in, not whatever copy happens to be installed
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from paramshare_nb import _bench, config  # noqa: E402
+from paramshare_nb import _bench  # noqa: E402
 
 # the names the asv suites, gpu_check.py and the tests take from here
 from paramshare_nb._bench import NumpyPeer, figure1_d5, workloads  # noqa: E402, F401
@@ -71,33 +83,26 @@ class TorchPeer:
         return y.detach().numpy(), xt.grad.numpy(), tt.grad.numpy()
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=15)
-    ap.add_argument("--only", default="w1,w2,w3,w4")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="threads for numba, BLAS and torch (default: all cores)")
-    ap.add_argument("--planner", choices=config.PLANNERS, default=config.planner,
-                    help="how method='auto' chooses: the cost model's estimates, or "
-                         "timing the candidates on each workload's first call "
-                         f"(default {config.planner!r}, from PARAMSHARE_PLANNER)")
+    _bench.add_arguments(ap)  # the options of ``python -m paramshare_nb bench``
+    ap.add_argument("--no-torch", action="store_true", help="leave the PyTorch peer out")
     args = ap.parse_args(argv)
-    with config.override(planner=args.planner):
-        _compare(args)
-
-
-def _compare(args):
-    import numba
-
+    try:
+        _bench.check_args(args)
+    except ValueError as exc:
+        ap.error(str(exc))
     with_torch = torch is not None and not args.no_torch
     if with_torch:
+        import numba
+
         torch.set_num_threads(numba.get_num_threads())
-    _bench.compare(workloads(), args.only, args.repeat, args.dtype,
-                   peers=[TorchPeer] if with_torch else [], title="compare",
-                   about=f", torch {'yes ' + torch.__version__ if torch else 'not installed'}")
+    used = ("not installed" if torch is None else
+            f"yes {torch.__version__}" if with_torch else "not used (--no-torch)")
+    # 1 when a peer disagreed with paramshare_nb: the run is no valid comparison
+    return _bench.run(args, peers=[TorchPeer] if with_torch else [], title="compare",
+                      about=f", torch {used}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -41,7 +41,7 @@ GPU_RESULTS = HERE / "_static" / "gpu_check.json"
 #: gpu_check.py's columns, in the order the page shows them
 GPU_METHODS = ("auto", "materialize", "gather", "complement", "scatter", "csr")
 
-_HEAD = re.compile(r"^(?P<key>w\d+): (?P<desc>[^;]+);.*?forward (?:strategy )?(?P<strategy>\w+)")
+_HEAD = re.compile(r"^(?P<key>[ws]\d+): (?P<desc>[^;]+);.*?forward (?:strategy )?(?P<strategy>\w+)")
 _LINE = re.compile(r"^\s+(?P<name>[\w.\-]+)\s+(?P<ms>[\d.]+) ms\s+\(median of (?P<n>\d+)[,)]")
 _RATIO = re.compile(r"vs fastest peer: (?P<ratio>[\d.]+)x \(target >= (?P<target>[\d.]+)x\)")
 
@@ -83,7 +83,8 @@ def machine() -> dict:
         "numba": numba.__version__,
         "paramshare_nb": paramshare_nb.__version__,
         "commit": _git_commit(),
-        "load_average": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "load_average": (" ".join(f"{v:.2f}" for v in os.getloadavg())
+                         if hasattr(os, "getloadavg") else "unknown"),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -103,13 +104,21 @@ def parse(text: str) -> list[dict]:
     return rows
 
 
-def run(args: list[str]) -> dict:
-    """Run ``compare.py`` and return the stored record."""
+def run(args: list[str], expected: int) -> dict:
+    """Run ``compare.py`` and return the record to store; a ``SystemExit`` saying why when
+    the run is not one to publish: it failed, a peer disagreed with paramshare_nb, or it
+    did not report the ``expected`` number of workloads."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), *args]
     mach = machine()  # before the run, so the load average is the machine's, not ours
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    rows = parse(proc.stdout)
+    why = [line.strip() for line in proc.stdout.splitlines() if line.lstrip().startswith("!!")]
+    if proc.returncode != 0 or why or len(rows) != expected:
+        raise SystemExit(f"make_benchmarks: compare.py exited {proc.returncode} with "
+                         f"{len(rows)} of {expected} workloads; nothing stored.\n"
+                         + "\n".join(why) + (proc.stderr[-2000:] if proc.returncode else ""))
     return {"machine": mach, "command": " ".join(["python benchmarks/compare.py", *args]),
-            "output": proc.stdout.rstrip(), "workloads": parse(proc.stdout)}
+            "output": proc.stdout.rstrip(), "workloads": rows}
 
 
 def figure(record: dict, path: Path = FIGURE) -> None:
@@ -272,14 +281,18 @@ def main(argv=None) -> int:
         figure(json.loads(RESULTS.read_text()))
         print(f"wrote {FIGURE.relative_to(ROOT)}")
         return 0
+    try:  # the figure is drawn after the timing: refuse now, not after minutes
+        import matplotlib  # noqa: F401
+    except ImportError:
+        ap.error("matplotlib is needed for the figure: pip install -e '.[plot]'")
     passthrough = ["--repeat", "3"] if args.quick else []
     if args.only:
         passthrough += ["--only", args.only]
-    record = run(passthrough)
+    only = args.only or "w1,w2,w3,w4"  # compare.py's default
+    record = run(passthrough, expected=len(set(only.split(","))))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=1) + "\n")
-    if record["workloads"]:
-        figure(record)
+    figure(record)
     print(f"wrote {RESULTS.relative_to(ROOT)} ({len(record['workloads'])} workloads)")
     return 0
 

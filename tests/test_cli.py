@@ -173,7 +173,7 @@ def test_bench_times_against_the_peers(capsys, monkeypatch):
     monkeypatch.setattr(_bench, "_warm", lambda fn, args, seconds=0: (fn(*args), 0.0)[1])
     code, out, err = _run(capsys, "bench", "--only", "t1,t2", "--repeat", "2", "--threads", "1",
                           "--planner", "estimate", "--dtype", "float64")
-    assert code == 0 and "disagrees" not in err  # the peers checked against ours
+    assert code == 0 and "disagrees" not in out + err  # the peers checked against ours
     assert "# paramshare_nb bench: dtype float64, numba threads 1, planner estimate" in out
     for line in ("t1: C_6, 2->3, batch 4", "t2: C_6, scalar, batch 5", "  numpy ",
                  "  scipy.sparse ", "vs fastest peer", "dense-equivalent GFLOP/s"):
@@ -182,6 +182,36 @@ def test_bench_times_against_the_peers(capsys, monkeypatch):
     assert code == 0 and out.splitlines() == [
         "t1  C_6, 2->3, batch 4 (target: 1x the fastest peer)",
         "t2  C_6, scalar, batch 5 (target: 1x the fastest peer)"]
+
+
+def test_bench_leaves_out_a_peer_that_disagrees_and_fails(capsys, monkeypatch):
+    """A wrong peer was reported on stderr only, still counted as the fastest, and the run
+    exited 0: make_benchmarks stored its figures as valid."""
+    from paramshare_nb import _bench
+    pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(6)))
+    monkeypatch.setattr(_bench, "workloads", lambda: {
+        "t1": ("C_6, scalar, batch 5", lambda: pat, 5, None, None, 1.0)})
+    monkeypatch.setattr(_bench, "_warm", lambda fn, args, seconds=0: (fn(*args), 0.0)[1])
+
+    class Doubled(_bench.NumpyPeer):  # twice the right dtheta
+        def __call__(self, x, theta, dy):
+            y, dx, dth = super().__call__(x, theta, dy)
+            return y, dx, 2 * dth
+
+    class Short(_bench.NumpyPeer):
+        name = "short"
+
+        def __call__(self, x, theta, dy):
+            return super().__call__(x, theta, dy)[:2]
+
+    monkeypatch.setattr(_bench, "NumpyPeer", Doubled)
+    monkeypatch.setattr(_bench, "ScipyPeer", Short)
+    code, out, _ = _run(capsys, "bench", "--only", "t1", "--repeat", "2")
+    assert code == 1
+    assert "!! numpy disagrees on dtheta: left out of the comparison" in out
+    assert "!! short disagrees on its outputs (2 of 3)" in out
+    assert "vs fastest peer" not in out  # no valid peer is left to compare with
+    assert "2 peer result(s) disagreed with paramshare_nb" in out
 
 
 @pytest.mark.parametrize("options, message", [

@@ -87,6 +87,25 @@ def test_benchmarks_page_renders(tmp_path):
     assert rows == [{"key": "w1", "description": "Deep Sets S_8, 2->2, batch 4",
                      "strategy": "csr", "times_ms": {"paramshare_nb": 1.0, "numpy": 4.0},
                      "ratio": 4.0, "target": 2.0}]
+    small = "s1: cyclic C_32, scalar, batch 1; pattern P; forward strategy csr\n"
+    assert [r["key"] for r in mb.parse(small)] == ["s1"]  # the small calls are parsed too
+
+    def finished(rc, stdout):
+        return lambda *a, **k: __import__("subprocess").CompletedProcess(a, rc, stdout, "")
+    for rc, out, expected, why in (
+            (0, text, 1, None), (0, text, 2, "1 of 2 workloads"),
+            (1, text + "  !! numpy disagrees on dtheta: left out\n", 1, "!! numpy disagrees"),
+            (2, "", 1, "exited 2")):
+        monkey = pytest.MonkeyPatch()
+        monkey.setattr(mb.subprocess, "run", finished(rc, out))
+        try:
+            if why is None:
+                assert mb.run([], expected)["workloads"] == rows
+            else:
+                with pytest.raises(SystemExit, match=why):
+                    mb.run([], expected)
+        finally:
+            monkey.undo()
     record = {"machine": {"cpu": "test"}, "command": "c", "output": text, "workloads": rows}
     path = tmp_path / "b.json"
     path.write_text(__import__("json").dumps(record))
