@@ -64,7 +64,7 @@ class TorchPeer:
     name = "torch"
 
     def __init__(self, pat, scalar):
-        self.idx = torch.from_numpy(pat.index())
+        self.idx = torch.from_numpy(_bench.dense_index(pat))
         self.pat, self.scalar = pat, scalar
 
     def __call__(self, x, theta, dy):

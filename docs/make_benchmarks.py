@@ -190,6 +190,9 @@ def store_gpu(paths, tests_log=None, path: Path = GPU_RESULTS) -> dict:
     record = {}
     for src in paths:
         record.update(json.loads(Path(src).read_text()))
+    if not record.get("device"):  # a run without a GPU (or one that stopped at preflight)
+        raise SystemExit(f"make_benchmarks: {', '.join(map(str, paths))} hold no device run "
+                         f"({record.get('preflight') or 'no CUDA device'}); nothing stored")
     if not record.get("commit"):  # gpu_check.py records the commit it ran
         record["commit"] = f"{_git_commit()} (when stored; the run did not record one)"
     record["stored"] = _dt.date.today().isoformat()

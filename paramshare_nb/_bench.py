@@ -88,11 +88,23 @@ def workloads():
 # peers (each returns y, dx, dtheta in the library's layout)
 # ---------------------------------------------------------------------------
 
+def dense_index(pat) -> np.ndarray:
+    """``pat.index()`` for the peers, which gather ``W = theta[index]``: a ValueError for a
+    pattern with structural zeros, whose ``-1`` ids would gather ``theta[-1]`` (every
+    workload here is dense; a peer for sparse patterns would mask them)."""
+    idx = pat.index()
+    zeros = int(np.count_nonzero(idx < 0))
+    if zeros:
+        raise ValueError(f"the peers gather W = theta[index] and take dense patterns only; "
+                         f"this one has {zeros} structural zeros")
+    return idx
+
+
 class NumpyPeer:
     name = "numpy"
 
     def __init__(self, pat, scalar):
-        self.idx = pat.index()
+        self.idx = dense_index(pat)
         self.flat = self.idx.ravel()
         self.pat, self.scalar = pat, scalar
 

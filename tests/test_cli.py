@@ -212,6 +212,9 @@ def test_bench_leaves_out_a_peer_that_disagrees_and_fails(capsys, monkeypatch):
     assert "!! short disagrees on its outputs (2 of 3)" in out
     assert "vs fastest peer" not in out  # no valid peer is left to compare with
     assert "2 peer result(s) disagreed with paramshare_nb" in out
+    sparse = ps.sparse_pattern(ps.Action.same(ps.regular(ps.groups.dihedral(5))))
+    with pytest.raises(ValueError, match="dense patterns only; this one has 70 structural"):
+        _bench.NumpyPeer(sparse, True)  # theta[-1] would have filled W's zeros
 
 
 @pytest.mark.parametrize("options, message", [

@@ -233,3 +233,9 @@ def test_gpu_benchmarks_render_and_store(tmp_path, monkeypatch):
     assert "(float64)" in rst and "ours is 2.0x slower" in rst and "{" not in rst
     out.write_text(json.dumps({"workloads": [{"ms": {"auto": 1.0}}]}))  # keys missing
     assert "n/a" in mb.render_gpu_rst(out)
+    # a run without a device (it keeps the tests' summary) is not stored over the record
+    (tmp_path / "none.json").write_text(json.dumps({"device": None, "tests": {"summary": "x"}}))
+    kept = out.read_text()
+    with pytest.raises(SystemExit, match="hold no device run .no CUDA device.; nothing stored"):
+        mb.store_gpu([tmp_path / "none.json"], path=out)
+    assert out.read_text() == kept
