@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 import paramshare_nb as ps
+from paramshare_nb._bench import peak_bytes
 from paramshare_nb._kernels.groups_cpu import _pair_orbits
 
 # n points of D_n: n**2 pairs
@@ -46,8 +47,11 @@ class PairOrbits:
         self.act.__dict__.pop("_paramshare_patterns", None)
         ps.dense_pattern(self.act)
 
-    def peakmem_dense_pattern(self, pairs):
-        ps.dense_pattern(self.act)
+    def track_dense_pattern_peak_bytes(self, pairs):
+        self.act.__dict__.pop("_paramshare_patterns", None)
+        return peak_bytes(lambda: ps.dense_pattern(self.act))  # not setup's RSS
+
+    track_dense_pattern_peak_bytes.unit = "bytes"
 
 
 class PairOrbitsScipyPeer:

@@ -18,6 +18,8 @@ import paramshare_nb as ps
 sys.path.insert(0, os.path.dirname(__file__))
 from compare import NumpyPeer, workloads  # noqa: E402
 
+from paramshare_nb._bench import peak_bytes  # noqa: E402
+
 WORKLOADS = workloads()
 METHODS = ["auto", "materialize", "gather", "complement", "scatter", "csr"]
 
@@ -59,31 +61,18 @@ class TiedMatmul:
         ps.tied_matmul(self.x, self.theta, self.pat)
         ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat)
 
-    # Peak memory of one call, as the bytes it allocates at most (tracemalloc sees numpy's
-    # allocations): asv's peakmem_ is the process's maximum RSS, which setup's warm forward
-    # and backward (and numba's compiler) had already set, so it showed ~380 MB for every
-    # workload, forward and backward alike.
+    # Peak memory of one call (_bench.peak_bytes): asv's peakmem_ is the process's maximum
+    # RSS, which setup's warm forward and backward (and numba's compiler) had already set,
+    # so it showed ~380 MB for every workload, forward and backward alike.
     def track_forward_peak_bytes(self, key, dtype):
-        return _peak_bytes(lambda: ps.tied_matmul(self.x, self.theta, self.pat))
+        return peak_bytes(lambda: ps.tied_matmul(self.x, self.theta, self.pat))
 
     track_forward_peak_bytes.unit = "bytes"
 
     def track_backward_peak_bytes(self, key, dtype):
-        return _peak_bytes(lambda: ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat))
+        return peak_bytes(lambda: ps.tied_matmul_grad(self.dy, self.x, self.theta, self.pat))
 
     track_backward_peak_bytes.unit = "bytes"
-
-
-def _peak_bytes(call) -> int:
-    """The most bytes ``call`` holds allocated at once, its result included."""
-    import tracemalloc
-
-    tracemalloc.start()
-    try:
-        call()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 class MeasuredTiedMatmul:

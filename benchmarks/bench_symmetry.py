@@ -24,6 +24,7 @@ import textwrap
 import numpy as np
 
 import paramshare_nb as ps
+from paramshare_nb._bench import peak_bytes
 
 try:
     import pynauty
@@ -109,8 +110,10 @@ class SymmetryGroup:
 
     track_search_nodes.unit = "nodes"
 
-    def peakmem_symmetry_group(self, name):
-        ps.symmetry_group(self.pat)
+    def track_symmetry_group_peak_bytes(self, name):
+        return peak_bytes(lambda: ps.symmetry_group(self.pat))  # not setup's RSS
+
+    track_symmetry_group_peak_bytes.unit = "bytes"
 
 
 class IsEquivariant:

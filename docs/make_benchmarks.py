@@ -291,7 +291,9 @@ def main(argv=None) -> int:
     passthrough = ["--repeat", "3"] if args.quick else []
     if args.only:
         passthrough += ["--only", args.only]
-    only = args.only or "w1,w2,w3,w4"  # compare.py's default
+    from paramshare_nb._bench import DEFAULT  # compare.py's default workloads
+
+    only = args.only or DEFAULT
     record = run(passthrough, expected=len(set(only.split(","))))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=1) + "\n")

@@ -88,6 +88,20 @@ def workloads():
 # peers (each returns y, dx, dtheta in the library's layout)
 # ---------------------------------------------------------------------------
 
+def peak_bytes(call) -> int:
+    """The most bytes ``call()`` holds allocated at once, its result included (tracemalloc,
+    which sees numpy's allocations): a call's own memory, where a process's maximum RSS
+    (asv's ``peakmem_``) keeps whatever the setup and the compiler reached before it."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def dense_index(pat) -> np.ndarray:
     """``pat.index()`` for the peers, which gather ``W = theta[index]``: a ValueError for a
     pattern with structural zeros, whose ``-1`` ids would gather ``theta[-1]`` (every
@@ -422,6 +436,8 @@ def _blas_threads(requested) -> str:
     installed (BLAS's pool is fixed when numpy loads, before this runs)."""
     if requested is None:
         return ""
+    if os.environ.get("OPENBLAS_NUM_THREADS") == str(requested):  # compare.py sets it first
+        return f", BLAS threads {requested}"
     try:
         import threadpoolctl  # noqa: F401
     except ImportError:

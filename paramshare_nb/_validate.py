@@ -225,14 +225,35 @@ def has_cuda_interface(obj) -> bool:
 
 
 def frozen(arr: np.ndarray) -> np.ndarray:
-    """``arr`` read-only for good, as immutable objects hold their arrays: a read-only view
-    of it, itself made read-only.  numpy lets ``setflags(write=True)`` undo the flag on an
-    array that owns its memory, or on a view of a writeable one; not on a view whose base
-    is read-only (so a view is copied first, to an array of its own)."""
-    if arr.base is not None:
-        arr = arr.copy()
+    """``arr`` made read-only, as immutable objects hold their arrays.  One that owns its
+    memory is handed out as a view of itself, on which numpy refuses
+    ``setflags(write=True)`` (it allows that on an array that owns its memory); a view of
+    another array is left a view of it (copying it would cost memory).  Deliberate
+    misuse through ``.base`` stays possible: numpy cannot forbid it."""
     arr.setflags(write=False)
-    return arr.view()
+    return arr.view() if arr.base is None else arr
+
+
+def as_real_array(obj, dtype, name: str, var: str | None = None) -> np.ndarray:
+    """``obj`` as an array of the float ``dtype``: a TypeError for a masked array or values
+    that are not real numbers (the cast would drop ``.imag``, or make ``None`` a nan), a
+    ValueError where the cast turns finite values into infinities (float64 past float32's
+    range).  ``var`` names the array in a fix's code (default ``name``)."""
+    refuse_masked(obj, name, var)
+    raw = np.asarray(obj)
+    if raw.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {raw.dtype}")
+    if raw.dtype == dtype:
+        return raw
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+        out = raw.astype(dtype)
+    if raw.dtype.kind == "f" and raw.dtype.itemsize > out.dtype.itemsize:
+        lost = np.isfinite(raw) & ~np.isfinite(out)
+        if lost.any():
+            raise ValueError(f"{name}: {raw.dtype} values overflow {out.dtype} (largest "
+                             f"magnitude {float(np.abs(raw[lost]).max()):.3g}); scale them "
+                             f"down, or compute in float64")
+    return out
 
 
 def cuda_unusable(reason=None) -> RuntimeError:

@@ -12,28 +12,10 @@ import math
 
 import numpy as np
 
-from ._validate import as_positive_int, as_real
+from ._validate import as_positive_int, as_real, as_real_array
 from .autograd.function import no_grad, to_host
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR"]
-
-
-class _Hyper:
-    """A hyper-parameter checked whenever it is set, not only by the constructor: schedules
-    and users change them between steps, and a bad value found in the middle of an update
-    would leave some parameters and their state updated and others not."""
-
-    def __init__(self, check):
-        self.check = check
-
-    def __set_name__(self, owner, name):
-        self.name = name
-
-    def __get__(self, obj, objtype=None):
-        return self if obj is None else obj.__dict__[self.name]
-
-    def __set__(self, obj, value):
-        obj.__dict__[self.name] = self.check(value, f"{type(obj).__name__}: {self.name}")
 
 
 def _rate(lo_open=False):
@@ -63,7 +45,17 @@ class Optimizer:
         every hyper-parameter is checked again whenever it is set.
     """
 
-    lr = _Hyper(_rate())
+    #: Hyper-parameter -> its check, run whenever it is set (not only by the constructor:
+    #: schedules and users change them between steps, and a bad value found in the middle
+    #: of an update would leave some parameters and their state updated and others not).
+    #: A check on assignment, not a property: reading them stays a plain attribute lookup.
+    _checks = {"lr": _rate()}
+
+    def __setattr__(self, name, value):
+        check = self._checks.get(name)
+        if check is not None:
+            value = check(value, f"{type(self).__name__}: {name}")
+        object.__setattr__(self, name, value)
 
     def __init__(self, params, lr: float):
         name = type(self).__name__
@@ -126,24 +118,16 @@ class Optimizer:
     def _checked_grad(self, p) -> np.ndarray:
         """``p``'s gradient on the host in ``p``'s dtype, refused before any update."""
         name = f"{type(self).__name__}.step"
-        raw = np.asarray(to_host(p.grad))
-        if raw.dtype.kind not in "biuf":  # the cast would drop .imag, or make None a nan
-            raise TypeError(f"{name}: a gradient of dtype {raw.dtype} for a parameter of shape "
-                            f"{p.shape}; gradients must hold real numbers")
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
-            g = raw.astype(p.dtype, copy=False)
+        g = to_host(p.grad)
+        if not (type(g) is np.ndarray and g.dtype == p.dtype):  # else as it is, no copy
+            g = as_real_array(g, p.dtype, f"{name}: the gradient of a parameter of shape "
+                                          f"{p.shape}", "p.grad")
         if g.shape != p.shape:
             raise ValueError(f"{name}: a gradient of shape {g.shape} for a parameter of shape "
                              f"{p.shape}")
         if p.device == "cpu" and not p.data.flags.writeable:
             raise ValueError(f"{name}: a parameter of shape {p.shape} is read-only; give "
                              f"parameters writeable arrays (np.array(..., copy=True))")
-        if raw.dtype.itemsize > g.dtype.itemsize and raw.dtype.kind == "f" and not (
-                np.isfinite(g).all() or not np.isfinite(raw).all()):
-            raise ValueError(f"{name}: a {raw.dtype} gradient of shape {p.shape} overflows the "
-                             f"parameter's {p.dtype} (largest magnitude "
-                             f"{float(np.abs(raw).max()):.3g}); scale the loss down, or train "
-                             f"in float64")
         return g
 
     def _check(self):
@@ -171,9 +155,8 @@ class SGD(Optimizer):
         L2 penalty coefficient.
     """
 
-    momentum = _Hyper(_fraction)
-    nesterov = _Hyper(_flag)
-    weight_decay = _Hyper(_rate())
+    _checks = {**Optimizer._checks, "momentum": _fraction, "nesterov": _flag,
+               "weight_decay": _rate()}
 
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
@@ -224,9 +207,8 @@ class Adam(Optimizer):
     """
 
     decoupled = False
-    betas = _Hyper(_betas)
-    eps = _Hyper(_rate(lo_open=True))
-    weight_decay = _Hyper(_rate())
+    _checks = {**Optimizer._checks, "betas": _betas, "eps": _rate(lo_open=True),
+               "weight_decay": _rate()}
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):

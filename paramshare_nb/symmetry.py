@@ -88,7 +88,9 @@ def _checked_order(res: _SearchResult) -> int:
 # ---------------------------------------------------------------------------
 
 def _frozen(arr):
-    return frozen(np.ascontiguousarray(arr, dtype=INDEX))
+    # an array of its own (generators, orbits: small), so that the view handed out cannot
+    # be made writeable again
+    return frozen(np.array(arr, dtype=INDEX, order="C", copy=True))
 
 
 def _sequence(obj, name):
@@ -188,9 +190,10 @@ class SymmetryGroup:
         raise AttributeError(f"SymmetryGroup is immutable: cannot delete {name!r}")
 
     def __setstate__(self, state):
-        # unpickled and deep-copied generators come back writeable: read-only again
-        self.__dict__.update(state)
-        self.__dict__["generators"] = _frozen(self.generators)
+        # unpickled and deep-copied arrays (the generators, cached orbits) come back
+        # writeable: read-only again
+        self.__dict__.update({k: frozen(np.array(v, copy=True)) if isinstance(v, np.ndarray)
+                              else v for k, v in state.items()})
 
     # -- sizes and projections -------------------------------------------------
     @property

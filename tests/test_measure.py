@@ -162,12 +162,15 @@ def test_compare_script_reports_the_measured_strategies(monkeypatch, capsys):
     bench = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks")
     monkeypatch.syspath_prepend(bench)
     import compare
+
+    from paramshare_nb import _bench
     pat = ps.dense_pattern(ps.Action.same(ps.groups.cyclic(6)))
-    monkeypatch.setattr(compare, "workloads", lambda: {
+    monkeypatch.setattr(_bench, "workloads", lambda: {  # compare.py runs bench's table
         "w9": ("C_6, 2->3, batch 4", lambda: pat, 4, 2, 3, 1.0)})
     # "measuring" that picks the model's last candidate: never the estimates' choice
     monkeypatch.setattr(_measure, "fastest", lambda runners, args: len(runners) - 1)
-    compare.main(["--only", "w9", "--repeat", "2", "--no-torch", "--planner", "measure"])
+    assert compare.main(["--only", "w9", "--repeat", "2", "--no-torch", "--planner",
+                         "measure"]) == 0
     out = capsys.readouterr().out
     assert "planner measure" in out and config.planner == "estimate"
     chosen = _dispatch._plans(pat)["measured"]

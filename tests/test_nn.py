@@ -162,11 +162,29 @@ def test_masked_arrays_are_refused_not_unmasked():
         ps.equivariance_error(lambda a: a, act, x)
     with pytest.raises(TypeError, match="pattern_or_matrix is a masked array"):
         ps.is_equivariant(x, act)
+    m = np.ma.masked_array([1.0, 2.0, 3.0], mask=[False, True, False])
+    a = Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(TypeError, match=r"backward: grad is a masked array.*grad\.filled"):
+        (a * 2.0).backward(m)
+    p = nn.Parameter(np.ones(3))
+    p.grad = m
+    with pytest.raises(TypeError, match=r"SGD.step: the gradient .* masked array.*p\.grad"):
+        ps.optim.SGD([p], lr=1.0).step()
+    np.testing.assert_array_equal(p.data, np.ones(3))
+    lin = nn.Linear(3, 1, dtype=np.float64, bias=False)
+    with pytest.raises(ValueError, match="load_state_dict: 'weight' is a masked array"):
+        lin.load_state_dict({"weight": np.ma.masked_array(np.ones((1, 3)), mask=[[0, 1, 0]])})
+    labels = np.ma.masked_array([0, 1, 0], mask=[0, 1, 0])
+    with pytest.raises(TypeError, match="segment_reduce: labels is a masked array"):
+        ps.autograd.segment_reduce(Tensor(np.ones((1, 3, 2))), labels, 2)
+    with pytest.raises(TypeError, match="cross_entropy: target is a masked array"):
+        nn.cross_entropy(Tensor(np.zeros((2, 3))), np.ma.masked_array([0, 2], mask=[0, 1]))
+    with pytest.raises(TypeError, match="an operand is a masked array"):
+        nn.mse(Tensor(np.zeros(3)), m)
 
 
-def test_module_changes_are_all_or_nothing(monkeypatch):
-    """to, astype and extend made every change before the one that failed; a Parameter
-    could be replaced by anything (then not trained, saved or moved)."""
+def test_module_to_and_astype_are_all_or_nothing(monkeypatch):
+    """to and astype made every change before the one that failed (numba's simulator)."""
     cuda = pytest.importorskip("numba.cuda")
     if not cuda.is_available():
         pytest.skip("no CUDA device or simulator")
@@ -197,11 +215,16 @@ def test_module_changes_are_all_or_nothing(monkeypatch):
     model.to("cpu")
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_module_changes_are_checked_before_any_is_made():
+    """extend appended the items before the one that failed; a Parameter could be replaced
+    by anything (then not trained, saved or moved)."""
+    model = nn.Sequential(nn.Linear(2, 3, rng=0))
     with pytest.raises(TypeError, match="dtype must be float32 or float64, got None"):
         model.astype(None)  # np.dtype(None) is float64
     with pytest.raises(TypeError, match="dtype must be float32 or float64, got None"):
         nn.Linear(2, 2, dtype=None)
-
     blocks = nn.ModuleList([nn.ReLU()])
     with pytest.raises(TypeError, match="item 2 is a int, not a Module"):
         blocks.extend([nn.Tanh(), 3])

@@ -260,6 +260,8 @@ def test_product_action_orbits_and_projections():
         assert twin.order == 12 and twin.contains(again.gens_in[0], again.gens_out[0])
         with pytest.raises(ValueError, match="WRITEABLE"):
             twin.generators.setflags(write=True)
+        with pytest.raises(ValueError, match="read-only"):  # cached with the group, kept so
+            twin.orbits[:] = 0
     for name, value in (("order", 7), ("generators", sym.generators[:1]), ("base", ())):
         with pytest.raises(AttributeError, match="SymmetryGroup is immutable: cannot set"):
             setattr(sym, name, value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import as_real_array
 from .function import device_of, is_cuda_array, no_grad, to_device, to_host
 
 __all__ = ["backward", "toposort"]
@@ -128,11 +129,7 @@ def backward(root, grad=None) -> None:
         if isinstance(grad, Tensor):
             grad = grad.data
         if device_of(grad) == "cpu":
-            grad = np.asarray(grad)
-            if grad.dtype.kind not in "biuf":  # the cast would drop .imag, make None a nan
-                raise TypeError(f"backward: grad must hold real numbers, got dtype "
-                                f"{grad.dtype}")
-            grad = grad.astype(root.dtype, copy=False)
+            grad = as_real_array(grad, root.dtype, "backward: grad", "grad")
             if root.device == "cuda":
                 grad = to_device(grad)
         if tuple(grad.shape) != tuple(root.shape):
@@ -148,8 +145,9 @@ def backward(root, grad=None) -> None:
                 continue
             ctx = node._ctx
             if ctx is None:
-                if node.requires_grad:
-                    leaves.append((node, g))
+                if node.requires_grad:  # .grad keeps a copy (g may be shared), made now
+                    fresh = node.grad is None and isinstance(g, np.ndarray)
+                    leaves.append((node, g.copy() if fresh else g))
                 continue
             if ctx.host_fallback:
                 g = to_host(g)
@@ -169,7 +167,4 @@ def backward(root, grad=None) -> None:
     for node, _ in leaves:
         _check_leaf_grad(node)
     for node, g in leaves:
-        if node.grad is None:
-            node.grad = g.copy() if isinstance(g, np.ndarray) else g
-        else:
-            node.grad = _add(node.grad, g)
+        node.grad = g if node.grad is None else _add(node.grad, g)

@@ -7,7 +7,7 @@ import operator
 
 import numpy as np
 
-from .._validate import as_degree, as_real, refuse_masked
+from .._validate import as_degree, refuse_masked
 from . import primitives as P
 from .engine import backward as _backward
 from .function import device_of, is_cuda_array, to_device
@@ -254,7 +254,16 @@ class Tensor:
     def __pow__(self, p):
         if isinstance(p, Tensor) or np.ndim(p) != 0:
             raise TypeError("pow: only a constant scalar exponent is supported")
-        return P.Pow.apply(self, p=as_real(p, "pow: the exponent"))
+        try:
+            if isinstance(p, (str, bytes)):  # float("2") would take one
+                raise TypeError
+            p = float(p)
+        except TypeError:
+            raise TypeError(f"pow: the exponent must be a number, got {p!r}") from None
+        except OverflowError:  # an int past float range
+            raise ValueError("pow: the exponent must be finite, got an int past float "
+                             "range") from None
+        return P.Pow.apply(self, p=p)
 
     def __matmul__(self, other):
         return self.matmul(other)
@@ -351,7 +360,7 @@ class Tensor:
         """
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape):
+        if not all(P._is_int(s) for s in shape):
             raise TypeError(f"reshape: the shape must be ints, got {shape!r}")
         return P.Reshape.apply(self, shape=tuple(int(s) for s in shape))
 
@@ -537,6 +546,7 @@ def _segment_labels(labels, n_segments) -> np.ndarray:
         raise ValueError(f"segment_reduce: n_segments must be >= 0, got {n_segments}")
     if isinstance(labels, Tensor):
         labels = labels.numpy()
+    refuse_masked(labels, "segment_reduce: labels", "labels")
     arr = np.asarray(labels)
     if arr.ndim != 1:
         raise ValueError(f"segment_reduce: labels must be 1-D, got shape {arr.shape}")

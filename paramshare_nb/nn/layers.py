@@ -405,8 +405,7 @@ class Flatten(Module):
         """Flatten ``x``."""
         x = _as_tensor(x, "Flatten")
         if x.ndim < 1:
-            raise ValueError(f"Flatten: expected input of shape (batch, ...), got a 0-d "
-                             f"{x.shape}")
+            raise ValueError("Flatten: expected input of shape (batch, ...), got a 0-d one")
         return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 is ambiguous at batch 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import refuse_masked
 from ..autograd.tensor import Tensor
 
 __all__ = ["cross_entropy", "mse"]
@@ -29,6 +30,7 @@ def cross_entropy(logits, target, reduction: str = "mean") -> Tensor:
         logits = Tensor(logits)
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy: logits must be (batch, n_classes), got {logits.shape}")
+    refuse_masked(target, "cross_entropy: target", "target")
     target = np.asarray(target.numpy() if isinstance(target, Tensor) else target)
     if target.dtype.kind not in "iu":  # timedelta64 is an np.integer subtype
         raise TypeError(f"cross_entropy: target must hold integer class ids, got dtype "

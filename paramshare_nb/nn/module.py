@@ -312,7 +312,9 @@ def _assign(pairs) -> None:
 
 
 def _check_bool(value, name: str) -> None:
-    if not isinstance(value, (bool, np.bool_)):  # "no" and "False" are truthy
+    # "no" and "False" are truthy; 0 and 1 pass, as the optimizers' nesterov takes them
+    if not (isinstance(value, (bool, np.bool_))
+            or (isinstance(value, (int, np.integer)) and value in (0, 1))):
         raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
@@ -320,6 +322,9 @@ def _checked_value(name: str, raw, p) -> np.ndarray:
     """``raw`` as a fresh array of ``p``'s dtype, or ValueError saying why it cannot be."""
     if isinstance(raw, Tensor):  # a Tensor or Parameter of another model
         raw = raw.numpy()
+    if isinstance(raw, np.ma.MaskedArray):  # np.asarray would load the values under the mask
+        raise ValueError(f"load_state_dict: '{name}' is a masked array; give its values "
+                         f"(np.ma.getdata) or fill the masked ones (.filled(0)) first")
     try:
         value = np.asarray(raw)
     except (TypeError, ValueError) as exc:
