@@ -251,6 +251,10 @@ def test_backward_non_scalar_needs_grad(rng):
         with pytest.raises(TypeError, match="grad must hold real numbers"):
             (a * 2.0).backward(bad)
     assert a.grad is None
+    f = Tensor(np.ones(3, np.float32), requires_grad=True)
+    with pytest.raises(ValueError, match="backward: grad: float64 values overflow float32"):
+        (f * 2.0).backward(np.full(3, 1e39))  # was [inf inf inf] with a numpy warning
+    assert f.grad is None
 
 
 def test_backward_checks_the_leaves_grads_before_writing_any():
