@@ -12,6 +12,13 @@ import paramshare_nb as ps
 from paramshare_nb import _dispatch, _measure, config
 
 
+@pytest.fixture(autouse=True)
+def _estimating():
+    """Each test starts from the estimates, whatever PARAMSHARE_PLANNER says."""
+    with config.override(planner="estimate"):
+        yield
+
+
 def assert_close(actual, expected):
     tol = 2e-5 if actual.dtype == np.float32 else 1e-11
     scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
