@@ -278,6 +278,23 @@ def refuse_masked(obj, name: str, var: str | None = None) -> None:
                         f"np.ma.getdata({var}) to use the values under the mask")
 
 
+def as_flag(v, name: str) -> bool:
+    """A bool argument: ``True``/``False`` or the ints 0 and 1; anything else (``"no"`` and
+    ``"False"`` are truthy) a TypeError naming ``name``."""
+    if not (isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1))):
+        raise TypeError(f"{name} must be a bool, got {v!r}")
+    return bool(v)
+
+
+def check_bytes(need: int, what: str, advice: str = "") -> None:
+    """A MemoryError when ``need`` bytes pass ``config.max_bytes``: ``what needs N, over
+    config.max_bytes = B; raise it with config.override(max_bytes=...)`` and ``advice``."""
+    if need > config.max_bytes:
+        raise MemoryError(f"{what} needs {bytes_text(need)}, over config.max_bytes = "
+                          f"{bytes_text(config.max_bytes)}; raise it with "
+                          f"config.override(max_bytes=...){advice}")
+
+
 def as_positive_int(v, name: str, minimum: int = 1) -> int:
     """Validate an integer size parameter (``>= minimum``)."""
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ._validate import as_positive_int, as_real, as_real_array
+from ._validate import as_flag, as_positive_int, as_real, as_real_array
 from .autograd.function import no_grad, to_host
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR"]
@@ -24,12 +24,6 @@ def _rate(lo_open=False):
 
 def _fraction(v, name):
     return as_real(v, name, 0.0, 1.0, hi_open=True)
-
-
-def _flag(v, name):
-    if not (isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1))):
-        raise TypeError(f"{name} must be a bool, got {v!r}")
-    return bool(v)
 
 
 class Optimizer:
@@ -155,7 +149,7 @@ class SGD(Optimizer):
         L2 penalty coefficient.
     """
 
-    _checks = {**Optimizer._checks, "momentum": _fraction, "nesterov": _flag,
+    _checks = {**Optimizer._checks, "momentum": _fraction, "nesterov": as_flag,
                "weight_decay": _rate()}
 
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,

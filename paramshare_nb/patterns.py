@@ -17,10 +17,9 @@ from functools import cached_property
 
 import numpy as np
 
-from . import config
 from ._kernels.groups_cpu import _first_appearance_ids, _pair_orbits
 from ._npz import read_arrays, read_path, write_atomically, written_path
-from ._validate import INDEX, as_int_array, as_positive_int, bytes_text, frozen
+from ._validate import INDEX, as_int_array, as_positive_int, check_bytes, frozen
 from .actions import Action
 
 __all__ = [
@@ -280,10 +279,7 @@ def _edges_sorted(rows, cols, params) -> bool:
 
 
 def _check_bytes(need: int, what: str) -> None:
-    if need > config.max_bytes:
-        raise MemoryError(f"{what} needs {bytes_text(need)}, over config.max_bytes = "
-                          f"{bytes_text(config.max_bytes)}; raise it with "
-                          f"config.override(max_bytes=...) or work with the edge arrays")
+    check_bytes(need, what, " or work with the edge arrays")
 
 
 def _as_action(action, name="action") -> Action:

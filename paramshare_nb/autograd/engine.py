@@ -146,6 +146,7 @@ def backward(root, grad=None) -> None:
             ctx = node._ctx
             if ctx is None:
                 if node.requires_grad:  # .grad keeps a copy (g may be shared), made now
+                    _check_leaf_grad(node)
                     fresh = node.grad is None and isinstance(g, np.ndarray)
                     leaves.append((node, g.copy() if fresh else g))
                 continue
@@ -164,7 +165,5 @@ def backward(root, grad=None) -> None:
                 if pg is None or not parent.requires_grad:
                     continue
                 _accumulate(table, parent, pg, op)
-    for node, _ in leaves:
-        _check_leaf_grad(node)
     for node, g in leaves:
         node.grad = g if node.grad is None else _add(node.grad, g)

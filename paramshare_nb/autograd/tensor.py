@@ -15,6 +15,29 @@ from .function import device_of, is_cuda_array, to_device
 __all__ = ["Tensor", "concat", "tied_matmul", "segment_reduce"]
 
 
+def _reduction(op, name, summary):
+    """The method ``name`` reducing by the Function ``op`` (one signature and docstring for
+    ``sum``, ``mean`` and ``max``)."""
+    def reduce(self, axis=None, keepdims: bool = False) -> Tensor:
+        return op.apply(self, axis=axis, keepdims=keepdims)
+
+    reduce.__name__, reduce.__qualname__ = name, f"Tensor.{name}"
+    reduce.__doc__ = f"""{summary}
+
+        Parameters
+        ----------
+        axis : int or tuple of int, optional
+            Axes to reduce; ``None`` reduces all.
+        keepdims : bool, optional
+            Keep the reduced axes with length one.
+
+        Returns
+        -------
+        Tensor
+        """
+    return reduce
+
+
 class Tensor:
     """An array that records the operations applied to it.
 
@@ -297,53 +320,10 @@ class Tensor:
         return P.MatMul.apply(a, b)
 
     # -- reductions -------------------------------------------------------------------
-    def sum(self, axis=None, keepdims: bool = False) -> Tensor:
-        """Sum over ``axis`` (all axes by default).
-
-        Parameters
-        ----------
-        axis : int or tuple of int, optional
-            Axes to reduce; ``None`` reduces all.
-        keepdims : bool, optional
-            Keep the reduced axes with length one.
-
-        Returns
-        -------
-        Tensor
-        """
-        return P.Sum.apply(self, axis=axis, keepdims=keepdims)
-
-    def mean(self, axis=None, keepdims: bool = False) -> Tensor:
-        """Mean over ``axis`` (all axes by default).
-
-        Parameters
-        ----------
-        axis : int or tuple of int, optional
-            Axes to reduce; ``None`` reduces all.
-        keepdims : bool, optional
-            Keep the reduced axes with length one.
-
-        Returns
-        -------
-        Tensor
-        """
-        return P.Mean.apply(self, axis=axis, keepdims=keepdims)
-
-    def max(self, axis=None, keepdims: bool = False) -> Tensor:
-        """Maximum over ``axis``; tied maxima share the gradient equally.
-
-        Parameters
-        ----------
-        axis : int or tuple of int, optional
-            Axes to reduce; ``None`` reduces all.
-        keepdims : bool, optional
-            Keep the reduced axes with length one.
-
-        Returns
-        -------
-        Tensor
-        """
-        return P.Max.apply(self, axis=axis, keepdims=keepdims)
+    sum = _reduction(P.Sum, "sum", "Sum over ``axis`` (all axes by default).")
+    mean = _reduction(P.Mean, "mean", "Mean over ``axis`` (all axes by default).")
+    max = _reduction(P.Max, "max",
+                     "Maximum over ``axis``; tied maxima share the gradient equally.")
 
     # -- shapes -----------------------------------------------------------------------
     def reshape(self, *shape) -> Tensor:

@@ -6,14 +6,13 @@ import math
 
 import numpy as np
 
-from .. import config
-from .._validate import as_real, as_rng, bytes_text, has_cuda_interface, refuse_masked
+from .._validate import as_flag, as_real, as_rng, check_bytes, has_cuda_interface, refuse_masked
 from ..actions import Action
 from ..autograd.tensor import Tensor, segment_reduce, tied_matmul
 from ..equivariance import is_equivariant
 from ..groups import orbits
 from ..patterns import Pattern, bias_pattern, dense_pattern, sparse_pattern
-from .module import Module, Parameter, _check_bool, float_dtype
+from .module import Module, Parameter, float_dtype
 
 __all__ = ["EquivariantLinear", "Linear", "Sequential", "OrbitPool", "Flatten", "Dropout",
            "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "Identity"]
@@ -66,16 +65,6 @@ def _check_gain(gain, layer: str) -> float:
     if not 0 <= f < math.inf:
         raise ValueError(f"{layer}: gain must be a finite number >= 0, got {shown}")
     return f
-
-
-def _check_weight(shape, layer: str) -> None:
-    """A MemoryError past ``config.max_bytes`` for a weight of ``shape`` (drawn in float64),
-    before numpy's overflow or allocation errors."""
-    need = math.prod(shape) * 8
-    if need > config.max_bytes:
-        raise MemoryError(f"{layer}: a weight of shape {shape} needs {bytes_text(need)} to "
-                          f"draw, over config.max_bytes = {bytes_text(config.max_bytes)}; "
-                          f"raise it with config.override(max_bytes=...)")
 
 
 def _check_int(value, name: str, layer: str, minimum: int = 1) -> int:
@@ -138,7 +127,7 @@ class EquivariantLinear(Module):
                             f"{type(action).__name__}; wrap generators with Action.same(gens)")
         self.c_in = _check_int(c_in, "c_in", "EquivariantLinear")
         self.c_out = _check_int(c_out, "c_out", "EquivariantLinear")
-        _check_bool(bias, "EquivariantLinear: bias")
+        as_flag(bias, "EquivariantLinear: bias")
         gain = _check_gain(gain, "EquivariantLinear")
         dtype = float_dtype(dtype, "EquivariantLinear")
         if isinstance(design, Pattern):
@@ -160,7 +149,9 @@ class EquivariantLinear(Module):
         self.action = action
         self.design = design if isinstance(design, str) else "custom"
         self.pattern = pattern
-        _check_weight((pattern.n_params, self.c_out, self.c_in), "EquivariantLinear")
+        # the weight is drawn in float64: past the bound, an error before numpy's own
+        shape = (pattern.n_params, self.c_out, self.c_in)
+        check_bytes(8 * math.prod(shape), f"EquivariantLinear: a weight of shape {shape}")
         self.bias_pattern = bias_pattern(action)
         self._bias_index = np.asarray(self.bias_pattern.params)  # row m -> its orbit id
         rng = as_rng(rng, "EquivariantLinear: rng")
@@ -228,8 +219,9 @@ class Linear(Module):
         super().__init__()
         self.in_features = _check_int(in_features, "in_features", "Linear")
         self.out_features = _check_int(out_features, "out_features", "Linear")
-        _check_bool(bias, "Linear: bias")
-        _check_weight((self.out_features, self.in_features), "Linear")
+        as_flag(bias, "Linear: bias")
+        shape = (self.out_features, self.in_features)  # drawn in float64, as above
+        check_bytes(8 * math.prod(shape), f"Linear: a weight of shape {shape}")
         gain = _check_gain(gain, "Linear")
         dtype = float_dtype(dtype, "Linear")
         rng = as_rng(rng, "Linear: rng")

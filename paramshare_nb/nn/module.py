@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._validate import has_cuda_interface
+from .._validate import as_flag, has_cuda_interface
 from ..autograd.tensor import Tensor
 
 
@@ -161,7 +161,7 @@ class Module:
         Module
             This module.
         """
-        _check_bool(mode, f"{type(self).__name__}.train: mode")
+        as_flag(mode, f"{type(self).__name__}.train: mode")
         for _, module in self.named_modules():
             module.training = bool(mode)
         return self
@@ -271,7 +271,7 @@ class Module:
         if not isinstance(state, Mapping):
             raise TypeError(f"load_state_dict: state must be a mapping of names to arrays (as "
                             f"state_dict() gives), got {type(state).__name__}")
-        _check_bool(strict, "load_state_dict: strict")
+        as_flag(strict, "load_state_dict: strict")
         params = dict(self.named_parameters())
         if strict:
             missing = [k for k in params if k not in state]
@@ -309,13 +309,6 @@ def _assign(pairs) -> None:
     for p, data in pairs:
         p.data = data
         p.grad = None
-
-
-def _check_bool(value, name: str) -> None:
-    # "no" and "False" are truthy; 0 and 1 pass, as the optimizers' nesterov takes them
-    if not (isinstance(value, (bool, np.bool_))
-            or (isinstance(value, (int, np.integer)) and value in (0, 1))):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def _checked_value(name: str, raw, p) -> np.ndarray:
